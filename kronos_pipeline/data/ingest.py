@@ -1,0 +1,337 @@
+"""Read vendor and tidy OHLCV sources into raw bars, sending every rejected line to a quarantine.
+
+Every source is first turned into one string-typed frame, one row per input line, with its
+file, line number and raw text. :func:`validate_lines` then casts and checks all rows in one
+vectorised pass. Nothing is dropped: each input line ends in exactly one of ``bars`` or
+``quarantine`` (with the reason), so ``lines == accepted + quarantined`` per file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+VENDOR_COLUMNS = (
+    "timestamp",
+    "open",
+    "high",
+    "low",
+    "close",
+    "adjusted_close",
+    "volume",
+    "dividend_amount",
+    "split_coefficient",
+)
+VENDOR_HEADER = ",".join(VENDOR_COLUMNS)
+NUMERIC_COLUMNS = VENDOR_COLUMNS[1:]
+PRICE_COLUMNS = ("open", "high", "low", "close")
+TIDY_REQUIRED = ("ticker", "date", "open", "high", "low", "close", "volume")
+TIDY_OPTIONAL = {"dividend": "dividend_amount", "split": "split_coefficient"}
+
+_VENDOR_NAME = re.compile(r"^DA-(?P<ticker>.+)-T-\d{4}-\d{2}-\d{2}$")
+
+LINES_SCHEMA = {
+    "source_file": pl.String,
+    "line": pl.Int64,
+    "raw": pl.String,
+    "ticker": pl.String,
+    **{c: pl.String for c in VENDOR_COLUMNS},
+    "n_fields": pl.Int64,
+}
+
+BARS_SCHEMA = {
+    "ticker": pl.String,
+    "date": pl.Date,
+    "open": pl.Float64,
+    "high": pl.Float64,
+    "low": pl.Float64,
+    "close": pl.Float64,
+    "adjusted_close": pl.Float64,
+    "volume": pl.Float64,
+    "dividend": pl.Float64,
+    "split": pl.Float64,
+    "source_file": pl.String,
+    "line": pl.Int64,
+}
+
+QUARANTINE_SCHEMA = {
+    "source_file": pl.String,
+    "line": pl.Int64,
+    "ticker": pl.String,
+    "date": pl.Date,
+    "raw": pl.String,
+    "reason": pl.String,
+}
+
+
+class SourceError(ValueError):
+    """A source that cannot be read at all (missing directory, unreadable table)."""
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Accepted bars, quarantined lines, and per-file line counts that reconcile."""
+
+    bars: pl.DataFrame
+    quarantine: pl.DataFrame
+    files: pl.DataFrame  # source_file, ticker, lines, accepted, quarantined
+
+    def filter_dates(self, start: object, end: object) -> IngestResult:
+        """Keep bars and dated quarantine rows in [start, end]; undated quarantine rows stay."""
+        in_range = pl.col("date").is_between(pl.lit(start).cast(pl.Date), pl.lit(end).cast(pl.Date))
+        return IngestResult(
+            bars=self.bars.filter(in_range),
+            quarantine=self.quarantine.filter(in_range | pl.col("date").is_null()),
+            files=self.files,
+        )
+
+
+def ticker_from_filename(path: Path) -> str:
+    """``DA-BRK.B-T-2019-12-31.csv.gz`` -> ``BRK.B``; ``AAPL.csv`` -> ``AAPL``."""
+    name = path.name
+    for suffix in (".csv.gz", ".csv"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    match = _VENDOR_NAME.match(name)
+    return (match.group("ticker") if match else name).upper()
+
+
+def list_vendor_files(vendor_dir: Path, exclude: tuple[str, ...] = ("constituents.csv",)) -> list[Path]:
+    """Vendor files (``.csv`` and ``.csv.gz``) in ``vendor_dir``, sorted, minus ``exclude`` names."""
+    if not vendor_dir.is_dir():
+        raise SourceError(
+            f"vendor directory {vendor_dir} does not exist; set KRONOS_DATA__VENDOR_DIR to a folder "
+            "of AlphaVantage daily-adjusted CSV files, or unset it to use the synthetic market"
+        )
+    files = [
+        p
+        for p in sorted(vendor_dir.iterdir())
+        if p.is_file() and p.name.endswith((".csv", ".csv.gz")) and p.name not in exclude
+    ]
+    if not files:
+        raise SourceError(f"vendor directory {vendor_dir} holds no .csv or .csv.gz files")
+    return files
+
+
+def _read_text(path: Path) -> tuple[str | None, str | None]:
+    """The file's text, or None and the reason it cannot be read."""
+    try:
+        data = path.read_bytes()
+        if path.name.endswith(".gz"):
+            data = gzip.decompress(data)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        return None, f"unreadable file: {exc}"
+    return data.decode("utf-8", errors="replace"), None
+
+
+def _vendor_file_lines(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """One file -> (string-typed data lines, file-level quarantine rows)."""
+    ticker = ticker_from_filename(path)
+    text, error = _read_text(path)
+    lines = [] if text is None else text.splitlines()
+    if error is None and lines and lines[0].strip().lstrip("\ufeff") == VENDOR_HEADER:
+        body = lines[1:]
+        frame = pl.DataFrame(
+            {"raw": body, "line": pl.int_range(2, len(body) + 2, eager=True)},
+            schema={"raw": pl.String, "line": pl.Int64},
+        )
+        frame = frame.with_columns(
+            source_file=pl.lit(path.name), ticker=pl.lit(ticker)
+        )
+        return frame, pl.DataFrame(schema=QUARANTINE_SCHEMA)
+    # The whole file is not vendor CSV (e.g. an API error message): every line is quarantined.
+    if error is None:
+        first = lines[0][:80] if lines else ""
+        error = f"not a vendor CSV file: header is {first!r}, expected {VENDOR_HEADER!r}"
+    raw = lines or [""]
+    quarantine = pl.DataFrame(
+        {
+            "source_file": [path.name] * len(raw),
+            "line": list(range(1, len(raw) + 1)) if lines else [None],
+            "ticker": [ticker] * len(raw),
+            "date": [None] * len(raw),
+            "raw": raw,
+            "reason": [error] * len(raw),
+        },
+        schema=QUARANTINE_SCHEMA,
+    )
+    return pl.DataFrame(schema={"raw": pl.String, "line": pl.Int64, "source_file": pl.String, "ticker": pl.String}), quarantine
+
+
+def _split_fields(frame: pl.DataFrame) -> pl.DataFrame:
+    """Split ``raw`` on commas into the nine vendor columns and count the fields."""
+    parts = pl.col("raw").str.split(",")
+    return frame.with_columns(
+        n_fields=parts.list.len().cast(pl.Int64),
+        **{c: parts.list.get(i, null_on_oob=True).str.strip_chars() for i, c in enumerate(VENDOR_COLUMNS)},
+    ).select(list(LINES_SCHEMA))
+
+
+def read_vendor_dir(vendor_dir: Path, exclude: tuple[str, ...] = ("constituents.csv",)) -> IngestResult:
+    """Read every vendor file in ``vendor_dir`` into validated bars plus a quarantine."""
+    line_frames, file_quarantines = [], []
+    for path in list_vendor_files(vendor_dir, exclude):
+        lines, quarantine = _vendor_file_lines(path)
+        line_frames.append(lines)
+        file_quarantines.append(quarantine)
+    lines = pl.concat(line_frames, how="diagonal_relaxed") if line_frames else pl.DataFrame()
+    return validate_lines(_split_fields(lines), extra_quarantine=pl.concat(file_quarantines))
+
+
+def tidy_to_lines(table: pl.DataFrame, source_file: str, first_line: int = 2) -> pl.DataFrame:
+    """A tidy ``ticker,date,open,high,low,close,volume[,dividend,split]`` table as string lines.
+
+    ``first_line`` is the line number of the first data row (2 for a CSV with a header).
+    """
+    missing = [c for c in TIDY_REQUIRED if c not in table.columns]
+    if missing:
+        raise SourceError(f"{source_file}: tidy table lacks columns {missing}; has {table.columns}")
+    as_text = table.select(pl.all().cast(pl.String))
+    renamed = {"date": "timestamp", **{k: v for k, v in TIDY_OPTIONAL.items() if k in table.columns}}
+    as_text = as_text.rename(renamed)
+    defaults = {"adjusted_close": None, "dividend_amount": "0", "split_coefficient": "1"}
+    as_text = as_text.with_columns(
+        [pl.lit(v, dtype=pl.String).alias(c) for c, v in defaults.items() if c not in as_text.columns]
+    )
+    fields = ["ticker", *VENDOR_COLUMNS]
+    return as_text.select(
+        source_file=pl.lit(source_file),
+        line=pl.int_range(first_line, first_line + as_text.height, dtype=pl.Int64),
+        raw=pl.concat_str([pl.col(c).fill_null("") for c in fields], separator=","),
+        ticker=pl.col("ticker").str.strip_chars().str.to_uppercase(),
+        **{c: pl.col(c).str.strip_chars() for c in VENDOR_COLUMNS},
+        n_fields=pl.lit(len(VENDOR_COLUMNS), dtype=pl.Int64),
+    )
+
+
+def read_tidy(path: Path) -> IngestResult:
+    """Read a tidy Parquet or CSV table into validated bars plus a quarantine."""
+    if not path.exists():
+        raise SourceError(f"tidy table {path} does not exist; set KRONOS_DATA__TIDY_PATH correctly")
+    if path.suffix == ".parquet":
+        table, first = pl.read_parquet(path), 1
+    else:
+        table, first = pl.read_csv(path, infer_schema=False), 2
+    return validate_lines(tidy_to_lines(table, path.name, first))
+
+
+def _reason(condition: pl.Expr, message: pl.Expr | str) -> pl.Expr:
+    msg = pl.lit(message) if isinstance(message, str) else message
+    return pl.when(condition).then(msg)
+
+
+def validate_lines(lines: pl.DataFrame, extra_quarantine: pl.DataFrame | None = None) -> IngestResult:
+    """Cast and check string-typed lines; return accepted bars and the quarantine.
+
+    Rules, first failure wins: 9 fields; a ``YYYY-MM-DD`` timestamp; numeric, finite values;
+    positive open/high/low/close; high >= max(open, close, low) and low <= min(open, close);
+    volume >= 0; dividend >= 0; split > 0; a (ticker, date) seen before is a duplicate.
+    """
+    lines = lines.select(list(LINES_SCHEMA)) if lines.width else pl.DataFrame(schema=LINES_SCHEMA)
+    num = {c: pl.col(c).cast(pl.Float64, strict=False) for c in NUMERIC_COLUMNS}
+    typed = lines.with_columns(
+        date=pl.col("timestamp").str.to_date("%Y-%m-%d", strict=False),
+        **{f"{c}_num": e for c, e in num.items()},
+    )
+    n = {c: pl.col(f"{c}_num") for c in NUMERIC_COLUMNS}
+    # adjusted_close may be empty (tidy sources have none); every other number is required.
+    bad_number = [
+        _reason(
+            (n[c].is_null() | n[c].is_nan() | n[c].is_infinite())
+            & ~((c == "adjusted_close") & (pl.col(c).is_null() | (pl.col(c) == ""))),
+            pl.format("non-numeric {}: '{}'", pl.lit(c), pl.col(c).fill_null("")),
+        )
+        for c in NUMERIC_COLUMNS
+    ]
+    reason = pl.coalesce(
+        _reason(
+            pl.col("n_fields") != len(VENDOR_COLUMNS),
+            pl.format("expected {} fields, got {}", pl.lit(len(VENDOR_COLUMNS)), pl.col("n_fields")),
+        ),
+        _reason(
+            pl.col("date").is_null(),
+            pl.format("unparseable timestamp '{}'", pl.col("timestamp").fill_null("")),
+        ),
+        *bad_number,
+        *[
+            _reason(n[c] <= 0, pl.format("non-positive {}: {}", pl.lit(c), n[c]))
+            for c in PRICE_COLUMNS
+        ],
+        _reason(
+            (n["high"] < pl.max_horizontal(n["open"], n["close"], n["low"]))
+            | (n["low"] > pl.min_horizontal(n["open"], n["close"])),
+            pl.format(
+                "high/low inconsistent with open/close: o={} h={} l={} c={}",
+                n["open"], n["high"], n["low"], n["close"],
+            ),
+        ),
+        _reason(n["volume"] < 0, pl.format("negative volume: {}", n["volume"])),
+        _reason(n["dividend_amount"] < 0, pl.format("negative dividend_amount: {}", n["dividend_amount"])),
+        _reason(n["split_coefficient"] <= 0, pl.format("non-positive split_coefficient: {}", n["split_coefficient"])),
+    )
+    typed = typed.with_columns(reason=reason)
+    # Duplicates are judged among otherwise valid rows: the first line of a (ticker, date) wins.
+    first_seen = (
+        typed.filter(pl.col("reason").is_null())
+        .group_by("ticker", "date")
+        .agg(first_file=pl.col("source_file").first(), first_line=pl.col("line").min())
+    )
+    typed = (
+        typed.join(first_seen, on=["ticker", "date"], how="left")
+        .with_columns(
+            reason=pl.coalesce(
+                pl.col("reason"),
+                _reason(
+                    (pl.col("line") != pl.col("first_line"))
+                    | (pl.col("source_file") != pl.col("first_file")),
+                    pl.format(
+                        "duplicate date {} for {} (first at {} line {})",
+                        pl.col("date"), pl.col("ticker"), pl.col("first_file"), pl.col("first_line"),
+                    ),
+                ),
+            )
+        )
+    )
+    bars = (
+        typed.filter(pl.col("reason").is_null())
+        .select(
+            "ticker",
+            "date",
+            *[pl.col(f"{c}_num").alias(c) for c in ("open", "high", "low", "close", "adjusted_close", "volume")],
+            pl.col("dividend_amount_num").alias("dividend"),
+            pl.col("split_coefficient_num").alias("split"),
+            "source_file",
+            "line",
+        )
+        .sort("ticker", "date")
+    )
+    quarantine = typed.filter(pl.col("reason").is_not_null()).select(list(QUARANTINE_SCHEMA))
+    if extra_quarantine is not None and extra_quarantine.height:
+        quarantine = pl.concat([quarantine, extra_quarantine.select(list(QUARANTINE_SCHEMA))])
+    quarantine = quarantine.sort("source_file", "line", nulls_last=True)
+    files = _file_counts(lines, bars, quarantine)
+    return IngestResult(bars=bars.cast(BARS_SCHEMA), quarantine=quarantine.cast(QUARANTINE_SCHEMA), files=files)
+
+
+def _file_counts(lines: pl.DataFrame, bars: pl.DataFrame, quarantine: pl.DataFrame) -> pl.DataFrame:
+    """Per file: input lines, accepted, quarantined (file-level rejects included)."""
+    read = lines.group_by("source_file").agg(ticker=pl.col("ticker").first(), lines=pl.len())
+    rejected_whole = quarantine.join(read.select("source_file"), on="source_file", how="anti")
+    read = pl.concat(
+        [read, rejected_whole.group_by("source_file").agg(ticker=pl.col("ticker").first(), lines=pl.len())],
+        how="vertical_relaxed",
+    )
+    accepted = bars.group_by("source_file").agg(accepted=pl.len())
+    quarantined = quarantine.group_by("source_file").agg(quarantined=pl.len())
+    return (
+        read.join(accepted, on="source_file", how="left")
+        .join(quarantined, on="source_file", how="left")
+        .with_columns(pl.col("accepted", "quarantined").fill_null(0).cast(pl.Int64), pl.col("lines").cast(pl.Int64))
+        .sort("source_file")
+    )

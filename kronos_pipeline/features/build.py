@@ -1,0 +1,166 @@
+"""Point-in-time features per (date, ticker).
+
+Each feature on row (t, ticker) is built from that ticker's rows dated <= t and, for market and
+sector terms, from other tickers' rows dated t or earlier. Windows count the ticker's own bars
+(trading days). A window without enough bars gives null, never a value from a shorter window.
+Prices come from the forward-adjusted ``adj_*`` columns of ``prices_pit``, so every ratio is
+split-consistent; momentum uses the dividend-inclusive total return index ``tri``.
+
+Units: returns and momentum are fractions; volatilities are annualised (x sqrt(252)) fractions;
+Amihud illiquidity is |return| per USD 1e9 traded; RSI is 0-100.
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+ANNUALISE = math.sqrt(252.0)
+MONTH = 21  # trading days in a month
+UNKNOWN_SECTOR = "Unknown"
+
+
+def _roll(expr: pl.Expr, kind: str, window: int) -> pl.Expr:
+    fn = getattr(expr, f"rolling_{kind}")
+    return fn(window, min_samples=window)
+
+
+def _lag(expr: pl.Expr, n: int) -> pl.Expr:
+    return expr.shift(n)
+
+
+def market_returns(prices: pl.DataFrame) -> pl.DataFrame:
+    """Equal-weight daily total return across all names with a return on each date."""
+    return (
+        prices.filter(pl.col("total_return").is_not_null())
+        .group_by("date")
+        .agg(mkt_ret=pl.col("total_return").mean(), mkt_names=pl.len())
+        .sort("date")
+        .with_columns(mkt_tri=(1.0 + pl.col("mkt_ret")).cum_prod())
+    )
+
+
+def _per_ticker_features() -> list[pl.Expr]:
+    r, tri = pl.col("total_return"), pl.col("tri")
+    close, high, low, open_ = (pl.col(f"adj_{c}") for c in ("close", "high", "low", "open"))
+    mkt = pl.col("mkt_ret")
+    log_vol = (pl.col("volume") + 1.0).log()
+    log_dv = (pl.col("dollar_volume") + 1.0).log()
+    prev_close = close.shift(1)
+    true_range = pl.max_horizontal(high, prev_close) - pl.min_horizontal(low, prev_close)
+    gain = (close - prev_close).clip(lower_bound=0.0)
+    loss = (prev_close - close).clip(lower_bound=0.0)
+
+    def mom(n: int, skip: int = 0) -> pl.Expr:
+        return _lag(tri, skip) / _lag(tri, n) - 1.0
+
+    def vol(n: int) -> pl.Expr:
+        return _roll(r, "std", n) * ANNUALISE
+
+    cov60 = _roll(r * mkt, "mean", 60) - _roll(r, "mean", 60) * _roll(mkt, "mean", 60)
+    var_m60 = _roll(mkt, "var", 60) * 59.0 / 60.0
+    cov252 = _roll(r * mkt, "mean", 252) - _roll(r, "mean", 252) * _roll(mkt, "mean", 252)
+    var_m252 = _roll(mkt, "var", 252) * 251.0 / 252.0
+    beta60 = cov60 / var_m60
+    var_r60 = _roll(r, "var", 60) * 59.0 / 60.0
+    mkt_tri = pl.col("mkt_tri")
+
+    exprs = {
+        "ret_1d": r,
+        "mom_1w": mom(5),
+        "mom_1m": mom(MONTH),
+        "mom_3m": mom(3 * MONTH),
+        "mom_6m": mom(6 * MONTH),
+        "mom_12m": mom(12 * MONTH),
+        "mom_12_1": mom(12 * MONTH, MONTH),
+        "mom_6_1": mom(6 * MONTH, MONTH),
+        "mom_3_1": mom(3 * MONTH, MONTH),
+        "vol_20d": vol(20),
+        "vol_60d": vol(60),
+        "vol_120d": vol(120),
+        "vol_252d": vol(252),
+        "downside_vol_60d": (_roll(r.clip(upper_bound=0.0) ** 2, "mean", 60)).sqrt() * ANNUALISE,
+        "upside_vol_60d": (_roll(r.clip(lower_bound=0.0) ** 2, "mean", 60)).sqrt() * ANNUALISE,
+        "vol_ratio_20_60": vol(20) / vol(60),
+        "skew_60d": r.rolling_skew(60, min_samples=60),
+        "kurt_60d": r.rolling_kurtosis(60, min_samples=60),
+        "max_ret_1m": _roll(r, "max", MONTH),
+        "min_ret_1m": _roll(r, "min", MONTH),
+        "beta_60d": beta60,
+        "beta_252d": cov252 / var_m252,
+        "corr_mkt_60d": cov60 / (var_r60 * var_m60).sqrt(),
+        "resid_vol_60d": (var_r60 - beta60**2 * var_m60).clip(lower_bound=0.0).sqrt() * ANNUALISE,
+        "idio_mom_1m": mom(MONTH) - beta60 * (_lag(mkt_tri, 0) / _lag(mkt_tri, MONTH) - 1.0),
+        "mkt_rel_mom_12_1": mom(12 * MONTH, MONTH)
+        - (_lag(mkt_tri, MONTH) / _lag(mkt_tri, 12 * MONTH) - 1.0),
+        "volume_z_60d": (log_vol - _roll(log_vol, "mean", 60)) / _roll(log_vol, "std", 60),
+        "dollar_volume_z_60d": (log_dv - _roll(log_dv, "mean", 60)) / _roll(log_dv, "std", 60),
+        "log_dollar_volume_1m": _roll(pl.col("dollar_volume"), "mean", MONTH).log1p(),
+        "volume_trend_1m_6m": (
+            _roll(pl.col("volume"), "mean", MONTH) / _roll(pl.col("volume"), "mean", 6 * MONTH)
+        ).log(),
+        "amihud_1m": _roll(
+            pl.when(pl.col("dollar_volume") > 0).then(r.abs() / pl.col("dollar_volume") * 1e9),
+            "mean",
+            MONTH,
+        ),
+        "zero_volume_share_60d": _roll((pl.col("volume") == 0).cast(pl.Float64), "mean", 60),
+        "range_1d": (high - low) / close,
+        "range_1m": _roll((high - low) / close, "mean", MONTH),
+        "atr_14d": _roll(true_range, "mean", 14) / close,
+        "gap_1d": open_ / prev_close - 1.0,
+        "gap_abs_1m": _roll((open_ / prev_close - 1.0).abs(), "mean", MONTH),
+        "intraday_ret_1d": close / open_ - 1.0,
+        "close_location_1d": pl.when(high > low).then((close - low) / (high - low)),
+        "stoch_1m": (close - _roll(low, "min", MONTH))
+        / (_roll(high, "max", MONTH) - _roll(low, "min", MONTH)),
+        "rsi_14d": 100.0 * _roll(gain, "mean", 14) / (_roll(gain, "mean", 14) + _roll(loss, "mean", 14)),
+        "ma_dist_20d": close / _roll(close, "mean", 20) - 1.0,
+        "ma_dist_50d": close / _roll(close, "mean", 50) - 1.0,
+        "ma_dist_200d": close / _roll(close, "mean", 200) - 1.0,
+        "ma_cross_50_200": _roll(close, "mean", 50) / _roll(close, "mean", 200) - 1.0,
+        "dist_52w_high": close / _roll(high, "max", 252) - 1.0,
+        "dist_52w_low": close / _roll(low, "min", 252) - 1.0,
+        "dividend_yield_12m": pl.col("dividend").rolling_sum(252, min_samples=252)
+        / pl.col("close"),
+        "log_price": pl.col("close").log(),
+    }
+    return [e.over("ticker", order_by="date").alias(name) for name, e in exprs.items()]
+
+
+SECTOR_RELATIVE = ("mom_12_1", "mom_1m", "vol_60d")
+
+
+def features(prices: pl.DataFrame, sectors: pl.DataFrame | None = None) -> pl.DataFrame:
+    """PIT feature table: ``date, ticker, sector`` then one column per feature (see module doc).
+
+    ``prices`` is the ``prices_pit`` table; ``sectors`` maps ``ticker -> sector`` (names missing
+    from it get ``"Unknown"``). Sector-relative features subtract the same-date mean over the
+    sector's names.
+    """
+    market = market_returns(prices)
+    frame = prices.join(market.select("date", "mkt_ret", "mkt_tri"), on="date", how="left")
+    if sectors is not None and sectors.height:
+        frame = frame.join(sectors.select("ticker", "sector"), on="ticker", how="left")
+    else:
+        frame = frame.with_columns(sector=pl.lit(None, dtype=pl.String))
+    frame = frame.with_columns(pl.col("sector").fill_null(UNKNOWN_SECTOR)).sort("ticker", "date")
+    out = frame.select("date", "ticker", "sector", *_per_ticker_features())
+    out = out.with_columns(
+        [
+            (pl.col(name) - pl.col(name).mean().over("date", "sector")).alias(f"sector_rel_{name}")
+            for name in SECTOR_RELATIVE
+        ]
+    )
+    # Infinities (e.g. a zero range day) become null: models and checks treat them as missing.
+    numeric = [c for c in out.columns if c not in ("date", "ticker", "sector")]
+    out = out.with_columns(
+        [pl.when(pl.col(c).is_finite()).then(pl.col(c)).alias(c) for c in numeric]
+    )
+    return out.sort("date", "ticker")
+
+
+def feature_names(table: pl.DataFrame) -> list[str]:
+    """The numeric feature columns of a feature table."""
+    return [c for c in table.columns if c not in ("date", "ticker", "sector")]

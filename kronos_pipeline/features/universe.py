@@ -1,0 +1,58 @@
+"""Tradable universe per date: history, price and liquidity filters, optional top-N."""
+
+from __future__ import annotations
+
+import polars as pl
+
+UNIVERSE_COLUMNS = (
+    "date",
+    "ticker",
+    "history_days",
+    "close",
+    "median_dollar_volume",
+    "eligible",
+    "liquidity_rank",
+    "in_universe",
+)
+
+
+def universe(
+    prices: pl.DataFrame,
+    min_history_days: int,
+    min_price: float,
+    min_median_dollar_volume: float,
+    liquidity_window_days: int,
+    top_n: int | None = None,
+) -> pl.DataFrame:
+    """One row per (date, ticker) with a bar on that date.
+
+    Eligible when the name has at least ``min_history_days`` bars up to and including the date,
+    a raw close >= ``min_price`` (USD), and a median dollar volume over its last
+    ``liquidity_window_days`` bars >= ``min_median_dollar_volume`` (USD). ``liquidity_rank`` ranks
+    eligible names by that median (1 = most liquid; ties broken by ticker); ``in_universe`` keeps
+    the ``top_n`` most liquid (all eligible names when ``top_n`` is None). Uses rows <= date only.
+    """
+    out = prices.sort("ticker", "date").with_columns(
+        history_days=(pl.col("bar_index") + 1).cast(pl.Int64),
+        median_dollar_volume=pl.col("dollar_volume")
+        .rolling_median(liquidity_window_days, min_samples=liquidity_window_days)
+        .over("ticker"),
+    )
+    out = out.with_columns(
+        eligible=(
+            (pl.col("history_days") >= min_history_days)
+            & (pl.col("close") >= min_price)
+            & (pl.col("median_dollar_volume") >= min_median_dollar_volume)
+        ).fill_null(False)
+    )
+    ranked = (
+        out.filter("eligible")
+        .sort(["date", "median_dollar_volume", "ticker"], descending=[False, True, False])
+        .with_columns(liquidity_rank=pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over("date"))
+        .select("date", "ticker", "liquidity_rank")
+    )
+    out = out.join(ranked, on=["date", "ticker"], how="left").with_columns(
+        in_universe=pl.col("eligible")
+        & (pl.lit(True) if top_n is None else (pl.col("liquidity_rank") <= top_n)).fill_null(False)
+    )
+    return out.select(UNIVERSE_COLUMNS).sort("date", "ticker")
