@@ -1,0 +1,314 @@
+"""Baseline scores (SPEC section 4): the factor floor, LightGBM per fold, and a random control.
+
+Every function returns scores in the long format every model shares:
+``model, horizon, date, ticker, score, fold`` (higher score = expected to outperform).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from kronos_pipeline.evaluation.folds import Fold
+from kronos_pipeline.settings import LightGBMSettings
+
+SCORE_COLUMNS = ["model", "horizon", "date", "ticker", "score", "fold"]
+
+#: factor model name -> (feature column, sign). Reversal and low volatility score the negative.
+FACTORS: dict[str, tuple[str, float]] = {
+    "factor_momentum_12_1": ("mom_12_1", 1.0),
+    "factor_reversal_1m": ("mom_1m", -1.0),
+    "factor_low_vol": ("vol_60d", -1.0),
+}
+COMPOSITE_MODEL = "factor_composite"
+LIGHTGBM_MODEL = "lightgbm"
+RANDOM_MODEL = "random"
+BASELINE_MODELS = (*FACTORS, COMPOSITE_MODEL, LIGHTGBM_MODEL, RANDOM_MODEL)
+
+# Columns that are never model inputs even if they sit in the features table.
+NON_FEATURE_COLUMNS = {
+    "date", "ticker", "horizon", "fwd_return", "excess_return", "available_at", "in_universe",
+    "liquidity_rank", "fold",
+}  # fmt: skip
+
+
+def _long(frame: pd.DataFrame, model: str, horizons: Sequence[int], fold_id: str) -> pd.DataFrame:
+    """Repeat ``date, ticker, score`` for each horizon with the model and fold columns."""
+    parts = []
+    for h in horizons:
+        p = frame[["date", "ticker", "score"]].copy()
+        p["model"] = model
+        p["horizon"] = int(h)
+        p["fold"] = fold_id
+        parts.append(p)
+    if not parts:
+        return pd.DataFrame(columns=SCORE_COLUMNS)
+    return pd.concat(parts, ignore_index=True)[SCORE_COLUMNS]
+
+
+def factor_scores(features: pd.DataFrame, horizons: Sequence[int], fold_id: str) -> pd.DataFrame:
+    """The factor floor on the given feature rows (already restricted to the scoring dates).
+
+    - ``factor_momentum_12_1``: ``mom_12_1`` (12-1 month return, fraction);
+    - ``factor_reversal_1m``: ``-mom_1m`` (minus the 21-trading-day return);
+    - ``factor_low_vol``: ``-vol_60d`` (minus annualised 60-day volatility);
+    - ``factor_composite``: equal-weight mean of the three components' per-date percentile ranks
+      (``rank / n`` in (0, 1]) over the components a name has.
+
+    The same score is used for every horizon. Rows with a missing input get no score.
+    """
+    feats = features.copy()
+    feats["date"] = pd.to_datetime(feats["date"])
+    parts = []
+    pct = []
+    for model, (column, sign) in FACTORS.items():
+        if column not in feats.columns:
+            raise KeyError(
+                f"factor_scores: feature column {column!r} missing (needed by {model}); "
+                "materialize the features asset with the factor-floor inputs."
+            )
+        f = feats[["date", "ticker"]].copy()
+        f["score"] = sign * feats[column].astype(float)
+        pct.append(f.groupby("date")["score"].rank(pct=True, method="average"))
+        parts.append(_long(f.dropna(subset=["score"]), model, horizons, fold_id))
+    comp = feats[["date", "ticker"]].copy()
+    comp["score"] = pd.concat(pct, axis=1).mean(axis=1, skipna=True)
+    parts.append(_long(comp.dropna(subset=["score"]), COMPOSITE_MODEL, horizons, fold_id))
+    return pd.concat(parts, ignore_index=True)
+
+
+def stable_seed(*parts: object) -> int:
+    """A 32-bit seed from the given parts that is identical across processes and runs."""
+    digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def random_scores(
+    keys: pd.DataFrame, horizons: Sequence[int], fold_id: str, seed: int
+) -> pd.DataFrame:
+    """Negative control: i.i.d. standard normal scores for the ``date, ticker`` rows of ``keys``.
+
+    Seeded by ``(seed, fold_id, horizon)`` so one fold's scores do not depend on which other folds
+    were run. Rows are sorted by date and ticker before drawing.
+    """
+    base = keys[["date", "ticker"]].drop_duplicates().copy()
+    base["date"] = pd.to_datetime(base["date"])
+    base = base.sort_values(["date", "ticker"], ignore_index=True)
+    parts = []
+    for h in horizons:
+        rng = np.random.default_rng(stable_seed(seed, fold_id, h))
+        p = base.copy()
+        p["score"] = rng.standard_normal(len(p))
+        parts.append(_long(p, RANDOM_MODEL, [h], fold_id))
+    return pd.concat(parts, ignore_index=True)
+
+
+@dataclass
+class LightGBMFit:
+    """One fitted LightGBM model (fold x horizon) and what it was trained on.
+
+    Attributes:
+        scores: long scores for the fold's scoring dates.
+        train_rows: ``date, ticker, available_at, role`` of every row the booster saw
+            (``role`` = ``"fit"`` or ``"valid"``).
+        max_available_at: latest label maturity among ``train_rows``; always before the cut.
+        n_fit_rows, n_valid_rows: row counts of the LightGBM datasets actually constructed.
+        best_iteration: boosting round chosen by early stopping.
+        feature_names: model inputs, in order.
+    """
+
+    fold_id: str
+    horizon: int
+    scores: pd.DataFrame
+    train_rows: pd.DataFrame
+    max_available_at: pd.Timestamp
+    n_fit_rows: int
+    n_valid_rows: int
+    best_iteration: int
+    feature_names: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict[str, object]:
+        """JSON-friendly summary for asset metadata."""
+        return {
+            "fold": self.fold_id,
+            "horizon": self.horizon,
+            "n_fit_rows": self.n_fit_rows,
+            "n_valid_rows": self.n_valid_rows,
+            "best_iteration": self.best_iteration,
+            "max_available_at": str(self.max_available_at.date()),
+        }
+
+
+def feature_columns(features: pd.DataFrame) -> list[str]:
+    """Numeric model inputs of a features table (identifiers and label columns excluded)."""
+    return [
+        c
+        for c in features.columns
+        if c not in NON_FEATURE_COLUMNS
+        and (pd.api.types.is_numeric_dtype(features[c]) or pd.api.types.is_bool_dtype(features[c]))
+    ]
+
+
+def lightgbm_training_rows(
+    features: pd.DataFrame, labels: pd.DataFrame, fold: Fold, horizon: int
+) -> pd.DataFrame:
+    """Feature rows joined to their ``horizon`` label, restricted to what is knowable at the cut.
+
+    A row is kept when ``fold.train_start <= date <= fold.train_end[horizon]`` and its label
+    matured strictly before the cut (``available_at < fold.test_start``); both hold by
+    construction of the purge, and the second also covers labels of delisted names.
+    """
+    lab = labels.loc[
+        labels["horizon"] == horizon, ["date", "ticker", "excess_return", "available_at"]
+    ]
+    lab = lab.assign(
+        date=pd.to_datetime(lab["date"]), available_at=pd.to_datetime(lab["available_at"])
+    )
+    feats = features.assign(date=pd.to_datetime(features["date"]))
+    feats = feats[(feats["date"] >= fold.train_start) & (feats["date"] <= fold.train_end[horizon])]
+    rows = feats.merge(lab, on=["date", "ticker"], how="inner")
+    rows = rows[(rows["available_at"] < fold.test_start) & rows["excess_return"].notna()]
+    return rows.sort_values(["date", "ticker"], ignore_index=True)
+
+
+def _rank_target(rows: pd.DataFrame) -> np.ndarray:
+    """Training target: per-date percentile rank of ``excess_return`` minus 0.5 (in (-0.5, 0.5]).
+
+    A rank target matches the RankIC objective and is robust to return outliers.
+    """
+    return (rows.groupby("date")["excess_return"].rank(pct=True, method="average") - 0.5).to_numpy()
+
+
+def train_lightgbm(
+    features: pd.DataFrame,
+    labels: pd.DataFrame,
+    fold: Fold,
+    horizon: int,
+    score_features: pd.DataFrame,
+    settings: LightGBMSettings,
+    num_threads: int = 0,
+) -> LightGBMFit:
+    """Train LightGBM for one fold and horizon, and score ``score_features``.
+
+    Training rows come from :func:`lightgbm_training_rows` (label matured before the cut). The last
+    ``settings.validation_fraction`` of the training dates form the early-stopping validation slice;
+    fit rows additionally need ``available_at`` before the first validation date, so no fit label
+    overlaps a validation label. Seeded and deterministic (``settings.seed``).
+
+    Args:
+        features: PIT feature rows (``date, ticker`` and numeric columns), any dates.
+        labels: ``labels_forward`` rows.
+        fold: the fold; ``fold.train_end[horizon]`` must exist.
+        horizon: label horizon, trading days.
+        score_features: feature rows of the scoring dates (in the test month).
+        settings: ``LightGBMSettings``.
+        num_threads: LightGBM threads (0 = its default).
+
+    Raises:
+        ValueError: fewer than two training dates are available.
+    """
+    cols = feature_columns(features)
+    rows = lightgbm_training_rows(features, labels, fold, horizon)
+    dates = np.sort(rows["date"].unique())
+    if len(dates) < 2:
+        raise ValueError(
+            f"train_lightgbm: fold {fold.fold_id} horizon {horizon} has {len(dates)} training "
+            f"date(s) with matured labels before {fold.test_start.date()}; start the fold range "
+            "later or load more history."
+        )
+    n_valid_dates = max(1, int(round(len(dates) * settings.validation_fraction)))
+    valid_start = pd.Timestamp(dates[len(dates) - n_valid_dates])
+    valid = rows[rows["date"] >= valid_start]
+    fit = rows[(rows["date"] < valid_start) & (rows["available_at"] < valid_start)]
+    if fit.empty:
+        fit, valid = rows, rows.iloc[0:0]
+    params = {
+        "objective": "regression",
+        "learning_rate": settings.learning_rate,
+        "num_leaves": settings.num_leaves,
+        "min_data_in_leaf": settings.min_data_in_leaf,
+        "feature_fraction": settings.feature_fraction,
+        "bagging_fraction": settings.bagging_fraction,
+        "bagging_freq": settings.bagging_freq,
+        "seed": settings.seed,
+        "deterministic": True,
+        "force_col_wise": True,
+        "num_threads": num_threads,
+        "verbosity": -1,
+    }
+    fit_set = lgb.Dataset(
+        fit[cols].to_numpy(dtype=float), label=_rank_target(fit), feature_name=cols,
+        free_raw_data=False,
+    )  # fmt: skip
+    valid_sets, callbacks = [], []
+    if not valid.empty:
+        valid_set = fit_set.create_valid(
+            valid[cols].to_numpy(dtype=float), label=_rank_target(valid)
+        )
+        valid_sets = [valid_set]
+        callbacks = [lgb.early_stopping(settings.early_stopping_rounds, verbose=False)]
+    booster = lgb.train(
+        params, fit_set, num_boost_round=settings.num_boost_round, valid_sets=valid_sets,
+        callbacks=callbacks,
+    )  # fmt: skip
+    n_fit_rows = fit_set.num_data()
+    n_valid_rows = valid_sets[0].num_data() if valid_sets else 0
+    best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
+
+    sf = score_features.assign(date=pd.to_datetime(score_features["date"]))
+    sf = sf[(sf["date"] >= fold.test_start) & (sf["date"] <= fold.test_end)]
+    scored = sf[["date", "ticker"]].copy()
+    scored["score"] = booster.predict(sf[cols].to_numpy(dtype=float), num_iteration=best)
+    used = pd.concat([fit.assign(role="fit"), valid.assign(role="valid")], ignore_index=True)[
+        ["date", "ticker", "available_at", "role"]
+    ]
+    return LightGBMFit(
+        fold_id=fold.fold_id,
+        horizon=int(horizon),
+        scores=_long(scored, LIGHTGBM_MODEL, [horizon], fold.fold_id),
+        train_rows=used,
+        max_available_at=pd.Timestamp(used["available_at"].max()),
+        n_fit_rows=int(n_fit_rows),
+        n_valid_rows=int(n_valid_rows),
+        best_iteration=int(best),
+        feature_names=cols,
+    )
+
+
+def baseline_scores_for_fold(
+    features: pd.DataFrame,
+    labels: pd.DataFrame,
+    fold: Fold,
+    horizons: Sequence[int],
+    scoring_dates: pd.DatetimeIndex,
+    lightgbm_settings: LightGBMSettings,
+    include_lightgbm: bool = True,
+    num_threads: int = 0,
+) -> tuple[pd.DataFrame, list[LightGBMFit]]:
+    """All baselines for one fold: factor floor, random control and (optionally) LightGBM.
+
+    ``features`` must cover the training history and the scoring dates; the random control is
+    seeded with ``lightgbm_settings.seed``. Returns the long scores and the LightGBM fits (with the
+    rows each one trained on).
+    """
+    feats = features.assign(date=pd.to_datetime(features["date"]))
+    on_dates = feats[feats["date"].isin(pd.DatetimeIndex(scoring_dates))]
+    parts = [
+        factor_scores(on_dates, horizons, fold.fold_id),
+        random_scores(on_dates, horizons, fold.fold_id, lightgbm_settings.seed),
+    ]
+    fits: list[LightGBMFit] = []
+    if include_lightgbm:
+        for h in horizons:
+            fit = train_lightgbm(
+                feats, labels, fold, int(h), on_dates, lightgbm_settings, num_threads
+            )
+            fits.append(fit)
+            parts.append(fit.scores)
+    scores = pd.concat(parts, ignore_index=True)
+    return scores.sort_values(["model", "horizon", "date", "ticker"], ignore_index=True), fits

@@ -1,0 +1,436 @@
+"""Evaluation metrics (SPEC section 5), Alphalens ``performance.py`` style.
+
+One function per metric, its formula in the docstring, plain arrays / DataFrames in and out, no I/O.
+
+Conventions used throughout:
+
+- Scores and labels are long tables keyed by ``model, horizon, date, ticker``.
+- ``rank_ic`` uses ``excess_return`` (Spearman is invariant to per-date demeaning anyway).
+- Deciles are assigned per date exactly as ``pandas.qcut(score, 10, labels=False) + 1`` does for
+  distinct scores; ties are broken by ticker so the assignment is deterministic.
+- Returns are fractions; costs are basis points (1 bp = 1e-4) charged one way per unit traded.
+- "Median RankIC" of a model and horizon is the median over its scoring dates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from scipy import stats
+
+N_QUANTILES = 10  # deciles
+TRADING_DAYS_PER_YEAR = 252  # annualisation of daily volatility
+REGIME_VOL_WINDOW_DAYS = 20  # SPEC 5: realised 20-day volatility of the equal-weight market
+REGIME_LABELS = ("low", "mid", "high")
+MIN_NAMES_PER_DATE = 3  # fewer names than this: no cross-sectional statistic that date
+
+KEYS = ["model", "horizon", "date"]
+MOMENTUM_MODEL = "factor_momentum_12_1"
+
+
+# --------------------------------------------------------------------------------------------
+# Single-date / single-series metrics
+# --------------------------------------------------------------------------------------------
+
+
+def rank_ic(score: np.ndarray, label: np.ndarray) -> float:
+    """Spearman rank correlation across names on one date.
+
+    ``RankIC = corr(rank(score), rank(label))`` with average ranks for ties (Pearson correlation
+    of the ranks). NaN pairs are dropped; NaN when fewer than 3 pairs remain or a side is constant.
+    """
+    s = np.asarray(score, dtype=float)
+    y = np.asarray(label, dtype=float)
+    ok = np.isfinite(s) & np.isfinite(y)
+    if ok.sum() < MIN_NAMES_PER_DATE:
+        return float("nan")
+    rs = stats.rankdata(s[ok])
+    ry = stats.rankdata(y[ok])
+    rs -= rs.mean()
+    ry -= ry.mean()
+    denom = np.sqrt((rs * rs).sum() * (ry * ry).sum())
+    return float((rs * ry).sum() / denom) if denom > 0 else float("nan")
+
+
+def ic_ir(ic: np.ndarray) -> float:
+    """Information ratio of the RankIC series: ``mean(ic) / std(ic, ddof=1)`` (per scoring date,
+    not annualised). NaNs are ignored."""
+    x = np.asarray(ic, dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        return float("nan")
+    sd = x.std(ddof=1)
+    return float(x.mean() / sd) if sd > 0 else float("nan")
+
+
+def hit_rate(ic: np.ndarray) -> float:
+    """Share of scoring dates with ``RankIC > 0`` (fraction). NaNs are ignored."""
+    x = np.asarray(ic, dtype=float)
+    x = x[np.isfinite(x)]
+    return float((x > 0).mean()) if len(x) else float("nan")
+
+
+def newey_west_t(values: np.ndarray, lag: int) -> float:
+    """Newey-West (HAC, Bartlett kernel) t-statistic of the mean of ``values``.
+
+    ``t = mean(x) / se_NW``, from an OLS of ``x`` on a constant with ``cov_type="HAC"`` and
+    ``maxlags = lag`` (statsmodels' defaults: Bartlett weights ``1 - j / (lag + 1)``, no
+    small-sample correction), i.e. ``se^2 = (g0 + 2 sum_j w_j g_j) / n`` with ``g_j`` the lag-``j``
+    autocovariance (divisor ``n``). Overlapping
+    ``h``-day labels call for ``lag = h - 1`` (scoring dates one trading day apart). The lag is
+    capped at ``n - 1`` where the series is shorter. NaNs are dropped; NaN when ``n < 3``.
+    """
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n < 3 or np.allclose(x, x[0]):
+        return float("nan")
+    maxlags = int(max(0, min(lag, n - 1)))
+    fit = sm.OLS(x, np.ones((n, 1))).fit(cov_type="HAC", cov_kwds={"maxlags": maxlags})
+    return float(fit.tvalues[0])
+
+
+def quantile_of(score: np.ndarray, n_quantiles: int = N_QUANTILES) -> np.ndarray:
+    """Quantile bucket (1 = lowest score, ``n_quantiles`` = highest) of each score on one date.
+
+    With ``j`` the 0-based position in ascending score order and ``n`` names:
+    ``bucket = 1 + clip(ceil(q * j / (n - 1)) - 1, 0, q - 1)``, the bucket ``pandas.qcut`` gives
+    for distinct values. Ties keep their input order (stable sort).
+    """
+    s = np.asarray(score, dtype=float)
+    n = len(s)
+    out = np.zeros(n, dtype=int)
+    if n < n_quantiles:
+        return out
+    order = np.argsort(s, kind="stable")
+    j = np.empty(n, dtype=np.int64)
+    j[order] = np.arange(n)
+    out[:] = 1 + np.clip(-(-(n_quantiles * j) // (n - 1)) - 1, 0, n_quantiles - 1)
+    return out
+
+
+def top_turnover(current: Sequence[str], previous: Sequence[str]) -> float:
+    """Churn of one basket: share of names in ``current`` that were not in ``previous``.
+
+    ``turnover = |current \\ previous| / |current|`` (fraction, 0 = unchanged, 1 = all new).
+    """
+    cur = set(current)
+    if not cur:
+        return float("nan")
+    return len(cur - set(previous)) / len(cur)
+
+
+def break_even_cost_bps(gross_return: float, turnover: float) -> float:
+    """Cost (bps, one way per unit traded) at which the net return is zero.
+
+    ``net = gross - cost_bps * 1e-4 * traded`` so ``break_even = 1e4 * gross / traded``, where
+    ``traded = 2 * turnover`` (a replaced name is sold and its replacement bought). NaN when nothing
+    is traded; negative when the gross return is already negative.
+    """
+    traded = 2.0 * turnover
+    if not np.isfinite(traded) or traded <= 0 or not np.isfinite(gross_return):
+        return float("nan")
+    return float(1e4 * gross_return / traded)
+
+
+def net_of_cost(gross_return: np.ndarray, turnover: np.ndarray, cost_bps: float) -> np.ndarray:
+    """Return net of trading cost: ``gross - cost_bps * 1e-4 * 2 * turnover``.
+
+    ``turnover`` is the long-short book's churn (top-decile plus bottom-decile share of names
+    replaced); each replaced name is one sale and one purchase, each paying ``cost_bps`` one way.
+    """
+    return np.asarray(gross_return, dtype=float) - cost_bps * 1e-4 * 2.0 * np.asarray(
+        turnover, dtype=float
+    )
+
+
+def realised_market_vol(market: pd.DataFrame, window: int = REGIME_VOL_WINDOW_DAYS) -> pd.Series:
+    """Annualised realised volatility of the equal-weight market, point in time.
+
+    ``vol(t) = std(mkt_ret[t - window + 1 .. t], ddof=1) * sqrt(252)``; ``market`` has columns
+    ``date, mkt_ret`` (daily total return, fraction). Indexed by date; NaN for the first
+    ``window - 1`` dates.
+    """
+    m = market[["date", "mkt_ret"]].copy()
+    m["date"] = pd.to_datetime(m["date"])
+    m = m.sort_values("date").set_index("date")["mkt_ret"].astype(float)
+    return (
+        m.rolling(window, min_periods=window).std(ddof=1) * np.sqrt(TRADING_DAYS_PER_YEAR)
+    ).rename("mkt_vol_20d")
+
+
+def volatility_regimes(
+    market: pd.DataFrame, dates: Sequence | pd.DatetimeIndex, window: int = REGIME_VOL_WINDOW_DAYS
+) -> pd.DataFrame:
+    """Volatility tercile of each evaluated date.
+
+    Terciles are cut at the 1/3 and 2/3 quantiles of ``mkt_vol_20d`` over the given ``dates``
+    (the evaluated scoring dates, so every model shares the same regimes). Returns
+    ``date, mkt_vol_20d, vol_regime`` with ``vol_regime`` in ``low / mid / high`` (NaN vol: no
+    regime).
+    """
+    vol = realised_market_vol(market, window)
+    d = pd.DatetimeIndex(pd.to_datetime(np.asarray(dates))).unique().sort_values()
+    v = vol.reindex(d)
+    out = pd.DataFrame({"date": d, "mkt_vol_20d": v.to_numpy()})
+    ok = out["mkt_vol_20d"].notna()
+    out["vol_regime"] = pd.Series(pd.NA, index=out.index, dtype="object")
+    if ok.sum() >= len(REGIME_LABELS):
+        q1, q2 = np.quantile(out.loc[ok, "mkt_vol_20d"], [1 / 3, 2 / 3])
+        vals = out.loc[ok, "mkt_vol_20d"]
+        out.loc[ok, "vol_regime"] = np.where(
+            vals <= q1, REGIME_LABELS[0], np.where(vals <= q2, REGIME_LABELS[1], REGIME_LABELS[2])
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+def eval_rows(
+    scores: pd.DataFrame, labels: pd.DataFrame, as_of: pd.Timestamp | None = None
+) -> pd.DataFrame:
+    """Scores joined to matured labels.
+
+    ``scores``: ``model, horizon, date, ticker, score, fold``; ``labels``: ``date, ticker, horizon,
+    fwd_return, excess_return, available_at``. Inner join on ``date, ticker, horizon``; rows with a
+    missing score or label are dropped, and with ``as_of`` only labels with
+    ``available_at <= as_of`` (matured) are kept. Sorted by ``model, horizon, date, ticker``.
+    """
+    lab = labels[["date", "ticker", "horizon", "fwd_return", "excess_return", "available_at"]]
+    if as_of is not None:
+        lab = lab[pd.to_datetime(lab["available_at"]) <= pd.Timestamp(as_of)]
+    sc = scores[["model", "horizon", "fold", "date", "ticker", "score"]].copy()
+    sc["date"] = pd.to_datetime(sc["date"])
+    sc["horizon"] = sc["horizon"].astype(int)
+    lab = lab.copy()
+    lab["date"] = pd.to_datetime(lab["date"])
+    lab["horizon"] = lab["horizon"].astype(int)
+    out = sc.merge(lab, on=["date", "ticker", "horizon"], how="inner")
+    out = out.dropna(subset=["score", "excess_return", "fwd_return"])
+    out = out[np.isfinite(out["score"].astype(float))]
+    return out.sort_values(["model", "horizon", "date", "ticker"], ignore_index=True)
+
+
+def _grouped_pearson(df: pd.DataFrame, keys: list[str], x: str, y: str) -> pd.Series:
+    """Pearson correlation of columns ``x`` and ``y`` within each ``keys`` group."""
+    g = df.groupby(keys, sort=True)
+    mx = g[x].transform("mean")
+    my = g[y].transform("mean")
+    dx = df[x] - mx
+    dy = df[y] - my
+    tmp = pd.DataFrame({"xy": dx * dy, "xx": dx * dx, "yy": dy * dy})
+    for k in keys:
+        tmp[k] = df[k].to_numpy()
+    s = tmp.groupby(keys, sort=True)[["xy", "xx", "yy"]].sum()
+    n = g.size()
+    denom = np.sqrt(s["xx"] * s["yy"])
+    r = s["xy"] / denom.where(denom > 0)
+    return r.where(n >= MIN_NAMES_PER_DATE)
+
+
+def _grouped_spearman(df: pd.DataFrame, keys: list[str], x: str, y: str) -> pd.Series:
+    """Spearman (average-rank Pearson) correlation of ``x`` and ``y`` within each group."""
+    d = df[[*keys, x, y]].dropna(subset=[x, y]).copy()
+    g = d.groupby(keys, sort=True)
+    d["_rx"] = g[x].rank(method="average")
+    d["_ry"] = g[y].rank(method="average")
+    return _grouped_pearson(d, keys, "_rx", "_ry")
+
+
+def assign_quantiles(
+    df: pd.DataFrame, keys: Sequence[str] = KEYS, n_quantiles: int = N_QUANTILES
+) -> pd.Series:
+    """Per-group score quantile (see :func:`quantile_of`), ties broken by ticker.
+
+    Vectorised over groups; 0 where a group has fewer than ``n_quantiles`` names.
+    """
+    keys = list(keys)
+    order = df.sort_values([*keys, "score", "ticker"], kind="stable").index
+    d = df.loc[order, keys]
+    j = d.groupby(keys, sort=False).cumcount().to_numpy()
+    n = d.groupby(keys, sort=False)[keys[0]].transform("size").to_numpy()
+    q = n_quantiles
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bucket = 1 + np.clip(-(-(q * j) // np.maximum(n - 1, 1)) - 1, 0, q - 1)
+    bucket = np.where(n >= q, bucket, 0)
+    return pd.Series(bucket, index=order).reindex(df.index)
+
+
+def _basket_turnover(df: pd.DataFrame, bucket: int) -> pd.Series:
+    """Churn of one quantile basket between consecutive scoring dates of each model/horizon."""
+    basket = df.loc[df["quantile"] == bucket, ["model", "horizon", "date", "ticker"]]
+    dates = df[KEYS].drop_duplicates().sort_values(KEYS)
+    dates["next_date"] = dates.groupby(["model", "horizon"])["date"].shift(-1)
+    prev = basket.merge(dates, on=KEYS).dropna(subset=["next_date"])
+    prev = prev.drop(columns="date").rename(columns={"next_date": "date"})
+    prev["_was"] = True
+    cur = basket.merge(prev, on=[*KEYS, "ticker"], how="left")
+    cur["_was"] = cur["_was"].fillna(False).astype(bool)
+    out = 1.0 - cur.groupby(KEYS, sort=True)["_was"].mean()
+    has_prev = dates.dropna(subset=["next_date"])[["model", "horizon", "next_date"]]
+    has_prev = pd.MultiIndex.from_frame(has_prev.rename(columns={"next_date": "date"}))
+    return out.where(out.index.isin(has_prev))
+
+
+def _rank_autocorr(df: pd.DataFrame) -> pd.Series:
+    """Spearman correlation between a name's score at t and at the previous scoring date, over
+    names present on both dates."""
+    dates = df[KEYS].drop_duplicates().sort_values(KEYS)
+    dates["prev_date"] = dates.groupby(["model", "horizon"])["date"].shift(1)
+    cur = df[[*KEYS, "ticker", "score"]].merge(dates, on=KEYS).dropna(subset=["prev_date"])
+    prev = df[[*KEYS, "ticker", "score"]].rename(columns={"date": "prev_date", "score": "prev"})
+    both = cur.merge(prev, on=["model", "horizon", "prev_date", "ticker"])
+    return _grouped_spearman(both, KEYS, "score", "prev")
+
+
+def per_date_metrics(
+    rows: pd.DataFrame,
+    cost_bps: float,
+    momentum: pd.DataFrame | None = None,
+    market: pd.DataFrame | None = None,
+    n_quantiles: int = N_QUANTILES,
+) -> pd.DataFrame:
+    """Per ``model, horizon, date`` metrics from eval rows.
+
+    Columns: ``model, horizon, fold, date, n_names``;
+    ``rank_ic`` (Spearman of score vs ``excess_return``);
+    ``top_return, bottom_return`` (equal-weight mean ``fwd_return`` of the top / bottom decile) and
+    ``spread_return = top_return - bottom_return`` (fraction over ``h`` trading days);
+    ``top_turnover, bottom_turnover`` (churn vs the previous scoring date, fraction; NaN on the
+    first date); ``ls_turnover = top_turnover + bottom_turnover``;
+    ``net_spread_return = spread_return - cost_bps * 1e-4 * 2 * ls_turnover``;
+    ``rank_autocorr`` (Spearman of score vs previous scoring date's score);
+    ``momentum_corr`` (Spearman of score vs ``mom_12_1``; needs ``momentum`` with
+    ``date, ticker, mom_12_1``); ``mkt_vol_20d, vol_regime`` (needs ``market`` with
+    ``date, mkt_ret``).
+    """
+    cols = ["model", "horizon", "fold", "date", "ticker", "score", "excess_return", "fwd_return"]
+    df = rows[cols].reset_index(drop=True)
+    if df.empty:
+        return pd.DataFrame(
+            columns=[
+                "model", "horizon", "fold", "date", "n_names", "rank_ic", "top_return",
+                "bottom_return", "spread_return", "top_turnover", "bottom_turnover",
+                "ls_turnover", "net_spread_return", "rank_autocorr", "momentum_corr",
+                "mkt_vol_20d", "vol_regime",
+            ]
+        )  # fmt: skip
+    g = df.groupby(KEYS, sort=True)
+    out = pd.DataFrame({"fold": g["fold"].first(), "n_names": g.size()})
+    out["rank_ic"] = _grouped_spearman(df, KEYS, "score", "excess_return")
+    df["quantile"] = assign_quantiles(df, KEYS, n_quantiles)
+    ret = df[df["quantile"] > 0].groupby([*KEYS, "quantile"])["fwd_return"].mean().unstack()
+    out["top_return"] = ret.get(n_quantiles)
+    out["bottom_return"] = ret.get(1)
+    out["spread_return"] = out["top_return"] - out["bottom_return"]
+    out["top_turnover"] = _basket_turnover(df, n_quantiles)
+    out["bottom_turnover"] = _basket_turnover(df, 1)
+    out["ls_turnover"] = out["top_turnover"] + out["bottom_turnover"]
+    out["net_spread_return"] = net_of_cost(out["spread_return"], out["ls_turnover"], cost_bps)
+    out["rank_autocorr"] = _rank_autocorr(df)
+    if momentum is not None:
+        mom = momentum[["date", "ticker", "mom_12_1"]].copy()
+        mom["date"] = pd.to_datetime(mom["date"])
+        m = df[[*KEYS, "ticker", "score"]].merge(mom, on=["date", "ticker"])
+        out["momentum_corr"] = _grouped_spearman(m, KEYS, "score", "mom_12_1")
+    else:
+        out["momentum_corr"] = np.nan
+    out = out.reset_index()
+    if market is not None:
+        regimes = volatility_regimes(market, out["date"].unique())
+        out = out.merge(regimes, on="date", how="left")
+    else:
+        out["mkt_vol_20d"] = np.nan
+        out["vol_regime"] = pd.Series(pd.NA, index=out.index, dtype="object")
+    return out
+
+
+def decile_returns(rows: pd.DataFrame, n_quantiles: int = N_QUANTILES) -> pd.DataFrame:
+    """Mean ``fwd_return`` per score quantile: ``model, horizon, quantile, mean_fwd_return``.
+
+    Equal-weight mean within each date's quantile, then the mean over dates (fraction over
+    ``h`` trading days).
+    """
+    df = rows[["model", "horizon", "date", "ticker", "score", "fwd_return"]].reset_index(drop=True)
+    df["quantile"] = assign_quantiles(df, KEYS, n_quantiles)
+    per_date = df[df["quantile"] > 0].groupby([*KEYS, "quantile"])["fwd_return"].mean()
+    out = per_date.groupby(["model", "horizon", "quantile"]).mean().rename("mean_fwd_return")
+    return out.reset_index()
+
+
+def _summary(g: pd.DataFrame, horizon: int) -> dict[str, float]:
+    ic = g["rank_ic"].to_numpy(dtype=float)
+    churn = float(g["top_turnover"].mean())
+    gross = float(g["spread_return"].mean())
+    ls_turn = float(g["ls_turnover"].mean())
+    return {
+        "n_dates": int(np.isfinite(ic).sum()),
+        "mean_rank_ic": float(np.nanmean(ic)) if np.isfinite(ic).any() else float("nan"),
+        "median_rank_ic": float(np.nanmedian(ic)) if np.isfinite(ic).any() else float("nan"),
+        "std_rank_ic": float(np.nanstd(ic, ddof=1)) if np.isfinite(ic).sum() > 1 else float("nan"),
+        "ic_ir": ic_ir(ic),
+        "hit_rate": hit_rate(ic),
+        "nw_t": newey_west_t(ic, horizon - 1),
+        "churn": churn,
+        "rank_autocorr": float(g["rank_autocorr"].mean()),
+        "mean_spread_return": gross,
+        "mean_net_spread_return": float(g["net_spread_return"].mean()),
+        "mean_ls_turnover": ls_turn,
+        "break_even_cost_bps": break_even_cost_bps(gross, ls_turn),
+        "median_momentum_corr": float(g["momentum_corr"].median()),
+    }
+
+
+def fold_summaries(per_date: pd.DataFrame) -> pd.DataFrame:
+    """Per ``model, horizon, fold`` summary of the per-date metrics.
+
+    ``median_rank_ic, mean_rank_ic, std_rank_ic``; ``ic_ir = mean / std``; ``hit_rate`` (share of
+    dates with RankIC > 0); ``nw_t`` (Newey-West t of the mean RankIC, lag ``h - 1``); ``churn``
+    (mean top-decile turnover); ``rank_autocorr`` (mean); ``mean_spread_return`` and
+    ``mean_net_spread_return`` (mean over dates of the top-minus-bottom decile ``h``-day return,
+    gross and net of cost); ``mean_ls_turnover``; ``break_even_cost_bps``;
+    ``median_momentum_corr``.
+    """
+    rows = []
+    for (model, horizon, fold), g in per_date.sort_values(["date"]).groupby(
+        ["model", "horizon", "fold"], sort=True
+    ):
+        rows.append(
+            {"model": model, "horizon": int(horizon), "fold": fold, **_summary(g, int(horizon))}
+        )
+    return pd.DataFrame(rows)
+
+
+def model_comparison(per_date: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
+    """Overall comparison per ``model, horizon``, over every scoring date of every fold.
+
+    The :func:`fold_summaries` columns computed on all dates at once (``nw_t`` with lag ``h - 1``
+    on the full date series), plus ``n_folds``; ``positive_fold_share`` (share of folds whose
+    ``mean_net_spread_return > 0``); ``median_fold_rank_ic`` (median of the folds' median
+    RankIC); ``regime_median_rank_ic_{low,mid,high}`` (median RankIC over the dates of each market
+    volatility tercile); ``min_regime_median_rank_ic``.
+    """
+    rows = []
+    for (model, horizon), g in per_date.sort_values("date").groupby(["model", "horizon"]):
+        f = folds[(folds["model"] == model) & (folds["horizon"] == horizon)]
+        row = {"model": model, "horizon": int(horizon), **_summary(g, int(horizon))}
+        net = f["mean_net_spread_return"].dropna()
+        row["n_folds"] = int(len(f))
+        row["positive_fold_share"] = float((net > 0).mean()) if len(net) else float("nan")
+        row["median_fold_rank_ic"] = float(f["median_rank_ic"].median())
+        regime_medians = []
+        for label in REGIME_LABELS:
+            ic = g.loc[g["vol_regime"] == label, "rank_ic"].dropna()
+            value = float(ic.median()) if len(ic) else float("nan")
+            row[f"regime_median_rank_ic_{label}"] = value
+            regime_medians.append(value)
+        finite = [v for v in regime_medians if np.isfinite(v)]
+        row["min_regime_median_rank_ic"] = min(finite) if finite else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
