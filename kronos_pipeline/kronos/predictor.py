@@ -74,6 +74,29 @@ class KronosCache:
     dep_v: torch.Tensor
     length: int = 0
 
+    def reset(self) -> None:
+        """Forget every position (keeps the allocated memory)."""
+        self.length = 0
+        for layer in self.layers:
+            layer.length = 0
+
+    def repeat_rows(self, repeats: int) -> KronosCache:
+        """A new cache with every row repeated ``repeats`` times (row-major, as
+        ``repeat_interleave``), e.g. to fan one prefilled context out to sample paths."""
+        layers = []
+        for layer in self.layers:
+            new = KVCache.__new__(KVCache)
+            new.k = layer.k.repeat_interleave(repeats, dim=0)
+            new.v = layer.v.repeat_interleave(repeats, dim=0)
+            new.length = layer.length
+            layers.append(new)
+        return KronosCache(
+            layers=layers,
+            dep_k=self.dep_k.repeat_interleave(repeats, dim=0),
+            dep_v=self.dep_v.repeat_interleave(repeats, dim=0),
+            length=self.length,
+        )
+
 
 class Kronos(nn.Module):
     """The Kronos autoregressive predictor. Construct with ``Kronos(**config)``."""
@@ -205,16 +228,16 @@ class Kronos(nn.Module):
         s1_ids: torch.Tensor,
         s2_ids: torch.Tensor,
         stamp: torch.Tensor,
-        rope: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Append tokens [B, t] with stamps [B, t, 5]; returns their context [B, t, D].
 
         A multi-token block is accepted only on an empty cache (prefill). ``rope`` may give
-        per-layer (cos, sin) tables for the new positions.
+        the (cos, sin) tables [1, 1, t, Dh] of the new positions (shared by all layers).
         """
         x = self.embedding([s1_ids, s2_ids]) + self.time_emb(stamp)
         for i, block in enumerate(self.transformer):
-            x = block(x, cache=cache.layers[i], rope=None if rope is None else rope[i])
+            x = block(x, cache=cache.layers[i], rope=rope)
         x = self.norm(x)
         k, v = self.dep_layer.cross_attn.project_kv(x)
         start, stop = cache.length, cache.length + x.shape[1]
