@@ -19,13 +19,28 @@ from kronos_pipeline.evaluation.baselines import stable_seed
 from kronos_pipeline.evaluation.metrics import MIN_NAMES_PER_DATE
 from kronos_pipeline.settings import GateSettings
 
-#: Permutations / random draws averaged per date: the median of their mean RankIC has a sampling
-#: error ~ 1.25 / sqrt(n_names * n_dates * draws), well inside the 0.01 tolerance even on SMOKE.
+#: Fewest permutations / random draws averaged per date. More are drawn when needed so that the
+#: sampling error of the median, ~ 1.2533 / sqrt((n_names - 1) * n_dates * draws), is at most
+#: 1 / CONTROL_SIGMAS of the tolerance: a correct pipeline then fails a control with odds ~1e-4.
 CONTROL_DRAWS = 20
+CONTROL_SIGMAS = 4.0
+MAX_CONTROL_DRAWS = 2000
 #: A real model whose median RankIC reaches this is treated as leaking. Proposed as
 #: ``GateSettings.tripwire_max_plausible_median_rankic``; read from there once it exists.
 MAX_PLAUSIBLE_MEDIAN_RANKIC = 0.5
 TRIPWIRE_SEED = 20240611
+
+
+def control_draws(n_names: float, n_dates: int, tolerance: float) -> int:
+    """Draws per date so the control's median RankIC has standard error <= tolerance / 4.
+
+    ``se(median) ~ 1.2533 / sqrt((n_names - 1) * n_dates * draws)`` under the null (the
+    per-date RankIC of independent ranks has variance ``1 / (n_names - 1)``).
+    """
+    if n_dates <= 0 or n_names <= 1:
+        return CONTROL_DRAWS
+    need = (CONTROL_SIGMAS * 1.2533 / tolerance) ** 2 / ((n_names - 1) * n_dates)
+    return int(min(MAX_CONTROL_DRAWS, max(CONTROL_DRAWS, np.ceil(need))))
 
 
 def _max_plausible(gates: GateSettings) -> float:
@@ -62,12 +77,12 @@ def _control_verdict(per_date: pd.DataFrame, tolerance: float) -> dict[str, Any]
                 "horizon": horizon,
                 "median_rank_ic": med,
                 "n_dates": int(len(g)),
+                "draws_per_date": int(g["draws"].iloc[0]),
                 "passed": bool(abs(med) < tolerance),
             }
         )
     return {
         "tolerance_abs_median_rank_ic": tolerance,
-        "draws_per_date": CONTROL_DRAWS,
         "by_model": by_model,
         "passed": all(r["passed"] for r in by_model),
     }
@@ -78,16 +93,20 @@ def shuffled_labels(
 ) -> dict[str, Any]:
     """RankIC of every model against labels permuted across names within each date.
 
-    Per date: the mean RankIC over ``CONTROL_DRAWS`` seeded permutations of ``excess_return``;
-    per model and horizon: the median over dates. Passes when ``|median| <
+    Per date: the mean RankIC over :func:`control_draws` seeded permutations of
+    ``excess_return``; per model and horizon: the median over dates. Passes when ``|median| <
     gates.tripwire_max_abs_median_rankic`` for every model and horizon.
     """
+    tol = gates.tripwire_max_abs_median_rankic
+    sizes = rows.groupby(["model", "horizon", "date"]).size().groupby(["model", "horizon"])
+    draws = {k: control_draws(v.mean(), len(v), tol) for k, v in sizes}
     out = []
     for model, horizon, date, rs, ry in _ranked_groups(rows, "excess_return"):
+        k = draws[(model, horizon)]
         rng = np.random.default_rng(stable_seed(seed, "shuffle", model, horizon, date))
-        draws = np.stack([rng.permutation(ry) for _ in range(CONTROL_DRAWS)])
-        out.append((model, horizon, date, float(np.nanmean(_corr_rows(rs, draws)))))
-    per_date = pd.DataFrame(out, columns=["model", "horizon", "date", "rank_ic"])
+        shuffled = rng.permuted(np.broadcast_to(ry, (k, len(ry))), axis=1)
+        out.append((model, horizon, date, float(np.nanmean(_corr_rows(rs, shuffled))), k))
+    per_date = pd.DataFrame(out, columns=["model", "horizon", "date", "rank_ic", "draws"])
     return _control_verdict(per_date, gates.tripwire_max_abs_median_rankic)
 
 
@@ -96,13 +115,17 @@ def random_scores_control(
 ) -> dict[str, Any]:
     """RankIC of seeded random scores against the real labels of each horizon's scoring dates.
 
-    Per date: the mean RankIC over ``CONTROL_DRAWS`` standard normal score vectors; per horizon: the
-    median over dates. Passes when ``|median| < gates.tripwire_max_abs_median_rankic``. (The
-    ``random`` baseline model is one such draw and is reported in the comparison table.)
+    Per date: the mean RankIC over :func:`control_draws` standard normal score vectors; per
+    horizon: the median over dates. Passes when ``|median| <
+    gates.tripwire_max_abs_median_rankic``. (The ``random`` baseline model is one such draw and is
+    reported in the comparison table.)
     """
     labels = rows.drop_duplicates(["horizon", "date", "ticker"])[
         ["horizon", "date", "ticker", "excess_return"]
     ].assign(model="random_control", score=0.0)
+    tol = gates.tripwire_max_abs_median_rankic
+    sizes = labels.groupby(["horizon", "date"]).size().groupby("horizon")
+    n_draws = {h: control_draws(v.mean(), len(v), tol) for h, v in sizes}
     out = []
     for (horizon, date), g in labels.groupby(["horizon", "date"], sort=True):
         y = g["excess_return"].to_numpy(float)
@@ -112,11 +135,11 @@ def random_scores_control(
         ry = stats.rankdata(y)
         ry -= ry.mean()
         rng = np.random.default_rng(stable_seed(seed, "random", horizon, date))
-        draws = rng.standard_normal((CONTROL_DRAWS, len(y)))
-        rd = np.apply_along_axis(stats.rankdata, 1, draws)
+        k = n_draws[horizon]
+        rd = stats.rankdata(rng.standard_normal((k, len(y))), axis=1)
         rd -= rd.mean(axis=1, keepdims=True)
-        out.append(("random_control", int(horizon), date, float(np.nanmean(_corr_rows(ry, rd)))))
-    per_date = pd.DataFrame(out, columns=["model", "horizon", "date", "rank_ic"])
+        out.append(("random_control", int(horizon), date, float(np.nanmean(_corr_rows(ry, rd))), k))
+    per_date = pd.DataFrame(out, columns=["model", "horizon", "date", "rank_ic", "draws"])
     return _control_verdict(per_date, gates.tripwire_max_abs_median_rankic)
 
 
