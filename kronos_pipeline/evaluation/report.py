@@ -50,7 +50,7 @@ SURVIVORSHIP_NOTE = {
 }
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if isinstance(obj, np.integer | np.bool_):
         return obj.item()
     if isinstance(obj, np.floating):
@@ -60,12 +60,12 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
-def _clean_json(obj: Any) -> Any:
+def clean_json(obj: Any) -> Any:
     """Replace NaN / inf floats by None so the JSON is standard."""
     if isinstance(obj, dict):
-        return {str(k): _clean_json(v) for k, v in obj.items()}
+        return {str(k): clean_json(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_clean_json(v) for v in obj]
+        return [clean_json(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -81,7 +81,7 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return f"{float(x):.{digits}f}"
 
 
-def _table(frame: pd.DataFrame) -> str:
+def markdown_table(frame: pd.DataFrame) -> str:
     header = "| " + " | ".join(frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
     body = ["| " + " | ".join(_fmt(v) if not isinstance(v, str) else v for v in r) + " |"
@@ -225,7 +225,7 @@ def write_report(
     per_date.to_csv(paths["per_date_metrics.csv"], index=False)
     eval_rows.to_parquet(paths["eval_rows.parquet"], index=False)
     paths["leak_tripwires.json"].write_text(
-        json.dumps(_clean_json(tripwires), indent=2, default=_json_default) + "\n"
+        json.dumps(clean_json(tripwires), indent=2, default=json_default) + "\n"
     )
     plot_cumulative_rank_ic(per_date, paths["cumulative_rank_ic.png"])
     plot_rank_ic_by_fold(fold_summaries, paths["rank_ic_by_fold.png"])
@@ -259,15 +259,22 @@ def write_report(
         lines += [
             f"## Horizon {h} trading days",
             "",
-            _table(comparison_table(comparison, verdicts, h)),
+            markdown_table(comparison_table(comparison, verdicts, h)),
             "",
         ]
-    lines += ["## Reference study (frozen numbers, different data)", "", _table(reference), ""]
+    lines += [
+        "## Reference study (frozen numbers, different data)",
+        "",
+        markdown_table(reference),
+        "",
+    ]
     failed = verdicts[verdicts["candidate"] & ~verdicts["passed"]]
     lines += ["## Gate verdicts of candidate models", ""]
     if verdicts["candidate"].any():
         lines += [
-            _table(verdicts[verdicts["candidate"]].astype({"horizon": "object"}).fillna("all"))
+            markdown_table(
+                verdicts[verdicts["candidate"]].astype({"horizon": "object"}).fillna("all")
+            )
         ]
         lines += ["", f"{len(failed)} failed verdict(s).", ""]
     else:

@@ -1,0 +1,234 @@
+"""Walk-forward evaluation assets: folds -> baseline scores (per fold) -> evaluation tables,
+leak tripwires and gates (asset checks) -> report folder. Library work lives in
+``kronos_pipeline.evaluation``; this module reads the warehouse, calls it and writes back."""
+
+import datetime as dt
+import json
+
+import dagster as dg
+import pandas as pd
+import polars as pl
+
+from kronos_pipeline.defs.resources import WarehouseResource
+from kronos_pipeline.evaluation import baselines, folds, gates, report
+from kronos_pipeline.evaluation.metrics import decile_returns
+from kronos_pipeline.evaluation.pipeline import evaluate_scores
+from kronos_pipeline.settings import get_settings
+from kronos_pipeline.warehouse import WAREHOUSE_POOL
+
+GROUP = "evaluation"
+#: Every table of long scores the evaluation unions (Kronos writes the second one).
+SCORE_TABLES = ("baseline_scores", "kronos_scores")
+TABLES = ("eval_rows", "per_date_metrics", "fold_summaries", "model_comparison")
+TRIPWIRE_CHECKS = ("shuffled_labels", "random_scores", "planted_leak", "leak_scan")
+GATE_CHECKS = ("gate1", "gate2", "gate3")
+MARKET_SQL = """
+select p.date, avg(p.ret) as mkt_ret
+from (select ticker, date, tri / lag(tri) over (partition by ticker order by date) - 1 as ret
+      from prices_pit) p
+join universe u on u.date = p.date and u.ticker = p.ticker
+where u.in_universe and p.ret is not null
+group by p.date order by p.date
+"""
+
+
+def _fold_ids() -> list[str]:
+    fs = get_settings().folds
+    months = pd.period_range(fs.first_test_month, fs.last_test_month, freq="M")
+    return [str(m) for m in months]
+
+
+fold_partitions = dg.StaticPartitionsDefinition(_fold_ids())
+
+
+def _selected_fold_ids() -> list[str]:
+    s = get_settings()
+    return _fold_ids()[-s.folds.smoke_folds :] if s.mode == "smoke" else _fold_ids()
+
+
+def _pd(frame: pl.DataFrame) -> pd.DataFrame:
+    return frame.to_pandas()
+
+
+def _pl(frame: pd.DataFrame) -> pl.DataFrame:
+    return pl.from_pandas(frame)
+
+
+@dg.asset(
+    name="folds",
+    deps=["features", "labels_forward"],
+    group_name=GROUP,
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb", "pandas"},
+    description="Monthly walk-forward test folds with per-horizon purged training ends.",
+)
+def folds_asset(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    s = get_settings()
+    db = warehouse.get()
+    dates = _pd(db.read("select distinct date from features order by date"))["date"]
+    all_folds = folds.make_folds(
+        dates, s.folds.first_test_month, s.folds.last_test_month, s.labels.horizons,
+        s.folds.window, s.folds.rolling_train_days,
+    )  # fmt: skip
+    table = folds.folds_to_frame(all_folds)
+    db.replace_table("folds", _pl(table))
+    selected = folds.select_folds(all_folds, s.mode, s.folds.smoke_folds)
+    return dg.MaterializeResult(
+        metadata={
+            "folds": len(all_folds),
+            "mode": s.mode,
+            "selected": ", ".join(f.fold_id for f in selected[:3])
+            + (" ..." if len(selected) > 3 else ""),
+            "definitions": dg.MetadataValue.md(
+                report.markdown_table(table.astype({c: str for c in table.columns[2:6]}).head(30))
+            ),
+        }
+    )
+
+
+@dg.asset(
+    name="baseline_scores",
+    deps=["folds", "features", "labels_forward", "universe"],
+    partitions_def=fold_partitions,
+    group_name=GROUP,
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb", "lightgbm"},
+    description="Factor floor, LightGBM (labels matured before the cut) and random scores.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "lightgbm_train_cut",
+            asset="baseline_scores",
+            blocking=True,
+            description="Every LightGBM training label matured before the fold's first test day",
+        )
+    ],  # fmt: skip
+)
+def baseline_scores_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    s = get_settings()
+    db = warehouse.get()
+    fold_id = context.partition_key
+    fold = folds.folds_from_frame(_pd(db.read("select * from folds where fold_id = ?", [fold_id])))[
+        0
+    ]
+    feats = _pd(
+        db.read(
+            "select f.* from features f join universe u using (date, ticker) "
+            "where u.in_universe and f.date between ? and ?",
+            [fold.train_start.date(), fold.test_end.date()],
+        )
+    )
+    labels = _pd(
+        db.read("select * from labels_forward where available_at < ?", [fold.test_start.date()])
+    )
+    days = folds.scoring_dates(fold, feats["date"].unique(), s.folds.scoring_cadence)
+    scores, fits = baselines.baseline_scores_for_fold(
+        feats, labels, fold, s.labels.horizons, days, s.lightgbm
+    )
+    db.replace_where("baseline_scores", _pl(scores), "fold", [fold_id])
+    yield dg.MaterializeResult(
+        metadata={
+            "rows": len(scores),
+            "scoring_dates": len(days),
+            "lightgbm": dg.MetadataValue.json([f.summary() for f in fits]),
+        }
+    )
+    late = [f.summary() for f in fits if f.max_available_at >= fold.test_start]
+    yield dg.AssetCheckResult(
+        check_name="lightgbm_train_cut",
+        passed=not late,
+        description=f"{len(late)} model(s) saw a label maturing on/after {fold.test_start.date()}",
+        metadata={"violations": dg.MetadataValue.json(late)},
+    )
+
+
+def _read_scores(db, fold_ids: list[str]) -> pd.DataFrame:
+    parts = [
+        _pd(db.read(f"select model, horizon, date, ticker, score, fold from {t} "
+                    "where fold in (select unnest(?))", [fold_ids]))
+        for t in SCORE_TABLES if t in db.tables()
+    ]  # fmt: skip
+    return pd.concat(parts, ignore_index=True)
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            name, deps=["baseline_scores", "labels_forward"], group_name=GROUP, kinds={"duckdb"}
+        )
+        for name in (*TABLES, "leak_tripwires", "gate_verdicts")
+    ],
+    check_specs=[
+        *[dg.AssetCheckSpec(n, asset="leak_tripwires", blocking=True) for n in TRIPWIRE_CHECKS],
+        *[dg.AssetCheckSpec(n, asset="gate_verdicts", blocking=True) for n in GATE_CHECKS],
+    ],
+    pool=WAREHOUSE_POOL,
+)
+def evaluation_tables(warehouse: WarehouseResource):
+    """Eval rows, per-date metrics, fold summaries, comparison, tripwires and gates of every model
+    scored on the folds of the current mode."""
+    s = get_settings()
+    db = warehouse.get()
+    scores = _read_scores(db, _selected_fold_ids())
+    labels = _pd(db.read("select * from labels_forward where date between ? and ?",
+                         [scores["date"].min(), scores["date"].max()]))  # fmt: skip
+    momentum = _pd(db.read("select date, ticker, mom_12_1 from features where date between ? and ?",
+                           [scores["date"].min(), scores["date"].max()]))  # fmt: skip
+    result = evaluate_scores(
+        scores, labels, s, momentum=momentum, market=_pd(db.read(MARKET_SQL)),
+        pretrained_models=[m for m in gates.candidate_models(scores["model"].unique())
+                           if m.startswith("kronos") and "zero_shot" in m],
+    )  # fmt: skip
+    frames = (result.eval_rows, result.per_date, result.fold_summaries, result.comparison)
+    for name, frame in zip(TABLES, frames, strict=True):
+        db.replace_table(name, _pl(frame))
+        yield dg.MaterializeResult(asset_key=name, metadata={"rows": len(frame)})
+    trip_json = json.dumps(report.clean_json(result.tripwires), default=report.json_default)
+    db.replace_table(
+        "leak_tripwires", pl.DataFrame({"run_at": [dt.datetime.now()], "json": [trip_json]})
+    )
+    db.replace_table("gate_verdicts", _pl(result.verdicts))
+    yield dg.MaterializeResult(
+        asset_key="leak_tripwires", metadata={"passed": bool(result.tripwires["passed"])}
+    )
+    yield dg.MaterializeResult(
+        asset_key="gate_verdicts",
+        metadata={k: v for k, v in report.key_figures(result.comparison, result.verdicts).items()},
+    )
+    for name in TRIPWIRE_CHECKS:
+        t = result.tripwires[name]
+        yield dg.AssetCheckResult(
+            asset_key="leak_tripwires", check_name=name, passed=bool(t["passed"]),
+            metadata={"result": dg.MetadataValue.json(report.clean_json(t))},
+        )  # fmt: skip
+    for name in GATE_CHECKS:
+        failed = gates.blocking_failures(result.verdicts, name)
+        yield dg.AssetCheckResult(
+            asset_key="gate_verdicts", check_name=name, passed=failed.empty,
+            description="no candidate failed" if failed.empty else "; ".join(
+                f"{r.model}: {r.reason}" for r in failed.itertuples()),
+        )  # fmt: skip
+
+
+@dg.asset(
+    name="evaluation_report",
+    deps=[*TABLES, "leak_tripwires", "gate_verdicts"],
+    group_name=GROUP,
+    kinds={"duckdb", "matplotlib"},
+    description="The run folder: REPORT_SUMMARY.md, CSVs, parquet, leak_tripwires.json, plots.",
+)
+def evaluation_report_asset(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    s = get_settings()
+    db = warehouse.get()
+    t = {name: _pd(db.read(f"select * from {name}")) for name in (*TABLES, "gate_verdicts")}
+    trip = json.loads(db.read("select json from leak_tripwires")["json"][0])
+    out_dir = s.report.output_root / s.report.run_name
+    report.write_report(
+        out_dir, comparison=t["model_comparison"], fold_summaries=t["fold_summaries"],
+        per_date=t["per_date_metrics"], eval_rows=t["eval_rows"],
+        deciles=decile_returns(t["eval_rows"]), tripwires=trip, verdicts=t["gate_verdicts"],
+        reference=gates.reference_comparison(t["model_comparison"], s.report),
+        data_source=s.data.source_kind,
+        run_info={"mode": s.mode, "folds": ", ".join(sorted(t["fold_summaries"]["fold"].unique()))},
+    )  # fmt: skip
+    figures = report.key_figures(t["model_comparison"], t["gate_verdicts"])
+    return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out_dir)), **figures})
