@@ -43,8 +43,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kronos_pipeline.kronos import hub
 from kronos_pipeline.kronos import lora as lora_mod
-from kronos_pipeline.kronos.windows import DEFAULT_CLIP, WindowSet, cut_windows, fixed_subset
+from kronos_pipeline.kronos.predictor import Kronos
+from kronos_pipeline.kronos.tokenizer import KronosTokenizer
+from kronos_pipeline.kronos.windows import (
+    DEFAULT_CLIP,
+    WindowSet,
+    cut_windows,
+    epoch_order,
+    fixed_subset,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +130,8 @@ class TrainConfig:
             backbone stays frozen).
         log_every: optimiser steps between progress lines.
         deterministic: turn on ``torch.use_deterministic_algorithms`` for the run.
+        num_threads: torch intra-op threads for the run (None: leave as set); results are
+            bit-reproducible for a given thread count.
     """
 
     mode: Mode = "scratch"
@@ -150,6 +161,7 @@ class TrainConfig:
     lora_modules_to_save: tuple[str, ...] = ()
     log_every: int = 50
     deterministic: bool = True
+    num_threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy of the fields."""
@@ -192,24 +204,14 @@ class TrainResult:
 # --------------------------------------------------------------------------------------
 
 
-def _model_classes() -> tuple[type[nn.Module], type[nn.Module]]:
-    """The engine's tokenizer and predictor classes (reference classes until they exist)."""
-    try:
-        from kronos_pipeline.kronos.predictor import Kronos
-        from kronos_pipeline.kronos.tokenizer import KronosTokenizer
-    except ImportError:  # pragma: no cover - engine modules not installed yet
-        from kronos_finance._vendor.kronos_model import Kronos, KronosTokenizer
-    return KronosTokenizer, Kronos
-
-
 def build_tokenizer(config: dict[str, Any]) -> nn.Module:
     """A new tokenizer from ``config.json`` fields (weights from the current torch RNG)."""
-    return _model_classes()[0](**config)
+    return KronosTokenizer(**config)
 
 
 def build_predictor(config: dict[str, Any]) -> nn.Module:
     """A new predictor from ``config.json`` fields (weights from the current torch RNG)."""
-    return _model_classes()[1](**config)
+    return Kronos(**config)
 
 
 def model_config(model: nn.Module) -> dict[str, Any]:
@@ -221,15 +223,11 @@ def model_config(model: nn.Module) -> dict[str, Any]:
         return dataclasses.asdict(cfg)
     if isinstance(cfg, dict):
         return dict(cfg)
-    hub_cfg = getattr(model, "_hub_mixin_config", None)
-    if isinstance(hub_cfg, dict):
-        return dict(hub_cfg)
     raise ValueError(f"cannot read the config of {type(model).__name__}")
 
 
 def _load_source(kind: Kind, source: str | Path) -> nn.Module:
-    from kronos_pipeline.kronos import hub
-
+    """Load a checkpoint (directory or hub id) with the engine's loader, on cpu."""
     if kind == "tokenizer":
         return hub.load_tokenizer(str(source), device="cpu")
     return hub.load_predictor(str(source), device="cpu")
@@ -299,17 +297,22 @@ def predictor_losses(
 
 
 @contextlib.contextmanager
-def _seeded(seed: int, deterministic: bool) -> Iterator[None]:
-    """Seed torch for the block without disturbing the caller's RNG or determinism flag."""
+def _seeded(cfg: TrainConfig) -> Iterator[None]:
+    """Seed torch (and set threads) for the block; the caller's RNG state, determinism flag
+    and thread count are restored afterwards."""
     previous = torch.are_deterministic_algorithms_enabled()
+    previous_threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        if deterministic:
+        torch.manual_seed(cfg.seed)
+        if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
+        if cfg.num_threads is not None:
+            torch.set_num_threads(cfg.num_threads)
         try:
             yield
         finally:
             torch.use_deterministic_algorithms(previous)
+            torch.set_num_threads(previous_threads)
 
 
 def code_version() -> dict[str, Any]:
@@ -514,7 +517,7 @@ def _fit(
     train_t = 0.0
     model.train()
     for epoch in range(1, cfg.epochs + 1):
-        order = rng.permutation(windows.train_starts)[:n_epoch]
+        order = epoch_order(windows.train_starts, rng, n_epoch)
         epoch_loss, epoch_n = 0.0, 0
         for b in range(steps_per_epoch):
             chunk = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
@@ -632,6 +635,7 @@ def _fit(
         "tokens_per_s": round(tokens / max(train_t, 1e-9), 1),
         "code_version": code_version(),
         "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **extra_metadata,
     }
@@ -684,7 +688,7 @@ def train_tokenizer(
         (squared normalised units).
     """
     windows = _windows_for(data, cfg, train_cut)
-    with _seeded(cfg.seed, cfg.deterministic):
+    with _seeded(cfg):
         model, start, source = _prepare_model("tokenizer", cfg, init, config)
         return _fit(
             "tokenizer",
@@ -737,7 +741,7 @@ def train_predictor(
     for param in tok.parameters():
         param.requires_grad_(False)
     tok_cfg = model_config(tok)
-    with _seeded(cfg.seed, cfg.deterministic):
+    with _seeded(cfg):
         model, start, source = _prepare_model("predictor", cfg, init, config)
         pred_cfg = model_config(model)
         if (pred_cfg["s1_bits"], pred_cfg["s2_bits"]) != (tok_cfg["s1_bits"], tok_cfg["s2_bits"]):
@@ -792,18 +796,15 @@ def plain_model(model: nn.Module) -> nn.Module:
     return lora_mod.merge_adapter(model) if lora_mod.is_lora(model) else model
 
 
-def _save_checkpoint(model: nn.Module, directory: Path) -> None:
+def _save_checkpoint(model: nn.Module, directory: Path, metadata: dict[str, Any]) -> None:
     """Write ``config.json`` + ``model.safetensors`` through the engine's hub module."""
-    try:
-        from kronos_pipeline.kronos.hub import save_checkpoint
-    except ImportError:  # pragma: no cover - engine hub not installed yet
-        from safetensors.torch import save_model
-
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(model_config(model), indent=2))
-        save_model(model, str(directory / "model.safetensors"))
-        return
-    save_checkpoint(model, str(directory))
+    header = {
+        "trained_by": "kronos_pipeline.kronos.train",
+        "kind": str(metadata.get("kind")),
+        "train_cut": str(metadata.get("data", {}).get("train_cut")),
+        "git_commit": str(metadata.get("code_version", {}).get("git_commit")),
+    }
+    hub.save_checkpoint(model, directory, extra_metadata=header)
 
 
 def write_trained_checkpoint(
@@ -822,7 +823,7 @@ def write_trained_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     if lora_mod.is_lora(result.model) and save_adapter:
         lora_mod.save_adapter(result.model, out / "adapter")
-    _save_checkpoint(plain_model(result.model), out)
+    _save_checkpoint(plain_model(result.model), out, result.metadata)
     (out / METADATA_FILENAME).write_text(json.dumps(result.metadata, indent=2, default=str))
     return out
 
