@@ -75,3 +75,19 @@ def labels_forward(
     universe_mean = pl.col("fwd_return").filter(pl.col("in_universe")).mean().over("date", "horizon")
     out = out.with_columns(excess_return=pl.col("fwd_return") - universe_mean)
     return out.select(LABEL_COLUMNS).sort("date", "ticker", "horizon")
+
+
+def labels_due(keys: pl.DataFrame, data_end: object, calendar: str = "XNYS") -> pl.DataFrame:
+    """``keys`` (date, horizon, ...) with ``due``: True when trading day date+horizon <= data_end,
+    i.e. the label should exist by the end of the data."""
+    if keys.height == 0:
+        return keys.with_columns(due=pl.lit(False))
+    sessions = pl.DataFrame(
+        {"date": pl.Series(trading_days(keys["date"].min(), data_end).values).cast(pl.Date)}
+    ).with_row_index("pos")
+    last = sessions.height - 1
+    return (
+        keys.join(sessions, on="date", how="left")
+        .with_columns(due=(pl.col("pos") + pl.col("horizon") <= last).fill_null(False))
+        .drop("pos")
+    )

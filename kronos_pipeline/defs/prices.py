@@ -1,0 +1,48 @@
+"""prices_pit: split-adjusted prices and total returns, as of each date."""
+
+import dagster as dg
+import polars as pl
+
+from kronos_pipeline import quality
+from kronos_pipeline.data.pit import adjustment_agreement, prices_pit
+from kronos_pipeline.defs.common import DAILY_ASSET_OPTIONS, quality_result, spec
+from kronos_pipeline.defs.partitions import partition_window
+from kronos_pipeline.defs.resources import WarehouseResource
+
+# Share of ticker-days without a corporate action that must match the vendor's adjusted close.
+ADJUSTMENT_MIN_AGREEMENT = 0.999
+ADJUSTMENT_REL_TOL = 1e-6
+
+
+@dg.asset(
+    name="prices_pit",
+    deps=["raw_bars"],
+    group_name="data",
+    description="PIT split-adjusted OHLCV, dividend-inclusive daily total return and index.",
+    check_specs=[
+        spec("prices_pit", "prices_quality", "GX: schema, unique keys, positive factors, bounded returns", blocking=True),
+        spec("prices_pit", "adjustment_consistency", "Our returns vs the vendor adjusted_close on days without corporate actions"),
+    ],
+    **DAILY_ASSET_OPTIONS,
+)
+def prices_pit_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    start, end = partition_window(context)
+    db = warehouse.get()
+    # The adjustment is anchored at each ticker's first bar: compute on all history <= end.
+    prices = prices_pit(db.read_table("raw_bars", end=end)).filter(pl.col("date").is_between(start, end))
+    db.replace_window("prices_pit", prices, start, end, order_by=("ticker", "date"))
+    agreement = adjustment_agreement(prices, ADJUSTMENT_REL_TOL)
+    yield dg.MaterializeResult(
+        asset_key="prices_pit",
+        metadata={"rows": prices.height, "splits": int((prices["split"] != 1.0).sum()), "dividends": int((prices["dividend"] > 0).sum()), "adjustment_agreement": agreement["share"]},
+    )
+    yield quality_result("prices_pit", "prices_quality", quality.validate(prices, "prices_pit", quality.prices_suite(prices.columns)))
+    share = agreement["share"]
+    yield dg.AssetCheckResult(
+        asset_key="prices_pit",
+        check_name="adjustment_consistency",
+        passed=agreement["checked"] == 0 or share >= ADJUSTMENT_MIN_AGREEMENT,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{agreement['agree']} of {agreement['checked']} ticker-days agree within {ADJUSTMENT_REL_TOL:g} relative",
+        metadata={"share_agree": float(share) if agreement["checked"] else None, "checked": agreement["checked"]},
+    )

@@ -1,0 +1,61 @@
+"""universe: which names are tradable on each date."""
+
+import dagster as dg
+import polars as pl
+
+from kronos_pipeline.defs.common import DAILY_ASSET_OPTIONS, spec
+from kronos_pipeline.defs.partitions import partition_window
+from kronos_pipeline.defs.resources import WarehouseResource
+from kronos_pipeline.features.universe import universe
+from kronos_pipeline.settings import get_settings
+
+# A date with fewer members than this gives noisy cross-sectional metrics: the check warns.
+MIN_MEMBERS_WARN = 20
+
+
+@dg.asset(
+    name="universe",
+    deps=["prices_pit"],
+    group_name="data",
+    description="Per date: history, price and liquidity filters, liquidity rank, top-N membership.",
+    check_specs=[
+        spec("universe", "universe_rules", "Members are eligible, unique, and within top-N", blocking=True),
+        spec("universe", "universe_breadth", "Warns on dates with fewer than 20 members"),
+    ],
+    **DAILY_ASSET_OPTIONS,
+)
+def universe_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    start, end = partition_window(context)
+    settings = get_settings()
+    cfg, top_n = settings.universe, settings.effective_top_n
+    db = warehouse.get()
+    prices = db.read_table("prices_pit", end=end, columns="ticker, date, close, dollar_volume, bar_index")
+    members = universe(
+        prices, cfg.min_history_days, cfg.min_price, cfg.min_median_dollar_volume, cfg.liquidity_window_days, top_n
+    ).filter(pl.col("date").is_between(start, end))
+    db.replace_window("universe", members, start, end, order_by=("date", "ticker"))
+    per_date = members.group_by("date").agg(n=pl.col("in_universe").sum()).sort("date")
+    thin = per_date.filter(pl.col("n") < MIN_MEMBERS_WARN)
+    yield dg.MaterializeResult(
+        asset_key="universe",
+        metadata={"rows": members.height, "member_rows": int(members["in_universe"].sum()), "top_n": top_n or "all", "median_members": float(per_date["n"].median() or 0)},
+    )
+    broken = members.filter(
+        (pl.col("in_universe") & ~pl.col("eligible"))
+        | (pl.col("in_universe") & (pl.col("liquidity_rank") > (top_n or 10**9)))
+    )
+    duplicates = members.height - members.select("date", "ticker").n_unique()
+    yield dg.AssetCheckResult(
+        asset_key="universe",
+        check_name="universe_rules",
+        passed=broken.height == 0 and duplicates == 0,
+        description=f"{broken.height} members break a rule, {duplicates} duplicate (date, ticker)",
+    )
+    yield dg.AssetCheckResult(
+        asset_key="universe",
+        check_name="universe_breadth",
+        passed=thin.height == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{thin.height} of {per_date.height} dates have fewer than {MIN_MEMBERS_WARN} members",
+        metadata={"first_thin_dates": [str(d) for d in thin["date"].head(10)]},
+    )
