@@ -110,7 +110,9 @@ class RotaryEmbedding(nn.Module):
 class KVCache:
     """Preallocated keys and values of one attention layer.
 
-    ``k`` and ``v`` are [B, H, capacity, Dh]; ``length`` is the number of filled positions.
+    ``k`` and ``v`` are stored [B, capacity, H, Dh] (token-major, which makes single-query
+    attention over a partly filled cache faster on CPU); ``length`` is the number of
+    filled positions.
     """
 
     def __init__(
@@ -122,7 +124,7 @@ class KVCache:
         device: torch.device,
         dtype: torch.dtype,
     ) -> None:
-        shape = (batch, n_heads, capacity, head_dim)
+        shape = (batch, capacity, n_heads, head_dim)
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
@@ -130,17 +132,17 @@ class KVCache:
     @property
     def capacity(self) -> int:
         """Number of positions the cache can hold."""
-        return self.k.shape[2]
+        return self.k.shape[1]
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k``/``v`` [B, H, t, Dh] after the filled part; return all keys/values."""
+        """Store ``k``/``v`` [B, H, t, Dh] after the filled part; return all as [B, H, T, Dh]."""
         start, stop = self.length, self.length + k.shape[2]
         if stop > self.capacity:
             raise ValueError(f"KV cache overflow: {stop} positions > capacity {self.capacity}")
-        self.k[:, :, start:stop] = k
-        self.v[:, :, start:stop] = v
+        self.k[:, start:stop] = k.transpose(1, 2)
+        self.v[:, start:stop] = v.transpose(1, 2)
         self.length = stop
-        return self.k[:, :, :stop], self.v[:, :, :stop]
+        return self.k[:, :stop].transpose(1, 2), self.v[:, :stop].transpose(1, 2)
 
 
 def _padding_attn_mask(
