@@ -1,0 +1,105 @@
+"""Feature builders: the column set, and exact values of the factor-floor inputs on a
+hand-made series."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from kronos_pipeline.data.calendar import trading_days
+from kronos_pipeline.data.ingest import tidy_to_lines, validate_lines
+from kronos_pipeline.data.pit import prices_pit
+from kronos_pipeline.features.build import MONTH, feature_names, features
+
+N_DAYS = 320
+SPLIT_DAY = 150  # a 2-for-1 split in the middle of the momentum window
+
+
+@pytest.fixture(scope="module")
+def hand_made() -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Two names on NYSE sessions; HAND has a split and quarterly dividends."""
+    rng = np.random.default_rng(5)
+    days = [d.date() for d in trading_days(dt.date(2017, 1, 3), dt.date(2018, 12, 31))[:N_DAYS]]
+    frames = []
+    for ticker, start in (("HAND", 80.0), ("PEER", 40.0)):
+        gross = 1.0 + rng.normal(0.0004, 0.015, N_DAYS)
+        close = (start * np.cumprod(gross)).round(4)
+        split = np.ones(N_DAYS)
+        dividend = np.zeros(N_DAYS)
+        if ticker == "HAND":
+            split[SPLIT_DAY] = 2.0
+            close[SPLIT_DAY:] = (close[SPLIT_DAY:] / 2.0).round(4)
+            dividend[60::63] = 0.25
+        frames.append(
+            pl.DataFrame(
+                {
+                    "ticker": ticker,
+                    "date": days,
+                    "open": close,
+                    "high": close * 1.01,
+                    "low": close * 0.99,
+                    "close": close,
+                    "volume": rng.integers(100_000, 200_000, N_DAYS).astype(float),
+                    "dividend": dividend,
+                    "split": split,
+                }
+            )
+        )
+    ingest = validate_lines(tidy_to_lines(pl.concat(frames), "hand.csv"))
+    assert ingest.quarantine.height == 0
+    prices = prices_pit(ingest.bars)
+    return prices, features(prices)
+
+
+def _one(table: pl.DataFrame, ticker: str) -> pl.DataFrame:
+    return table.filter(pl.col("ticker") == ticker).sort("date")
+
+
+def test_feature_table_has_at_least_40_named_features(hand_made):
+    _, table = hand_made
+    names = feature_names(table)
+    assert len(names) >= 40
+    assert len(set(names)) == len(names)
+    assert table.columns[:3] == ["date", "ticker", "sector"]
+    assert {"mom_12_1", "mom_1m", "vol_60d", "beta_60d", "rsi_14d", "amihud_1m"} <= set(names)
+    assert all(table[c].dtype == pl.Float64 for c in names)
+
+
+def test_mom_12_1_is_tri_21_days_ago_over_tri_252_days_ago(hand_made):
+    prices, table = hand_made
+    tri = _one(prices, "HAND")["tri"].to_list()
+    mom = _one(table, "HAND")["mom_12_1"].to_list()
+    assert mom[: 12 * MONTH] == [None] * (12 * MONTH)
+    for t in range(12 * MONTH, N_DAYS):
+        assert mom[t] == tri[t - MONTH] / tri[t - 12 * MONTH] - 1.0
+    # The split is inside every window from t=252 on, and tri carries through it unchanged.
+    assert tri[SPLIT_DAY] / tri[SPLIT_DAY - 1] == pytest.approx(
+        _one(prices, "HAND")["total_return"][SPLIT_DAY] + 1.0, rel=1e-15
+    )
+
+
+def test_vol_60d_is_the_annualised_std_of_the_last_60_returns(hand_made):
+    prices, table = hand_made
+    r = np.array(_one(prices, "HAND")["total_return"].to_list()[1:], dtype=float)
+    vol = _one(table, "HAND")["vol_60d"].to_list()
+    # The first bar has no return, so the first full 60-return window ends on bar 60.
+    assert vol[:60] == [None] * 60
+    for t in (60, 61, SPLIT_DAY, SPLIT_DAY + 59, N_DAYS - 1):
+        window = r[t - 60 : t]  # returns of bars t-59..t
+        assert vol[t] == pytest.approx(np.std(window, ddof=1) * math.sqrt(252.0), rel=1e-9)
+
+
+def test_sector_relative_features_average_zero_within_date_and_sector(small_market):
+    table = features(small_market.prices, small_market.sectors)
+    assert table["sector"].null_count() == 0
+    means = (
+        table.filter(pl.col("sector_rel_vol_60d").is_not_null())
+        .group_by("date", "sector")
+        .agg(pl.col("sector_rel_vol_60d").mean())
+    )
+    assert means["sector_rel_vol_60d"].abs().max() < 1e-12
+    assert table.select("date", "ticker").is_duplicated().sum() == 0
