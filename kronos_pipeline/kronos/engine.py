@@ -144,12 +144,14 @@ class ForecastResult:
     """Forecasts of ``n`` series.
 
     ``paths``: float32 [n, sample_count, pred_len, 6] in the input units, columns
-    :data:`FEATURE_COLUMNS`; ``embeddings``: float32 [n, d_model] or ``None``.
+    :data:`FEATURE_COLUMNS`; ``embeddings``: float32 [n, d_model] or ``None``;
+    ``tokens``: the generated (s1, s2) ids, int64 [n, sample_count, pred_len, 2], or ``None``.
     """
 
     paths: np.ndarray
     future_timestamps: list[pd.DatetimeIndex]
     embeddings: np.ndarray | None = None
+    tokens: np.ndarray | None = None
     columns: tuple[str, ...] = FEATURE_COLUMNS
 
     def mean(self) -> np.ndarray:
@@ -276,6 +278,7 @@ class KronosEngine:
         seed: int = 0,
         seeds: Sequence[int] | None = None,
         return_embeddings: bool = False,
+        return_tokens: bool = False,
     ) -> ForecastResult:
         """Forecast ``pred_len`` bars after each window; see the module docstring.
 
@@ -304,7 +307,7 @@ class KronosEngine:
             stamps.append(st)
             futures.append(fut)
             norms.append(norm)
-        normalized, embeddings = self.generate_normalized(
+        normalized, embeddings, tokens = self.generate_normalized(
             xs, stamps, futures, pred_len, temperature, top_k, top_p, sample_count, seeds
         )
         paths = np.stack([norms[i].inverse(normalized[i]) for i in range(n)]) if n else None
@@ -314,6 +317,7 @@ class KronosEngine:
             paths=paths,
             future_timestamps=[pd.DatetimeIndex(t) for t in future_timestamps],
             embeddings=embeddings if return_embeddings else None,
+            tokens=tokens if return_tokens else None,
         )
 
     def generate_normalized(
@@ -327,17 +331,18 @@ class KronosEngine:
         top_p: float,
         sample_count: int,
         seeds: Sequence[int],
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Generate from already normalised inputs.
 
         ``xs[i]`` float32 [T_i, 6], ``stamps[i]`` [T_i, 5], ``future_stamps[i]``
-        [pred_len, 5]. Returns normalised paths float32 [n, sample_count, pred_len, 6] and
-        embeddings float32 [n, d_model].
+        [pred_len, 5]. Returns normalised paths float32 [n, sample_count, pred_len, 6],
+        embeddings float32 [n, d_model] and generated ids int64 [n, sample_count, pred_len, 2].
         """
         n = len(xs)
         d_in = self.tokenizer.d_in
         out = np.zeros((n, sample_count, pred_len, d_in), dtype=np.float32)
         emb = np.zeros((n, self.predictor.d_model), dtype=np.float32)
+        toks = np.zeros((n, sample_count, pred_len, 2), dtype=np.int64)
         by_length: dict[int, list[int]] = {}
         for i, x in enumerate(xs):
             by_length.setdefault(x.shape[0], []).append(i)
@@ -351,7 +356,7 @@ class KronosEngine:
             chunk = pending.pop(0)
             try:
                 with torch.inference_mode():
-                    paths, pooled = self._run_chunk(
+                    paths, pooled, ids = self._run_chunk(
                         np.stack([xs[i] for i in chunk]),
                         np.stack([stamps[i] for i in chunk]),
                         np.stack([future_stamps[i] for i in chunk]),
@@ -371,8 +376,9 @@ class KronosEngine:
                 continue
             out[chunk] = paths
             emb[chunk] = pooled
+            toks[chunk] = ids
             self._free()
-        return out, emb
+        return out, emb, toks
 
     # -- internals ---------------------------------------------------------------------
 
@@ -403,8 +409,8 @@ class KronosEngine:
         top_p: float,
         sample_count: int,
         seeds: Sequence[int],
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Generate for series of equal length: normalised paths [b, S, P, 6], pooled [b, D]."""
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Generate for series of equal length: paths [b, S, P, 6], pooled [b, D], ids."""
         dev, model = self.device, self.predictor
         b, t_ctx, _ = x.shape
         rows = b * sample_count
@@ -473,4 +479,9 @@ class KronosEngine:
         dec_start = max(0, total - max_ctx)
         decoded = self.tokenizer.decode((s1[:, dec_start:], s2[:, dec_start:]), half=True)
         paths = decoded[:, -pred_len:].float().cpu().numpy()
-        return paths.reshape(b, sample_count, pred_len, -1), pooled
+        ids = torch.stack([s1[:, t_ctx:], s2[:, t_ctx:]], dim=-1).cpu().numpy()
+        return (
+            paths.reshape(b, sample_count, pred_len, -1),
+            pooled,
+            ids.reshape(b, sample_count, pred_len, 2),
+        )
