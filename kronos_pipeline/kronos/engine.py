@@ -56,6 +56,7 @@ from __future__ import annotations
 import copy
 import gc
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -371,8 +372,19 @@ class KronosEngine:
                 if not _is_oom(exc) or len(chunk) == 1:
                     raise
                 self._free()
-                half = math.ceil(len(chunk) / 2)
-                pending[:0] = [chunk[:half], chunk[half:]]
+                # Halve this micro-batch and every later one, then retry.
+                series_per_batch = math.ceil(len(chunk) / 2)
+                warnings.warn(
+                    f"Kronos engine: out of memory with {len(chunk) * sample_count} rows; "
+                    f"retrying with {series_per_batch * sample_count}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                pending = [
+                    part[j : j + series_per_batch]
+                    for part in [chunk, *pending]
+                    for j in range(0, len(part), series_per_batch)
+                ]
                 continue
             out[chunk] = paths
             emb[chunk] = pooled
