@@ -1,0 +1,180 @@
+"""The code location loads, and its lineage matches a committed snapshot, so that a change to
+assets, deps, checks, jobs or schedules is always a deliberate edit of this file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from kronos_pipeline.definitions import defs
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# asset key -> (group, partitioning, upstream asset keys, check names)
+EXPECTED_ASSETS = {
+    "raw_bars": ("data", "trading_day", [], ["bars_quality", "lines_reconcile"]),
+    "bars_quarantine": ("data", "trading_day", [], ["quarantine_share"]),
+    "prices_pit": (
+        "data",
+        "trading_day",
+        ["raw_bars"],
+        ["adjustment_consistency", "prices_quality"],
+    ),
+    "universe": ("data", "trading_day", ["prices_pit"], ["universe_breadth", "universe_rules"]),
+    "features": (
+        "features",
+        "trading_day",
+        ["prices_pit", "raw_bars", "universe"],
+        ["factor_coverage", "features_quality"],
+    ),
+    "labels_forward": (
+        "features",
+        "trading_day",
+        ["prices_pit", "universe"],
+        ["label_availability", "labels_quality"],
+    ),
+    "folds": ("evaluation", None, ["features", "labels_forward"], []),
+    "baseline_scores": (
+        "evaluation",
+        "fold",
+        ["features", "folds", "labels_forward", "universe"],
+        ["lightgbm_train_cut"],
+    ),
+    "eval_rows": ("evaluation", None, ["baseline_scores", "labels_forward"], []),
+    "per_date_metrics": ("evaluation", None, ["baseline_scores", "labels_forward"], []),
+    "fold_summaries": ("evaluation", None, ["baseline_scores", "labels_forward"], []),
+    "model_comparison": ("evaluation", None, ["baseline_scores", "labels_forward"], []),
+    "leak_tripwires": (
+        "evaluation",
+        None,
+        ["baseline_scores", "labels_forward"],
+        ["leak_scan", "planted_leak", "random_scores", "shuffled_labels"],
+    ),
+    "gate_verdicts": (
+        "evaluation",
+        None,
+        ["baseline_scores", "labels_forward"],
+        ["gate1", "gate2", "gate3"],
+    ),
+    "evaluation_report": (
+        "evaluation",
+        None,
+        [
+            "eval_rows",
+            "fold_summaries",
+            "gate_verdicts",
+            "leak_tripwires",
+            "model_comparison",
+            "per_date_metrics",
+        ],
+        [],
+    ),
+}
+EXPECTED_JOBS = {
+    "data_job": (
+        "trading_day",
+        ["bars_quarantine", "features", "labels_forward", "prices_pit", "raw_bars", "universe"],
+    ),
+    "folds_job": (None, ["folds"]),
+    "baseline_scores_job": ("fold", ["baseline_scores"]),
+    "evaluation_job": (
+        None,
+        [
+            "eval_rows",
+            "evaluation_report",
+            "fold_summaries",
+            "gate_verdicts",
+            "leak_tripwires",
+            "model_comparison",
+            "per_date_metrics",
+        ],
+    ),
+}
+# schedule -> (cron, timezone, job)
+EXPECTED_SCHEDULES = {"nightly_schedule": ("30 22 * * 1-5", "America/New_York", "data_job")}
+EXPECTED_SENSORS = ["alert_on_run_failure"]
+
+
+def _partitioning(partitions_def: dg.PartitionsDefinition | None) -> str | None:
+    if partitions_def is None:
+        return None
+    if isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
+        return "trading_day"
+    if isinstance(partitions_def, dg.StaticPartitionsDefinition):
+        return "fold"
+    return type(partitions_def).__name__
+
+
+def test_definitions_validate_loadable():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_dagster_cli_validates_the_code_location(tmp_path):
+    dagster = Path(sys.executable).parent / "dagster"
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}  # no temporary home in the repo
+    proc = subprocess.run(
+        [str(dagster), "definitions", "validate", "-m", "kronos_pipeline.definitions"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "All code locations passed validation" in proc.stdout + proc.stderr
+
+
+def test_asset_lineage_matches_the_snapshot():
+    graph = defs.resolve_asset_graph()
+    checks: dict[str, list[str]] = {}
+    for key in graph.asset_check_keys:
+        checks.setdefault(key.asset_key.to_user_string(), []).append(key.name)
+    actual = {}
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        name = key.to_user_string()
+        actual[name] = (
+            node.group_name,
+            _partitioning(node.partitions_def),
+            sorted(p.to_user_string() for p in node.parent_keys),
+            sorted(checks.get(name, [])),
+        )
+    assert actual == EXPECTED_ASSETS
+
+
+def test_job_selections_match_the_snapshot():
+    graph = defs.resolve_asset_graph()
+    actual = {
+        job.name: (
+            _partitioning(job.partitions_def),
+            sorted(k.to_user_string() for k in job.selection.resolve(graph)),
+        )
+        for job in defs.jobs
+    }
+    assert actual == EXPECTED_JOBS
+
+
+def test_schedules_and_sensors_match_the_snapshot():
+    actual = {s.name: (s.cron_schedule, s.execution_timezone, s.job_name) for s in defs.schedules}
+    assert actual == EXPECTED_SCHEDULES
+    assert sorted(s.name for s in defs.sensors) == EXPECTED_SENSORS
+
+
+def test_nightly_schedule_targets_the_partition_of_its_own_trading_day():
+    schedule = defs.get_schedule_def("nightly_schedule")
+    repo = defs.get_repository_def()
+
+    def tick(when: dt.datetime) -> dg.ScheduleExecutionData:
+        ctx = dg.build_schedule_context(scheduled_execution_time=when, repository_def=repo)
+        return schedule.evaluate_tick(ctx)
+
+    requests = tick(dt.datetime(2019, 12, 31, 22, 30)).run_requests
+    assert [(r.run_key, r.partition_key) for r in requests] == [("2019-12-31", "2019-12-31")]
+    holiday = tick(dt.datetime(2019, 12, 25, 22, 30))
+    assert not holiday.run_requests
+    assert "2019-12-25 is not a trading day" in holiday.skip_message
