@@ -169,7 +169,7 @@ def test_nightly_schedule_targets_the_partition_of_its_own_trading_day():
     schedule = defs.get_schedule_def("nightly_schedule")
     repo = defs.get_repository_def()
 
-    def tick(when: dt.datetime) -> dg.ScheduleExecutionData:
+    def tick(when: dt.datetime):
         ctx = dg.build_schedule_context(scheduled_execution_time=when, repository_def=repo)
         return schedule.evaluate_tick(ctx)
 
