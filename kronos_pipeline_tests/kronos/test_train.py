@@ -338,3 +338,27 @@ def test_caller_models_are_not_modified(trained: T.KronosTrainingOutput, windows
     before = copy.deepcopy(tok.state_dict())
     T.train_predictor(windows, tok, tiny_cfg(epochs=1, windows_per_epoch=32), config=TINY_PREDICTOR)
     assert all(torch.equal(before[k], v) for k, v in tok.state_dict().items())
+
+
+def test_lora_on_tokenizer_with_trained_head(trained: T.KronosTrainingOutput, windows) -> None:
+    start = trained.tokenizer.model
+    start_state = {k: v.clone() for k, v in start.state_dict().items()}
+    cfg = tiny_cfg(
+        mode="lora", epochs=1, windows_per_epoch=64, lr=1e-3, lora_modules_to_save=("head",)
+    )
+    wrapped = lora_mod.apply_lora(
+        start, rank=2, alpha=4.0, target_modules=cfg.lora_target_modules, modules_to_save=("head",)
+    )
+    trainable = {n for n, p in wrapped.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or ".modules_to_save." in n for n in trainable)
+    assert any(".head.modules_to_save." in n for n in trainable)
+
+    res = T.fine_tune(windows, start, cfg, kind="tokenizer")
+    assert res.metadata["lora"]["modules_to_save"] == ["head"]
+    assert res.accepted and res.best_val_loss <= res.start_val_loss
+    base_after = lora_mod.base_state_dict(res.model)
+    assert all(torch.equal(base_after[k], v) for k, v in start_state.items())
+    merged = T.plain_model(res.model)
+    assert merged.state_dict().keys() == start_state.keys()
+    assert not torch.equal(merged.head.weight, start_state["head.weight"])
+    assert all(torch.equal(start.state_dict()[k], v) for k, v in start_state.items())
