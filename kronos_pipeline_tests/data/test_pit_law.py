@@ -8,7 +8,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
@@ -20,8 +20,6 @@ from kronos_pipeline.features.universe import universe
 from kronos_pipeline.settings import UniverseSettings
 
 UNIVERSE = UniverseSettings()
-# Module-scoped fixtures are built once and never mutated, so reusing them across examples is fine.
-FIXTURES_OK = [HealthCheck.function_scoped_fixture]
 TOP_N = 10  # small enough that the liquidity rank decides membership on most dates
 
 
@@ -68,9 +66,7 @@ def test_synthetic_pipeline_has_splits_dividends_and_members(synthetic):
 
 
 @given(data=st.data())
-@settings(
-    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=12, deadline=None)
 def test_synthetic_values_as_of_t_unchanged_when_rows_after_t_are_cut(synthetic, data):
     bars, sectors, full = synthetic
     dates = sorted(bars["date"].unique().to_list())
@@ -107,9 +103,7 @@ def test_real_slice_holds_the_known_aapl_splits(real_slice):
 
 
 @given(data=st.data())
-@settings(
-    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=10, deadline=None)
 def test_real_values_as_of_t_unchanged_when_rows_after_t_are_cut(real_slice, data):
     bars, full, dates, near = real_slice
     cut = data.draw(st.one_of(st.sampled_from(near), st.sampled_from(dates[:-1])), label="cut")
