@@ -1,10 +1,8 @@
 """The one Definitions object of the code location."""
 
-from __future__ import annotations
-
 import dagster as dg
 
-from kronos_pipeline.defs import features, ingest, prices, universe
+from kronos_pipeline.defs import evaluation, features, ingest, prices, universe
 from kronos_pipeline.defs.automation import jobs, schedules, sensors
 from kronos_pipeline.defs.resources import default_resources
 
@@ -15,9 +13,15 @@ DATA_ASSETS = [
     features.features_asset,
     features.labels_forward_asset,
 ]
+EVALUATION_ASSETS = [
+    evaluation.folds_asset,
+    evaluation.baseline_scores_asset,
+    evaluation.evaluation_tables,
+    evaluation.evaluation_report_asset,
+]
 
 defs = dg.Definitions(
-    assets=DATA_ASSETS,
+    assets=DATA_ASSETS + EVALUATION_ASSETS,
     jobs=jobs(),
     schedules=schedules(),
     sensors=sensors(),

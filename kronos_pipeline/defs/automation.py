@@ -7,6 +7,7 @@ import urllib.request
 import dagster as dg
 
 from kronos_pipeline.data.calendar import is_trading_day
+from kronos_pipeline.defs.evaluation import fold_partitions
 from kronos_pipeline.defs.partitions import PARTITION_FMT, trading_day_partitions
 from kronos_pipeline.settings import get_settings
 
@@ -22,8 +23,26 @@ data_job = dg.define_asset_job(
 )
 
 
+folds_job = dg.define_asset_job(
+    "folds_job",
+    selection=dg.AssetSelection.assets("folds"),
+    description="Rebuild the walk-forward fold definitions.",
+)
+baseline_scores_job = dg.define_asset_job(
+    "baseline_scores_job",
+    selection=dg.AssetSelection.assets("baseline_scores"),
+    partitions_def=fold_partitions,
+    description="Factor floor, LightGBM and random scores for one fold (backfill over folds).",
+)
+evaluation_job = dg.define_asset_job(
+    "evaluation_job",
+    selection=dg.AssetSelection.groups("evaluation") - dg.AssetSelection.assets("baseline_scores", "folds"),
+    description="Eval rows, metrics, tripwires, gates and the report from the scores present.",
+)
+
+
 def jobs() -> list:
-    return [data_job]
+    return [data_job, folds_job, baseline_scores_job, evaluation_job]
 
 
 @dg.schedule(job=data_job, cron_schedule=NIGHTLY_CRON, execution_timezone=NIGHTLY_TZ)

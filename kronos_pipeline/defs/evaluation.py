@@ -88,7 +88,11 @@ def folds_asset(warehouse: WarehouseResource) -> dg.MaterializeResult:
 
 @dg.asset(
     name="baseline_scores",
-    deps=["folds", "features", "labels_forward", "universe"],
+    deps=[
+        "folds",
+        # Each fold reads the whole daily history it trains on.
+        *[dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in ("features", "labels_forward", "universe")],
+    ],
     partitions_def=fold_partitions,
     group_name=GROUP,
     pool=WAREHOUSE_POOL,
