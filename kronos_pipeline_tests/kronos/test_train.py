@@ -362,3 +362,21 @@ def test_lora_on_tokenizer_with_trained_head(trained: T.KronosTrainingOutput, wi
     assert merged.state_dict().keys() == start_state.keys()
     assert not torch.equal(merged.head.weight, start_state["head.weight"])
     assert all(torch.equal(start.state_dict()[k], v) for k, v in start_state.items())
+
+
+def test_bars_after_the_cut_never_reach_training(bars: pd.DataFrame) -> None:
+    """Poisoned bars after the cut (polars input) give bit-identical weights to clean data."""
+    import polars as pl
+
+    cut = bars["date"].sort_values().unique()[300]
+    clean = bars[bars["date"] <= cut]
+    poisoned = bars.copy()
+    after = poisoned["date"] > cut
+    poisoned.loc[after, ["open", "high", "low", "close"]] *= 1000.0
+    poisoned.loc[after, "volume"] = np.nan
+    cfg = tiny_cfg(epochs=1, windows_per_epoch=64)
+    a = T.train_tokenizer(clean, cfg, train_cut=cut, config=TINY_TOKENIZER)
+    b = T.train_tokenizer(pl.from_pandas(poisoned), cfg, train_cut=cut, config=TINY_TOKENIZER)
+    assert all(torch.equal(v, b.model.state_dict()[k]) for k, v in a.model.state_dict().items())
+    assert a.history[-1]["val_loss"] == b.history[-1]["val_loss"]
+    assert b.metadata["data"]["val"]["last_date"] <= str(pd.Timestamp(cut).date())
