@@ -29,7 +29,7 @@ class DataSettings(BaseModel):
     constituents_path: Path | None = None  # defaults to <vendor_dir>/constituents.csv
     synthetic_seed: int = 7
     synthetic_tickers: int = 120
-    synthetic_start: dt.date = dt.date(2013, 1, 2)
+    synthetic_start: dt.date = dt.date(2008, 1, 2)
     synthetic_end: dt.date = dt.date(2019, 12, 31)
     calendar: str = "XNYS"
     partitions_start: dt.date = dt.date(1999, 11, 1)
