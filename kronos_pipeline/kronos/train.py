@@ -135,6 +135,8 @@ class TrainConfig:
         deterministic: turn on ``torch.use_deterministic_algorithms`` for the run.
         num_threads: torch intra-op threads for the run (None: leave as set); results are
             bit-reproducible for a given thread count.
+        device: ``"cpu"`` (default), ``"auto"`` (cuda > mps > cpu) or a torch device string.
+            Only cpu is tested here; on cuda, determinism is best effort (``warn_only``).
     """
 
     mode: Mode = "scratch"
@@ -165,6 +167,7 @@ class TrainConfig:
     log_every: int = 50
     deterministic: bool = True
     num_threads: int | None = None
+    device: str = "cpu"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready copy of the fields."""
@@ -304,17 +307,19 @@ def _seeded(cfg: TrainConfig) -> Iterator[None]:
     """Seed torch (and set threads) for the block; the caller's RNG state, determinism flag
     and thread count are restored afterwards."""
     previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
     previous_threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         if cfg.deterministic:
-            torch.use_deterministic_algorithms(True)
+            on_cpu = hub.resolve_device(cfg.device).type == "cpu"
+            torch.use_deterministic_algorithms(True, warn_only=not on_cpu)
         if cfg.num_threads is not None:
             torch.set_num_threads(cfg.num_threads)
         try:
             yield
         finally:
-            torch.use_deterministic_algorithms(previous)
+            torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
             torch.set_num_threads(previous_threads)
 
 
@@ -381,6 +386,11 @@ def _windows_for(data: object, cfg: TrainConfig, train_cut: dt.date | str | None
     return cut_windows(data, train_cut, cfg.lookback, cfg.horizon, cfg.val_fraction, cfg.stride)
 
 
+def _tensor(array: np.ndarray, cfg: TrainConfig) -> torch.Tensor:
+    """A batch array as a tensor on the run's device."""
+    return torch.from_numpy(array).to(hub.resolve_device(cfg.device))
+
+
 def _evaluate(
     metric: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
     model: nn.Module,
@@ -396,7 +406,7 @@ def _evaluate(
         for lo in range(0, len(starts), cfg.eval_batch_size):
             chunk = starts[lo : lo + cfg.eval_batch_size]
             x, stamp = windows.batch(chunk, cfg.clip)
-            value = metric(model, torch.from_numpy(x), torch.from_numpy(stamp))
+            value = metric(model, _tensor(x, cfg), _tensor(stamp, cfg))
             total += float(value) * len(chunk)
             count += len(chunk)
     model.train(was_training)
@@ -416,7 +426,7 @@ def _prepare_model(
         default = COMPACT_TOKENIZER_CONFIG if kind == "tokenizer" else COMPACT_PREDICTOR_CONFIG
         cfg_dict = dict(config if config is not None else default)
         model = build_tokenizer(cfg_dict) if kind == "tokenizer" else build_predictor(cfg_dict)
-        return model, None, "scratch"
+        return model.to(hub.resolve_device(cfg.device)), None, "scratch"
     if init is None:
         raise ValueError(f"mode {cfg.mode!r} needs init (a module or checkpoint source)")
     if isinstance(init, str | Path):
@@ -425,7 +435,7 @@ def _prepare_model(
     else:
         start = init
         source = f"module:{type(init).__name__}"
-    start = copy.deepcopy(start).cpu().float()
+    start = copy.deepcopy(start).to(hub.resolve_device(cfg.device), torch.float32)
     start.eval()
     for param in start.parameters():
         param.requires_grad_(False)
@@ -528,7 +538,7 @@ def _fit(
                 break
             t_step = time.perf_counter()
             x, stamp = windows.batch(chunk, cfg.clip)
-            loss, parts = train_loss(model, torch.from_numpy(x), torch.from_numpy(stamp))
+            loss, parts = train_loss(model, _tensor(x, cfg), _tensor(stamp, cfg))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
@@ -639,6 +649,7 @@ def _fit(
         "code_version": code_version(),
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "device": str(hub.resolve_device(cfg.device)),
         "created_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **extra_metadata,
     }
@@ -740,7 +751,7 @@ def train_predictor(
         tok = tokenizer
     if lora_mod.is_lora(tok):
         tok = lora_mod.merge_adapter(tok)
-    tok = copy.deepcopy(tok).cpu().float().eval()
+    tok = copy.deepcopy(tok).to(hub.resolve_device(cfg.device), torch.float32).eval()
     for param in tok.parameters():
         param.requires_grad_(False)
     tok_cfg = model_config(tok)
