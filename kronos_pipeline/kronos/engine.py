@@ -261,6 +261,9 @@ class KronosEngine:
         if fast_linear:
             use_inference_linears(self.tokenizer)
             use_inference_linears(self.predictor)
+        # On CPU, single-query attention is much faster in float32 than in bf16/fp16, so
+        # the KV cache stays float32 there; on accelerators it uses the model dtype.
+        self.cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
         rotary = self.predictor.transformer[0].self_attn.rotary
         self._rope = rotary.tables(0, max_context, self.device, self.dtype)
 
@@ -454,7 +457,7 @@ class KronosEngine:
         # Prefill the context once per series, then copy its cache to every sample path.
         start = max(0, t_ctx - max_ctx)
         capacity = min(total, max_ctx)
-        cache = model.new_cache(b, capacity, dev, self.dtype)
+        cache = model.new_cache(b, capacity, dev, self.cache_dtype)
         context = run_window(cache, start, t_ctx, unique=True)
         pooled = context.float().mean(dim=1).cpu().numpy()
         if sample_count > 1:

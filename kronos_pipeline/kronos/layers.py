@@ -110,9 +110,9 @@ class RotaryEmbedding(nn.Module):
 class KVCache:
     """Preallocated keys and values of one attention layer.
 
-    ``k`` and ``v`` are stored [B, capacity, H, Dh] (token-major, which makes single-query
-    attention over a partly filled cache faster on CPU); ``length`` is the number of
-    filled positions.
+    ``k`` and ``v`` are [B, H, capacity, Dh]; ``length`` is the number of filled positions.
+    The cache dtype may be wider than the model's (e.g. float32 under a bf16 model, which
+    is faster for single-query attention on CPU); attention then runs in the cache dtype.
     """
 
     def __init__(
@@ -124,7 +124,7 @@ class KVCache:
         device: torch.device,
         dtype: torch.dtype,
     ) -> None:
-        shape = (batch, capacity, n_heads, head_dim)
+        shape = (batch, n_heads, capacity, head_dim)
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.length = 0
@@ -132,17 +132,17 @@ class KVCache:
     @property
     def capacity(self) -> int:
         """Number of positions the cache can hold."""
-        return self.k.shape[1]
+        return self.k.shape[2]
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k``/``v`` [B, H, t, Dh] after the filled part; return all as [B, H, T, Dh]."""
+        """Store ``k``/``v`` [B, H, t, Dh] after the filled part; return all [B, H, T, Dh]."""
         start, stop = self.length, self.length + k.shape[2]
         if stop > self.capacity:
             raise ValueError(f"KV cache overflow: {stop} positions > capacity {self.capacity}")
-        self.k[:, start:stop] = k.transpose(1, 2)
-        self.v[:, start:stop] = v.transpose(1, 2)
+        self.k[:, :, start:stop] = k
+        self.v[:, :, start:stop] = v
         self.length = stop
-        return self.k[:, :stop].transpose(1, 2), self.v[:, :stop].transpose(1, 2)
+        return self.k[:, :, :stop], self.v[:, :, :stop]
 
 
 def _padding_attn_mask(
@@ -216,7 +216,9 @@ class MultiHeadAttentionWithRoPE(nn.Module):
             if start > 0 and t > 1:
                 raise ValueError("a KV cache accepts a multi-token block only when empty")
             k, v = cache.append(k, v)
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=t > 1)
+            out = F.scaled_dot_product_attention(
+                q.to(k.dtype), k, v, dropout_p=dropout_p, is_causal=t > 1
+            ).to(x.dtype)
         out = out.transpose(1, 2).reshape(b, t, self.d_model)
         return self.resid_dropout(self.out_proj(out))
 
@@ -290,7 +292,7 @@ class MultiHeadCrossAttentionWithRoPE(nn.Module):
         """
         b = query.shape[0]
         q = self._heads(self.q_proj(query))
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q.to(k.dtype), k, v).to(query.dtype)
         return self.out_proj(out.transpose(1, 2).reshape(b, 1, self.d_model))
 
 

@@ -258,7 +258,7 @@ class Kronos(nn.Module):
         sibling = self.embedding.emb_s1(s1_ids)[:, None, :]
         attn = self.dep_layer.cross_attn.attend_single(
             sibling, cache.dep_k[:, :, :n], cache.dep_v[:, :, :n]
-        )
+        ).to(context_last.dtype)
         x2 = self.dep_layer.norm(context_last[:, None, :] + attn)
         return self.head.cond_forward(x2[:, 0])
 
