@@ -81,6 +81,14 @@ class IngestResult:
     quarantine: pl.DataFrame
     files: pl.DataFrame  # source_file, ticker, lines, accepted, quarantined
 
+    def ticker_spans(self) -> pl.DataFrame:
+        """Per ticker in the whole source: first_date, last_date, bars."""
+        return (
+            self.bars.group_by("ticker")
+            .agg(first_date=pl.col("date").min(), last_date=pl.col("date").max(), bars=pl.len())
+            .sort("ticker")
+        )
+
     def filter_dates(self, start: object, end: object) -> IngestResult:
         """Keep bars and dated quarantine rows in [start, end]; undated quarantine rows stay."""
         in_range = pl.col("date").is_between(pl.lit(start).cast(pl.Date), pl.lit(end).cast(pl.Date))
@@ -327,7 +335,9 @@ def _file_counts(lines: pl.DataFrame, bars: pl.DataFrame, quarantine: pl.DataFra
         [read, rejected_whole.group_by("source_file").agg(ticker=pl.col("ticker").first(), lines=pl.len())],
         how="vertical_relaxed",
     )
-    accepted = bars.group_by("source_file").agg(accepted=pl.len())
+    accepted = bars.group_by("source_file").agg(
+        accepted=pl.len(), first_date=pl.col("date").min(), last_date=pl.col("date").max()
+    )
     quarantined = quarantine.group_by("source_file").agg(quarantined=pl.len())
     return (
         read.join(accepted, on="source_file", how="left")

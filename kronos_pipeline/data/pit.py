@@ -102,3 +102,23 @@ def adjustment_agreement(prices: pl.DataFrame, rel_tol: float = 1e-6) -> dict[st
     rel = ((1 + pl.col("total_return")) / (1 + pl.col("vendor_return")) - 1).abs()
     agree = rows.select((rel <= rel_tol).sum()).item()
     return {"checked": rows.height, "agree": int(agree), "share": agree / rows.height}
+
+
+def missing_history(bars: pl.DataFrame, first_dates: pl.DataFrame, start: object) -> pl.DataFrame:
+    """Tickers whose source starts before ``start`` but whose loaded ``bars`` begin later.
+
+    ``first_dates`` holds (ticker, first_date) of each source file. Such tickers would get a
+    split factor and history count anchored at the wrong bar. Returns ticker, first_date,
+    loaded_from.
+    """
+    loaded = bars.group_by("ticker").agg(loaded_from=pl.col("date").min())
+    expected = first_dates.filter(pl.col("first_date").is_not_null()).group_by("ticker").agg(
+        pl.col("first_date").min()
+    )
+    cut = pl.lit(start).cast(pl.Date)
+    return (
+        expected.filter(pl.col("first_date") < cut)
+        .join(loaded, on="ticker", how="left")
+        .filter(pl.col("loaded_from").is_null() | (pl.col("loaded_from") > pl.col("first_date")))
+        .sort("ticker")
+    )

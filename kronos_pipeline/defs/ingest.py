@@ -42,6 +42,7 @@ def ingest_bars(context: dg.AssetExecutionContext, warehouse: WarehouseResource)
     db.replace_window("bars_quarantine", window.quarantine, start, end, include_null_dates=True)
     db.replace_table("ingest_files", source.ingest.files)
     db.replace_table("ticker_sectors", source.sectors)
+    db.replace_table("source_tickers", source.ingest.ticker_spans())
     files = source.ingest.files
     mismatched = files.filter(pl.col("lines") != pl.col("accepted") + pl.col("quarantined"))
     total_lines, total_rejected = int(files["lines"].sum()), int(files["quarantined"].sum())

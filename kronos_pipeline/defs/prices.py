@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 
 from kronos_pipeline import quality
-from kronos_pipeline.data.pit import adjustment_agreement, prices_pit
+from kronos_pipeline.data.pit import adjustment_agreement, missing_history, prices_pit
 from kronos_pipeline.defs.common import DAILY_ASSET_OPTIONS, quality_result, spec
 from kronos_pipeline.defs.partitions import partition_window
 from kronos_pipeline.defs.resources import WarehouseResource
@@ -22,6 +22,7 @@ ADJUSTMENT_REL_TOL = 1e-6
     check_specs=[
         spec("prices_pit", "prices_quality", "GX: schema, unique keys, positive factors, bounded returns", blocking=True),
         spec("prices_pit", "adjustment_consistency", "Our returns vs the vendor adjusted_close on days without corporate actions"),
+        spec("prices_pit", "history_complete", "raw_bars holds every ticker's bars from its first source date", blocking=True),
     ],
     **DAILY_ASSET_OPTIONS,
 )
@@ -29,7 +30,11 @@ def prices_pit_asset(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     start, end = partition_window(context)
     db = warehouse.get()
     # The adjustment is anchored at each ticker's first bar: compute on all history <= end.
-    prices = prices_pit(db.read_table("raw_bars", end=end)).filter(pl.col("date").is_between(start, end))
+    bars = db.read_table("raw_bars", end=end)
+    prices = prices_pit(bars).filter(pl.col("date").is_between(start, end))
+    # Split factors and history counts start at each ticker's first bar: if earlier raw_bars
+    # partitions were never loaded, values here would silently differ from a full load.
+    gaps = missing_history(bars, db.read("select ticker, first_date from source_tickers"), start)
     db.replace_window("prices_pit", prices, start, end, order_by=("ticker", "date"))
     agreement = adjustment_agreement(prices, ADJUSTMENT_REL_TOL)
     yield dg.MaterializeResult(
@@ -37,6 +42,17 @@ def prices_pit_asset(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         metadata={"rows": prices.height, "splits": int((prices["split"] != 1.0).sum()), "dividends": int((prices["dividend"] > 0).sum()), "adjustment_agreement": agreement["share"]},
     )
     yield quality_result("prices_pit", "prices_quality", quality.validate(prices, "prices_pit", quality.prices_suite(prices.columns)))
+    yield dg.AssetCheckResult(
+        asset_key="prices_pit",
+        check_name="history_complete",
+        passed=gaps.height == 0,
+        description=(
+            "every ticker's history starts at its first source date"
+            if gaps.height == 0
+            else f"{gaps.height} tickers lack earlier raw_bars (first: {gaps['ticker'][0]} from "
+            f"{gaps['first_date'][0]}); materialize raw_bars from {gaps['first_date'].min()} first"
+        ),
+    )
     share = agreement["share"]
     yield dg.AssetCheckResult(
         asset_key="prices_pit",

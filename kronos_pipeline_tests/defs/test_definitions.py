@@ -23,7 +23,7 @@ EXPECTED_ASSETS = {
         "data",
         "trading_day",
         ["raw_bars"],
-        ["adjustment_consistency", "prices_quality"],
+        ["adjustment_consistency", "history_complete", "prices_quality"],
     ),
     "universe": ("data", "trading_day", ["prices_pit"], ["universe_breadth", "universe_rules"]),
     "features": (
@@ -61,6 +61,18 @@ EXPECTED_ASSETS = {
         ["baseline_scores", "labels_forward"],
         ["gate1", "gate2", "gate3"],
     ),
+    "kronos_checkpoint": (
+        "kronos",
+        "fold",
+        ["folds", "prices_pit", "universe"],
+        ["train_cut_before_test"],
+    ),
+    "kronos_scores": (
+        "kronos",
+        "fold",
+        ["folds", "kronos_checkpoint", "prices_pit", "universe"],
+        ["member_coverage", "scores_valid"],
+    ),
     "evaluation_report": (
         "evaluation",
         None,
@@ -82,6 +94,7 @@ EXPECTED_JOBS = {
     ),
     "folds_job": (None, ["folds"]),
     "baseline_scores_job": ("fold", ["baseline_scores"]),
+    "kronos_job": ("fold", ["kronos_checkpoint", "kronos_scores"]),
     "evaluation_job": (
         None,
         [
