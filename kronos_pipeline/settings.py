@@ -91,6 +91,19 @@ class KronosSettings(BaseModel):
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     seed: int = 0
+    # Scoring (kronos_scores): a 90-step decode per series is costly on CPU, so score weekly.
+    scoring_cadence: Literal["daily", "weekly", "monthly"] = "weekly"
+    # Walk-forward training (kronos_checkpoint), used unless ``predictor`` is a local directory
+    # of published weights. A small budget: compact models, a few minutes per fold on CPU.
+    train_max_minutes: float = 3.0  # wall clock per fold, tokenizer and predictor together
+    train_tickers: int | None = 50  # most liquid universe members at the training cut
+    train_history_days: int = 1260  # trading days of bars before the training cut
+    train_horizon: int = 30  # bars after the context in each training window
+    train_stride: int = 5  # bars between window starts of one ticker
+    train_epochs: int = 3
+    train_windows_per_epoch: int = 2048
+    train_batch_size: int = 32
+    train_device: str = "cpu"
 
 
 class LightGBMSettings(BaseModel):
@@ -103,6 +116,8 @@ class LightGBMSettings(BaseModel):
     bagging_freq: int = 1
     early_stopping_rounds: int = 30
     validation_fraction: float = 0.2  # last share of training dates, time-ordered
+    train_date_stride: int = 5  # train on every k-th date (overlapping labels); 1 = all dates
+    num_threads: int = 2
     seed: int = 17
 
 

@@ -126,7 +126,7 @@ def baseline_scores_asset(context: dg.AssetExecutionContext, warehouse: Warehous
     )
     days = folds.scoring_dates(fold, feats["date"].unique(), s.folds.scoring_cadence)
     scores, fits = baselines.baseline_scores_for_fold(
-        feats, labels, fold, s.labels.horizons, days, s.lightgbm
+        feats, labels, fold, s.labels.horizons, days, s.lightgbm, num_threads=s.lightgbm.num_threads
     )
     db.replace_where("baseline_scores", _pl(scores), "fold", [fold_id])
     yield dg.MaterializeResult(

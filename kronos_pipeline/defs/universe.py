@@ -34,8 +34,12 @@ def universe_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
         prices, cfg.min_history_days, cfg.min_price, cfg.min_median_dollar_volume, cfg.liquidity_window_days, top_n
     ).filter(pl.col("date").is_between(start, end))
     db.replace_window("universe", members, start, end, order_by=("date", "ticker"))
-    per_date = members.group_by("date").agg(n=pl.col("in_universe").sum()).sort("date")
-    thin = per_date.filter(pl.col("n") < MIN_MEMBERS_WARN)
+    per_date = members.group_by("date").agg(
+        n=pl.col("in_universe").sum(),
+        warm=pl.col("history_days").max() >= cfg.min_history_days,
+    ).sort("date")
+    # Before any name has the minimum history the universe is empty by construction.
+    thin = per_date.filter(pl.col("warm") & (pl.col("n") < MIN_MEMBERS_WARN))
     yield dg.MaterializeResult(
         asset_key="universe",
         metadata={"rows": members.height, "member_rows": int(members["in_universe"].sum()), "top_n": top_n or "all", "median_members": float(per_date["n"].median() or 0)},
@@ -56,6 +60,7 @@ def universe_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
         check_name="universe_breadth",
         passed=thin.height == 0,
         severity=dg.AssetCheckSeverity.WARN,
-        description=f"{thin.height} of {per_date.height} dates have fewer than {MIN_MEMBERS_WARN} members",
+        description=f"{thin.height} of {per_date.height} dates have fewer than {MIN_MEMBERS_WARN} members "
+        f"({int((~per_date['warm']).sum())} warm-up dates before any name has {cfg.min_history_days} bars)",
         metadata={"first_thin_dates": [str(d) for d in thin["date"].head(10)]},
     )

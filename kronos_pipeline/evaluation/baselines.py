@@ -221,6 +221,11 @@ def train_lightgbm(
             f"date(s) with matured labels before {fold.test_start.date()}; start the fold range "
             "later or load more history."
         )
+    if settings.train_date_stride > 1:
+        # Labels of neighbouring days overlap almost entirely (h >= 20 trading days), so every
+        # k-th date, counted back from the newest, keeps nearly all the information.
+        dates = np.sort(dates[::-1][:: settings.train_date_stride])
+        rows = rows[rows["date"].isin(dates)]
     n_valid_dates = max(1, int(round(len(dates) * settings.validation_fraction)))
     valid_start = pd.Timestamp(dates[len(dates) - n_valid_dates])
     valid = rows[rows["date"] >= valid_start]
