@@ -87,10 +87,13 @@ def _fold_keys(spec: str | None) -> list[str]:
     return keys[keys.index(first) : keys.index(last) + 1]
 
 
-def _evaluate(instance, folds: list[str]) -> None:
+def _evaluate(instance, folds: list[str], with_kronos: bool = False) -> None:
     _run("folds_job", instance)
     for key in folds:
         _run("baseline_scores_job", instance, partition_key=key)
+    if with_kronos:
+        for key in folds:
+            _run("kronos_job", instance, partition_key=key)
     _run("evaluation_job", instance)
     from kronos_pipeline.settings import get_settings
 
@@ -111,7 +114,7 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
     _configure_env(args, args.command)
     instance = _instance()
     _run("data_job", dg.DagsterInstance.ephemeral(), key_range=_source_range())
-    _evaluate(instance, _fold_keys(None))
+    _evaluate(instance, _fold_keys(None), with_kronos=args.with_kronos)
 
 
 def cmd_nightly(args: argparse.Namespace) -> None:
@@ -154,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (("smoke", "last 3 folds, top-100 universe"), ("full", "every fold, full universe")):
         p = sub.add_parser(name, help=help_text)
         source_options(p)
+        p.add_argument(
+            "--with-kronos",
+            action="store_true",
+            help="also train (per fold, small budget) and score Kronos before the evaluation",
+        )
         p.set_defaults(func=cmd_pipeline)
     p = sub.add_parser("nightly", help="score the newest trading day")
     source_options(p)

@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from kronos_pipeline.defs import evaluation, features, ingest, prices, universe
+from kronos_pipeline.defs import evaluation, features, ingest, kronos, prices, universe
 from kronos_pipeline.defs.automation import jobs, schedules, sensors
 from kronos_pipeline.defs.resources import default_resources
 
@@ -20,8 +20,10 @@ EVALUATION_ASSETS = [
     evaluation.evaluation_report_asset,
 ]
 
+KRONOS_ASSETS = kronos.KRONOS_ASSETS
+
 defs = dg.Definitions(
-    assets=DATA_ASSETS + EVALUATION_ASSETS,
+    assets=DATA_ASSETS + EVALUATION_ASSETS + KRONOS_ASSETS,
     jobs=jobs(),
     schedules=schedules(),
     sensors=sensors(),

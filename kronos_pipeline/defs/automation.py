@@ -34,6 +34,12 @@ baseline_scores_job = dg.define_asset_job(
     partitions_def=fold_partitions,
     description="Factor floor, LightGBM and random scores for one fold (backfill over folds).",
 )
+kronos_job = dg.define_asset_job(
+    "kronos_job",
+    selection=dg.AssetSelection.groups("kronos"),
+    partitions_def=fold_partitions,
+    description="Kronos checkpoint (trained at the fold's purged cut) and scores for one fold.",
+)
 evaluation_job = dg.define_asset_job(
     "evaluation_job",
     selection=dg.AssetSelection.groups("evaluation") - dg.AssetSelection.assets("baseline_scores", "folds"),
@@ -42,7 +48,7 @@ evaluation_job = dg.define_asset_job(
 
 
 def jobs() -> list:
-    return [data_job, folds_job, baseline_scores_job, evaluation_job]
+    return [data_job, folds_job, baseline_scores_job, kronos_job, evaluation_job]
 
 
 @dg.schedule(job=data_job, cron_schedule=NIGHTLY_CRON, execution_timezone=NIGHTLY_TZ)
