@@ -124,8 +124,9 @@ class TrainConfig:
         patience: epochs without a validation improvement before stopping.
         min_delta: smallest decrease of validation loss that counts as an improvement.
         seed: seeds torch (init, dropout) and numpy (window order, validation subset).
-        max_minutes: wall-clock budget of the run in minutes (None: unbounded); when spent the
-            run validates once more and stops.
+        max_minutes: wall-clock budget of the run in minutes (None: unbounded). Training
+            stops once elapsed time plus one validation pass (timed on the first) reaches it,
+            then validates once more, so the run ends close to the budget.
         clip: normalised values are clipped to ``[-clip, clip]`` (as at inference).
         lora_rank / lora_alpha / lora_dropout / lora_target_modules: LoRA settings
             (``mode="lora"``).
@@ -506,6 +507,8 @@ def _fit(
     t0 = time.perf_counter()
 
     start_val = _evaluate(val_metric, model, windows, val_starts, cfg)
+    # The validation after a budget stop must fit in the budget too: reserve its duration.
+    eval_s = time.perf_counter() - t0
     history: list[dict[str, Any]] = [
         {"step": 0, "epoch": 0, "train_loss": None, "val_loss": start_val, "elapsed_s": 0.0}
     ]
@@ -569,7 +572,7 @@ def _fit(
                     rate,
                     _format_eta(eta),
                 )
-            if budget_s is not None and elapsed >= budget_s:
+            if budget_s is not None and elapsed + eval_s >= budget_s:
                 stopped_by = "time_budget"
                 break
         val = _evaluate(val_metric, model, windows, val_starts, cfg)
