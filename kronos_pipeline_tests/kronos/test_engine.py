@@ -67,7 +67,7 @@ def alone(engines, bars):
 
 
 @settings(
-    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
     subset=st.lists(st.integers(0, N_SERIES - 1), min_size=1, max_size=N_SERIES, unique=True),
