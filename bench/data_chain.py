@@ -36,7 +36,9 @@ def peak_rss_mib() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vendor-dir", default=str(REPO_ROOT.parent / "shared" / "data" / "sp500_daily"))
+    parser.add_argument(
+        "--vendor-dir", default=str(REPO_ROOT.parent / "shared" / "data" / "sp500_daily")
+    )
     parser.add_argument("--top-n", type=int, default=None)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -47,7 +49,9 @@ def main() -> None:
     def stage(name: str, fn):
         started = time.perf_counter()
         out = fn()
-        rows.append((name, time.perf_counter() - started, getattr(out, "height", 0), peak_rss_mib()))
+        rows.append(
+            (name, time.perf_counter() - started, getattr(out, "height", 0), peak_rss_mib())
+        )
         return out
 
     vendor = Path(args.vendor_dir)
@@ -56,12 +60,20 @@ def main() -> None:
     prices = stage("prices_pit", lambda: prices_pit(ingest.bars))
     members = stage(
         "universe",
-        lambda: universe(prices, cfg.min_history_days, cfg.min_price, cfg.min_median_dollar_volume,
-                         cfg.liquidity_window_days, args.top_n),
+        lambda: universe(
+            prices,
+            cfg.min_history_days,
+            cfg.min_price,
+            cfg.min_median_dollar_volume,
+            cfg.liquidity_window_days,
+            args.top_n,
+        ),
     )
     sectors = read_constituents(vendor / "constituents.csv")
     feats = stage("features", lambda: features(prices, sectors))
-    labels = stage("labels_forward", lambda: labels_forward(prices, members, settings.labels.horizons))
+    labels = stage(
+        "labels_forward", lambda: labels_forward(prices, members, settings.labels.horizons)
+    )
     compute_s = time.perf_counter() - chain_start
     if not args.no_write:
         with tempfile.TemporaryDirectory() as tmp:
@@ -70,7 +82,9 @@ def main() -> None:
 
             def write_all() -> pl.DataFrame:
                 db.replace_window("raw_bars", ingest.bars, start, end)
-                db.replace_window("bars_quarantine", ingest.quarantine, start, end, include_null_dates=True)
+                db.replace_window(
+                    "bars_quarantine", ingest.quarantine, start, end, include_null_dates=True
+                )
                 db.replace_window("prices_pit", prices, start, end)
                 db.replace_window("universe", members, start, end)
                 db.replace_window("features", feats, start, end)
@@ -80,16 +94,22 @@ def main() -> None:
             stage("DuckDB writes (6 tables)", write_all)
     total_s = time.perf_counter() - chain_start
 
-    print(f"date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
-          f"{os.cpu_count()} cores, {platform.python_version()}, polars {pl.__version__}")
-    print(f"source: {vendor} ({ingest.files.height} files, {int(ingest.files['lines'].sum()):,} lines, "
-          f"{ingest.quarantine.height} quarantined)")
+    print(
+        f"date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; machine: {platform.machine()}, "
+        f"{os.cpu_count()} cores, {platform.python_version()}, polars {pl.__version__}"
+    )
+    print(
+        f"source: {vendor} ({ingest.files.height} files, {int(ingest.files['lines'].sum()):,} lines, "
+        f"{ingest.quarantine.height} quarantined)"
+    )
     print(f"| {'stage':<26} | {'wall s':>7} | {'rows out':>11} | {'peak RSS MiB':>12} |")
     print(f"|{'-' * 28}|{'-' * 9}|{'-' * 13}|{'-' * 14}|")
     for name, secs, n, rss in rows:
         print(f"| {name:<26} | {secs:7.2f} | {n:11,} | {rss:12.0f} |")
     print(f"| {'chain (compute)':<26} | {compute_s:7.2f} | {'':>11} | {'':>12} |")
-    print(f"| {'chain (compute + writes)':<26} | {total_s:7.2f} | {'':>11} | {peak_rss_mib():12.0f} |")
+    print(
+        f"| {'chain (compute + writes)':<26} | {total_s:7.2f} | {'':>11} | {peak_rss_mib():12.0f} |"
+    )
     print(f"features: {feats.width - 3} columns")
 
 

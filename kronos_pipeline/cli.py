@@ -36,7 +36,12 @@ def _instance():
     return dg.DagsterInstance.get()
 
 
-def _run(job_name: str, instance, partition_key: str | None = None, key_range: tuple[str, str] | None = None) -> None:
+def _run(
+    job_name: str,
+    instance,
+    partition_key: str | None = None,
+    key_range: tuple[str, str] | None = None,
+) -> None:
     from kronos_pipeline.definitions import defs
 
     tags = {}
@@ -56,8 +61,11 @@ def _run(job_name: str, instance, partition_key: str | None = None, key_range: t
         for e in result.all_events
         if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed
     ]
-    print(f"   {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.1f}s"
-          + (f"; checks not passed: {', '.join(failed_checks)}" if failed_checks else ""), flush=True)
+    print(
+        f"   {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.1f}s"
+        + (f"; checks not passed: {', '.join(failed_checks)}" if failed_checks else ""),
+        flush=True,
+    )
     if not result.success:
         for event in result.all_events:
             if event.event_type_value == "STEP_FAILURE":
@@ -150,11 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def source_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--vendor-dir", help="folder of AlphaVantage daily-adjusted files (default: synthetic market)")
+        p.add_argument(
+            "--vendor-dir",
+            help="folder of AlphaVantage daily-adjusted files (default: synthetic market)",
+        )
         p.add_argument("--tidy-path", help="tidy Parquet/CSV table instead of vendor files")
         p.add_argument("--run-name", help="report folder name under the output root")
 
-    for name, help_text in (("smoke", "last 3 folds, top-100 universe"), ("full", "every fold, full universe")):
+    for name, help_text in (
+        ("smoke", "last 3 folds, top-100 universe"),
+        ("full", "every fold, full universe"),
+    ):
         p = sub.add_parser(name, help=help_text)
         source_options(p)
         p.add_argument(
@@ -165,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_pipeline)
     p = sub.add_parser("nightly", help="score the newest trading day")
     source_options(p)
-    p.add_argument("--date", help="trading day to run (YYYY-MM-DD); default: the last day in the data")
+    p.add_argument(
+        "--date", help="trading day to run (YYYY-MM-DD); default: the last day in the data"
+    )
     p.add_argument("--data-only", action="store_true", help="skip the evaluation stage")
     p.set_defaults(func=cmd_nightly)
     p = sub.add_parser("backfill", help="backfill trading days and/or folds")

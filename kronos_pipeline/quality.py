@@ -62,7 +62,9 @@ class QualityReport:
         return f"{self.suite}: {len(self.failures)} failed: " + "; ".join(parts)
 
 
-def validate(frame: pl.DataFrame | pd.DataFrame, suite_name: str, expectations: Sequence) -> QualityReport:
+def validate(
+    frame: pl.DataFrame | pd.DataFrame, suite_name: str, expectations: Sequence
+) -> QualityReport:
     """Run ``expectations`` (GX expectation objects) on ``frame``."""
     df = frame.to_pandas() if isinstance(frame, pl.DataFrame) else frame
     context = _context()
@@ -108,7 +110,10 @@ def bars_suite(columns: Sequence[str]) -> list:
     return [
         *_schema(columns),
         *_not_null(["ticker", "date", "open", "high", "low", "close", "volume", "split"]),
-        *[gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, strict_min=True) for c in ("open", "high", "low", "close", "split")],
+        *[
+            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, strict_min=True)
+            for c in ("open", "high", "low", "close", "split")
+        ],
         gxe.ExpectColumnValuesToBeBetween(column="volume", min_value=0),
         gxe.ExpectColumnValuesToBeBetween(column="dividend", min_value=0),
         gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="high", column_B="low", or_equal=True),
@@ -124,7 +129,9 @@ def prices_suite(columns: Sequence[str]) -> list:
         gxe.ExpectColumnValuesToBeBetween(column="split_factor", min_value=0, strict_min=True),
         gxe.ExpectColumnValuesToBeBetween(column="tri", min_value=0, strict_min=True),
         # A daily total return below -100% is impossible; above +300% is a data error in S&P names.
-        gxe.ExpectColumnValuesToBeBetween(column="total_return", min_value=-1.0, max_value=3.0, mostly=1.0),
+        gxe.ExpectColumnValuesToBeBetween(
+            column="total_return", min_value=-1.0, max_value=3.0, mostly=1.0
+        ),
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["ticker", "date"]),
     ]
 
@@ -139,5 +146,9 @@ def features_suite(columns: Sequence[str], feature_columns: Sequence[str]) -> li
         gxe.ExpectColumnValuesToBeBetween(column="close_location_1d", min_value=0, max_value=1),
         gxe.ExpectColumnValuesToBeBetween(column="zero_volume_share_60d", min_value=0, max_value=1),
         gxe.ExpectColumnValuesToBeBetween(column="dist_52w_high", min_value=-1, max_value=0),
-        *[gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0) for c in feature_columns if c.startswith("vol_")],
+        *[
+            gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0)
+            for c in feature_columns
+            if c.startswith("vol_")
+        ],
     ]

@@ -77,7 +77,10 @@ class Warehouse:
         if not self.path.exists():
             return []
         with self.connect() as con:
-            return [r[0] for r in con.execute("select table_name from information_schema.tables").fetchall()]
+            return [
+                r[0]
+                for r in con.execute("select table_name from information_schema.tables").fetchall()
+            ]
 
     def read(self, sql: str, params: list | None = None) -> pl.DataFrame:
         """Run a query and return a polars frame."""

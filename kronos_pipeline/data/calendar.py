@@ -26,7 +26,9 @@ def trading_days(
     if end_ts < start_ts:
         return pd.DatetimeIndex([])
     # exchange-calendars wants bounds inside its own range; build a calendar wide enough once.
-    cal = _calendar(calendar, "1990-01-02", str(max(end_ts, pd.Timestamp.today()).year + 1) + "-12-30")
+    cal = _calendar(
+        calendar, "1990-01-02", str(max(end_ts, pd.Timestamp.today()).year + 1) + "-12-30"
+    )
     sessions = cal.sessions_in_range(start_ts, end_ts)
     return pd.DatetimeIndex(sessions.tz_localize(None) if sessions.tz else sessions).rename("date")
 

@@ -110,7 +110,9 @@ def ticker_from_filename(path: Path) -> str:
     return (match.group("ticker") if match else name).upper()
 
 
-def list_vendor_files(vendor_dir: Path, exclude: tuple[str, ...] = ("constituents.csv",)) -> list[Path]:
+def list_vendor_files(
+    vendor_dir: Path, exclude: tuple[str, ...] = ("constituents.csv",)
+) -> list[Path]:
     """Vendor files (``.csv`` and ``.csv.gz``) in ``vendor_dir``, sorted, minus ``exclude`` names."""
     if not vendor_dir.is_dir():
         raise SourceError(
@@ -149,9 +151,7 @@ def _vendor_file_lines(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
             {"raw": body, "line": pl.int_range(2, len(body) + 2, eager=True)},
             schema={"raw": pl.String, "line": pl.Int64},
         )
-        frame = frame.with_columns(
-            source_file=pl.lit(path.name), ticker=pl.lit(ticker)
-        )
+        frame = frame.with_columns(source_file=pl.lit(path.name), ticker=pl.lit(ticker))
         return frame, pl.DataFrame(schema=QUARANTINE_SCHEMA)
     # The whole file is not vendor CSV (e.g. an API error message): every line is quarantined.
     if error is None:
@@ -169,7 +169,9 @@ def _vendor_file_lines(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
         },
         schema=QUARANTINE_SCHEMA,
     )
-    return pl.DataFrame(schema={"raw": pl.String, "line": pl.Int64, "source_file": pl.String, "ticker": pl.String}), quarantine
+    return pl.DataFrame(
+        schema={"raw": pl.String, "line": pl.Int64, "source_file": pl.String, "ticker": pl.String}
+    ), quarantine
 
 
 def _split_fields(frame: pl.DataFrame) -> pl.DataFrame:
@@ -177,11 +179,16 @@ def _split_fields(frame: pl.DataFrame) -> pl.DataFrame:
     parts = pl.col("raw").str.split(",")
     return frame.with_columns(
         n_fields=parts.list.len().cast(pl.Int64),
-        **{c: parts.list.get(i, null_on_oob=True).str.strip_chars() for i, c in enumerate(VENDOR_COLUMNS)},
+        **{
+            c: parts.list.get(i, null_on_oob=True).str.strip_chars()
+            for i, c in enumerate(VENDOR_COLUMNS)
+        },
     ).select(list(LINES_SCHEMA))
 
 
-def read_vendor_dir(vendor_dir: Path, exclude: tuple[str, ...] = ("constituents.csv",)) -> IngestResult:
+def read_vendor_dir(
+    vendor_dir: Path, exclude: tuple[str, ...] = ("constituents.csv",)
+) -> IngestResult:
     """Read every vendor file in ``vendor_dir`` into validated bars plus a quarantine."""
     line_frames, file_quarantines = [], []
     for path in list_vendor_files(vendor_dir, exclude):
@@ -201,11 +208,18 @@ def tidy_to_lines(table: pl.DataFrame, source_file: str, first_line: int = 2) ->
     if missing:
         raise SourceError(f"{source_file}: tidy table lacks columns {missing}; has {table.columns}")
     as_text = table.select(pl.all().cast(pl.String))
-    renamed = {"date": "timestamp", **{k: v for k, v in TIDY_OPTIONAL.items() if k in table.columns}}
+    renamed = {
+        "date": "timestamp",
+        **{k: v for k, v in TIDY_OPTIONAL.items() if k in table.columns},
+    }
     as_text = as_text.rename(renamed)
     defaults = {"adjusted_close": None, "dividend_amount": "0", "split_coefficient": "1"}
     as_text = as_text.with_columns(
-        [pl.lit(v, dtype=pl.String).alias(c) for c, v in defaults.items() if c not in as_text.columns]
+        [
+            pl.lit(v, dtype=pl.String).alias(c)
+            for c, v in defaults.items()
+            if c not in as_text.columns
+        ]
     )
     fields = ["ticker", *VENDOR_COLUMNS]
     return as_text.select(
@@ -234,7 +248,9 @@ def _reason(condition: pl.Expr, message: pl.Expr | str) -> pl.Expr:
     return pl.when(condition).then(msg)
 
 
-def validate_lines(lines: pl.DataFrame, extra_quarantine: pl.DataFrame | None = None) -> IngestResult:
+def validate_lines(
+    lines: pl.DataFrame, extra_quarantine: pl.DataFrame | None = None
+) -> IngestResult:
     """Cast and check string-typed lines; return accepted bars and the quarantine.
 
     Rules, first failure wins: 9 fields; a ``YYYY-MM-DD`` timestamp; numeric, finite values;
@@ -260,7 +276,9 @@ def validate_lines(lines: pl.DataFrame, extra_quarantine: pl.DataFrame | None = 
     reason = pl.coalesce(
         _reason(
             pl.col("n_fields") != len(VENDOR_COLUMNS),
-            pl.format("expected {} fields, got {}", pl.lit(len(VENDOR_COLUMNS)), pl.col("n_fields")),
+            pl.format(
+                "expected {} fields, got {}", pl.lit(len(VENDOR_COLUMNS)), pl.col("n_fields")
+            ),
         ),
         _reason(
             pl.col("date").is_null(),
@@ -276,12 +294,21 @@ def validate_lines(lines: pl.DataFrame, extra_quarantine: pl.DataFrame | None = 
             | (n["low"] > pl.min_horizontal(n["open"], n["close"])),
             pl.format(
                 "high/low inconsistent with open/close: o={} h={} l={} c={}",
-                n["open"], n["high"], n["low"], n["close"],
+                n["open"],
+                n["high"],
+                n["low"],
+                n["close"],
             ),
         ),
         _reason(n["volume"] < 0, pl.format("negative volume: {}", n["volume"])),
-        _reason(n["dividend_amount"] < 0, pl.format("negative dividend_amount: {}", n["dividend_amount"])),
-        _reason(n["split_coefficient"] <= 0, pl.format("non-positive split_coefficient: {}", n["split_coefficient"])),
+        _reason(
+            n["dividend_amount"] < 0,
+            pl.format("negative dividend_amount: {}", n["dividend_amount"]),
+        ),
+        _reason(
+            n["split_coefficient"] <= 0,
+            pl.format("non-positive split_coefficient: {}", n["split_coefficient"]),
+        ),
     )
     typed = typed.with_columns(reason=reason)
     # Duplicates are judged among otherwise valid rows: the first line of a (ticker, date) wins.
@@ -290,20 +317,20 @@ def validate_lines(lines: pl.DataFrame, extra_quarantine: pl.DataFrame | None = 
         .group_by("ticker", "date")
         .agg(first_file=pl.col("source_file").first(), first_line=pl.col("line").min())
     )
-    typed = (
-        typed.join(first_seen, on=["ticker", "date"], how="left")
-        .with_columns(
-            reason=pl.coalesce(
-                pl.col("reason"),
-                _reason(
-                    (pl.col("line") != pl.col("first_line"))
-                    | (pl.col("source_file") != pl.col("first_file")),
-                    pl.format(
-                        "duplicate date {} for {} (first at {} line {})",
-                        pl.col("date"), pl.col("ticker"), pl.col("first_file"), pl.col("first_line"),
-                    ),
+    typed = typed.join(first_seen, on=["ticker", "date"], how="left").with_columns(
+        reason=pl.coalesce(
+            pl.col("reason"),
+            _reason(
+                (pl.col("line") != pl.col("first_line"))
+                | (pl.col("source_file") != pl.col("first_file")),
+                pl.format(
+                    "duplicate date {} for {} (first at {} line {})",
+                    pl.col("date"),
+                    pl.col("ticker"),
+                    pl.col("first_file"),
+                    pl.col("first_line"),
                 ),
-            )
+            ),
         )
     )
     bars = (
@@ -311,7 +338,10 @@ def validate_lines(lines: pl.DataFrame, extra_quarantine: pl.DataFrame | None = 
         .select(
             "ticker",
             "date",
-            *[pl.col(f"{c}_num").alias(c) for c in ("open", "high", "low", "close", "adjusted_close", "volume")],
+            *[
+                pl.col(f"{c}_num").alias(c)
+                for c in ("open", "high", "low", "close", "adjusted_close", "volume")
+            ],
             pl.col("dividend_amount_num").alias("dividend"),
             pl.col("split_coefficient_num").alias("split"),
             "source_file",
@@ -324,7 +354,9 @@ def validate_lines(lines: pl.DataFrame, extra_quarantine: pl.DataFrame | None = 
         quarantine = pl.concat([quarantine, extra_quarantine.select(list(QUARANTINE_SCHEMA))])
     quarantine = quarantine.sort("source_file", "line", nulls_last=True)
     files = _file_counts(lines, bars, quarantine)
-    return IngestResult(bars=bars.cast(BARS_SCHEMA), quarantine=quarantine.cast(QUARANTINE_SCHEMA), files=files)
+    return IngestResult(
+        bars=bars.cast(BARS_SCHEMA), quarantine=quarantine.cast(QUARANTINE_SCHEMA), files=files
+    )
 
 
 def _file_counts(lines: pl.DataFrame, bars: pl.DataFrame, quarantine: pl.DataFrame) -> pl.DataFrame:
@@ -332,7 +364,12 @@ def _file_counts(lines: pl.DataFrame, bars: pl.DataFrame, quarantine: pl.DataFra
     read = lines.group_by("source_file").agg(ticker=pl.col("ticker").first(), lines=pl.len())
     rejected_whole = quarantine.join(read.select("source_file"), on="source_file", how="anti")
     read = pl.concat(
-        [read, rejected_whole.group_by("source_file").agg(ticker=pl.col("ticker").first(), lines=pl.len())],
+        [
+            read,
+            rejected_whole.group_by("source_file").agg(
+                ticker=pl.col("ticker").first(), lines=pl.len()
+            ),
+        ],
         how="vertical_relaxed",
     )
     accepted = bars.group_by("source_file").agg(
@@ -342,6 +379,9 @@ def _file_counts(lines: pl.DataFrame, bars: pl.DataFrame, quarantine: pl.DataFra
     return (
         read.join(accepted, on="source_file", how="left")
         .join(quarantined, on="source_file", how="left")
-        .with_columns(pl.col("accepted", "quarantined").fill_null(0).cast(pl.Int64), pl.col("lines").cast(pl.Int64))
+        .with_columns(
+            pl.col("accepted", "quarantined").fill_null(0).cast(pl.Int64),
+            pl.col("lines").cast(pl.Int64),
+        )
         .sort("source_file")
     )

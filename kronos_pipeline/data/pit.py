@@ -66,7 +66,9 @@ def prices_pit(bars: pl.DataFrame) -> pl.DataFrame:
             pl.col("split") * (pl.col("close") + pl.col("dividend")) / pl.col("close").shift(1)
             - 1.0
         ).over("ticker"),
-        vendor_return=(pl.col("adjusted_close") / pl.col("adjusted_close").shift(1) - 1.0).over("ticker"),
+        vendor_return=(pl.col("adjusted_close") / pl.col("adjusted_close").shift(1) - 1.0).over(
+            "ticker"
+        ),
         corporate_action=(pl.col("split") != 1.0) | (pl.col("dividend") != 0.0),
         bar_index=pl.int_range(pl.len(), dtype=pl.Int64).over("ticker"),
     )
@@ -84,7 +86,10 @@ def as_of_adjusted(prices: pl.DataFrame, as_of: object) -> pl.DataFrame:
     cut = prices.filter(pl.col("date") <= pl.lit(as_of).cast(pl.Date))
     last_factor = pl.col("split_factor").last().over("ticker", order_by="date")
     return cut.with_columns(
-        [(pl.col(f"adj_{c}") / last_factor).alias(f"asof_{c}") for c in ("open", "high", "low", "close")]
+        [
+            (pl.col(f"adj_{c}") / last_factor).alias(f"asof_{c}")
+            for c in ("open", "high", "low", "close")
+        ]
         + [(pl.col("adj_volume") * last_factor).alias("asof_volume")]
     )
 
@@ -112,8 +117,10 @@ def missing_history(bars: pl.DataFrame, first_dates: pl.DataFrame, start: object
     loaded_from.
     """
     loaded = bars.group_by("ticker").agg(loaded_from=pl.col("date").min())
-    expected = first_dates.filter(pl.col("first_date").is_not_null()).group_by("ticker").agg(
-        pl.col("first_date").min()
+    expected = (
+        first_dates.filter(pl.col("first_date").is_not_null())
+        .group_by("ticker")
+        .agg(pl.col("first_date").min())
     )
     cut = pl.lit(start).cast(pl.Date)
     return (

@@ -6,7 +6,13 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from kronos_pipeline.data.ingest import IngestResult, SourceError, read_tidy, read_vendor_dir, validate_lines
+from kronos_pipeline.data.ingest import (
+    IngestResult,
+    SourceError,
+    read_tidy,
+    read_vendor_dir,
+    validate_lines,
+)
 from kronos_pipeline.data.synthetic import synthetic_market
 from kronos_pipeline.settings import DataSettings
 
@@ -27,8 +33,12 @@ def read_constituents(path) -> pl.DataFrame:
     ticker = lower.get("symbol") or lower.get("ticker")
     sector = lower.get("sector") or lower.get("gics sector")
     if ticker is None or sector is None:
-        raise SourceError(f"{path}: constituents need Symbol/ticker and Sector columns, got {table.columns}")
-    return table.select(ticker=pl.col(ticker).str.to_uppercase(), sector=pl.col(sector)).unique("ticker")
+        raise SourceError(
+            f"{path}: constituents need Symbol/ticker and Sector columns, got {table.columns}"
+        )
+    return table.select(ticker=pl.col(ticker).str.to_uppercase(), sector=pl.col(sector)).unique(
+        "ticker"
+    )
 
 
 def load_source(data: DataSettings) -> SourceData:
@@ -41,7 +51,9 @@ def load_source(data: DataSettings) -> SourceData:
             if constituents.exists()
             else pl.DataFrame(schema={"ticker": pl.String, "sector": pl.String})
         )
-        return SourceData("vendor", read_vendor_dir(data.vendor_dir, exclude=(constituents.name,)), sectors)
+        return SourceData(
+            "vendor", read_vendor_dir(data.vendor_dir, exclude=(constituents.name,)), sectors
+        )
     if data.source_kind == "tidy":
         assert data.tidy_path is not None
         sectors = (
@@ -56,4 +68,6 @@ def load_source(data: DataSettings) -> SourceData:
         end=data.synthetic_end,
         seed=data.synthetic_seed,
     )
-    return SourceData("synthetic", validate_lines(market.lines), market.constituents.select("ticker", "sector"))
+    return SourceData(
+        "synthetic", validate_lines(market.lines), market.constituents.select("ticker", "sector")
+    )

@@ -88,7 +88,9 @@ def synthetic_market(
     phi, drift_sd = 0.996, 0.00006 * alpha_strength
     for t in range(1, n_days):
         drift[t] = phi * drift[t - 1] + drift_sd * rng.standard_normal(n_tickers)
-    returns = beta * market[:, None] + sector_f[:, sector_of] + drift + sigma * regime[:, None] * eps
+    returns = (
+        beta * market[:, None] + sector_f[:, sector_of] + drift + sigma * regime[:, None] * eps
+    )
     returns = returns.clip(-0.5, 1.0)
 
     # Listings and delistings: a quarter of names list late, a tenth delist early.
@@ -182,7 +184,9 @@ def synthetic_market(
     )
 
 
-def _plant_defects(lines: pl.DataFrame, rng: np.random.Generator) -> tuple[pl.DataFrame, pl.DataFrame]:
+def _plant_defects(
+    lines: pl.DataFrame, rng: np.random.Generator
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Corrupt a few lines in place and append one duplicate; return them for the tests."""
     picks = rng.choice(lines.height, size=4, replace=False)
     kinds = ["non_numeric_close", "high_below_low", "negative_volume", "bad_timestamp"]
@@ -196,7 +200,10 @@ def _plant_defects(lines: pl.DataFrame, rng: np.random.Generator) -> tuple[pl.Da
     for row, kind in zip(picks, kinds, strict=True):
         for column, value in edits[kind].items():
             lines = lines.with_columns(
-                pl.when(pl.col("_row") == int(row)).then(pl.lit(value)).otherwise(pl.col(column)).alias(column)
+                pl.when(pl.col("_row") == int(row))
+                .then(pl.lit(value))
+                .otherwise(pl.col(column))
+                .alias(column)
             )
     # A duplicated line (same ticker and date) appended at the end of the source.
     dup_src = int(rng.integers(0, lines.height))
@@ -205,9 +212,21 @@ def _plant_defects(lines: pl.DataFrame, rng: np.random.Generator) -> tuple[pl.Da
     )
     lines = pl.concat([lines, duplicate]).drop("_row")
     # Rebuild the raw text so it shows the planted values.
-    fields = ["ticker", "timestamp", "open", "high", "low", "close", "adjusted_close", "volume",
-              "dividend_amount", "split_coefficient"]
-    lines = lines.with_columns(raw=pl.concat_str([pl.col(c).fill_null("") for c in fields], separator=","))
+    fields = [
+        "ticker",
+        "timestamp",
+        "open",
+        "high",
+        "low",
+        "close",
+        "adjusted_close",
+        "volume",
+        "dividend_amount",
+        "split_coefficient",
+    ]
+    lines = lines.with_columns(
+        raw=pl.concat_str([pl.col(c).fill_null("") for c in fields], separator=",")
+    )
     planted_lines = [int(lines["line"][int(r)]) for r in picks] + [int(duplicate["line"][0])]
     planted = pl.DataFrame(
         {

@@ -42,7 +42,8 @@ kronos_job = dg.define_asset_job(
 )
 evaluation_job = dg.define_asset_job(
     "evaluation_job",
-    selection=dg.AssetSelection.groups("evaluation") - dg.AssetSelection.assets("baseline_scores", "folds"),
+    selection=dg.AssetSelection.groups("evaluation")
+    - dg.AssetSelection.assets("baseline_scores", "folds"),
     description="Eval rows, metrics, tripwires, gates and the report from the scores present.",
 )
 

@@ -10,7 +10,7 @@ import pandas as pd
 import polars as pl
 
 from kronos_pipeline.defs.resources import WarehouseResource
-from kronos_pipeline.evaluation import baselines, folds, gates, report
+from kronos_pipeline.evaluation import baselines, data_tripwires, folds, gates, report
 from kronos_pipeline.evaluation.metrics import decile_returns
 from kronos_pipeline.evaluation.pipeline import evaluate_scores
 from kronos_pipeline.settings import get_settings
@@ -91,7 +91,10 @@ def folds_asset(warehouse: WarehouseResource) -> dg.MaterializeResult:
     deps=[
         "folds",
         # Each fold reads the whole daily history it trains on.
-        *[dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in ("features", "labels_forward", "universe")],
+        *[
+            dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping())
+            for a in ("features", "labels_forward", "universe")
+        ],
     ],
     partitions_def=fold_partitions,
     group_name=GROUP,
@@ -157,7 +160,10 @@ def _read_scores(db, fold_ids: list[str]) -> pd.DataFrame:
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            name, deps=["baseline_scores", "labels_forward"], group_name=GROUP, kinds={"duckdb"}
+            name,
+            deps=["baseline_scores", "kronos_scores", "labels_forward", "prices_pit"],
+            group_name=GROUP,
+            kinds={"duckdb"},
         )
         for name in (*TABLES, "leak_tripwires", "gate_verdicts")
     ],
@@ -177,8 +183,15 @@ def evaluation_tables(warehouse: WarehouseResource):
                          [scores["date"].min(), scores["date"].max()]))  # fmt: skip
     momentum = _pd(db.read("select date, ticker, mom_12_1 from features where date between ? and ?",
                            [scores["date"].min(), scores["date"].max()]))  # fmt: skip
+    prices = db.read_table("prices_pit", end=scores["date"].max().date())
+    pit = data_tripwires.pit_features_tripwire(
+        prices, db.read("select * from ticker_sectors"),
+        db.read_table("features", scores["date"].max().date(), scores["date"].max().date()),
+        scores["date"].max().date(),
+    )  # fmt: skip
     result = evaluate_scores(
         scores, labels, s, momentum=momentum, market=_pd(db.read(MARKET_SQL)),
+        pit=pit, adjustment=data_tripwires.adjustment_tripwire(prices),
         pretrained_models=[m for m in gates.candidate_models(scores["model"].unique())
                            if m.startswith("kronos") and "zero_shot" in m],
     )  # fmt: skip

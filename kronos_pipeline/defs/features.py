@@ -23,8 +23,14 @@ FACTOR_INPUTS = ("mom_12_1", "mom_1m", "vol_60d")
     group_name="features",
     description="40+ PIT features per (date, ticker): momentum, volatility, beta, liquidity, technicals, sector-relative.",
     check_specs=[
-        spec("features", "features_quality", "GX: schema, unique keys, bounded ranges", blocking=True),
-        spec("features", "factor_coverage", "Universe rows carry momentum, reversal and volatility inputs"),
+        spec(
+            "features", "features_quality", "GX: schema, unique keys, bounded ranges", blocking=True
+        ),
+        spec(
+            "features",
+            "factor_coverage",
+            "Universe rows carry momentum, reversal and volatility inputs",
+        ),
     ],
     **DAILY_ASSET_OPTIONS,
 )
@@ -37,22 +43,33 @@ def features_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     table = features(prices, sectors).filter(pl.col("date").is_between(start, end))
     db.replace_window("features", table, start, end, order_by=("date", "ticker"))
     names = feature_names(table)
-    members = db.read_table("universe", start, end, columns="date, ticker, in_universe").filter("in_universe")
+    members = db.read_table("universe", start, end, columns="date, ticker, in_universe").filter(
+        "in_universe"
+    )
     covered = table.join(members, on=["date", "ticker"]).select(
         [pl.col(c).is_not_null().mean().alias(c) for c in FACTOR_INPUTS]
     )
-    coverage = {c: float(covered[c][0]) if covered.height and covered[c][0] is not None else 1.0 for c in FACTOR_INPUTS}
-    yield dg.MaterializeResult(asset_key="features", metadata={"rows": table.height, "features": len(names)})
+    coverage = {
+        c: float(covered[c][0]) if covered.height and covered[c][0] is not None else 1.0
+        for c in FACTOR_INPUTS
+    }
+    yield dg.MaterializeResult(
+        asset_key="features", metadata={"rows": table.height, "features": len(names)}
+    )
     report = quality.validate(table, "features", quality.features_suite(table.columns, names))
     yield quality_result(
-        "features", "features_quality", report, also=(len(names) >= MIN_FEATURES, f"{len(names)} features")
+        "features",
+        "features_quality",
+        report,
+        also=(len(names) >= MIN_FEATURES, f"{len(names)} features"),
     )
     yield dg.AssetCheckResult(
         asset_key="features",
         check_name="factor_coverage",
         passed=all(v >= MIN_FACTOR_COVERAGE for v in coverage.values()),
         severity=dg.AssetCheckSeverity.WARN,
-        description=", ".join(f"{k} {v:.1%}" for k, v in coverage.items()) + " of universe rows non-null",
+        description=", ".join(f"{k} {v:.1%}" for k, v in coverage.items())
+        + " of universe rows non-null",
         metadata=coverage,
     )
 
@@ -63,8 +80,17 @@ def features_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     group_name="features",
     description="Forward total and excess returns at 20/60/90 trading days with available_at.",
     check_specs=[
-        spec("labels_forward", "labels_quality", "Unique keys, maturity after the date, returns > -100%", blocking=True),
-        spec("labels_forward", "label_availability", "Every universe row whose horizon has matured has a label"),
+        spec(
+            "labels_forward",
+            "labels_quality",
+            "Unique keys, maturity after the date, returns > -100%",
+            blocking=True,
+        ),
+        spec(
+            "labels_forward",
+            "label_availability",
+            "Every universe row whose horizon has matured has a label",
+        ),
     ],
     **DAILY_ASSET_OPTIONS,
 )
@@ -79,10 +105,17 @@ def labels_forward_asset(context: dg.AssetExecutionContext, warehouse: Warehouse
     data_end = prices["date"].max()
     yield dg.MaterializeResult(
         asset_key="labels_forward",
-        metadata={"rows": labels.height, "data_end": str(data_end), "delisted_inside_horizon": int((labels["end_date"] < labels["available_at"]).sum())},
+        metadata={
+            "rows": labels.height,
+            "data_end": str(data_end),
+            "delisted_inside_horizon": int((labels["end_date"] < labels["available_at"]).sum()),
+        },
     )
     broken = labels.filter(
-        (pl.col("available_at") <= pl.col("date")) | (pl.col("end_date") > pl.col("available_at")) | (pl.col("fwd_return") <= -1.0) | pl.col("fwd_return").is_null()
+        (pl.col("available_at") <= pl.col("date"))
+        | (pl.col("end_date") > pl.col("available_at"))
+        | (pl.col("fwd_return") <= -1.0)
+        | pl.col("fwd_return").is_null()
     )
     duplicates = labels.height - labels.select("date", "ticker", "horizon").n_unique()
     yield dg.AssetCheckResult(
@@ -91,7 +124,9 @@ def labels_forward_asset(context: dg.AssetExecutionContext, warehouse: Warehouse
         passed=broken.height == 0 and duplicates == 0,
         description=f"{broken.height} malformed labels, {duplicates} duplicates",
     )
-    expected = members.filter("in_universe").join(pl.DataFrame({"horizon": list(horizons)}, schema={"horizon": pl.Int32}), how="cross")
+    expected = members.filter("in_universe").join(
+        pl.DataFrame({"horizon": list(horizons)}, schema={"horizon": pl.Int32}), how="cross"
+    )
     missing = expected.join(labels, on=["date", "ticker", "horizon"], how="anti")
     # Labels not yet matured at the end of the data are expected to be missing.
     matured_missing = labels_due(missing, data_end).filter("due")

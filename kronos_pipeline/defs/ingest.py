@@ -17,7 +17,9 @@ KINDS = DAILY_ASSET_OPTIONS["kinds"]
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec("raw_bars", description="Validated OHLCV bars as delivered (not adjusted).", kinds=KINDS),
+        dg.AssetSpec(
+            "raw_bars", description="Validated OHLCV bars as delivered (not adjusted).", kinds=KINDS
+        ),
         dg.AssetSpec(
             "bars_quarantine",
             description="Rejected source lines with file, line, raw text and reason.",
@@ -25,9 +27,21 @@ KINDS = DAILY_ASSET_OPTIONS["kinds"]
         ),
     ],
     check_specs=[
-        spec("raw_bars", "bars_quality", "GX: schema, non-null, positive prices, unique (ticker, date)", blocking=True),
-        spec("raw_bars", "lines_reconcile", "Per file: lines read = accepted + quarantined", blocking=True),
-        spec("bars_quarantine", "quarantine_share", "Warns when more than 0.1% of lines are rejected"),
+        spec(
+            "raw_bars",
+            "bars_quality",
+            "GX: schema, non-null, positive prices, unique (ticker, date)",
+            blocking=True,
+        ),
+        spec(
+            "raw_bars",
+            "lines_reconcile",
+            "Per file: lines read = accepted + quarantined",
+            blocking=True,
+        ),
+        spec(
+            "bars_quarantine", "quarantine_share", "Warns when more than 0.1% of lines are rejected"
+        ),
     ],
     group_name="data",
     **{k: v for k, v in DAILY_ASSET_OPTIONS.items() if k != "kinds"},
@@ -49,13 +63,25 @@ def ingest_bars(context: dg.AssetExecutionContext, warehouse: WarehouseResource)
     reasons = window.quarantine.group_by("reason").len().sort("len", descending=True)
     yield dg.MaterializeResult(
         asset_key="raw_bars",
-        metadata={"source": source.kind, "rows": window.bars.height, "tickers": window.bars["ticker"].n_unique(), "window": f"{start}..{end}"},
+        metadata={
+            "source": source.kind,
+            "rows": window.bars.height,
+            "tickers": window.bars["ticker"].n_unique(),
+            "window": f"{start}..{end}",
+        },
     )
     yield dg.MaterializeResult(
         asset_key="bars_quarantine",
-        metadata={"rows": window.quarantine.height, "files_rejected_whole": int((files["accepted"] == 0).sum())},
+        metadata={
+            "rows": window.quarantine.height,
+            "files_rejected_whole": int((files["accepted"] == 0).sum()),
+        },
     )
-    yield quality_result("raw_bars", "bars_quality", quality.validate(window.bars, "raw_bars", quality.bars_suite(window.bars.columns)))
+    yield quality_result(
+        "raw_bars",
+        "bars_quality",
+        quality.validate(window.bars, "raw_bars", quality.bars_suite(window.bars.columns)),
+    )
     yield dg.AssetCheckResult(
         asset_key="raw_bars",
         check_name="lines_reconcile",

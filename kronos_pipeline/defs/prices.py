@@ -20,9 +20,23 @@ ADJUSTMENT_REL_TOL = 1e-6
     group_name="data",
     description="PIT split-adjusted OHLCV, dividend-inclusive daily total return and index.",
     check_specs=[
-        spec("prices_pit", "prices_quality", "GX: schema, unique keys, positive factors, bounded returns", blocking=True),
-        spec("prices_pit", "adjustment_consistency", "Our returns vs the vendor adjusted_close on days without corporate actions"),
-        spec("prices_pit", "history_complete", "raw_bars holds every ticker's bars from its first source date", blocking=True),
+        spec(
+            "prices_pit",
+            "prices_quality",
+            "GX: schema, unique keys, positive factors, bounded returns",
+            blocking=True,
+        ),
+        spec(
+            "prices_pit",
+            "adjustment_consistency",
+            "Our returns vs the vendor adjusted_close on days without corporate actions",
+        ),
+        spec(
+            "prices_pit",
+            "history_complete",
+            "raw_bars holds every ticker's bars from its first source date",
+            blocking=True,
+        ),
     ],
     **DAILY_ASSET_OPTIONS,
 )
@@ -39,9 +53,18 @@ def prices_pit_asset(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     agreement = adjustment_agreement(prices, ADJUSTMENT_REL_TOL)
     yield dg.MaterializeResult(
         asset_key="prices_pit",
-        metadata={"rows": prices.height, "splits": int((prices["split"] != 1.0).sum()), "dividends": int((prices["dividend"] > 0).sum()), "adjustment_agreement": agreement["share"]},
+        metadata={
+            "rows": prices.height,
+            "splits": int((prices["split"] != 1.0).sum()),
+            "dividends": int((prices["dividend"] > 0).sum()),
+            "adjustment_agreement": agreement["share"],
+        },
     )
-    yield quality_result("prices_pit", "prices_quality", quality.validate(prices, "prices_pit", quality.prices_suite(prices.columns)))
+    yield quality_result(
+        "prices_pit",
+        "prices_quality",
+        quality.validate(prices, "prices_pit", quality.prices_suite(prices.columns)),
+    )
     yield dg.AssetCheckResult(
         asset_key="prices_pit",
         check_name="history_complete",
@@ -60,5 +83,8 @@ def prices_pit_asset(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         passed=agreement["checked"] == 0 or share >= ADJUSTMENT_MIN_AGREEMENT,
         severity=dg.AssetCheckSeverity.WARN,
         description=f"{agreement['agree']} of {agreement['checked']} ticker-days agree within {ADJUSTMENT_REL_TOL:g} relative",
-        metadata={"share_agree": float(share) if agreement["checked"] else None, "checked": agreement["checked"]},
+        metadata={
+            "share_agree": float(share) if agreement["checked"] else None,
+            "checked": agreement["checked"],
+        },
     )

@@ -19,7 +19,12 @@ MIN_MEMBERS_WARN = 20
     group_name="data",
     description="Per date: history, price and liquidity filters, liquidity rank, top-N membership.",
     check_specs=[
-        spec("universe", "universe_rules", "Members are eligible, unique, and within top-N", blocking=True),
+        spec(
+            "universe",
+            "universe_rules",
+            "Members are eligible, unique, and within top-N",
+            blocking=True,
+        ),
         spec("universe", "universe_breadth", "Warns on dates with fewer than 20 members"),
     ],
     **DAILY_ASSET_OPTIONS,
@@ -29,20 +34,36 @@ def universe_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     settings = get_settings()
     cfg, top_n = settings.universe, settings.effective_top_n
     db = warehouse.get()
-    prices = db.read_table("prices_pit", end=end, columns="ticker, date, close, dollar_volume, bar_index")
+    prices = db.read_table(
+        "prices_pit", end=end, columns="ticker, date, close, dollar_volume, bar_index"
+    )
     members = universe(
-        prices, cfg.min_history_days, cfg.min_price, cfg.min_median_dollar_volume, cfg.liquidity_window_days, top_n
+        prices,
+        cfg.min_history_days,
+        cfg.min_price,
+        cfg.min_median_dollar_volume,
+        cfg.liquidity_window_days,
+        top_n,
     ).filter(pl.col("date").is_between(start, end))
     db.replace_window("universe", members, start, end, order_by=("date", "ticker"))
-    per_date = members.group_by("date").agg(
-        n=pl.col("in_universe").sum(),
-        warm=pl.col("history_days").max() >= cfg.min_history_days,
-    ).sort("date")
+    per_date = (
+        members.group_by("date")
+        .agg(
+            n=pl.col("in_universe").sum(),
+            warm=pl.col("history_days").max() >= cfg.min_history_days,
+        )
+        .sort("date")
+    )
     # Before any name has the minimum history the universe is empty by construction.
     thin = per_date.filter(pl.col("warm") & (pl.col("n") < MIN_MEMBERS_WARN))
     yield dg.MaterializeResult(
         asset_key="universe",
-        metadata={"rows": members.height, "member_rows": int(members["in_universe"].sum()), "top_n": top_n or "all", "median_members": float(per_date["n"].median() or 0)},
+        metadata={
+            "rows": members.height,
+            "member_rows": int(members["in_universe"].sum()),
+            "top_n": top_n or "all",
+            "median_members": float(per_date["n"].median() or 0),
+        },
     )
     broken = members.filter(
         (pl.col("in_universe") & ~pl.col("eligible"))

@@ -115,7 +115,9 @@ def _per_ticker_features() -> list[pl.Expr]:
         "close_location_1d": pl.when(high > low).then((close - low) / (high - low)),
         "stoch_1m": (close - _roll(low, "min", MONTH))
         / (_roll(high, "max", MONTH) - _roll(low, "min", MONTH)),
-        "rsi_14d": 100.0 * _roll(gain, "mean", 14) / (_roll(gain, "mean", 14) + _roll(loss, "mean", 14)),
+        "rsi_14d": 100.0
+        * _roll(gain, "mean", 14)
+        / (_roll(gain, "mean", 14) + _roll(loss, "mean", 14)),
         "ma_dist_20d": close / _roll(close, "mean", 20) - 1.0,
         "ma_dist_50d": close / _roll(close, "mean", 50) - 1.0,
         "ma_dist_200d": close / _roll(close, "mean", 200) - 1.0,

@@ -72,7 +72,9 @@ def labels_forward(
         )
     out = pl.concat(parts).join(members, on=["date", "ticker"], how="left")
     out = out.with_columns(pl.col("in_universe").fill_null(False))
-    universe_mean = pl.col("fwd_return").filter(pl.col("in_universe")).mean().over("date", "horizon")
+    universe_mean = (
+        pl.col("fwd_return").filter(pl.col("in_universe")).mean().over("date", "horizon")
+    )
     out = out.with_columns(excess_return=pl.col("fwd_return") - universe_mean)
     return out.select(LABEL_COLUMNS).sort("date", "ticker", "horizon")
 
