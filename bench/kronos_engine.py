@@ -256,7 +256,7 @@ def main() -> None:
                     show(Row(shape, "ours", dtype, steps, bs, n_ours, seconds, mem.peak_mib, dev))
         del engines
 
-    print("\nSpeed-ups (ours fp32 / reference, same shape and steps):")
+    print("\nSpeed-ups (ours / reference fp32, same shape and steps):")
     for r in rows:
         if r.impl == "ours":
             base = next(
