@@ -504,6 +504,7 @@ def _fit(
         optimizer, _lr_lambda(total_steps, cfg.warmup_fraction)
     )
     budget_s = None if cfg.max_minutes is None else cfg.max_minutes * 60.0
+    version = code_version()  # taken before training, so edits made meanwhile do not count
     t0 = time.perf_counter()
 
     start_val = _evaluate(val_metric, model, windows, val_starts, cfg)
@@ -649,7 +650,7 @@ def _fit(
         "stopped_by": stopped_by,
         "elapsed_s": round(elapsed, 3),
         "tokens_per_s": round(tokens / max(train_t, 1e-9), 1),
-        "code_version": code_version(),
+        "code_version": version,
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "device": str(hub.resolve_device(cfg.device)),
