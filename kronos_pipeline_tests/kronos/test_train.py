@@ -214,6 +214,17 @@ def test_save_then_load_gives_identical_forecasts(
     for name, tensor in trained.predictor.model.state_dict().items():
         assert torch.equal(tensor, pred2.state_dict()[name]), name
 
+    # Fine-tuning can start from checkpoint directories (loaded by the engine's hub loader).
+    res = T.fine_tune(
+        windows,
+        pred_dir,
+        tiny_cfg(mode="lora", epochs=1, windows_per_epoch=32),
+        tokenizer=str(tok_dir),
+    )
+    assert res.metadata["init"] == str(pred_dir)
+    assert res.metadata["tokenizer"]["source"] == str(tok_dir)
+    assert res.start_val_loss == pytest.approx(trained.predictor.best_val_loss, rel=1e-6)
+
 
 def test_same_seed_gives_bit_identical_weights(windows: WindowSet) -> None:
     cfg = tiny_cfg(epochs=1, windows_per_epoch=128)
