@@ -215,7 +215,7 @@ def test_device_choice() -> None:
     assert resolve_device("cpu").type == "cpu"
 
 
-def test_oversized_contexts_group_separately(engines, bars, alone) -> None:
+def test_mixed_context_lengths_group_separately(engines, bars, alone) -> None:
     """Series of different lengths in one call are batched by length, order preserved."""
     result = _run(engines[64], bars, [7, 0, 6, 1], **GREEDY)
     for row, i in enumerate([7, 0, 6, 1]):
