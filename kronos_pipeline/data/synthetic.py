@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 
 from kronos_pipeline.data.calendar import trading_days
-from kronos_pipeline.data.ingest import tidy_to_lines
+from kronos_pipeline.data.ingest import VENDOR_COLUMNS, tidy_to_lines
 
 SECTORS = (
     "Information Technology",
@@ -212,18 +212,7 @@ def _plant_defects(
     )
     lines = pl.concat([lines, duplicate]).drop("_row")
     # Rebuild the raw text so it shows the planted values.
-    fields = [
-        "ticker",
-        "timestamp",
-        "open",
-        "high",
-        "low",
-        "close",
-        "adjusted_close",
-        "volume",
-        "dividend_amount",
-        "split_coefficient",
-    ]
+    fields = ["ticker", *VENDOR_COLUMNS]
     lines = lines.with_columns(
         raw=pl.concat_str([pl.col(c).fill_null("") for c in fields], separator=",")
     )

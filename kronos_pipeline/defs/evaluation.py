@@ -245,7 +245,14 @@ def evaluation_report_asset(warehouse: WarehouseResource) -> dg.MaterializeResul
         deciles=decile_returns(t["eval_rows"]), tripwires=trip, verdicts=t["gate_verdicts"],
         reference=gates.reference_comparison(t["model_comparison"], s.report),
         data_source=s.data.source_kind,
-        run_info={"mode": s.mode, "folds": ", ".join(sorted(t["fold_summaries"]["fold"].unique()))},
+        run_info={
+            "mode": s.mode,
+            "folds": ", ".join(sorted(t["fold_summaries"]["fold"].unique())),
+            "horizons without matured labels in these folds": ", ".join(
+                str(h) for h in s.labels.horizons
+                if h not in set(t["model_comparison"]["horizon"].astype(int))
+            ) or "none",
+        },
     )  # fmt: skip
     figures = report.key_figures(t["model_comparison"], t["gate_verdicts"])
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out_dir)), **figures})
