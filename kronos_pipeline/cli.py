@@ -143,7 +143,7 @@ def cmd_backfill(args: argparse.Namespace) -> None:
         first, _, last = args.dates.partition(":")
         _run("data_job", instance, key_range=(first, last or first))
     if args.folds:
-        _evaluate(instance, _fold_keys(args.folds))
+        _evaluate(instance, _fold_keys(args.folds), with_kronos=args.with_kronos)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -188,6 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     source_options(p)
     p.add_argument("--dates", help="YYYY-MM-DD:YYYY-MM-DD")
     p.add_argument("--folds", help="YYYY-MM:YYYY-MM")
+    p.add_argument(
+        "--with-kronos", action="store_true", help="also train and score Kronos per fold"
+    )
     p.set_defaults(func=cmd_backfill)
     p = sub.add_parser("report", help="rebuild metrics, gates and the report")
     source_options(p)

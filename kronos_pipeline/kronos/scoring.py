@@ -263,6 +263,15 @@ def to_score_table(scores: pd.DataFrame) -> pl.DataFrame:
 # --------------------------------------------------------------------------------------
 
 
+def validation_fraction(n_dates: int, window: int, floor: float = 0.2, cap: float = 0.5) -> float:
+    """Share of the training dates held out for validation: at least ``floor``, and enough for
+    two whole windows of ``window`` bars (validation windows must lie inside the held-out
+    period), capped at ``cap`` so training keeps at least half of the dates."""
+    if n_dates <= 0:
+        return floor
+    return float(min(cap, max(floor, 2 * window / n_dates)))
+
+
 def train_checkpoint(
     bars: pl.DataFrame,
     train_cut: dt.date,
@@ -285,8 +294,12 @@ def train_checkpoint(
     if late:
         raise ValueError(f"train_checkpoint: {late} bars dated after the training cut {cut}")
 
+    n_dates = bars.filter(pl.col("date") <= cut)["date"].n_unique()
+    val_fraction = validation_fraction(n_dates, lookback + kronos.train_horizon)
+
     def cfg(share: float) -> TrainConfig:
         return TrainConfig(
+            val_fraction=val_fraction,
             lookback=lookback,
             horizon=kronos.train_horizon,
             stride=kronos.train_stride,

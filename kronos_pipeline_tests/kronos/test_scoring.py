@@ -268,3 +268,14 @@ def test_every_universe_member_gets_a_score_for_every_horizon(kronos_run):
         "scores_valid": True,
         "member_coverage": True,
     }
+
+
+def test_validation_fraction_leaves_room_for_two_windows_with_default_history():
+    from kronos_pipeline.kronos.scoring import validation_fraction
+
+    # Default settings: 1260 trading days of history, windows of 252 + 30 bars. A 20 % hold-out
+    # (252 days) could not hold one 282-bar window; the fraction grows to hold two.
+    assert validation_fraction(1260, 282) == pytest.approx(2 * 282 / 1260)
+    assert validation_fraction(1260, 282) * 1260 >= 2 * 282
+    assert validation_fraction(10_000, 282) == 0.2
+    assert validation_fraction(500, 282) == 0.5
