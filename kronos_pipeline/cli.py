@@ -102,7 +102,14 @@ def _evaluate(instance, folds: list[str], with_kronos: bool = False) -> None:
     if with_kronos:
         for key in folds:
             _run("kronos_job", instance, partition_key=key)
-    _run("evaluation_job", instance)
+    try:
+        _run("evaluation_job", instance)
+    finally:
+        # Written before the gate checks, so it is there when a gate fails the run too.
+        _print_report_path()
+
+
+def _print_report_path() -> None:
     from kronos_pipeline.settings import get_settings
 
     report = get_settings().report
@@ -150,7 +157,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     """Recompute metrics, tripwires, gates and the report from the scores in the warehouse."""
     _configure_env(args, None)
     instance = _instance()
-    _run("evaluation_job", instance)
+    try:
+        _run("evaluation_job", instance)
+    finally:
+        _print_report_path()
 
 
 def build_parser() -> argparse.ArgumentParser:

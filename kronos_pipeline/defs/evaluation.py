@@ -4,6 +4,7 @@ leak tripwires and gates (asset checks) -> report folder. Library work lives in
 
 import datetime as dt
 import json
+from pathlib import Path
 
 import dagster as dg
 import pandas as pd
@@ -211,6 +212,9 @@ def evaluation_tables(warehouse: WarehouseResource):
         asset_key="gate_verdicts",
         metadata={k: v for k, v in report.key_figures(result.comparison, result.verdicts).items()},
     )
+    # The report is the evidence a failed gate needs: write it before the blocking checks,
+    # which would otherwise skip evaluation_report in the same run.
+    _write_report_folder(db)
     for name in TRIPWIRE_CHECKS:
         t = result.tripwires[name]
         yield dg.AssetCheckResult(
@@ -226,16 +230,9 @@ def evaluation_tables(warehouse: WarehouseResource):
         )  # fmt: skip
 
 
-@dg.asset(
-    name="evaluation_report",
-    deps=[*TABLES, "leak_tripwires", "gate_verdicts"],
-    group_name=GROUP,
-    kinds={"duckdb", "matplotlib"},
-    description="The run folder: REPORT_SUMMARY.md, CSVs, parquet, leak_tripwires.json, plots.",
-)
-def evaluation_report_asset(warehouse: WarehouseResource) -> dg.MaterializeResult:
+def _write_report_folder(db) -> tuple[Path, dict]:
+    """Render the SPEC section 8 folder from the warehouse tables; returns it and key figures."""
     s = get_settings()
-    db = warehouse.get()
     t = {name: _pd(db.read(f"select * from {name}")) for name in (*TABLES, "gate_verdicts")}
     trip = json.loads(db.read("select json from leak_tripwires")["json"][0])
     out_dir = s.report.output_root / s.report.run_name
@@ -254,5 +251,17 @@ def evaluation_report_asset(warehouse: WarehouseResource) -> dg.MaterializeResul
             ) or "none",
         },
     )  # fmt: skip
-    figures = report.key_figures(t["model_comparison"], t["gate_verdicts"])
+    return out_dir, report.key_figures(t["model_comparison"], t["gate_verdicts"])
+
+
+@dg.asset(
+    name="evaluation_report",
+    deps=[*TABLES, "leak_tripwires", "gate_verdicts"],
+    group_name=GROUP,
+    kinds={"duckdb", "matplotlib"},
+    description="The run folder: REPORT_SUMMARY.md, CSVs, parquet, leak_tripwires.json, plots.",
+)
+def evaluation_report_asset(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    """Re-render the report folder (the evaluation step writes it too, before its gate checks)."""
+    out_dir, figures = _write_report_folder(warehouse.get())
     return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out_dir)), **figures})
