@@ -154,8 +154,9 @@ def _padding_attn_mask(
     return key_padding_mask[:, None, None, :].expand(-1, n_heads, q_len, -1)
 
 
-class MultiHeadAttentionWithRoPE(nn.Module):
-    """Causal multi-head self-attention with rotary positions and an optional KV cache."""
+class _RotaryAttentionBase(nn.Module):
+    """Projections (checkpoint keys q_proj/k_proj/v_proj/out_proj), rotary table and head
+    reshaping shared by the self- and cross-attention layers."""
 
     def __init__(
         self,
@@ -179,6 +180,10 @@ class MultiHeadAttentionWithRoPE(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
         return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+
+
+class MultiHeadAttentionWithRoPE(_RotaryAttentionBase):
+    """Causal multi-head self-attention with rotary positions and an optional KV cache."""
 
     def forward(
         self,
@@ -223,7 +228,7 @@ class MultiHeadAttentionWithRoPE(nn.Module):
         return self.resid_dropout(self.out_proj(out))
 
 
-class MultiHeadCrossAttentionWithRoPE(nn.Module):
+class MultiHeadCrossAttentionWithRoPE(_RotaryAttentionBase):
     """Cross-attention of the s2 dependency layer (query: s1 embeddings, keys: context).
 
     Reproduces the reference exactly: the rotary tables are built for the *query* length
@@ -238,21 +243,7 @@ class MultiHeadCrossAttentionWithRoPE(nn.Module):
         attn_dropout_p: float = 0.0,
         resid_dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        self.d_model = d_model
-        self.n_heads = n_heads
-        self.head_dim = d_model // n_heads
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
-        self.rotary = RotaryEmbedding(self.head_dim)
-        self.attn_dropout_p = attn_dropout_p
-        self.resid_dropout = nn.Dropout(resid_dropout)
-
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
+        super().__init__(d_model, n_heads, attn_dropout_p, resid_dropout)
 
     def forward(
         self,
