@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kronos_pipeline.kronos.checkpoint import PretrainedMixin
 from kronos_pipeline.kronos.layers import (
     DependencyAwareLayer,
     DualHead,
@@ -98,8 +99,10 @@ class KronosCache:
         )
 
 
-class Kronos(nn.Module):
+class Kronos(PretrainedMixin, nn.Module):
     """The Kronos autoregressive predictor. Construct with ``Kronos(**config)``."""
+
+    _HUB_LOADER = "load_predictor"
 
     def __init__(self, **config: Any) -> None:
         super().__init__()
@@ -261,20 +264,3 @@ class Kronos(nn.Module):
         ).to(context_last.dtype)
         x2 = self.dep_layer.norm(context_last[:, None, :] + attn)
         return self.head.cond_forward(x2[:, 0])
-
-    # -- loading / saving --------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(
-        cls, source: str, revision: str | None = None, device: str | None = None
-    ) -> Kronos:
-        """Load from a checkpoint directory or hub repo id (see :mod:`.hub`)."""
-        from kronos_pipeline.kronos.hub import load_predictor
-
-        return load_predictor(source, revision=revision, device=device)
-
-    def save_pretrained(self, directory: str, extra_metadata: dict[str, str] | None = None) -> None:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
-        from kronos_pipeline.kronos.hub import save_checkpoint
-
-        save_checkpoint(self, directory, extra_metadata=extra_metadata)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kronos_pipeline.kronos.checkpoint import PretrainedMixin
 from kronos_pipeline.kronos.layers import TransformerBlock
 
 
@@ -167,11 +168,13 @@ class BSQuantizer(nn.Module):
 # --------------------------------------------------------------------------------------
 
 
-class KronosTokenizer(nn.Module):
+class KronosTokenizer(PretrainedMixin, nn.Module):
     """BSQ autoencoder turning normalised OHLCV(A) bars into (s1, s2) token pairs.
 
     Construct with the fields of ``config.json``: ``KronosTokenizer(**config)``.
     """
+
+    _HUB_LOADER = "load_tokenizer"
 
     def __init__(self, **config: Any) -> None:
         super().__init__()
@@ -262,20 +265,3 @@ class KronosTokenizer(nn.Module):
         """Reconstruct normalised bars [B, T, d_in] from token ids (see ``indices_to_bits``)."""
         codes = self.indices_to_bits(x, half).to(self.post_quant_embed.weight.dtype)
         return self._decode_latent(self.post_quant_embed(codes))
-
-    # -- loading / saving --------------------------------------------------------------
-
-    @classmethod
-    def from_pretrained(
-        cls, source: str, revision: str | None = None, device: str | None = None
-    ) -> KronosTokenizer:
-        """Load from a checkpoint directory or hub repo id (see :mod:`.hub`)."""
-        from kronos_pipeline.kronos.hub import load_tokenizer
-
-        return load_tokenizer(source, revision=revision, device=device)
-
-    def save_pretrained(self, directory: str, extra_metadata: dict[str, str] | None = None) -> None:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
-        from kronos_pipeline.kronos.hub import save_checkpoint
-
-        save_checkpoint(self, directory, extra_metadata=extra_metadata)
