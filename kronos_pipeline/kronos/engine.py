@@ -63,10 +63,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from kronos_pipeline.kronos.hub import resolve_device
+from kronos_pipeline.kronos.inference import prepare_for_inference
 from kronos_pipeline.kronos.predictor import Kronos
 from kronos_pipeline.kronos.preprocessing import (
     FEATURE_COLUMNS,
@@ -177,42 +176,6 @@ class ForecastResult:
 # --------------------------------------------------------------------------------------
 
 
-class InferenceLinear(nn.Linear):
-    """``nn.Linear`` (same parameters) whose float32 CPU forward calls oneDNN directly.
-
-    On CPUs where MKL's sgemm does not use AVX-512 (e.g. AMD), oneDNN's fp32 kernels are
-    about twice as fast; the arithmetic stays float32. Other devices/dtypes use F.linear.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x @ weight.T + bias`` for ``x`` [..., in_features]."""
-        if x.device.type == "cpu" and x.dtype == torch.float32 and _ONEDNN_LINEAR is not None:
-            return _ONEDNN_LINEAR(x, self.weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
-
-
-def _onednn_linear():
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-        x, w = torch.ones(2, 3), torch.ones(4, 3)
-        if not torch.equal(op(x, w, None, "none", [], ""), F.linear(x, w)):
-            return None
-        return op
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_ONEDNN_LINEAR = _onednn_linear() if torch.backends.mkldnn.is_available() else None
-
-
-def use_inference_linears(module: nn.Module) -> nn.Module:
-    """Switch every ``nn.Linear`` inside ``module`` to :class:`InferenceLinear` in place."""
-    for sub in module.modules():
-        if type(sub) is nn.Linear:
-            sub.__class__ = InferenceLinear
-    return module
-
-
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
@@ -228,8 +191,10 @@ class KronosEngine:
     the context do not depend on ``dtype``). ``batch_size``: rows (series x sample paths)
     per micro-batch. ``max_context``: longest window the predictor sees (512 for
     Kronos-small/base, 2048 for Kronos-mini). ``clip``: normalised values are clipped to
-    ``[-clip, clip]``. ``fast_linear``: run float32 CPU linears through oneDNN (see
-    :class:`InferenceLinear`). The models are copied, not modified.
+    ``[-clip, clip]``. ``fast_linear``: on CPU run the layers through oneDNN with packed
+    and fused weights (see :mod:`kronos_pipeline.kronos.inference`). ``block_tokens``: the tokenizer and the prefill run over at
+    most this many rows x positions at a time (default 4096 on CPU, unlimited elsewhere).
+    The models are copied, not modified.
     """
 
     def __init__(
@@ -243,6 +208,7 @@ class KronosEngine:
         clip: float = 5.0,
         tokenizer_dtype: str = "float32",
         fast_linear: bool = True,
+        block_tokens: int | None = None,
     ) -> None:
         if dtype not in _DTYPES or tokenizer_dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
@@ -254,13 +220,18 @@ class KronosEngine:
         self.batch_size = batch_size
         self.max_context = max_context
         self.clip = clip
+        if block_tokens is None:
+            block_tokens = 4096 if self.device.type == "cpu" else 1 << 20
+        if block_tokens < 1:
+            raise ValueError("block_tokens must be positive")
+        self.block_tokens = block_tokens
         self.tokenizer = copy.deepcopy(tokenizer).to(self.device, self.tokenizer_dtype).eval()
         self.predictor = copy.deepcopy(predictor).to(self.device, self.dtype).eval()
         for p in [*self.tokenizer.parameters(), *self.predictor.parameters()]:
             p.requires_grad_(False)
         if fast_linear:
-            use_inference_linears(self.tokenizer)
-            use_inference_linears(self.predictor)
+            prepare_for_inference(self.tokenizer, rows_hint=batch_size)
+            prepare_for_inference(self.predictor, rows_hint=batch_size)
         # On CPU, single-query attention is much faster in float32 than in bf16/fp16, so
         # the KV cache stays float32 there; on accelerators it uses the model dtype.
         self.cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
@@ -404,6 +375,18 @@ class KronosEngine:
         elif self.device.type == "mps":
             torch.mps.empty_cache()
 
+    def _in_row_blocks(self, fn, n_rows: int, length: int) -> tuple[torch.Tensor, ...]:
+        """``fn(lo, hi)`` over row blocks of at most ``block_tokens // length`` rows,
+        outputs concatenated along rows. Long sequences are run in such blocks because
+        their activations then stay small (on CPU: in cache and in already mapped heap
+        memory, which makes a 64-row prefill about 1.7x faster than one block of 64);
+        rows are independent, so the result is the same for any block size."""
+        step = max(1, self.block_tokens // max(length, 1))
+        parts = [fn(lo, min(n_rows, lo + step)) for lo in range(0, n_rows, step)]
+        if len(parts) == 1:
+            return parts[0]
+        return tuple(torch.cat(column) for column in zip(*parts, strict=True))
+
     def _uniforms(self, seeds: Sequence[int], sample_count: int, pred_len: int) -> torch.Tensor:
         """Per-row uniforms [rows, pred_len, 2] (s1, s2 draws), rows ordered series-major."""
         rows = []
@@ -433,7 +416,9 @@ class KronosEngine:
         max_ctx = self.max_context
 
         x_t = torch.from_numpy(x).to(dev, self.tokenizer_dtype)
-        s1_ctx, s2_ctx = self.tokenizer.encode(x_t, half=True)
+        s1_ctx, s2_ctx = self._in_row_blocks(
+            lambda lo, hi: tuple(self.tokenizer.encode(x_t[lo:hi], half=True)), b, t_ctx
+        )
         stamp = torch.from_numpy(np.concatenate([x_stamp, y_stamp], axis=1)).to(dev)
         stamp = stamp.repeat_interleave(sample_count, dim=0)
         s1 = torch.zeros(rows, total, dtype=torch.long, device=dev)
@@ -443,28 +428,38 @@ class KronosEngine:
         uniforms = None if top_k == 1 else self._uniforms(seeds, sample_count, pred_len)
         cos, sin = self._rope
 
-        def run_window(cache, start: int, stop: int, unique: bool = False) -> torch.Tensor:
-            """Prefill tokens start..stop-1 into an empty cache; returns the context."""
+        def run_window(
+            cache, start: int, stop: int, unique: bool = False
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            """Prefill tokens start..stop-1 into an empty cache, in row blocks; returns the
+            last position's context [rows, D] and the context averaged over positions."""
             step = sample_count if unique else 1
-            return model.extend(
-                cache,
-                s1[::step, start:stop],
-                s2[::step, start:stop],
-                stamp[::step, start:stop],
-                rope=(cos[:, :, : stop - start], sin[:, :, : stop - start]),
-            )
+            ids1, ids2, stamps = s1[::step, start:stop], s2[::step, start:stop], stamp[::step]
+            rope = (cos[:, :, : stop - start], sin[:, :, : stop - start])
+
+            def block(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+                context = model.extend(
+                    cache.rows(lo, hi),
+                    ids1[lo:hi],
+                    ids2[lo:hi],
+                    stamps[lo:hi, start:stop],
+                    rope=rope,
+                )
+                return context[:, -1].clone(), context.float().mean(dim=1)
+
+            last, pooled = self._in_row_blocks(block, ids1.shape[0], stop - start)
+            cache.set_length(stop - start)
+            return last, pooled
 
         # Prefill the context once per series, then copy its cache to every sample path.
         start = max(0, t_ctx - max_ctx)
         capacity = min(total, max_ctx)
         cache = model.new_cache(b, capacity, dev, self.cache_dtype)
-        context = run_window(cache, start, t_ctx, unique=True)
-        pooled = context.float().mean(dim=1).cpu().numpy()
+        last, pooled = run_window(cache, start, t_ctx, unique=True)
+        pooled = pooled.cpu().numpy()
         if sample_count > 1:
             cache = cache.repeat_rows(sample_count)
-            context = context.repeat_interleave(sample_count, dim=0)
-        last = context[:, -1]
-        del context
+            last = last.repeat_interleave(sample_count, dim=0)
 
         for i in range(pred_len):
             cur = t_ctx + i  # tokens available as input at this step
@@ -480,7 +475,7 @@ class KronosEngine:
                     )[:, -1]
                 else:
                     cache.reset()
-                    last = run_window(cache, cur - max_ctx, cur)[:, -1]
+                    last, _ = run_window(cache, cur - max_ctx, cur)
             logits1 = model.s1_logits(last).float()
             u1 = None if uniforms is None else uniforms[:, i, 0]
             tok1 = sample_tokens(logits1, temperature, top_k, top_p, u1)
@@ -492,8 +487,16 @@ class KronosEngine:
         del cache
 
         dec_start = max(0, total - max_ctx)
-        decoded = self.tokenizer.decode((s1[:, dec_start:], s2[:, dec_start:]), half=True)
-        paths = decoded[:, -pred_len:].float().cpu().numpy()
+        (decoded,) = self._in_row_blocks(
+            lambda lo, hi: (
+                self.tokenizer.decode((s1[lo:hi, dec_start:], s2[lo:hi, dec_start:]), half=True)[
+                    :, -pred_len:
+                ],
+            ),
+            rows,
+            total - dec_start,
+        )
+        paths = decoded.float().cpu().numpy()
         ids = torch.stack([s1[:, t_ctx:], s2[:, t_ctx:]], dim=-1).cpu().numpy()
         return (
             paths.reshape(b, sample_count, pred_len, -1),

@@ -77,26 +77,44 @@ class KronosCache:
 
     def reset(self) -> None:
         """Forget every position (keeps the allocated memory)."""
-        self.length = 0
-        for layer in self.layers:
-            layer.length = 0
+        self.set_length(0)
 
     def repeat_rows(self, repeats: int) -> KronosCache:
         """A new cache with every row repeated ``repeats`` times (row-major, as
         ``repeat_interleave``), e.g. to fan one prefilled context out to sample paths."""
-        layers = []
-        for layer in self.layers:
-            new = KVCache.__new__(KVCache)
-            new.k = layer.k.repeat_interleave(repeats, dim=0)
-            new.v = layer.v.repeat_interleave(repeats, dim=0)
-            new.length = layer.length
-            layers.append(new)
         return KronosCache(
-            layers=layers,
+            layers=[
+                KVCache.wrap(
+                    layer.k.repeat_interleave(repeats, dim=0),
+                    layer.v.repeat_interleave(repeats, dim=0),
+                    layer.length,
+                )
+                for layer in self.layers
+            ],
             dep_k=self.dep_k.repeat_interleave(repeats, dim=0),
             dep_v=self.dep_v.repeat_interleave(repeats, dim=0),
             length=self.length,
         )
+
+    def rows(self, start: int, stop: int) -> KronosCache:
+        """Rows ``start..stop-1`` as a cache sharing this one's memory: what is written
+        through it lands here (for filling a large batch in smaller row blocks). Lengths
+        are copied, not shared: call :meth:`set_length` on this cache afterwards."""
+        return KronosCache(
+            layers=[
+                KVCache.wrap(layer.k[start:stop], layer.v[start:stop], layer.length)
+                for layer in self.layers
+            ],
+            dep_k=self.dep_k[start:stop],
+            dep_v=self.dep_v[start:stop],
+            length=self.length,
+        )
+
+    def set_length(self, length: int) -> None:
+        """Mark the first ``length`` positions of every row as filled."""
+        self.length = length
+        for layer in self.layers:
+            layer.length = length
 
 
 class Kronos(PretrainedMixin, nn.Module):
