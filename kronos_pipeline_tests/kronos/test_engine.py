@@ -220,3 +220,19 @@ def test_mixed_context_lengths_group_separately(engines, bars, alone) -> None:
     result = _run(engines[64], bars, [7, 0, 6, 1], **GREEDY)
     for row, i in enumerate([7, 0, 6, 1]):
         np.testing.assert_array_equal(result.paths[row], alone["greedy"][i].paths[0])
+
+
+@pytest.mark.parametrize("mode", ["greedy", "sampling"])
+def test_row_blocks_do_not_change_results(tiny_models, bars, alone, mode) -> None:
+    """Tokenizer and prefill run in row blocks of ``block_tokens``; any block size gives
+    the same paths (here one row per block, and blocks that split a micro-batch)."""
+    tok, pred = tiny_models
+    kw = GREEDY if mode == "greedy" else SAMPLING
+    for block_tokens in (1, 3 * (LOOKBACK + PRED_LEN)):
+        engine = KronosEngine(tok, pred, device="cpu", batch_size=64, block_tokens=block_tokens)
+        result = _run(engine, bars, list(range(N_SERIES)), return_embeddings=True, **kw)
+        for i in range(N_SERIES):
+            np.testing.assert_array_equal(result.paths[i], alone[mode][i].paths[0])
+            np.testing.assert_array_equal(result.embeddings[i], alone[mode][i].embeddings[0])
+    with pytest.raises(ValueError, match="block_tokens"):
+        KronosEngine(tok, pred, device="cpu", block_tokens=0)
