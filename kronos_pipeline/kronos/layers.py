@@ -112,7 +112,7 @@ def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
     ``k``/``v`` [B, H, T, Dh]; returns [B, H, 1, Dh].
 
     On CPU this is two batched matrix-vector products (``K q`` then ``p V``): decoding is
-    bound by reading the cache, and these read it 20-40 % faster than the CPU
+    bound by reading the cache, and these read it 10-25 % faster than the CPU
     flash-attention kernel, which is built for long query blocks (BENCHMARKS.md).
     Elsewhere it is ``scaled_dot_product_attention``.
     """
