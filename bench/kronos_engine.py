@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kronos_pipeline.kronos import Kronos, KronosTokenizer  # noqa: E402
 from kronos_pipeline.kronos.engine import KronosEngine  # noqa: E402
+from kronos_pipeline.kronos.hub import resolve_device  # noqa: E402
 
 TOKENIZER = dict(
     d_in=6,
@@ -153,31 +154,43 @@ class PeakMemory:
         self.peak_mib = (max(self._max, self._rss()) - self._base) / 2**20
 
 
-def linear_rate(dtype: torch.dtype, seconds: float = 2.0) -> float:
-    """GFLOP/s of the engine's linear (oneDNN, packed) at the prefill's shape."""
-    from kronos_pipeline.kronos.inference import InferenceLinear, prepare_for_inference
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
-    layer = prepare_for_inference(nn.Sequential(nn.Linear(512, 1024))).to(dtype)[0]
-    assert isinstance(layer, InferenceLinear)
+
+def linear_rate(dtype: torch.dtype, device: torch.device, seconds: float = 2.0) -> float:
+    """GFLOP/s of the engine's linear at the prefill's shape (4032 x 512 -> 1024): on CPU
+    the oneDNN packed linear the engine uses, elsewhere ``torch.nn.functional.linear``."""
+    from kronos_pipeline.kronos.inference import prepare_for_inference
+
+    layer = prepare_for_inference(nn.Sequential(nn.Linear(512, 1024))).to(device, dtype)[0]
     layer.pack()
-    x = torch.randn(4032, 512, dtype=dtype)
+    x = torch.randn(4032, 512, dtype=dtype, device=device)
     with torch.inference_mode():
         layer(x)
+        _sync(device)
         calls, t0 = 0, time.perf_counter()
         while time.perf_counter() - t0 < seconds:
-            layer(x)
-            calls += 1
+            for _ in range(10):
+                layer(x)
+            _sync(device)
+            calls += 10
         elapsed = time.perf_counter() - t0
     return 2 * 4032 * 512 * 1024 * calls / elapsed / 1e9
 
 
-def read_bandwidth(seconds: float = 2.0) -> float:
+def read_bandwidth(device: torch.device, seconds: float = 2.0) -> float:
     """GB/s of summing a 512 MiB float32 tensor (a streaming read)."""
-    x = torch.ones(2**27)
+    x = torch.ones(2**27, device=device)
     x.sum()
+    _sync(device)
     calls, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         x.sum()
+        _sync(device)
         calls += 1
     return x.numel() * 4 * calls / (time.perf_counter() - t0) / 1e9
 
@@ -264,6 +277,9 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=64, help="series for our engine")
     parser.add_argument("--ref-series", type=int, default=12, help="series for the reference")
     parser.add_argument("--markdown", type=Path, default=None, help="write the table here")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu (default), cuda, mps or auto (cuda > mps > cpu)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -273,18 +289,19 @@ def main() -> None:
 
     steps_list = [20] if args.quick else [20, 90]
     n_ours = 24 if args.quick else args.series
-    device = torch.device("cpu")
+    device = resolve_device(args.device)
     header = (
         f"# {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, threads {torch.get_num_threads()}, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, "
-        f"load avg at start {os.getloadavg()[0]:.1f}"
+        f"load avg at start {os.getloadavg()[0]:.1f}, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     )
     print(header, flush=True)
     ceiling = {
-        "float32": linear_rate(torch.float32),
-        "bfloat16": linear_rate(torch.bfloat16),
-        "read GB/s": read_bandwidth(),
+        "float32": linear_rate(torch.float32, device),
+        "bfloat16": linear_rate(torch.bfloat16, device),
+        "read GB/s": read_bandwidth(device),
     }
     print(
         "machine ceiling: oneDNN linear {float32:.0f} GFLOP/s fp32, {bfloat16:.0f} GFLOP/s "
@@ -317,7 +334,7 @@ def main() -> None:
         for steps in steps_list:
             windows, stamps, futures = make_bars(max(n_ours, args.ref_series), steps, seed=steps)
             nr = args.ref_series
-            ref = KronosPredictor(ref_pred, ref_tok, device="cpu", max_context=512)
+            ref = KronosPredictor(ref_pred, ref_tok, device=str(device), max_context=512)
             with PeakMemory(device) as mem:
                 t0 = time.perf_counter()
                 with torch.no_grad():
