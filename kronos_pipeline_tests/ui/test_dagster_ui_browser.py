@@ -147,6 +147,9 @@ def page(dagster_ui, tmp_path_factory):
         context = browser.new_context(viewport={"width": 1400, "height": 900})
         context.set_default_timeout(60_000)
         tab = context.new_page()
+        # Dagster's first-visit community dialog may open late, over whatever is clicked
+        # next: Playwright dismisses it whenever it is in the way of an action.
+        tab.add_locator_handler(tab.get_by_role("button", name="Skip"), lambda skip: skip.click())
         tab.goto(dagster_ui + "/assets")
         yield tab
         tab.screenshot(path=str(tmp_path_factory.mktemp("screens") / "last.png"))
