@@ -17,8 +17,8 @@ The run also measures this machine's ceiling, in the same process: the oneDNN li
 tensor). From them it prints a bound on series/s for each shape: linear FLOPs (tokenizer
 encode and decode, predictor prefill and decode, heads) at that rate plus the K/V cache
 reads of decoding at that bandwidth. Everything else (attention arithmetic, norms,
-softmax, the reference's quirks) is left out, so no implementation on this machine can
-beat the bound.
+softmax, the reference's quirks) is left out. It bounds any implementation that runs the
+compute-bound and the memory-bound phases one after the other on these kernels.
 
 Usage: ``python bench/kronos_engine.py [--quick] [--threads N] [--markdown out.md]``
 """
