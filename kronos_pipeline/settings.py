@@ -131,8 +131,42 @@ class GateSettings(BaseModel):
     gate3_min_positive_fold_share: float = 0.30
     gate3_cost_horizons: tuple[int, ...] = (60, 90)
     gate3_min_regime_median_rankic: float = -0.02
-    tripwire_max_abs_median_rankic: float = 0.01
-    tripwire_planted_leak_min_rankic: float = 0.9
+    gate2_strict_min_median_rankic: dict[int, float] = Field(
+        default_factory=lambda: {20: 0.08, 60: 0.10, 90: 0.15}
+    )  # informational column only
+
+
+class TripwireSettings(BaseModel):
+    """Thresholds of the leak tripwires (SPEC section 7)."""
+
+    # Negative controls (shuffled-label retraining, the random baseline) are "within noise of 0"
+    # when |median RankIC| < max_abs_median_rankic or |t| < max_abs_t.
+    max_abs_median_rankic: float = 0.01
+    max_abs_t: float = 2.0
+    # Leak scan: a model whose median RankIC reaches this at any horizon is treated as leaking.
+    max_plausible_median_rankic: float = 0.5
+    # Planted leak: the future excess return plus Gaussian noise of this many cross-sectional
+    # standard deviations is added to LightGBM's inputs; the leak scan must flag the result.
+    planted_leak_noise: float = 0.1
+    # Controls retrain LightGBM, so they run on at most this many folds, spread evenly over
+    # the evaluated folds (every fold when fewer are evaluated); None = every fold.
+    shuffled_labels_max_folds: int | None = 12
+    planted_leak_max_folds: int | None = 3
+    seed: int = 20240611
+    # PIT recomputation from raw bars: this many dates spread over the evaluated range.
+    pit_dates: int = 4
+    pit_atol: float = 1e-12
+    # Adjustment consistency: share of ticker-days without a corporate action whose adjusted
+    # return matches the vendor's adjusted close within adjustment_rel_tol (relative).
+    adjustment_min_share: float = 0.999
+    adjustment_rel_tol: float = 1e-6
+
+
+class FeatureSettings(BaseModel):
+    # False drops the sector_rel_* columns from model inputs: sectors are one mapping taken at
+    # download time and applied to all history (not point in time), so their effect can be
+    # measured by switching them off.
+    use_sector_relative: bool = True
 
 
 class CostSettings(BaseModel):
@@ -165,6 +199,8 @@ class Settings(BaseModel):
     kronos: KronosSettings = Field(default_factory=KronosSettings)
     lightgbm: LightGBMSettings = Field(default_factory=LightGBMSettings)
     gates: GateSettings = Field(default_factory=GateSettings)
+    tripwires: TripwireSettings = Field(default_factory=TripwireSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
     costs: CostSettings = Field(default_factory=CostSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
