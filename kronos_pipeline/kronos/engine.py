@@ -10,8 +10,9 @@ Public API (what the pipeline calls)::
         load_predictor("NeoQuasar/Kronos-small", revision=...),
         device="auto",        # cuda > mps > cpu
         dtype="float32",      # or "bfloat16" / "float16" for the predictor
-        batch_size=64,        # rows (series x sample paths) per micro-batch
-        max_context=512,
+        batch_size=None,      # rows per micro-batch; None: 64 on CPU, from free memory
+        max_context=512,      # on accelerators
+        cuda_graphs=False,    # static decode step, captured in CUDA graphs on CUDA
     )
     result = engine.forecast(
         windows,              # list[DataFrame]: open, high, low, close[, volume[, amount]]
@@ -38,10 +39,27 @@ context window, sampling rules and decoding), but
   re-encodes it each step (positions restart at the window start), so the engine does the
   same for those steps (exact, not cached);
 * every sample path is kept (``paths``) instead of being averaged;
-* sampling draws from per-row generators seeded from (series seed, path index), so a
-  series' result does not depend on the micro-batch size or on the other series;
-* series are grouped by context length and cut into micro-batches of ``batch_size`` rows;
-  on out-of-memory a micro-batch is halved and retried.
+* sampling draws from per-row generators seeded from (series seed, path index);
+* batch invariance by construction: every kernel call of a micro-batch has the same
+  shapes whatever series it holds. A micro-batch always has ``batch_size`` rows (series x
+  sample paths; missing series are inert zero rows) and contexts are left-padded to their
+  length rounded up to ``length_bucket`` bars; row blocks of the tokenizer and prefill are
+  all equal. Pads are masked out of attention (a pad slot attends to itself only, so it
+  stays finite) and rotary positions count from each row's first real bar, so a padded
+  series computes what the reference computes on it alone, up to rounding. A series'
+  forecast then depends only on its own inputs and the engine's settings (device, dtypes,
+  ``batch_size``, ``length_bucket``, ``block_tokens``, ``max_context``), not on the other
+  series nor on how many are forecast at once. This needs deterministic kernels that
+  treat the rows of one call alike, which the engine checks at start-up
+  (:attr:`KronosEngine.row_invariant`, with a warning if not); it does not need a BLAS
+  whose results are the same at different row counts;
+* series whose context plus forecast exceed ``max_context`` (the window slides) are
+  grouped by exact length instead; on out-of-memory the row count is halved and the call
+  starts over (warned);
+* ``cuda_graphs=True`` decodes with a static cache and a fixed-shape step (attention over
+  the whole buffer under a mask, positions in device tensors), captured once per
+  micro-batch in a CUDA graph and replayed, so that Python and kernel launches do not
+  dominate a step; elsewhere the same step runs eagerly.
 
 Sampling rules (as the reference): logits / temperature; if ``top_k > 0`` keep the
 ``top_k`` largest (``top_p`` is then ignored); else if ``top_p < 1`` nucleus filtering;
@@ -55,7 +73,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -172,6 +189,74 @@ class ForecastResult:
 
 
 # --------------------------------------------------------------------------------------
+# Device rules and memory
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeviceRules:
+    """What the engine does differently on one device type.
+
+    ``float64``: the device has float64 kernels (MPS has none, so the float64 inverse-CDF
+    of sampling, and the per-row uniforms, stay on the host there: the one op that falls
+    back). ``float32_cache``: keep the K/V cache in float32 whatever the model dtype (CPU,
+    where single-query attention is faster in float32). ``block_tokens``: default budget
+    of rows x positions per tokenizer/prefill call.
+    """
+
+    device_type: str
+    float64: bool
+    float32_cache: bool
+    block_tokens: int
+
+
+def device_rules(device_type: str) -> DeviceRules:
+    """The :class:`DeviceRules` of ``"cpu"``, ``"mps"`` or another accelerator type."""
+    if device_type == "cpu":
+        return DeviceRules("cpu", float64=True, float32_cache=True, block_tokens=4096)
+    if device_type == "mps":
+        return DeviceRules("mps", float64=False, float32_cache=False, block_tokens=1 << 20)
+    return DeviceRules(device_type, float64=True, float32_cache=False, block_tokens=1 << 20)
+
+
+def bytes_per_row(
+    predictor: Kronos, tokenizer: KronosTokenizer, itemsize: int, max_context: int
+) -> int:
+    """Upper estimate of the device memory (bytes) one micro-batch row needs: its K/V
+    caches (every block plus the dependency layer) at ``max_context`` positions, and the
+    largest prefill activations (the SwiGLU's, the q/k/v block, the attention mask)."""
+    d, ff = predictor.d_model, predictor.transformer[0].ffn.w1.out_features
+    kv = (predictor.n_layers + 1) * 2 * max_context * d * itemsize
+    prefill = max_context * (3 * ff + 8 * d) * itemsize + max_context * max_context * itemsize
+    tok_d = tokenizer.d_model
+    tok = max_context * 12 * tok_d * 4
+    logits = 8 * (2**predictor.s1_bits + 2**predictor.s2_bits) * 4
+    return kv + prefill + tok + logits
+
+
+def batch_size_for_memory(
+    free_bytes: int, row_bytes: int, fraction: float = 0.5, lo: int = 16, hi: int = 4096
+) -> int:
+    """Rows per micro-batch that fit ``fraction`` of ``free_bytes`` at ``row_bytes`` each:
+    the largest power of two in [lo, hi] (a power of two, so that a small change in free
+    memory does not change the kernels' shapes, and so a forecast's bits)."""
+    rows = max(1, int(free_bytes * fraction) // max(row_bytes, 1))
+    return max(lo, min(hi, 1 << (rows.bit_length() - 1)))
+
+
+def free_device_memory(device: torch.device) -> int | None:
+    """Free bytes on an accelerator, or ``None`` where unknown (CPU)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type == "mps":
+        limit = getattr(torch.mps, "recommended_max_memory", None)
+        used = getattr(torch.mps, "driver_allocated_memory", None)
+        if limit is not None and used is not None:
+            return int(limit() - used())
+    return None
+
+
+# --------------------------------------------------------------------------------------
 # Engine
 # --------------------------------------------------------------------------------------
 
@@ -182,6 +267,39 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """One micro-batch as run: ``length`` buffer positions before the first generated
+    token (left-padded), ``series`` real series, ``rows`` rows in every kernel call
+    (always the engine's fixed count), ``padded``: mixed lengths allowed (else one exact
+    length, which may slide past ``max_context``)."""
+
+    length: int
+    series: int
+    rows: int
+    padded: bool
+
+
+@dataclass
+class _StaticDecode:
+    """Fixed-shape decoding state (static cache, token buffers, position tensors)."""
+
+    cache: object
+    s1: torch.Tensor
+    s2: torch.Tensor
+    stamp: torch.Tensor
+    pads: torch.Tensor
+    key_bias: torch.Tensor
+    positions: torch.Tensor
+    pos: torch.Tensor
+    step: torch.Tensor
+    uniforms: torch.Tensor | None
+
+
 class KronosEngine:
     """Micro-batched, KV-cached forecasting with a Kronos tokenizer and predictor.
 
@@ -189,12 +307,21 @@ class KronosEngine:
     predictor's compute dtype (``"float32"``, ``"bfloat16"``, ``"float16"``);
     ``tokenizer_dtype`` likewise for the tokenizer (float32 by default, so the tokens of
     the context do not depend on ``dtype``). ``batch_size``: rows (series x sample paths)
-    per micro-batch. ``max_context``: longest window the predictor sees (512 for
-    Kronos-small/base, 2048 for Kronos-mini). ``clip``: normalised values are clipped to
-    ``[-clip, clip]``. ``fast_linear``: on CPU run the layers through oneDNN with packed
-    and fused weights (see :mod:`kronos_pipeline.kronos.inference`). ``block_tokens``: the tokenizer and the prefill run over at
-    most this many rows x positions at a time (default 4096 on CPU, unlimited elsewhere).
+    in every kernel call; ``None``: 64 on CPU, on accelerators the power of two that fits
+    half the free device memory (:func:`batch_size_for_memory`, read once here).
+    ``max_context``: longest window the predictor sees (512 for Kronos-small/base, 2048
+    for Kronos-mini). ``clip``: normalised values are clipped to ``[-clip, clip]``.
+    ``length_bucket``: contexts are left-padded up to a multiple of this many bars, and
+    series in one bucket share micro-batches. ``fast_linear``: on CPU run the layers
+    through oneDNN with packed and fused weights (see :mod:`kronos_pipeline.kronos.inference`).
+    ``block_tokens``: the tokenizer and the prefill run over at most this many rows x
+    positions at a time (default 4096 on CPU, unlimited elsewhere). ``cuda_graphs``:
+    decode through the fixed-shape static step (whole-buffer attention under a mask),
+    captured once per micro-batch in a CUDA graph on CUDA and run eagerly elsewhere.
     The models are copied, not modified.
+
+    At start-up the engine checks that its device's kernels give a row the same bits
+    wherever it sits in a fixed-shape batch (:attr:`row_invariant`) and warns if not.
     """
 
     def __init__(
@@ -203,40 +330,69 @@ class KronosEngine:
         predictor: Kronos,
         device: str = "auto",
         dtype: str = "float32",
-        batch_size: int = 64,
+        batch_size: int | None = None,
         max_context: int = 512,
         clip: float = 5.0,
         tokenizer_dtype: str = "float32",
         fast_linear: bool = True,
         block_tokens: int | None = None,
+        length_bucket: int = 64,
+        cuda_graphs: bool = False,
     ) -> None:
         if dtype not in _DTYPES or tokenizer_dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
-        if batch_size < 1 or max_context < 1:
-            raise ValueError("batch_size and max_context must be positive")
+        if (batch_size is not None and batch_size < 1) or max_context < 1 or length_bucket < 1:
+            raise ValueError("batch_size, max_context and length_bucket must be positive")
         self.device = resolve_device(device)
+        self.rules = device_rules(self.device.type)
         self.dtype = _DTYPES[dtype]
         self.tokenizer_dtype = _DTYPES[tokenizer_dtype]
-        self.batch_size = batch_size
         self.max_context = max_context
         self.clip = clip
+        self.length_bucket = length_bucket
         if block_tokens is None:
-            block_tokens = 4096 if self.device.type == "cpu" else 1 << 20
+            block_tokens = self.rules.block_tokens
         if block_tokens < 1:
             raise ValueError("block_tokens must be positive")
         self.block_tokens = block_tokens
+        self.cuda_graphs = cuda_graphs
+        if cuda_graphs and self.device.type != "cuda":
+            warnings.warn(
+                f"Kronos engine: CUDA graphs need a CUDA device; on {self.device} the static "
+                "decode step runs eagerly (same results, no capture)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         self.tokenizer = copy.deepcopy(tokenizer).to(self.device, self.tokenizer_dtype).eval()
         self.predictor = copy.deepcopy(predictor).to(self.device, self.dtype).eval()
         for p in [*self.tokenizer.parameters(), *self.predictor.parameters()]:
             p.requires_grad_(False)
+        if batch_size is None:
+            free = free_device_memory(self.device)
+            if free is None:
+                batch_size = 64
+            else:
+                itemsize = torch.empty((), dtype=self.dtype).element_size()
+                row = bytes_per_row(self.predictor, self.tokenizer, itemsize, max_context)
+                batch_size = batch_size_for_memory(free, row)
+        self.batch_size = batch_size
         if fast_linear:
             prepare_for_inference(self.tokenizer, rows_hint=batch_size)
             prepare_for_inference(self.predictor, rows_hint=batch_size)
         # On CPU, single-query attention is much faster in float32 than in bf16/fp16, so
         # the KV cache stays float32 there; on accelerators it uses the model dtype.
-        self.cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
-        rotary = self.predictor.transformer[0].self_attn.rotary
-        self._rope = rotary.tables(0, max_context, self.device, self.dtype)
+        self.cache_dtype = torch.float32 if self.rules.float32_cache else self.dtype
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.last_batches: list[MicroBatch] = []
+        self.row_invariant = self._probe_row_invariance()
+        if not self.row_invariant:
+            warnings.warn(
+                f"Kronos engine: on {self.device} ({self.dtype}) a row's result changed with "
+                "its position inside a fixed-shape batch; forecasts on this device may "
+                "depend on the other series of their micro-batch",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     # -- public ------------------------------------------------------------------------
 
@@ -295,6 +451,25 @@ class KronosEngine:
             tokens=tokens if return_tokens else None,
         )
 
+    def plan(self, lengths: Sequence[int], pred_len: int, sample_count: int) -> list[list[int]]:
+        """Micro-batches (lists of series indices) for contexts of ``lengths`` bars.
+
+        A series whose context and forecast fit in ``max_context`` goes to the bucket of
+        its length rounded up to ``length_bucket`` (mixed lengths, left-padded); one that
+        does not (the predictor's window slides) is grouped with series of exactly its
+        length. Each group is cut into micro-batches of ``batch_size // sample_count``
+        series; which micro-batch a series lands in never changes what it computes.
+        """
+        groups: dict[tuple[bool, int], list[int]] = {}
+        for i, t in enumerate(lengths):
+            groups.setdefault(self._group_key(t, pred_len), []).append(i)
+        per_batch = self._series_rows(sample_count)
+        return [
+            group[j : j + per_batch]
+            for _, group in sorted(groups.items())
+            for j in range(0, len(group), per_batch)
+        ]
+
     def generate_normalized(
         self,
         xs: Sequence[np.ndarray],
@@ -312,61 +487,73 @@ class KronosEngine:
         ``xs[i]`` float32 [T_i, 6], ``stamps[i]`` [T_i, 5], ``future_stamps[i]``
         [pred_len, 5]. Returns normalised paths float32 [n, sample_count, pred_len, 6],
         embeddings float32 [n, d_model] and generated ids int64 [n, sample_count, pred_len, 2].
+
+        On out-of-memory the fixed row count is halved and the whole call starts over, so
+        that every series of one call runs at the same shapes.
         """
+        while True:
+            try:
+                return self._generate(
+                    xs, stamps, future_stamps, pred_len, temperature, top_k, top_p,
+                    sample_count, seeds,
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - re-raised unless it is an OOM
+                if not _is_oom(exc) or self.batch_size == 1:
+                    raise
+                self._free()
+                old, self.batch_size = self.batch_size, max(1, self.batch_size // 2)
+                warnings.warn(
+                    f"Kronos engine: out of memory with {old} rows per micro-batch; starting "
+                    f"over with {self.batch_size} (forecasts now run at that row count)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+
+    # -- internals: planning -----------------------------------------------------------
+
+    def _series_rows(self, sample_count: int) -> int:
+        """Series per micro-batch (every one is padded to this many)."""
+        return max(1, self.batch_size // sample_count)
+
+    def _group_key(self, length: int, pred_len: int) -> tuple[bool, int]:
+        """(slides, buffer length): see :meth:`plan`."""
+        if length + pred_len <= self.max_context:
+            return (False, _round_up(length, self.length_bucket))
+        return (True, length)
+
+    def _generate(
+        self, xs, stamps, future_stamps, pred_len, temperature, top_k, top_p, sample_count, seeds
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = len(xs)
         d_in = self.tokenizer.d_in
         out = np.zeros((n, sample_count, pred_len, d_in), dtype=np.float32)
         emb = np.zeros((n, self.predictor.d_model), dtype=np.float32)
         toks = np.zeros((n, sample_count, pred_len, 2), dtype=np.int64)
-        by_length: dict[int, list[int]] = {}
-        for i, x in enumerate(xs):
-            by_length.setdefault(x.shape[0], []).append(i)
-        series_per_batch = max(1, self.batch_size // sample_count)
-        pending = [
-            group[j : j + series_per_batch]
-            for _, group in sorted(by_length.items())
-            for j in range(0, len(group), series_per_batch)
-        ]
-        while pending:
-            chunk = pending.pop(0)
-            try:
-                with torch.inference_mode():
-                    paths, pooled, ids = self._run_chunk(
-                        np.stack([xs[i] for i in chunk]),
-                        np.stack([stamps[i] for i in chunk]),
-                        np.stack([future_stamps[i] for i in chunk]),
-                        pred_len,
-                        temperature,
-                        top_k,
-                        top_p,
-                        sample_count,
-                        [seeds[i] for i in chunk],
-                    )
-            except Exception as exc:  # noqa: BLE001 - re-raised unless it is an OOM
-                if not _is_oom(exc) or len(chunk) == 1:
-                    raise
-                self._free()
-                # Halve this micro-batch and every later one, then retry.
-                series_per_batch = math.ceil(len(chunk) / 2)
-                warnings.warn(
-                    f"Kronos engine: out of memory with {len(chunk) * sample_count} rows; "
-                    f"retrying with {series_per_batch * sample_count}",
-                    RuntimeWarning,
-                    stacklevel=2,
+        self.last_batches = []
+        for chunk in self.plan([x.shape[0] for x in xs], pred_len, sample_count):
+            slides, length = self._group_key(xs[chunk[0]].shape[0], pred_len)
+            with torch.inference_mode():
+                paths, pooled, ids = self._run_chunk(
+                    [xs[i] for i in chunk],
+                    [stamps[i] for i in chunk],
+                    [future_stamps[i] for i in chunk],
+                    length,
+                    pred_len,
+                    temperature,
+                    top_k,
+                    top_p,
+                    sample_count,
+                    [seeds[i] for i in chunk],
                 )
-                pending = [
-                    part[j : j + series_per_batch]
-                    for part in [chunk, *pending]
-                    for j in range(0, len(part), series_per_batch)
-                ]
-                continue
             out[chunk] = paths
             emb[chunk] = pooled
             toks[chunk] = ids
+            self.last_batches.append(
+                MicroBatch(length, len(chunk), self._series_rows(sample_count) * sample_count,
+                           not slides)
+            )  # fmt: skip
             self._free()
         return out, emb, toks
-
-    # -- internals ---------------------------------------------------------------------
 
     def _free(self) -> None:
         gc.collect()
@@ -375,32 +562,179 @@ class KronosEngine:
         elif self.device.type == "mps":
             torch.mps.empty_cache()
 
+    def _probe_row_invariance(self) -> bool:
+        """Does a row keep its bits at another position of a fixed-shape batch? One
+        predictor block at the decode shape (rows x 1) and at a short prefill shape."""
+        block = self.predictor.transformer[0]
+        gen = torch.Generator().manual_seed(0)
+        d = self.predictor.d_model
+        rows = max(2, self.batch_size)
+        prefill_rows = max(2, min(rows, self.block_tokens // 32))
+        with torch.inference_mode():
+            for shape in ((rows, 1, d), (prefill_rows, 32, d)):
+                x = torch.randn(shape, generator=gen).to(self.device, self.dtype)
+                ref = block(x)
+                moved = block(x.roll(1, dims=0)).roll(-1, dims=0)
+                if not torch.equal(ref, moved):
+                    return False
+        return True
+
+    # -- internals: fixed-shape pieces -------------------------------------------------
+
+    def _row_blocks(self, n_rows: int, length: int) -> list[tuple[int, int, int]]:
+        """Equal row blocks (lo, hi, keep_from) covering ``n_rows`` rows: every block has
+        the same number of rows (the last one overlaps its predecessor instead of being
+        smaller), so a row's block shape never depends on how many rows there are around
+        it; ``keep_from`` is the first row of the block whose result is kept."""
+        step = min(n_rows, max(1, self.block_tokens // max(length, 1)))
+        starts = list(range(0, n_rows - step + 1, step))
+        if starts[-1] + step < n_rows:
+            starts.append(n_rows - step)
+        return [
+            (lo, lo + step, 0 if k == 0 else starts[k - 1] + step - lo)
+            for k, lo in enumerate(starts)
+        ]
+
     def _in_row_blocks(self, fn, n_rows: int, length: int) -> tuple[torch.Tensor, ...]:
-        """``fn(lo, hi)`` over row blocks of at most ``block_tokens // length`` rows,
-        outputs concatenated along rows. Long sequences are run in such blocks because
-        their activations then stay small (on CPU: in cache and in already mapped heap
-        memory, which makes a 64-row prefill about 1.7x faster than one block of 64);
-        rows are independent, so the result is the same for any block size."""
-        step = max(1, self.block_tokens // max(length, 1))
-        parts = [fn(lo, min(n_rows, lo + step)) for lo in range(0, n_rows, step)]
+        """``fn(lo, hi)`` over :meth:`_row_blocks`, outputs concatenated along rows. Long
+        sequences are run in such blocks because their activations then stay small (on
+        CPU: in cache and in already mapped heap memory, which makes a 64-row prefill
+        about 1.7x faster than one block of 64). Where blocks overlap, the later block's
+        rows are kept (a block that fills a cache overwrites the earlier rows too)."""
+        blocks = self._row_blocks(n_rows, length)
+        parts = []
+        for k, (lo, hi, _) in enumerate(blocks):
+            out = fn(lo, hi)
+            if k + 1 < len(blocks):
+                stop = blocks[k + 1][0] - lo
+                out = tuple(o[:stop] for o in out)
+            parts.append(out)
         if len(parts) == 1:
             return parts[0]
         return tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
-    def _uniforms(self, seeds: Sequence[int], sample_count: int, pred_len: int) -> torch.Tensor:
-        """Per-row uniforms [rows, pred_len, 2] (s1, s2 draws), rows ordered series-major."""
-        rows = []
-        for s in seeds:
+    def _rope_table(self, rotary, span: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """(cos, sin) [2 * span, Dh] for positions -span..span-1 (cached per shape)."""
+        key = (id(rotary), span, dtype)
+        if key not in self._tables:
+            cos, sin = rotary.tables(-span, 2 * span, self.device, dtype)
+            self._tables[key] = (cos[0, 0], sin[0, 0])
+        return self._tables[key]
+
+    def _rope(self, rotary, positions: torch.Tensor, span: int, dtype: torch.dtype):
+        """Per-row (cos, sin) [B, 1, T, Dh] for integer ``positions`` [B, T] in
+        ``-span..span-1``; gathered from one table so that equal positions get equal bits."""
+        cos, sin = self._rope_table(rotary, span, dtype)
+        index = positions + span
+        return cos[index][:, None], sin[index][:, None]
+
+    @staticmethod
+    def _causal_bias(pads: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask [B, 1, T, T] of left-padded rows: a real query sees the real keys
+        up to itself; a pad query sees itself only (so pads stay finite and inert)."""
+        idx = torch.arange(length, device=pads.device)
+        real_key = idx[None, :] >= pads[:, None]
+        causal = idx[:, None] >= idx[None, :]
+        allowed = causal[None] & (
+            real_key[:, None, :] | torch.eye(length, dtype=torch.bool, device=pads.device)[None]
+        )
+        bias = torch.zeros(allowed.shape, dtype=dtype, device=pads.device)
+        return bias.masked_fill_(~allowed, float("-inf"))[:, None]
+
+    @staticmethod
+    def _key_bias(pads: torch.Tensor, capacity: int, dtype: torch.dtype) -> torch.Tensor:
+        """Additive key mask [B, 1, 1, capacity]: ``-inf`` on each row's left padding."""
+        idx = torch.arange(capacity, device=pads.device)
+        bias = torch.zeros((pads.shape[0], 1, 1, capacity), dtype=dtype, device=pads.device)
+        return bias.masked_fill_((idx[None, :] < pads[:, None])[:, None, None], float("-inf"))
+
+    def _positions(self, pads: torch.Tensor, length: int) -> torch.Tensor:
+        """RoPE positions [B, T] of buffer slots 0..T-1: counted from each row's first bar."""
+        return torch.arange(length, device=pads.device)[None, :] - pads[:, None]
+
+    def _blocks_pass(self, blocks, z, pads, dtype, span):
+        rotary = blocks[0].self_attn.rotary if len(blocks) else None
+        if rotary is None:
+            return z
+        t = z.shape[1]
+        rope = self._rope(rotary, self._positions(pads, t), span, dtype)
+        bias = self._causal_bias(pads, t, dtype)
+        for layer in blocks:
+            z = layer(z, rope=rope, attn_bias=bias)
+        return z
+
+    def _encode(self, x: torch.Tensor, pads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenizer ids (s1, s2) [B, T] of left-padded bars ``x`` [B, T, d_in]."""
+        tok = self.tokenizer
+        z = self._blocks_pass(tok.encoder, tok.embed(x), pads, x.dtype, x.shape[1])
+        _, _, ids = tok.tokenizer(tok.quant_embed(z), half=True, collect_metrics=False)
+        return ids[0], ids[1]
+
+    def _decode(self, s1: torch.Tensor, s2: torch.Tensor, pads: torch.Tensor) -> torch.Tensor:
+        """Tokenizer reconstruction [B, T, d_in] of left-padded ids [B, T]."""
+        tok = self.tokenizer
+        codes = tok.indices_to_bits((s1, s2), half=True).to(self.tokenizer_dtype)
+        z = tok.post_quant_embed(codes)
+        z = self._blocks_pass(tok.decoder, z, pads, self.tokenizer_dtype, s1.shape[1])
+        return tok.head(z)
+
+    def _extend(self, cache, ids1, ids2, stamp, rope, bias, index=None) -> torch.Tensor:
+        """Predictor pass of tokens [B, t] into ``cache`` (masked, per-row positions);
+        returns their context [B, t, D]. ``index``: static cache, write at that slot."""
+        model = self.predictor
+        x = model.embedding([ids1, ids2]) + model.time_emb(stamp)
+        for layer_cache, block in zip(cache.layers, model.transformer, strict=True):
+            x = block(x, cache=layer_cache, rope=rope, attn_bias=bias)
+        x = model.norm(x)
+        k, v = model.dep_layer.cross_attn.project_kv(x)
+        if index is not None:
+            cache.dep_k.index_copy_(2, index, k.to(cache.dep_k.dtype))
+            cache.dep_v.index_copy_(2, index, v.to(cache.dep_v.dtype))
+            return x
+        start, stop = cache.length, cache.length + x.shape[1]
+        cache.dep_k[:, :, start:stop] = k
+        cache.dep_v[:, :, start:stop] = v
+        cache.length = stop
+        return x
+
+    def _sample(self, logits: torch.Tensor, temperature, top_k, top_p, uniforms):
+        """Token ids [B] on the device; the float64 inverse-CDF runs on the host where
+        the device has no float64 (MPS): the one op that falls back."""
+        if top_k == 1 or self.rules.float64:
+            return sample_tokens(logits, temperature, top_k, top_p, uniforms)
+        host = sample_tokens(logits.cpu(), temperature, top_k, top_p, uniforms.cpu())
+        return host.to(logits.device)
+
+    def _next_tokens(self, dep_k, dep_v, bias, last, sampling, u1, u2):
+        """(s1, s2) ids [B] of the next position from its context ``last`` [B, D]."""
+        model = self.predictor
+        tok1 = self._sample(model.s1_logits(last).float(), *sampling, u1)
+        sibling = model.embedding.emb_s1(tok1)[:, None, :]
+        attn = model.dep_layer.cross_attn.attend_single(sibling, dep_k, dep_v, bias)
+        x2 = model.dep_layer.norm(last[:, None, :] + attn.to(last.dtype))
+        tok2 = self._sample(model.head.cond_forward(x2[:, 0]).float(), *sampling, u2)
+        return tok1, tok2
+
+    def _uniforms(self, seeds: Sequence[int], sample_count: int, pred_len: int, rows: int):
+        """Per-row uniforms [rows, pred_len, 2] (s1, s2 draws), rows ordered series-major;
+        rows past the real series (padding) get zeros."""
+        out = torch.zeros(rows, pred_len, 2, dtype=torch.float64)
+        for j, s in enumerate(seeds):
             for path in range(sample_count):
                 gen = torch.Generator().manual_seed(row_seed(s, path))
-                rows.append(torch.rand(pred_len, 2, generator=gen, dtype=torch.float64))
-        return torch.stack(rows)
+                out[j * sample_count + path] = torch.rand(
+                    pred_len, 2, generator=gen, dtype=torch.float64
+                )
+        return out if not self.rules.float64 else out.to(self.device)
+
+    # -- internals: one micro-batch ----------------------------------------------------
 
     def _run_chunk(
         self,
-        x: np.ndarray,
-        x_stamp: np.ndarray,
-        y_stamp: np.ndarray,
+        xs: Sequence[np.ndarray],
+        x_stamps: Sequence[np.ndarray],
+        y_stamps: Sequence[np.ndarray],
+        length: int,
         pred_len: int,
         temperature: float,
         top_k: int,
@@ -408,98 +742,196 @@ class KronosEngine:
         sample_count: int,
         seeds: Sequence[int],
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Generate for series of equal length: paths [b, S, P, 6], pooled [b, D], ids."""
+        """Generate for up to ``_series_rows`` series whose contexts fit in ``length``
+        buffer slots (left-padded); returns paths [b, S, P, 6], pooled [b, D], ids.
+
+        Every kernel sees the same shapes whatever ``b`` is: the series are padded to the
+        fixed row count with inert zero rows."""
         dev, model = self.device, self.predictor
-        b, t_ctx, _ = x.shape
-        rows = b * sample_count
-        total = t_ctx + pred_len
+        b, S, P = len(xs), sample_count, pred_len
+        n_series = self._series_rows(S)
+        rows = n_series * S
+        total = length + P
         max_ctx = self.max_context
+        slides = total > max_ctx
+
+        x = np.zeros((n_series, length, xs[0].shape[1]), np.float32)
+        stamp_np = np.zeros((n_series, total, x_stamps[0].shape[1]), np.float32)
+        pads_np = np.zeros(n_series, np.int64)
+        for j in range(b):
+            t = xs[j].shape[0]
+            pads_np[j] = length - t
+            x[j, length - t :] = xs[j]
+            stamp_np[j, length - t : length] = x_stamps[j]
+            stamp_np[j, length:] = y_stamps[j]
+        pads = torch.from_numpy(pads_np).to(dev)
+        pads_rows = pads.repeat_interleave(S)
 
         x_t = torch.from_numpy(x).to(dev, self.tokenizer_dtype)
         s1_ctx, s2_ctx = self._in_row_blocks(
-            lambda lo, hi: tuple(self.tokenizer.encode(x_t[lo:hi], half=True)), b, t_ctx
+            lambda lo, hi: self._encode(x_t[lo:hi], pads[lo:hi]), n_series, length
         )
-        stamp = torch.from_numpy(np.concatenate([x_stamp, y_stamp], axis=1)).to(dev)
-        stamp = stamp.repeat_interleave(sample_count, dim=0)
-        s1 = torch.zeros(rows, total, dtype=torch.long, device=dev)
-        s2 = torch.zeros(rows, total, dtype=torch.long, device=dev)
-        s1[:, :t_ctx] = s1_ctx.repeat_interleave(sample_count, dim=0)
-        s2[:, :t_ctx] = s2_ctx.repeat_interleave(sample_count, dim=0)
-        uniforms = None if top_k == 1 else self._uniforms(seeds, sample_count, pred_len)
-        cos, sin = self._rope
+        stamp = torch.from_numpy(stamp_np).to(dev)
+        s1 = torch.zeros(n_series, total, dtype=torch.long, device=dev)
+        s2 = torch.zeros(n_series, total, dtype=torch.long, device=dev)
+        s1[:, :length], s2[:, :length] = s1_ctx, s2_ctx
+        uniforms = None if top_k == 1 else self._uniforms(seeds, S, P, rows)
+        sampling = (temperature, top_k, top_p)
+        rotary = model.transformer[0].self_attn.rotary
 
-        def run_window(
-            cache, start: int, stop: int, unique: bool = False
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            """Prefill tokens start..stop-1 into an empty cache, in row blocks; returns the
-            last position's context [rows, D] and the context averaged over positions."""
-            step = sample_count if unique else 1
-            ids1, ids2, stamps = s1[::step, start:stop], s2[::step, start:stop], stamp[::step]
-            rope = (cos[:, :, : stop - start], sin[:, :, : stop - start])
+        def prefill(cache, ids1, ids2, stamps, row_pads):
+            """Fill an empty cache with tokens [n, T] (row blocks); returns the last
+            position's context [n, D] and the context averaged over real positions."""
+            t = ids1.shape[1]
 
             def block(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
-                context = model.extend(
-                    cache.rows(lo, hi),
-                    ids1[lo:hi],
-                    ids2[lo:hi],
-                    stamps[lo:hi, start:stop],
-                    rope=rope,
+                p = row_pads[lo:hi]
+                rope = self._rope(rotary, self._positions(p, t), max(t, total), self.dtype)
+                bias = self._causal_bias(p, t, self.cache_dtype)
+                context = self._extend(
+                    cache.rows(lo, hi), ids1[lo:hi], ids2[lo:hi], stamps[lo:hi], rope, bias
                 )
-                return context[:, -1].clone(), context.float().mean(dim=1)
+                real = (torch.arange(t, device=dev)[None, :] >= p[:, None]).float()
+                pooled = (context.float() * real[..., None]).sum(dim=1) / real.sum(1)[:, None]
+                return context[:, -1].clone(), pooled
 
-            last, pooled = self._in_row_blocks(block, ids1.shape[0], stop - start)
-            cache.set_length(stop - start)
+            last, pooled = self._in_row_blocks(block, ids1.shape[0], t)
+            cache.set_length(t)
             return last, pooled
 
         # Prefill the context once per series, then copy its cache to every sample path.
-        start = max(0, t_ctx - max_ctx)
-        capacity = min(total, max_ctx)
-        cache = model.new_cache(b, capacity, dev, self.cache_dtype)
-        last, pooled = run_window(cache, start, t_ctx, unique=True)
-        pooled = pooled.cpu().numpy()
-        if sample_count > 1:
-            cache = cache.repeat_rows(sample_count)
-            last = last.repeat_interleave(sample_count, dim=0)
+        start = max(0, length - max_ctx)
+        capacity = min(total, max_ctx) if slides else total
+        cache = model.new_cache(n_series, capacity, dev, self.cache_dtype)
+        if self.cuda_graphs and not slides:
+            for layer in cache.layers:  # whole-buffer attention reads unwritten slots
+                layer.k.zero_(), layer.v.zero_()
+            cache.dep_k.zero_(), cache.dep_v.zero_()
+        last, pooled = prefill(
+            cache, s1[:, start:length], s2[:, start:length], stamp[:, start:length], pads
+        )
+        pooled = pooled[:b].cpu().numpy()
+        s1 = s1.repeat_interleave(S, dim=0)
+        s2 = s2.repeat_interleave(S, dim=0)
+        stamp = stamp.repeat_interleave(S, dim=0)
+        if S > 1:
+            cache = cache.repeat_rows(S)
+            last = last.repeat_interleave(S, dim=0)
+        key_bias = self._key_bias(pads_rows, cache.dep_k.shape[2], self.cache_dtype)
 
-        for i in range(pred_len):
-            cur = t_ctx + i  # tokens available as input at this step
-            if i > 0:
-                if cur <= max_ctx:
-                    pos = cur - 1
-                    last = model.extend(
-                        cache,
-                        s1[:, pos : pos + 1],
-                        s2[:, pos : pos + 1],
-                        stamp[:, pos : pos + 1],
-                        rope=(cos[:, :, pos : pos + 1], sin[:, :, pos : pos + 1]),
-                    )[:, -1]
-                else:
-                    cache.reset()
-                    last, _ = run_window(cache, cur - max_ctx, cur)
-            logits1 = model.s1_logits(last).float()
-            u1 = None if uniforms is None else uniforms[:, i, 0]
-            tok1 = sample_tokens(logits1, temperature, top_k, top_p, u1)
-            logits2 = model.s2_logits_cached(cache, last, tok1).float()
-            u2 = None if uniforms is None else uniforms[:, i, 1]
-            tok2 = sample_tokens(logits2, temperature, top_k, top_p, u2)
-            s1[:, cur] = tok1
-            s2[:, cur] = tok2
+        def u(i: int, which: int) -> torch.Tensor | None:
+            return None if uniforms is None else uniforms[:, i, which]
+
+        n = cache.length
+        tok1, tok2 = self._next_tokens(
+            cache.dep_k[:, :, :n], cache.dep_v[:, :, :n], key_bias[..., :n], last, sampling,
+            u(0, 0), u(0, 1),
+        )  # fmt: skip
+        s1[:, length], s2[:, length] = tok1, tok2
+        static = self.cuda_graphs and not slides
+        if static and P > 1:
+            state = _StaticDecode(
+                cache=cache, s1=s1, s2=s2, stamp=stamp, pads=pads_rows, key_bias=key_bias,
+                positions=torch.arange(capacity, device=dev),
+                pos=torch.full((1,), length, dtype=torch.long, device=dev),
+                step=torch.ones(1, dtype=torch.long,
+                                device=dev if uniforms is None else uniforms.device),
+                uniforms=uniforms,
+            )  # fmt: skip
+            self._decode_static(state, P - 1, sampling, total)
+        for i in range(1, 1 if static else P):
+            cur = length + i  # slot of the token generated at this step
+            if cur <= max_ctx or not slides:
+                pos = cur - 1
+                rope = self._rope(rotary, (pos - pads_rows)[:, None], total, self.dtype)
+                last = self._extend(
+                    cache, s1[:, pos : pos + 1], s2[:, pos : pos + 1], stamp[:, pos : pos + 1],
+                    rope, key_bias[..., : pos + 1],
+                )[:, -1]  # fmt: skip
+            else:
+                cache.reset()
+                w = slice(cur - max_ctx, cur)
+                last, _ = prefill(cache, s1[:, w], s2[:, w], stamp[:, w], pads_rows)
+            n = cache.length
+            tok1, tok2 = self._next_tokens(
+                cache.dep_k[:, :, :n], cache.dep_v[:, :, :n], key_bias[..., :n], last,
+                sampling, u(i, 0), u(i, 1),
+            )  # fmt: skip
+            s1[:, cur], s2[:, cur] = tok1, tok2
         del cache
 
-        dec_start = max(0, total - max_ctx)
+        dec_start = max(0, total - max_ctx) if slides else 0
         (decoded,) = self._in_row_blocks(
             lambda lo, hi: (
-                self.tokenizer.decode((s1[lo:hi, dec_start:], s2[lo:hi, dec_start:]), half=True)[
-                    :, -pred_len:
+                self._decode(s1[lo:hi, dec_start:], s2[lo:hi, dec_start:], pads_rows[lo:hi])[
+                    :, -P:
                 ],
             ),
             rows,
             total - dec_start,
         )
-        paths = decoded.float().cpu().numpy()
-        ids = torch.stack([s1[:, t_ctx:], s2[:, t_ctx:]], dim=-1).cpu().numpy()
+        keep = b * S
+        paths = decoded[:keep].float().cpu().numpy()
+        ids = torch.stack([s1[:keep, length:], s2[:keep, length:]], dim=-1).cpu().numpy()
         return (
-            paths.reshape(b, sample_count, pred_len, -1),
+            paths.reshape(b, S, P, -1),
             pooled,
-            ids.reshape(b, sample_count, pred_len, 2),
+            ids.reshape(b, S, P, 2),
         )
+
+    # -- internals: static decoding (CUDA graphs) --------------------------------------
+
+    def _static_step(self, st: _StaticDecode, sampling, span: int) -> None:
+        """One decoding step at fixed shapes with no host-side state: feed the token at
+        slot ``st.pos``, write its keys/values there, attend over the whole buffer under
+        the mask, sample the token of slot ``pos + 1``; then advance ``pos`` and
+        ``step`` (device tensors). Capturable in a CUDA graph."""
+        model, pos = self.predictor, st.pos
+        for layer in st.cache.layers:
+            layer.index = pos
+        rope = self._rope(
+            model.transformer[0].self_attn.rotary, (pos - st.pads)[:, None], span, self.dtype
+        )
+        visible = st.key_bias.masked_fill((st.positions > pos)[None, None, None, :],
+                                          float("-inf"))  # fmt: skip
+        last = self._extend(
+            st.cache, st.s1.index_select(1, pos), st.s2.index_select(1, pos),
+            st.stamp.index_select(1, pos), rope, visible, index=pos,
+        )[:, -1]  # fmt: skip
+        u1 = u2 = None
+        if st.uniforms is not None:
+            u = st.uniforms.index_select(1, st.step)[:, 0]
+            u1, u2 = u[:, 0], u[:, 1]
+        tok1, tok2 = self._next_tokens(
+            st.cache.dep_k, st.cache.dep_v, visible, last, sampling, u1, u2
+        )
+        nxt = pos + 1
+        st.s1.index_copy_(1, nxt, tok1[:, None])
+        st.s2.index_copy_(1, nxt, tok2[:, None])
+        pos.add_(1)
+        st.step.add_(1)
+
+    def _decode_static(self, st: _StaticDecode, steps: int, sampling, span: int) -> None:
+        """Run ``steps`` static steps: on CUDA with ``cuda_graphs`` the first runs eagerly
+        on a side stream (warm-up; it is a real step), the step is captured once and the
+        graph replayed for the rest; elsewhere every step runs eagerly."""
+        try:
+            if self.device.type != "cuda":
+                for _ in range(steps):
+                    self._static_step(st, sampling, span)
+                return
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                self._static_step(st, sampling, span)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            if steps > 1:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    self._static_step(st, sampling, span)
+                for _ in range(steps - 1):
+                    graph.replay()
+                del graph
+        finally:
+            for layer in st.cache.layers:
+                layer.index = None

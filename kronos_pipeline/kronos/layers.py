@@ -9,7 +9,15 @@ and ``Dh`` for the width of one head.
 The self-attention module supports an optional key/value cache (:class:`KVCache`): tokens
 are appended to the cache and a query block attends to everything cached so far. RoPE
 positions are absolute positions inside the cache, which is what the uncached forward pass
-computes for the same tokens.
+computes for the same tokens, unless the caller passes its own (cos, sin) tables.
+
+For padded batches (the generation engine left-pads series of different lengths to one
+length) the attention layers accept ``attn_bias``: an additive mask (0 or ``-inf``)
+broadcastable to [B, H, T_q, T_k] that replaces the causal flag, so the caller decides what
+each query sees. A cache may also be *static* (``KVCache.index`` set): it then writes the
+new keys/values at a position held in a device tensor and attention runs over the whole
+buffer under ``attn_bias``, so every step has the same shapes and no host-side state (what
+CUDA-graph capture needs).
 """
 
 from __future__ import annotations
@@ -107,18 +115,25 @@ class RotaryEmbedding(nn.Module):
 # --------------------------------------------------------------------------------------
 
 
-def single_query_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(Dh)) v`` for one query per row: ``q`` [B, H, 1, Dh] over
-    ``k``/``v`` [B, H, T, Dh]; returns [B, H, 1, Dh].
+def single_query_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(Dh) + bias) v`` for one query per row: ``q`` [B, H, 1, Dh]
+    over ``k``/``v`` [B, H, T, Dh]; ``bias`` (0 or ``-inf``) broadcastable to
+    [B, H, 1, T], ``None`` for no mask; returns [B, H, 1, Dh].
 
     On CPU this is two batched matrix-vector products (``K q`` then ``p V``): decoding is
     bound by reading the cache, and these read it 10-25 % faster than the CPU
     flash-attention kernel, which is built for long query blocks (BENCHMARKS.md).
     Elsewhere it is ``scaled_dot_product_attention``.
     """
+    if bias is not None:
+        bias = bias.to(k.dtype)
     if q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     scores = torch.matmul(k, q.transpose(-1, -2) * q.shape[-1] ** -0.5).transpose(-1, -2)
+    if bias is not None:
+        scores = scores + bias
     return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
@@ -128,7 +143,13 @@ class KVCache:
     ``k`` and ``v`` are [B, H, capacity, Dh]; ``length`` is the number of filled positions.
     The cache dtype may be wider than the model's (e.g. float32 under a bf16 model, which
     is faster for single-query attention on CPU); attention then runs in the cache dtype.
+
+    ``index``: ``None`` (default) or, for a static cache, an int64 device tensor [1]
+    holding the position the next single token is written at; :meth:`append` then returns
+    the whole buffers and the caller masks what is not yet written.
     """
+
+    index: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -149,6 +170,7 @@ class KVCache:
         """A cache over existing ``k``/``v`` buffers [B, H, capacity, Dh] (views allowed)."""
         cache = cls.__new__(cls)
         cache.k, cache.v, cache.length = k, v, length
+        cache.index = None
         return cache
 
     @property
@@ -157,7 +179,13 @@ class KVCache:
         return self.k.shape[2]
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k``/``v`` [B, H, t, Dh] after the filled part; return all [B, H, T, Dh]."""
+        """Store ``k``/``v`` [B, H, t, Dh] after the filled part; return all [B, H, T, Dh].
+
+        Static cache: store one position at ``index`` and return the whole buffers."""
+        if self.index is not None:
+            self.k.index_copy_(2, self.index, k.to(self.k.dtype))
+            self.v.index_copy_(2, self.index, v.to(self.v.dtype))
+            return self.k, self.v
         start, stop = self.length, self.length + k.shape[2]
         if stop > self.capacity:
             raise ValueError(f"KV cache overflow: {stop} positions > capacity {self.capacity}")
@@ -221,12 +249,16 @@ class MultiHeadAttentionWithRoPE(_RotaryAttentionBase):
         key_padding_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attn_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend ``x`` [B, T, D] causally; returns [B, T, D].
 
         Without ``cache`` the positions are 0..T-1 (the reference behaviour). With a cache
         the new tokens take positions ``cache.length``.. and attend to every cached token;
-        ``rope`` may pass precomputed (cos, sin) tables for exactly those positions.
+        ``rope`` may pass precomputed (cos, sin) tables for exactly those positions
+        ([1, 1, T, Dh], or [B, 1, T, Dh] for per-row positions). ``attn_bias``: additive
+        mask over the keys attended (all cached ones with a cache), used instead of the
+        causal flag; see the module docstring.
         """
         b, t, _ = x.shape
         q, k, v = self._project_qkv(x)
@@ -236,11 +268,18 @@ class MultiHeadAttentionWithRoPE(_RotaryAttentionBase):
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         dropout_p = self.attn_dropout_p if self.training else 0.0
+        if attn_bias is not None and key_padding_mask is not None:
+            raise ValueError("pass either attn_bias or key_padding_mask, not both")
         if cache is None:
-            attn_mask = _padding_attn_mask(key_padding_mask, self.n_heads, t)
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=True
-            )
+            if attn_bias is not None:
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=attn_bias.to(q.dtype), dropout_p=dropout_p
+                )
+            else:
+                attn_mask = _padding_attn_mask(key_padding_mask, self.n_heads, t)
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=True
+                )
         else:
             if key_padding_mask is not None:
                 raise ValueError("key_padding_mask is not supported together with a KV cache")
@@ -248,7 +287,11 @@ class MultiHeadAttentionWithRoPE(_RotaryAttentionBase):
                 raise ValueError("a KV cache accepts a multi-token block only when empty")
             k, v = cache.append(k, v)
             if t == 1:
-                out = single_query_attention(q.to(k.dtype), k, v).to(x.dtype)
+                out = single_query_attention(q.to(k.dtype), k, v, attn_bias).to(x.dtype)
+            elif attn_bias is not None:
+                out = F.scaled_dot_product_attention(
+                    q.to(k.dtype), k, v, attn_mask=attn_bias.to(k.dtype), dropout_p=dropout_p
+                ).to(x.dtype)
             else:
                 out = F.scaled_dot_product_attention(
                     q.to(k.dtype), k, v, dropout_p=dropout_p, is_causal=True
@@ -304,15 +347,22 @@ class MultiHeadCrossAttentionWithRoPE(_RotaryAttentionBase):
         """Keys and values [B, H, T, Dh] of ``context`` [B, T, D], for cached decoding."""
         return self._heads(self.k_proj(context)), self._heads(self.v_proj(context))
 
-    def attend_single(self, query: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend_single(
+        self,
+        query: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        bias: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """One query per row, ``query`` [B, 1, D], over projected ``k``/``v``; eval mode.
+        ``bias``: additive key mask as in :func:`single_query_attention`.
 
         With a single query the reference's rotary tables have one row (angle 0), which is
         the identity, so no rotation is applied here.
         """
         b = query.shape[0]
         q = self._heads(self.q_proj(query))
-        out = single_query_attention(q.to(k.dtype), k, v).to(query.dtype)
+        out = single_query_attention(q.to(k.dtype), k, v, bias).to(query.dtype)
         return self.out_proj(out.transpose(1, 2).reshape(b, 1, self.d_model))
 
 
@@ -379,10 +429,15 @@ class TransformerBlock(nn.Module):
         key_padding_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        attn_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Map ``x`` [B, T, D] to [B, T, D]; see :class:`MultiHeadAttentionWithRoPE`."""
         x = x + self.self_attn(
-            self.norm1(x), key_padding_mask=key_padding_mask, cache=cache, rope=rope
+            self.norm1(x),
+            key_padding_mask=key_padding_mask,
+            cache=cache,
+            rope=rope,
+            attn_bias=attn_bias,
         )
         x = x + self.ffn(self.norm2(x))
         return x
