@@ -1,6 +1,11 @@
 """Data-quality suites run with great-expectations 1.x, called directly (no Dagster here).
 
-A suite is a list of GX expectations; :func:`validate` runs it on a frame and returns a
+Every check compares a frame against an expectation that the frame did not produce: the
+*declared* :class:`TableSchema` of its table (column names in order, types, nullability, key)
+and an expected row count supplied by the caller (the trading calendar x the tickers alive for
+raw bars, the upstream table's keys for derived tables). A suite is a list of GX expectations;
+:func:`validate` runs it on a frame, adds the declared-type comparison (done on the polars
+schema, since pandas conversion loses nullable integer types), and returns a
 :class:`QualityReport` whose rows say which expectation failed, on which column, and how many
 rows broke it. The Dagster asset checks turn these reports into check results and metadata.
 """
@@ -25,6 +30,188 @@ logging.getLogger("great_expectations").setLevel(logging.WARNING)
 _CONTEXT = None
 
 
+@dataclass(frozen=True)
+class Column:
+    """One declared column: name, polars type, and whether nulls are allowed."""
+
+    name: str
+    dtype: pl.DataType
+    nullable: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """The declared schema of a warehouse table: ordered columns and the unique key."""
+
+    table: str
+    columns: tuple[Column, ...]
+    key: tuple[str, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    @property
+    def polars(self) -> dict[str, pl.DataType]:
+        return {c.name: c.dtype for c in self.columns}
+
+    @property
+    def required(self) -> list[str]:
+        return [c.name for c in self.columns if not c.nullable]
+
+    def empty(self) -> pl.DataFrame:
+        return pl.DataFrame(schema=self.polars)
+
+    def differences(self, schema: dict[str, object]) -> list[str]:
+        """How ``schema`` (name -> type) differs from the declared one; [] when it matches."""
+        declared = {c.name: str(c.dtype) for c in self.columns}
+        actual = {name: str(dtype) for name, dtype in schema.items()}
+        out = [f"missing column {n!r}" for n in declared if n not in actual]
+        out += [f"unexpected column {n!r}" for n in actual if n not in declared]
+        out += [
+            f"column {n!r} is {actual[n]}, declared {t}"
+            for n, t in declared.items()
+            if n in actual and actual[n] != t
+        ]
+        if not out and list(actual) != list(declared):
+            out.append(f"columns out of the declared order: {list(actual)}")
+        return out
+
+
+def _cols(spec: str, dtype: pl.DataType, nullable: bool = False) -> list[Column]:
+    return [Column(n, dtype, nullable) for n in spec.split()]
+
+
+F, S, D, I, B = pl.Float64, pl.String, pl.Date, pl.Int64, pl.Boolean  # noqa: E741
+
+RAW_BARS = TableSchema(
+    "raw_bars",
+    (
+        Column("ticker", S),
+        Column("date", D),
+        *_cols("open high low close", F),
+        Column("adjusted_close", F, nullable=True),  # tidy sources carry none
+        *_cols("volume dividend split", F),
+        Column("source_file", S),
+        Column("line", I),
+    ),
+    key=("ticker", "date"),
+)
+BARS_QUARANTINE = TableSchema(
+    "bars_quarantine",
+    (
+        Column("source_file", S),
+        Column("line", I, nullable=True),  # an empty file has no line
+        Column("ticker", S),
+        Column("date", D, nullable=True),  # file-level rejects are undated
+        Column("raw", S),
+        Column("reason", S),
+    ),
+    key=("source_file", "line"),
+)
+PRICES_PIT = TableSchema(
+    "prices_pit",
+    (
+        Column("ticker", S),
+        Column("date", D),
+        *_cols("open high low close volume dividend split split_factor", F),
+        *_cols("adj_open adj_high adj_low adj_close adj_volume dollar_volume", F),
+        Column("total_return", F, nullable=True),  # null on a ticker's first bar
+        Column("tri", F),
+        Column("vendor_return", F, nullable=True),
+        Column("corporate_action", B),
+        Column("bar_index", I),
+    ),
+    key=("ticker", "date"),
+)
+UNIVERSE = TableSchema(
+    "universe",
+    (
+        Column("date", D),
+        Column("ticker", S),
+        Column("history_days", I),
+        Column("close", F),
+        Column("median_dollar_volume", F, nullable=True),
+        Column("eligible", B),
+        Column("liquidity_rank", I, nullable=True),
+        Column("in_universe", B),
+    ),
+    key=("date", "ticker"),
+)
+FEATURE_COLUMNS = tuple(
+    """ret_1d mom_1w mom_1m mom_3m mom_6m mom_12m mom_12_1 mom_6_1 mom_3_1 vol_20d vol_60d
+    vol_120d vol_252d downside_vol_60d upside_vol_60d vol_ratio_20_60 skew_60d kurt_60d
+    max_ret_1m min_ret_1m beta_60d beta_252d corr_mkt_60d resid_vol_60d idio_mom_1m
+    mkt_rel_mom_12_1 volume_z_60d dollar_volume_z_60d log_dollar_volume_1m volume_trend_1m_6m
+    amihud_1m zero_volume_share_60d range_1d range_1m atr_14d gap_1d gap_abs_1m
+    intraday_ret_1d close_location_1d stoch_1m rsi_14d ma_dist_20d ma_dist_50d ma_dist_200d
+    ma_cross_50_200 dist_52w_high dist_52w_low dividend_yield_12m log_price
+    sector_rel_mom_12_1 sector_rel_mom_1m sector_rel_vol_60d""".split()
+)
+# Features computed from a single bar are never null; windowed ones are null during warm-up.
+_SAME_DAY_FEATURES = ("range_1d", "intraday_ret_1d", "close_location_1d", "log_price")
+FEATURES = TableSchema(
+    "features",
+    (
+        Column("date", D),
+        Column("ticker", S),
+        Column("sector", S),
+        *[Column(n, F, nullable=n not in _SAME_DAY_FEATURES) for n in FEATURE_COLUMNS],
+    ),
+    key=("date", "ticker"),
+)
+LABELS_FORWARD = TableSchema(
+    "labels_forward",
+    (
+        Column("date", D),
+        Column("ticker", S),
+        Column("horizon", pl.Int32),
+        Column("fwd_return", F),
+        Column("excess_return", F, nullable=True),
+        Column("available_at", D),
+        Column("end_date", D),
+        Column("in_universe", B),
+    ),
+    key=("date", "ticker", "horizon"),
+)
+# Point-in-time side tables (see kronos_pipeline.data.side_tables).
+TICKER_HISTORY = TableSchema(
+    "ticker_history",
+    (
+        Column("ticker", S),
+        Column("first_date", D),  # first bar: the ticker is known, and alive, from this date
+        Column("delisted_on", D, nullable=True),  # last session when a delisting is declared
+        Column("source_file", S),
+    ),
+    key=("ticker",),
+)
+SECTOR_HISTORY = TableSchema(
+    "sector_history",
+    (
+        Column("ticker", S),
+        Column("sector", S),
+        Column("valid_from", D),
+        Column("valid_to", D, nullable=True),  # null: still valid
+        Column("source", S),
+    ),
+    key=("ticker", "valid_from"),
+)
+SCHEMAS = {
+    s.table: s
+    for s in (
+        RAW_BARS,
+        BARS_QUARANTINE,
+        PRICES_PIT,
+        UNIVERSE,
+        FEATURES,
+        LABELS_FORWARD,
+        TICKER_HISTORY,
+        SECTOR_HISTORY,
+    )
+}
+
+
 def _context() -> gx.data_context.AbstractDataContext:
     global _CONTEXT
     if _CONTEXT is None:
@@ -46,7 +233,7 @@ class QualityReport:
 
     @property
     def success(self) -> bool:
-        return all(r["success"] for r in self.results)
+        return bool(self.results) and all(r["success"] for r in self.results)
 
     @property
     def failures(self) -> list[dict]:
@@ -56,16 +243,42 @@ class QualityReport:
         if self.success:
             return f"{self.suite}: {len(self.results)} expectations passed on {self.rows} rows"
         parts = [
-            f"{r['expectation']}({r['column']}): {r['unexpected_count']} of {r['element_count']} rows"
+            f"{r['expectation']}({r['column']}): "
+            + (
+                f"{r['unexpected_count']} of {r['element_count']} rows"
+                if r["unexpected_count"]
+                else f"observed {r['observed_value']}"
+            )
             for r in self.failures
         ]
         return f"{self.suite}: {len(self.failures)} failed: " + "; ".join(parts)
 
 
+def _declared_types(frame: pl.DataFrame | pd.DataFrame, schema: TableSchema) -> dict:
+    actual = (
+        dict(frame.schema)
+        if isinstance(frame, pl.DataFrame)
+        else {c: str(t) for c, t in frame.dtypes.items()}
+    )
+    diffs = schema.differences(actual) if isinstance(frame, pl.DataFrame) else []
+    return {
+        "expectation": "declared_schema",
+        "column": ",".join(schema.names),
+        "success": not diffs,
+        "unexpected_count": 0,
+        "element_count": len(frame),
+        "observed_value": "; ".join(diffs) or "matches",
+    }
+
+
 def validate(
-    frame: pl.DataFrame | pd.DataFrame, suite_name: str, expectations: Sequence
+    frame: pl.DataFrame | pd.DataFrame,
+    suite_name: str,
+    expectations: Sequence,
+    schema: TableSchema | None = None,
 ) -> QualityReport:
-    """Run ``expectations`` (GX expectation objects) on ``frame``."""
+    """Run ``expectations`` (GX expectation objects) on ``frame``; with ``schema``, also compare
+    the frame's column names, order and types with the declared ones."""
     df = frame.to_pandas() if isinstance(frame, pl.DataFrame) else frame
     context = _context()
     name = f"{suite_name}_{id(df)}"
@@ -78,7 +291,7 @@ def validate(
     suite = gx.ExpectationSuite(name=name, expectations=list(expectations))
     outcome = batch.validate(suite)
     context.data_sources.delete(name)
-    results = []
+    results = [_declared_types(frame, schema)] if schema is not None else []
     for r in outcome.results:
         cfg = r.expectation_config
         kwargs = cfg.kwargs
@@ -87,29 +300,44 @@ def validate(
                 "expectation": cfg.type,
                 "column": kwargs.get("column")
                 or ",".join(kwargs.get("column_list", []) or [])
-                or ">=".join(str(kwargs.get(k)) for k in ("column_A", "column_B") if kwargs.get(k)),
+                or ">=".join(str(kwargs.get(k)) for k in ("column_A", "column_B") if kwargs.get(k))
+                or "table",
                 "success": bool(r.success),
                 "unexpected_count": int(r.result.get("unexpected_count") or 0),
                 "element_count": int(r.result.get("element_count") or len(df)),
-                "observed_value": r.result.get("observed_value"),
+                "observed_value": _jsonable(r.result.get("observed_value")),
             }
         )
     return QualityReport(suite=suite_name, rows=len(df), results=results)
 
 
-def _not_null(columns: Sequence[str]) -> list:
-    return [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in columns]
+def _jsonable(value: object) -> object:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
 
 
-def _schema(columns: Sequence[str]) -> list:
-    return [gxe.ExpectTableColumnsToMatchSet(column_set=list(columns), exact_match=True)]
+def schema_suite(schema: TableSchema, expected_rows: int | None = None) -> list:
+    """The declared schema: exact ordered columns, non-null where declared, a unique key, and,
+    when the caller knows it, the expected row count."""
+    out = [
+        gxe.ExpectTableColumnsToMatchOrderedList(column_list=schema.names),
+        *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in schema.required],
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=list(schema.key))
+        if len(schema.key) > 1
+        else gxe.ExpectColumnValuesToBeUnique(column=schema.key[0]),
+    ]
+    if expected_rows is not None:
+        out.append(gxe.ExpectTableRowCountToEqual(value=int(expected_rows)))
+    return out
 
 
-def bars_suite(columns: Sequence[str]) -> list:
-    """Raw bars: schema, non-null keys and prices, positive prices, sane ranges, unique keys."""
+def bars_suite(expected_rows: int | None = None) -> list:
+    """Raw bars: declared schema, positive prices, sane ranges, unique keys, row count."""
     return [
-        *_schema(columns),
-        *_not_null(["ticker", "date", "open", "high", "low", "close", "volume", "split"]),
+        *schema_suite(RAW_BARS, expected_rows),
         *[
             gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0, strict_min=True)
             for c in ("open", "high", "low", "close", "split")
@@ -117,38 +345,51 @@ def bars_suite(columns: Sequence[str]) -> list:
         gxe.ExpectColumnValuesToBeBetween(column="volume", min_value=0),
         gxe.ExpectColumnValuesToBeBetween(column="dividend", min_value=0),
         gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="high", column_B="low", or_equal=True),
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=["ticker", "date"]),
     ]
 
 
-def prices_suite(columns: Sequence[str]) -> list:
-    """PIT prices: schema, unique keys, positive split factor, bounded daily total return."""
+def quarantine_suite() -> list:
+    """Quarantine rows: declared schema, every row has a reason."""
+    return schema_suite(BARS_QUARANTINE)
+
+
+def prices_suite(expected_rows: int | None = None) -> list:
+    """PIT prices: declared schema, one row per raw bar, positive split factor, bounded return."""
     return [
-        *_schema(columns),
-        *_not_null(["ticker", "date", "adj_close", "split_factor", "tri", "bar_index"]),
+        *schema_suite(PRICES_PIT, expected_rows),
         gxe.ExpectColumnValuesToBeBetween(column="split_factor", min_value=0, strict_min=True),
         gxe.ExpectColumnValuesToBeBetween(column="tri", min_value=0, strict_min=True),
         # A daily total return below -100% is impossible; above +300% is a data error in S&P names.
         gxe.ExpectColumnValuesToBeBetween(
             column="total_return", min_value=-1.0, max_value=3.0, mostly=1.0
         ),
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=["ticker", "date"]),
     ]
 
 
-def features_suite(columns: Sequence[str], feature_columns: Sequence[str]) -> list:
-    """Features: schema, unique keys, bounded ranges for the bounded features."""
+def universe_suite(expected_rows: int | None = None) -> list:
+    """Universe: declared schema, one row per PIT price row, ranks from 1."""
     return [
-        *_schema(columns),
-        *_not_null(["date", "ticker", "sector"]),
-        gxe.ExpectCompoundColumnsToBeUnique(column_list=["date", "ticker"]),
+        *schema_suite(UNIVERSE, expected_rows),
+        gxe.ExpectColumnValuesToBeBetween(column="liquidity_rank", min_value=1),
+    ]
+
+
+def features_suite(expected_rows: int | None = None) -> list:
+    """Features: declared schema (every declared feature), unique keys, bounded ranges."""
+    return [
+        *schema_suite(FEATURES, expected_rows),
         gxe.ExpectColumnValuesToBeBetween(column="rsi_14d", min_value=0, max_value=100),
         gxe.ExpectColumnValuesToBeBetween(column="close_location_1d", min_value=0, max_value=1),
         gxe.ExpectColumnValuesToBeBetween(column="zero_volume_share_60d", min_value=0, max_value=1),
         gxe.ExpectColumnValuesToBeBetween(column="dist_52w_high", min_value=-1, max_value=0),
         *[
             gxe.ExpectColumnValuesToBeBetween(column=c, min_value=0)
-            for c in feature_columns
+            for c in FEATURE_COLUMNS
             if c.startswith("vol_")
         ],
     ]
+
+
+def labels_suite() -> list:
+    """Labels: declared schema and keys (completeness is the label_availability check)."""
+    return schema_suite(LABELS_FORWARD)

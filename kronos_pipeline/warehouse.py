@@ -7,8 +7,11 @@ sidecar file (``<db>.lock``; exclusive for writers, shared for readers) and wait
 writers queue instead of failing. The Dagster assets that write also share the concurrency
 pool ``duckdb_warehouse`` (limit 1), which keeps runs from even starting their steps together.
 
-Writes are delete-then-insert of a date window inside one transaction, so rewriting a
-partition leaves identical content and never duplicates.
+Writes are delete-then-insert of a date window, so rewriting a partition leaves identical
+content and never duplicates. :meth:`Warehouse.transaction` groups every write of one step
+(all the tables it owns) into one DuckDB transaction: a crash or an error before the commit
+leaves the warehouse exactly as it was (DuckDB's write-ahead log replays only committed
+transactions), so a half-written step is never visible.
 """
 
 from __future__ import annotations
@@ -106,6 +109,34 @@ class Warehouse:
         clause = f" where {' and '.join(where)}" if where else ""
         return self.read(f"select {columns} from {table}{clause}", params)
 
+    def table_schema(self, table: str) -> dict[str, str] | None:
+        """Column name -> DuckDB type of ``table`` in order, or None when it does not exist."""
+        if table not in self.tables():
+            return None
+        with self.connect() as con:
+            rows = con.execute(
+                "select column_name, data_type from information_schema.columns "
+                "where table_name = ? order by ordinal_position",
+                [table],
+            ).fetchall()
+        return dict(rows)
+
+    @contextmanager
+    def transaction(self) -> Iterator[WarehouseTransaction]:
+        """Several writes in one transaction under the writer lock: all land, or none.
+
+        Readers (other processes wait on the lock; DuckDB readers see the last commit) never
+        see a state between two of the writes.
+        """
+        with self.connect(write=True) as con:
+            con.execute("begin transaction")
+            try:
+                yield WarehouseTransaction(con)
+                con.execute("commit")
+            except BaseException:
+                con.execute("rollback")
+                raise
+
     def replace_window(
         self,
         table: str,
@@ -120,6 +151,63 @@ class Warehouse:
 
         One transaction: a failure leaves the table as it was. Returns the rows inserted.
         """
+        with self.transaction() as tx:
+            return tx.replace_window(
+                table, frame, start, end, date_column, include_null_dates, order_by
+            )
+
+    def replace_table(self, table: str, frame: pl.DataFrame) -> int:
+        """Replace the whole table with ``frame`` (one transaction)."""
+        with self.transaction() as tx:
+            return tx.replace_table(table, frame)
+
+    def replace_where(self, table: str, frame: pl.DataFrame, column: str, values: list) -> int:
+        """Delete rows whose ``column`` is in ``values`` and insert ``frame`` (one transaction)."""
+        with self.transaction() as tx:
+            return tx.replace_where(table, frame, column, values)
+
+
+class SchemaMismatch(ValueError):
+    """A frame does not fit the columns of the warehouse table it would replace rows of."""
+
+
+class WarehouseTransaction:
+    """The writes of one :meth:`Warehouse.transaction`; nothing is visible before its commit."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self.con = con
+
+    def _register(self, table: str, frame: pl.DataFrame) -> None:
+        self.con.register("incoming", frame.to_arrow())
+        self.con.execute(f"create table if not exists {table} as select * from incoming limit 0")
+        existing = [
+            r[0]
+            for r in self.con.execute(
+                "select column_name from information_schema.columns where table_name = ? "
+                "order by ordinal_position",
+                [table],
+            ).fetchall()
+        ]
+        # ``insert by name`` would fill a column the frame lacks with nulls: refuse instead.
+        if sorted(existing) != sorted(frame.columns):
+            self.con.unregister("incoming")
+            raise SchemaMismatch(
+                f"warehouse table {table} has columns {existing}, the rows to write have "
+                f"{frame.columns}; the table's schema changed: migrate the table, or start a new "
+                "warehouse (KRONOS_WAREHOUSE__DATA_DIR=<empty folder>)"
+            )
+
+    def replace_window(
+        self,
+        table: str,
+        frame: pl.DataFrame,
+        start: dt.date,
+        end: dt.date,
+        date_column: str = "date",
+        include_null_dates: bool = False,
+        order_by: tuple[str, ...] = (),
+    ) -> int:
+        """Delete ``table`` rows dated in [start, end] (and undated ones if asked), insert ``frame``."""
         outside = frame.filter(
             ~pl.col(date_column).is_between(start, end) & pl.col(date_column).is_not_null()
         )
@@ -130,44 +218,27 @@ class Warehouse:
                 f"{table}: {outside.height} rows fall outside the window {start}..{end}"
             )
         ordered = frame.sort(list(order_by)) if order_by else frame
-        with self.connect(write=True) as con:
-            con.execute("begin transaction")
-            try:
-                con.register("incoming", ordered.to_arrow())
-                con.execute(f"create table if not exists {table} as select * from incoming limit 0")
-                null_clause = f" or {date_column} is null" if include_null_dates else ""
-                con.execute(
-                    f"delete from {table} where ({date_column} between ? and ?){null_clause}",
-                    [start, end],
-                )
-                con.execute(f"insert into {table} by name select * from incoming")
-                con.unregister("incoming")
-                con.execute("commit")
-            except Exception:
-                con.execute("rollback")
-                raise
+        self._register(table, ordered)
+        null_clause = f" or {date_column} is null" if include_null_dates else ""
+        self.con.execute(
+            f"delete from {table} where ({date_column} between ? and ?){null_clause}",
+            [start, end],
+        )
+        self.con.execute(f"insert into {table} by name select * from incoming")
+        self.con.unregister("incoming")
         return ordered.height
 
     def replace_table(self, table: str, frame: pl.DataFrame) -> int:
         """Replace the whole table with ``frame``."""
-        with self.connect(write=True) as con:
-            con.register("incoming", frame.to_arrow())
-            con.execute(f"create or replace table {table} as select * from incoming")
-            con.unregister("incoming")
+        self.con.register("incoming", frame.to_arrow())
+        self.con.execute(f"create or replace table {table} as select * from incoming")
+        self.con.unregister("incoming")
         return frame.height
 
     def replace_where(self, table: str, frame: pl.DataFrame, column: str, values: list) -> int:
-        """Delete rows whose ``column`` is in ``values`` and insert ``frame`` (one transaction)."""
-        with self.connect(write=True) as con:
-            con.execute("begin transaction")
-            try:
-                con.register("incoming", frame.to_arrow())
-                con.execute(f"create table if not exists {table} as select * from incoming limit 0")
-                con.execute(f"delete from {table} where {column} in (select unnest(?))", [values])
-                con.execute(f"insert into {table} by name select * from incoming")
-                con.unregister("incoming")
-                con.execute("commit")
-            except Exception:
-                con.execute("rollback")
-                raise
+        """Delete rows whose ``column`` is in ``values`` and insert ``frame``."""
+        self._register(table, frame)
+        self.con.execute(f"delete from {table} where {column} in (select unnest(?))", [values])
+        self.con.execute(f"insert into {table} by name select * from incoming")
+        self.con.unregister("incoming")
         return frame.height

@@ -79,7 +79,11 @@ class IngestResult:
 
     bars: pl.DataFrame
     quarantine: pl.DataFrame
-    files: pl.DataFrame  # source_file, ticker, lines, accepted, quarantined
+    files: pl.DataFrame  # source_file, ticker, lines, accepted, quarantined, dates, status
+
+    def blocking_file_errors(self) -> pl.DataFrame:
+        """Files whose bars are lost (unreadable, changed layout, header only): block ingest."""
+        return self.files.filter(pl.col("status").is_in(BLOCKING_FILE_STATUSES))
 
     def ticker_spans(self) -> pl.DataFrame:
         """Per ticker in the whole source: first_date, last_date, bars."""
@@ -111,7 +115,7 @@ def ticker_from_filename(path: Path) -> str:
 
 
 def list_vendor_files(
-    vendor_dir: Path, exclude: tuple[str, ...] = ("constituents.csv",)
+    vendor_dir: Path, exclude: tuple[str, ...] = ("constituents.csv", "delistings.csv")
 ) -> list[Path]:
     """Vendor files (``.csv`` and ``.csv.gz``) in ``vendor_dir``, sorted, minus ``exclude`` names."""
     if not vendor_dir.is_dir():
@@ -140,23 +144,70 @@ def _read_text(path: Path) -> tuple[str | None, str | None]:
     return data.decode("utf-8", errors="replace"), None
 
 
-def _vendor_file_lines(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """One file -> (string-typed data lines, file-level quarantine rows)."""
+FILE_STATUS_SCHEMA = {
+    "source_file": pl.String,
+    "ticker": pl.String,
+    "status": pl.String,
+    "problem": pl.String,
+}
+#: File-level problems that block the ingest: the file was meant to hold bars and they are
+#: lost (a truncated download, a changed layout, a file cut after its header). A file that is
+#: not vendor CSV at all (e.g. the API error message of BF.B) is quarantined and only warned on.
+BLOCKING_FILE_STATUSES = ("unreadable", "schema_drift", "no_rows")
+
+
+def header_problem(header: str) -> tuple[str, str] | None:
+    """None for the declared vendor header, else (status, message) naming the column changes.
+
+    A header that shares at least half of the declared column names is a changed layout
+    (``schema_drift``: renamed, extra, missing or reordered columns); anything else is not
+    vendor CSV (``not_vendor_data``).
+    """
+    clean = header.strip().lstrip("\ufeff")
+    if clean == VENDOR_HEADER:
+        return None
+    names = [c.strip().lower() for c in clean.split(",")]
+    if len(names) > 1 and len(set(names) & set(VENDOR_COLUMNS)) * 2 >= len(VENDOR_COLUMNS):
+        missing = [c for c in VENDOR_COLUMNS if c not in names]
+        extra = [c for c in names if c not in VENDOR_COLUMNS]
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {missing}" if missing else "",
+                f"unexpected {extra}" if extra else "",
+                "columns reordered" if not missing and not extra else "",
+            )
+            if part
+        )
+        return "schema_drift", f"header differs from the declared vendor schema: {detail}"
+    return "not_vendor_data", (
+        f"not a vendor CSV file: header is {clean[:80]!r}, expected {VENDOR_HEADER!r}"
+    )
+
+
+def _vendor_file_lines(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """One file -> (string-typed data lines, file-level quarantine rows, file status)."""
     ticker = ticker_from_filename(path)
     text, error = _read_text(path)
     lines = [] if text is None else text.splitlines()
-    if error is None and lines and lines[0].strip().lstrip("\ufeff") == VENDOR_HEADER:
+    status = {"source_file": path.name, "ticker": ticker, "status": "ok", "problem": None}
+    problem = (
+        ("unreadable", f"{error}; fetch the file again")
+        if error is not None
+        else header_problem(lines[0] if lines else "")
+    )
+    if problem is None:
         body = lines[1:]
+        if not body:
+            status.update(status="no_rows", problem="the file holds a header and no rows")
         frame = pl.DataFrame(
             {"raw": body, "line": pl.int_range(2, len(body) + 2, eager=True)},
             schema={"raw": pl.String, "line": pl.Int64},
         )
         frame = frame.with_columns(source_file=pl.lit(path.name), ticker=pl.lit(ticker))
-        return frame, pl.DataFrame(schema=QUARANTINE_SCHEMA)
-    # The whole file is not vendor CSV (e.g. an API error message): every line is quarantined.
-    if error is None:
-        first = lines[0][:80] if lines else ""
-        error = f"not a vendor CSV file: header is {first!r}, expected {VENDOR_HEADER!r}"
+        return frame, pl.DataFrame(schema=QUARANTINE_SCHEMA), status
+    # The whole file is not usable vendor CSV: every line is quarantined with the reason.
+    status.update(status=problem[0], problem=problem[1])
     raw = lines or [""]
     quarantine = pl.DataFrame(
         {
@@ -165,13 +216,22 @@ def _vendor_file_lines(path: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
             "ticker": [ticker] * len(raw),
             "date": [None] * len(raw),
             "raw": raw,
-            "reason": [error] * len(raw),
+            "reason": [problem[1]] * len(raw),
         },
         schema=QUARANTINE_SCHEMA,
     )
-    return pl.DataFrame(
-        schema={"raw": pl.String, "line": pl.Int64, "source_file": pl.String, "ticker": pl.String}
-    ), quarantine
+    return (
+        pl.DataFrame(
+            schema={
+                "raw": pl.String,
+                "line": pl.Int64,
+                "source_file": pl.String,
+                "ticker": pl.String,
+            }
+        ),
+        quarantine,
+        status,
+    )
 
 
 def _split_fields(frame: pl.DataFrame) -> pl.DataFrame:
@@ -187,16 +247,21 @@ def _split_fields(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def read_vendor_dir(
-    vendor_dir: Path, exclude: tuple[str, ...] = ("constituents.csv",)
+    vendor_dir: Path, exclude: tuple[str, ...] = ("constituents.csv", "delistings.csv")
 ) -> IngestResult:
     """Read every vendor file in ``vendor_dir`` into validated bars plus a quarantine."""
-    line_frames, file_quarantines = [], []
+    line_frames, file_quarantines, statuses = [], [], []
     for path in list_vendor_files(vendor_dir, exclude):
-        lines, quarantine = _vendor_file_lines(path)
+        lines, quarantine, status = _vendor_file_lines(path)
         line_frames.append(lines)
         file_quarantines.append(quarantine)
+        statuses.append(status)
     lines = pl.concat(line_frames, how="diagonal_relaxed") if line_frames else pl.DataFrame()
-    return validate_lines(_split_fields(lines), extra_quarantine=pl.concat(file_quarantines))
+    return validate_lines(
+        _split_fields(lines),
+        extra_quarantine=pl.concat(file_quarantines),
+        file_status=pl.DataFrame(statuses, schema=FILE_STATUS_SCHEMA),
+    )
 
 
 def tidy_to_lines(table: pl.DataFrame, source_file: str, first_line: int = 2) -> pl.DataFrame:
@@ -249,7 +314,9 @@ def _reason(condition: pl.Expr, message: pl.Expr | str) -> pl.Expr:
 
 
 def validate_lines(
-    lines: pl.DataFrame, extra_quarantine: pl.DataFrame | None = None
+    lines: pl.DataFrame,
+    extra_quarantine: pl.DataFrame | None = None,
+    file_status: pl.DataFrame | None = None,
 ) -> IngestResult:
     """Cast and check string-typed lines; return accepted bars and the quarantine.
 
@@ -311,11 +378,13 @@ def validate_lines(
         ),
     )
     typed = typed.with_columns(reason=reason)
-    # Duplicates are judged among otherwise valid rows: the first line of a (ticker, date) wins.
+    # Duplicates are judged among otherwise valid rows: the first (file, line) of a
+    # (ticker, date) wins, file and line taken from the same row, so exactly one copy survives.
     first_seen = (
         typed.filter(pl.col("reason").is_null())
-        .group_by("ticker", "date")
-        .agg(first_file=pl.col("source_file").first(), first_line=pl.col("line").min())
+        .sort("source_file", "line")
+        .group_by("ticker", "date", maintain_order=True)
+        .agg(first_file=pl.col("source_file").first(), first_line=pl.col("line").first())
     )
     typed = typed.join(first_seen, on=["ticker", "date"], how="left").with_columns(
         reason=pl.coalesce(
@@ -353,14 +422,19 @@ def validate_lines(
     if extra_quarantine is not None and extra_quarantine.height:
         quarantine = pl.concat([quarantine, extra_quarantine.select(list(QUARANTINE_SCHEMA))])
     quarantine = quarantine.sort("source_file", "line", nulls_last=True)
-    files = _file_counts(lines, bars, quarantine)
+    files = _file_counts(lines, bars, quarantine, file_status)
     return IngestResult(
         bars=bars.cast(BARS_SCHEMA), quarantine=quarantine.cast(QUARANTINE_SCHEMA), files=files
     )
 
 
-def _file_counts(lines: pl.DataFrame, bars: pl.DataFrame, quarantine: pl.DataFrame) -> pl.DataFrame:
-    """Per file: input lines, accepted, quarantined (file-level rejects included)."""
+def _file_counts(
+    lines: pl.DataFrame,
+    bars: pl.DataFrame,
+    quarantine: pl.DataFrame,
+    file_status: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """Per file: input lines, accepted, quarantined (file-level rejects included), status."""
     read = lines.group_by("source_file").agg(ticker=pl.col("ticker").first(), lines=pl.len())
     rejected_whole = quarantine.join(read.select("source_file"), on="source_file", how="anti")
     read = pl.concat(
@@ -372,16 +446,30 @@ def _file_counts(lines: pl.DataFrame, bars: pl.DataFrame, quarantine: pl.DataFra
         ],
         how="vertical_relaxed",
     )
+    if file_status is None:  # tidy and synthetic sources: every file was read as a table
+        file_status = read.select(
+            "source_file", "ticker", status=pl.lit("ok"), problem=pl.lit(None, pl.String)
+        )
     accepted = bars.group_by("source_file").agg(
         accepted=pl.len(), first_date=pl.col("date").min(), last_date=pl.col("date").max()
     )
     quarantined = quarantine.group_by("source_file").agg(quarantined=pl.len())
     return (
-        read.join(accepted, on="source_file", how="left")
+        file_status.select(list(FILE_STATUS_SCHEMA))
+        .join(read.select("source_file", "lines"), on="source_file", how="left")
+        .join(accepted, on="source_file", how="left")
         .join(quarantined, on="source_file", how="left")
-        .with_columns(
-            pl.col("accepted", "quarantined").fill_null(0).cast(pl.Int64),
-            pl.col("lines").cast(pl.Int64),
+        .with_columns(pl.col("lines", "accepted", "quarantined").fill_null(0).cast(pl.Int64))
+        .select(
+            "source_file",
+            "ticker",
+            "lines",
+            "accepted",
+            "quarantined",
+            "first_date",
+            "last_date",
+            "status",
+            "problem",
         )
         .sort("source_file")
     )

@@ -15,7 +15,7 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
-from kronos_pipeline.warehouse import Warehouse
+from kronos_pipeline.warehouse import SchemaMismatch, Warehouse
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAY0 = dt.date(2020, 1, 1)
@@ -78,11 +78,41 @@ def test_failed_insert_rolls_back_the_delete(tmp_path):
     db = Warehouse(tmp_path / "w.duckdb", lock_timeout_s=10)
     db.replace_window("t", _frame(DAY0, 5), DAY0, DAY0 + dt.timedelta(days=4))
     before = _content(db)
-    # A column the table does not have: the insert fails after the delete ran.
-    bad = _frame(DAY0, 5).with_columns(extra=pl.lit(1))
+    # A value the column's type cannot hold: the insert fails after the delete ran.
+    bad = _frame(DAY0, 5).with_columns(value=pl.lit("not a number"))
     with pytest.raises(duckdb.Error):
         db.replace_window("t", bad, DAY0, DAY0 + dt.timedelta(days=4))
     assert_frame_equal(_content(db), before, check_exact=True)
+
+
+def test_a_frame_with_other_columns_than_the_table_is_refused_by_name(tmp_path):
+    db = Warehouse(tmp_path / "w.duckdb", lock_timeout_s=10)
+    db.replace_window("t", _frame(DAY0, 5), DAY0, DAY0 + dt.timedelta(days=4))
+    before = _content(db)
+    # ``insert by name`` would null-fill a missing column and fail late on an extra one.
+    for bad in (
+        _frame(DAY0, 5).with_columns(extra=pl.lit(1)),
+        _frame(DAY0, 5).drop("value"),
+    ):
+        with pytest.raises(SchemaMismatch, match="warehouse table t has columns"):
+            db.replace_window("t", bad, DAY0, DAY0 + dt.timedelta(days=4))
+    assert_frame_equal(_content(db), before, check_exact=True)
+
+
+def test_a_transaction_publishes_all_its_tables_or_none(tmp_path):
+    db = Warehouse(tmp_path / "w.duckdb", lock_timeout_s=10)
+    end = DAY0 + dt.timedelta(days=4)
+    with db.transaction() as tx:
+        tx.replace_window("t", _frame(DAY0, 5), DAY0, end)
+        tx.replace_table("side", pl.DataFrame({"k": [1]}))
+    before = (_content(db), db.read_table("side"))
+    with pytest.raises(RuntimeError, match="crash between writes"):
+        with db.transaction() as tx:
+            tx.replace_window("t", _frame(DAY0, 5, scale=-1.0), DAY0, end)
+            tx.replace_table("side", pl.DataFrame({"k": [2]}))
+            raise RuntimeError("crash between writes")
+    assert_frame_equal(_content(db), before[0], check_exact=True)
+    assert_frame_equal(db.read_table("side"), before[1], check_exact=True)
 
 
 # --- writers in separate processes -----------------------------------------------------------
@@ -91,7 +121,7 @@ WRITER = textwrap.dedent(
     """
     import datetime as dt, sys, time
     import polars as pl
-    from kronos_pipeline.warehouse import Warehouse
+    from kronos_pipeline.warehouse import SchemaMismatch, Warehouse
 
     path, writer, windows, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
     db = Warehouse(path, lock_timeout_s=120)
@@ -146,7 +176,7 @@ ONE_WRITE = textwrap.dedent(
     """
     import datetime as dt, sys, time
     import polars as pl
-    from kronos_pipeline.warehouse import Warehouse
+    from kronos_pipeline.warehouse import SchemaMismatch, Warehouse
 
     day = dt.date(2021, 1, 4)
     frame = pl.DataFrame({"date": [day], "ticker": ["Z"], "value": [1.0]})
