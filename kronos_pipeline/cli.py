@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from kronos_pipeline.settings import REPO_ROOT
+from kronos_pipeline.settings import REPO_ROOT, SettingsError, get_settings
 
 
 def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
@@ -27,6 +27,9 @@ def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
     if getattr(args, "run_name", None):
         os.environ["KRONOS_REPORT__RUN_NAME"] = args.run_name
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
+    # Validate now, before any instance or job: a bad setting stops here with its name.
+    get_settings.cache_clear()
+    get_settings()
 
 
 def _instance():
@@ -210,7 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except SettingsError as exc:
+        print(f"kronos-pipeline: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -8,19 +8,56 @@ then keyword overrides passed to :func:`load_settings`.
 from __future__ import annotations
 
 import datetime as dt
+import difflib
+import hashlib
 import json
 import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "KRONOS_"
+# Variables with these prefixes belong to tools around the pipeline (tests), not to settings.
+NOT_SETTINGS_PREFIXES = ("KRONOS_TEST_",)
 
 
-class DataSettings(BaseModel):
+class SettingsError(ValueError):
+    """Settings that cannot be loaded: every offending key, where it came from, and why."""
+
+
+class StrictModel(BaseModel):
+    """A settings section: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _positive(value: float | int | None, info) -> float | int | None:
+    if value is not None and value <= 0:
+        raise ValueError(f"{info.field_name} must be > 0, got {value}")
+    return value
+
+
+def _non_negative(value: float | int | None, info) -> float | int | None:
+    if value is not None and value < 0:
+        raise ValueError(f"{info.field_name} must be >= 0, got {value}")
+    return value
+
+
+def _month(value: str) -> str:
+    """A test month ``YYYY-MM`` with a real month (01..12)."""
+    try:
+        parsed = dt.datetime.strptime(value, "%Y-%m")
+    except (TypeError, ValueError):
+        raise ValueError(f"{value!r} is not a month: use YYYY-MM with MM in 01..12") from None
+    if parsed.strftime("%Y-%m") != value:
+        raise ValueError(f"{value!r} is not a month: use YYYY-MM (zero-padded), e.g. 2015-01")
+    return value
+
+
+class DataSettings(StrictModel):
     """Where bars come from. With neither ``vendor_dir`` nor ``tidy_path`` set, the seeded
     synthetic market is used."""
 
@@ -34,6 +71,33 @@ class DataSettings(BaseModel):
     calendar: str = "XNYS"
     partitions_start: dt.date = dt.date(1999, 11, 1)
 
+    _positive_counts = field_validator("synthetic_tickers")(_positive)
+
+    @field_validator("vendor_dir", "tidy_path", "constituents_path")
+    @classmethod
+    def _exists(cls, value: Path | None, info) -> Path | None:
+        if value is not None and not Path(value).exists():
+            raise ValueError(f"{info.field_name} {value} does not exist")
+        return value
+
+    @field_validator("calendar")
+    @classmethod
+    def _known_calendar(cls, value: str) -> str:
+        import exchange_calendars as xcals
+
+        if value not in xcals.get_calendar_names(include_aliases=True):
+            raise ValueError(f"unknown exchange calendar {value!r} (e.g. XNYS, XLON, XTKS)")
+        return value
+
+    @model_validator(mode="after")
+    def _synthetic_range(self) -> DataSettings:
+        if self.synthetic_start >= self.synthetic_end:
+            raise ValueError(
+                f"synthetic_start {self.synthetic_start} must be before "
+                f"synthetic_end {self.synthetic_end}"
+            )
+        return self
+
     @property
     def source_kind(self) -> Literal["vendor", "tidy", "synthetic"]:
         if self.vendor_dir is not None:
@@ -43,17 +107,19 @@ class DataSettings(BaseModel):
         return "synthetic"
 
 
-class WarehouseSettings(BaseModel):
+class WarehouseSettings(StrictModel):
     data_dir: Path = REPO_ROOT / "data"
     duckdb_file: str = "warehouse.duckdb"
     lock_timeout_s: float = 600.0  # how long a writer waits for the single-writer lock
+
+    _positive_values = field_validator("lock_timeout_s")(_positive)
 
     @property
     def duckdb_path(self) -> Path:
         return self.data_dir / self.duckdb_file
 
 
-class UniverseSettings(BaseModel):
+class UniverseSettings(StrictModel):
     min_history_days: int = 252  # trading days of bars before a name may enter
     min_price: float = 5.0  # USD, raw close on the date
     min_median_dollar_volume: float = 5e6  # USD, median over liquidity_window_days
@@ -61,12 +127,24 @@ class UniverseSettings(BaseModel):
     top_n: int | None = None  # keep the N most liquid names per date; None = all eligible
     smoke_top_n: int = 100
 
+    _positive_values = field_validator(
+        "min_history_days", "liquidity_window_days", "top_n", "smoke_top_n"
+    )(_positive)
+    _non_negative_values = field_validator("min_price", "min_median_dollar_volume")(_non_negative)
 
-class LabelSettings(BaseModel):
+
+class LabelSettings(StrictModel):
     horizons: tuple[int, ...] = (20, 60, 90)  # trading days
 
+    @field_validator("horizons")
+    @classmethod
+    def _horizons(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(h <= 0 for h in value) or len(set(value)) != len(value):
+            raise ValueError(f"horizons must be distinct positive trading days, got {value}")
+        return value
 
-class FoldSettings(BaseModel):
+
+class FoldSettings(StrictModel):
     first_test_month: str = "2011-01"
     last_test_month: str = "2019-12"
     window: Literal["expanding", "rolling"] = "expanding"
@@ -74,8 +152,20 @@ class FoldSettings(BaseModel):
     scoring_cadence: Literal["daily", "weekly", "monthly"] = "daily"
     smoke_folds: int = 3
 
+    _positive_values = field_validator("rolling_train_days", "smoke_folds")(_positive)
+    _months = field_validator("first_test_month", "last_test_month")(_month)
 
-class KronosSettings(BaseModel):
+    @model_validator(mode="after")
+    def _ordered(self) -> FoldSettings:
+        if self.first_test_month > self.last_test_month:
+            raise ValueError(
+                f"first_test_month {self.first_test_month} is after "
+                f"last_test_month {self.last_test_month}"
+            )
+        return self
+
+
+class KronosSettings(StrictModel):
     predictor: str = "NeoQuasar/Kronos-small"
     tokenizer: str = "NeoQuasar/Kronos-Tokenizer-base"
     predictor_revision: str = "main"
@@ -105,8 +195,22 @@ class KronosSettings(BaseModel):
     train_batch_size: int = 32
     train_device: str = "cpu"
 
+    _positive_values = field_validator(
+        "lookback", "max_context", "sample_count", "temperature", "top_p", "batch_size",
+        "train_max_minutes", "train_tickers", "train_history_days", "train_horizon",
+        "train_stride", "train_epochs", "train_windows_per_epoch", "train_batch_size",
+    )(_positive)  # fmt: skip
 
-class LightGBMSettings(BaseModel):
+    @model_validator(mode="after")
+    def _context(self) -> KronosSettings:
+        if self.lookback > self.max_context:
+            raise ValueError(f"lookback {self.lookback} exceeds max_context {self.max_context}")
+        if self.top_p > 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        return self
+
+
+class LightGBMSettings(StrictModel):
     num_boost_round: int = 400
     learning_rate: float = 0.05
     num_leaves: int = 31
@@ -120,8 +224,13 @@ class LightGBMSettings(BaseModel):
     num_threads: int = 2
     seed: int = 17
 
+    _positive_values = field_validator(
+        "num_boost_round", "learning_rate", "num_leaves", "min_data_in_leaf",
+        "feature_fraction", "bagging_fraction", "train_date_stride", "num_threads",
+    )(_positive)  # fmt: skip
 
-class GateSettings(BaseModel):
+
+class GateSettings(StrictModel):
     gate1_min_median_rankic: float = 0.02
     gate1_min_horizons: int = 2
     gate1_max_momentum_corr: float = 0.5
@@ -136,7 +245,7 @@ class GateSettings(BaseModel):
     )  # informational column only
 
 
-class TripwireSettings(BaseModel):
+class TripwireSettings(StrictModel):
     """Thresholds of the leak tripwires (SPEC section 7)."""
 
     # Negative controls (shuffled-label retraining, the random baseline) are "within noise of 0"
@@ -162,18 +271,20 @@ class TripwireSettings(BaseModel):
     adjustment_rel_tol: float = 1e-6
 
 
-class FeatureSettings(BaseModel):
+class FeatureSettings(StrictModel):
     # False drops the sector_rel_* columns from model inputs: sectors are one mapping taken at
     # download time and applied to all history (not point in time), so their effect can be
     # measured by switching them off.
     use_sector_relative: bool = True
 
 
-class CostSettings(BaseModel):
+class CostSettings(StrictModel):
     cost_bps: float = 10.0  # one way, per unit of turnover
 
+    _non_negative_values = field_validator("cost_bps")(_non_negative)
 
-class ReportSettings(BaseModel):
+
+class ReportSettings(StrictModel):
     output_root: Path = REPO_ROOT / "data" / "runs"
     run_name: str = "latest"
     # The reference study's frozen numbers (different data), for the comparison table only.
@@ -185,11 +296,30 @@ class ReportSettings(BaseModel):
     )
 
 
-class AlertSettings(BaseModel):
+class AlertSettings(StrictModel):
     webhook_url: str | None = None
+    check_sensor_interval_s: int = 30  # how often failed check evaluations are looked for
+    freshness_interval_s: int = 3600  # how often the newest session of raw_bars is looked at
+    stale_after_sessions: int = 2  # trading days without a new session before an alert
+
+    _positive_values = field_validator(
+        "check_sensor_interval_s", "freshness_interval_s", "stale_after_sessions"
+    )(_positive)
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        from urllib.parse import urlsplit
+
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"webhook_url must be an http(s) URL, got {value!r}")
+        return value
 
 
-class Settings(BaseModel):
+class Settings(StrictModel):
     mode: Literal["smoke", "full"] = "smoke"
     data: DataSettings = Field(default_factory=DataSettings)
     warehouse: WarehouseSettings = Field(default_factory=WarehouseSettings)
@@ -213,21 +343,40 @@ class Settings(BaseModel):
         return self.universe.smoke_top_n if self.mode == "smoke" else None
 
 
+def _decode(raw: str) -> Any:
+    """An environment value: JSON containers, strings and null are decoded; everything else
+    stays text for pydantic to parse (so ``KRONOS_REPORT__RUN_NAME=2024`` stays a name)."""
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+    return value if value is None or isinstance(value, dict | list | str) else raw
+
+
+def _env_sources(environ: dict[str, str]) -> dict[tuple[str, ...], str]:
+    """Settings path -> the ``KRONOS_*`` variable it comes from."""
+    return {
+        tuple(key[len(ENV_PREFIX) :].lower().split("__")): key
+        for key in environ
+        if key.startswith(ENV_PREFIX) and not key.startswith(NOT_SETTINGS_PREFIXES)
+    }
+
+
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """Turn ``KRONOS_A__B=v`` variables into ``{"a": {"b": v}}``. JSON values are decoded."""
+    """Turn ``KRONOS_A__B=v`` variables into ``{"a": {"b": v}}``; see :func:`_decode`."""
     tree: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        path = key[len(ENV_PREFIX) :].lower().split("__")
-        try:
-            value: Any = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
+    for path, key in sorted(_env_sources(environ).items()):
+        if not all(path):
+            raise SettingsError(f"{key}: empty level in the name (use one __ between levels)")
         node = tree
-        for part in path[:-1]:
+        for depth, part in enumerate(path[:-1]):
             node = node.setdefault(part, {})
-        node[path[-1]] = value
+            if not isinstance(node, dict):
+                clash = ENV_PREFIX + "__".join(path[: depth + 1]).upper()
+                raise SettingsError(f"{key}: {clash} is set to a value, not a section")
+        if isinstance(node.get(path[-1]), dict):
+            raise SettingsError(f"{key}: {path[-1]} is a section; set its fields instead")
+        node[path[-1]] = _decode(environ[key])
     return tree
 
 
@@ -241,10 +390,60 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the settings section at ``loc`` (the parent of an unknown key)."""
+    model: Any = Settings
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _explain(exc: ValidationError, sources: dict[tuple[str, ...], str]) -> SettingsError:
+    """One line per error, naming the environment variable (or keyword) and the value."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        path = ".".join(loc) or "settings"
+        origin = sources.get(loc)
+        # A section-level error (a model validator) names the variables under it.
+        under = sorted(v for k, v in sources.items() if k[: len(loc)] == loc) if loc else []
+        where = origin or (", ".join(under) if under else f"settings {path}")
+        if err["type"] == "extra_forbidden":
+            known = _fields_at(loc[:-1])
+            close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+            hint = ""
+            if close:
+                name = "__".join((*loc[:-1], close[0]))
+                hint = f"; did you mean {ENV_PREFIX}{name.upper()} ({'.'.join((*loc[:-1], close[0]))})?"
+            lines.append(f"{where}: unknown setting {path}{hint} (known: {', '.join(known)})")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        value = f"={err['input']!r}" if origin else ""
+        lines.append(f"{where}{value}: {path}: {msg}")
+    return SettingsError("invalid settings:\n  " + "\n  ".join(lines))
+
+
 def load_settings(environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
-    """Build settings from defaults, ``KRONOS_*`` environment variables and ``overrides``."""
-    env = _env_overrides(dict(os.environ if environ is None else environ))
-    return Settings.model_validate(_merge(env, overrides))
+    """Build settings from defaults, ``KRONOS_*`` environment variables and ``overrides``.
+
+    Strict: an unknown key (a misspelled ``KRONOS_`` variable included) or an invalid value
+    raises :class:`SettingsError` naming the variable, its value and what is wrong.
+    Variables starting with one of ``NOT_SETTINGS_PREFIXES`` are not settings and are skipped.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    sources = _env_sources(environ)
+    try:
+        return Settings.model_validate(_merge(_env_overrides(environ), overrides))
+    except ValidationError as exc:
+        raise _explain(exc, sources) from None
+
+
+def settings_fingerprint(settings: Settings) -> str:
+    """A short hash of every setting's value: equal fingerprints, equal configuration."""
+    return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
 
 
 @lru_cache(maxsize=1)
