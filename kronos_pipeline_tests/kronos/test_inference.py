@@ -81,18 +81,26 @@ def test_prepared_models_match_the_plain_ones() -> None:
 
 
 @pytest.mark.parametrize("prepare", [False, True])
-def test_a_rows_result_does_not_depend_on_its_batch_at_kronos_small_width(prepare) -> None:
-    """Bitwise: what batch invariance of the engine rests on, at d_model 512 / ff 1024."""
+@pytest.mark.parametrize("shape", [(16, 40), (64, 1), (7, 13)], ids=["prefill", "decode", "odd"])
+def test_a_rows_result_does_not_depend_on_its_batch_mates_at_a_fixed_shape(prepare, shape) -> None:
+    """Bitwise, at Kronos-small width (d_model 512 / ff 1024): a row keeps its result when
+    every other row of the call is replaced and it moves to another position, as long as
+    the call's shape stays the same. This is all the engine's batch invariance rests on (it
+    pads every micro-batch to fixed shapes); it does not need equal results at different
+    row counts, which MKL on Intel CPUs does not give for the plain layers."""
     torch.manual_seed(2)
     block = TransformerBlock(512, 8, 1024).eval()
     if prepare:
         block = _prepared(block)
-    x = torch.randn(16, 40, 512)
+    rows, length = shape
+    x = torch.randn(rows, length, 512)
     with torch.inference_mode():
         together = block(x)
-        for i in (0, 5, 15):
-            assert torch.equal(block(x[i : i + 1]), together[i : i + 1])
-        assert torch.equal(block(x[3:10]), together[3:10])
+        for i in range(rows):
+            others = torch.randn(rows, length, 512)
+            j = (5 * i + 3) % rows
+            others[j] = x[i]
+            assert torch.equal(block(others)[j], together[i]), (i, j)
 
 
 def test_single_query_attention_matches_sdpa_and_is_row_independent() -> None:
