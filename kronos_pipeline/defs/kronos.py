@@ -57,6 +57,7 @@ def _history_start(db: Warehouse, day, sessions: int):
     deps=["folds", *HISTORY_DEPS],
     partitions_def=fold_partitions,
     group_name=GROUP,
+    pool="model_fitting",  # one model trains at a time (limit 1 in dagster_home/dagster.yaml)
     kinds={"pytorch", "safetensors"},
     description="Tokenizer + predictor for the fold: trained on bars ending at the purged cut "
     "(max horizon + 1 sessions before the test month), or published weights (zero_shot).",

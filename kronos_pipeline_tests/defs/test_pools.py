@@ -1,0 +1,197 @@
+"""Pools that fit the work, and a killed writer that blocks nothing.
+
+- Model fitting has its own pool (``model_fitting``), so a fold backfill trains one model
+  at a time; every DuckDB writer stays in ``duckdb_warehouse``.
+- ``dagster_home/dagster.yaml`` turns run monitoring on: a run whose worker was killed with
+  SIGKILL is marked failed and its pool slot is freed. The test kills a warehouse writer run
+  in the middle of a write transaction, runs the daemon's own monitoring iterations on the
+  instance, and reruns: the rerun gets the slot and the file lock at once and leaves every
+  row exactly once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from kronos_pipeline.definitions import defs
+from kronos_pipeline.warehouse import Warehouse
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+INSTANCE_YAML = REPO_ROOT / "dagster_home" / "dagster.yaml"
+
+
+def test_model_fitting_has_its_own_pool_and_every_writer_shares_the_warehouse_pool():
+    graph = defs.resolve_asset_graph()
+    pools = {
+        k.to_user_string(): set(graph.get(k).pools or ())
+        for k in graph.get_all_asset_keys()
+        if graph.get(k).is_materializable
+    }
+    assert {name for name, p in pools.items() if "model_fitting" in p} == {"kronos_checkpoint"}
+    assert pools["kronos_checkpoint"] == {"model_fitting"}
+    writers = ["raw_bars", "prices_pit", "universe", "features", "labels_forward", "folds"]
+    writers += ["baseline_scores", "kronos_scores", "eval_rows", "gate_verdicts"]
+    assert all(pools[name] == {"duckdb_warehouse"} for name in writers)
+    assert all(
+        p <= {"duckdb_warehouse"} for name, p in pools.items() if name != "kronos_checkpoint"
+    )
+
+
+@pytest.fixture
+def instance_home(tmp_path: Path) -> Path:
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(INSTANCE_YAML, home / "dagster.yaml")
+    return home
+
+
+def test_the_instance_has_run_monitoring_and_one_slot_per_pool(instance_home):
+    instance = dg.DagsterInstance.from_config(str(instance_home))
+    try:
+        assert instance.run_monitoring_enabled
+        settings = instance.run_monitoring_settings
+        assert settings["free_slots_after_run_end_seconds"] > 0
+        assert settings["max_resume_run_attempts"] == 0  # the default launcher cannot resume
+        for pool in ("model_fitting", "duckdb_warehouse"):
+            instance.event_log_storage.initialize_concurrency_limit_to_default(pool)
+            assert instance.event_log_storage.get_concurrency_info(pool).slot_count == 1
+    finally:
+        instance.dispose()
+
+
+# A warehouse writer as a Dagster asset in the warehouse pool: it rewrites WINDOWS windows of
+# five days. With HANG set it stops in the middle of the last window's transaction (rows
+# deleted, half inserted, not committed, lock held) and waits to be killed.
+WRITER_JOB = textwrap.dedent(
+    """
+    import datetime as dt, os, sys, time
+    import dagster as dg
+    import polars as pl
+    from kronos_pipeline.warehouse import Warehouse
+
+    DB, WINDOWS, HANG = sys.argv[1], int(sys.argv[2]), os.environ.get("HANG")
+
+    def window(w):
+        start = dt.date(2020, 1, 1) + dt.timedelta(days=5 * w)
+        frame = pl.DataFrame({
+            "date": [start + dt.timedelta(days=d) for d in range(5) for _ in range(3)],
+            "ticker": ["A", "B", "C"] * 5,
+            "value": [float(w)] * 15,
+        })
+        return frame, start, start + dt.timedelta(days=4)
+
+    @dg.asset(pool="duckdb_warehouse")
+    def writer() -> None:
+        db = Warehouse(DB, lock_timeout_s=10)
+        for w in range(WINDOWS):
+            frame, start, end = window(w)
+            if HANG and w == WINDOWS - 1:
+                with db.connect(write=True) as con:
+                    con.execute("begin transaction")
+                    con.execute("delete from t where date between ? and ?", [start, end])
+                    con.register("half", frame.head(7).to_arrow())
+                    con.execute("insert into t by name select * from half")
+                    open(HANG, "w").write(str(os.getpid()))
+                    time.sleep(300)  # killed here
+            db.replace_window("t", frame, start, end)
+
+    started = time.monotonic()
+    result = dg.materialize(
+        [writer], instance=dg.DagsterInstance.get(), tags={"dagster/max_runtime": "1"}
+    )
+    print(result.run_id, result.success, round(time.monotonic() - started, 2))
+    """
+)
+WINDOWS = 6
+
+
+def _writer(home: Path, db: Path, hang: Path | None) -> subprocess.Popen:
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    if hang is not None:
+        env["HANG"] = str(hang)
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER_JOB, str(db), str(WINDOWS)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _daemon_monitoring_pass(instance: dg.DagsterInstance, monkeypatch) -> None:
+    """What the daemon of `dagster dev` does on its next ticks: run monitoring marks the dead
+    run failed, then the concurrency pass frees the slots it still holds (its delay skipped)."""
+    from dagster._daemon.monitoring import concurrency, run_monitoring
+
+    context = SimpleNamespace(instance=instance, create_request_context=lambda: None)
+    logger = logging.getLogger("test_pools")
+    list(run_monitoring.execute_run_monitoring_iteration(context, logger))
+    delay = instance.run_monitoring_settings["free_slots_after_run_end_seconds"]
+    later = concurrency.get_current_datetime() + dt.timedelta(seconds=delay + 1)
+    monkeypatch.setattr(concurrency, "get_current_datetime", lambda: later)
+    list(concurrency.execute_concurrency_slots_iteration(context, logger))
+
+
+def test_a_sigkilled_writer_run_frees_slot_and_lock_and_the_rerun_writes_every_row_once(
+    instance_home, tmp_path, monkeypatch
+):
+    db_path, marker = tmp_path / "w.duckdb", tmp_path / "hanging"
+    killed = _writer(instance_home, db_path, marker)
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert killed.poll() is None, killed.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, "the writer never reached its last window"
+        time.sleep(0.2)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait(timeout=30)
+
+    instance = dg.DagsterInstance.from_config(str(instance_home))
+    try:
+        (record,) = instance.get_run_records()
+        run_id = record.dagster_run.run_id
+        assert record.dagster_run.status == dg.DagsterRunStatus.STARTED  # nobody reported
+        claimed = instance.event_log_storage.get_concurrency_info("duckdb_warehouse")
+        assert [c.run_id for c in claimed.claimed_slots] == [run_id]
+
+        _daemon_monitoring_pass(instance, monkeypatch)
+        assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
+        freed = instance.event_log_storage.get_concurrency_info("duckdb_warehouse")
+        assert freed.claimed_slots == [] and freed.pending_steps == []
+    finally:
+        instance.dispose()
+
+    # The half-written window was never committed: the file holds the first windows only.
+    assert Warehouse(db_path).read_table("t").height == (WINDOWS - 1) * 15
+
+    rerun = _writer(instance_home, db_path, None)
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err[-3000:]
+    rerun_id, success, seconds = out.split()[-3:]
+    assert success == "True", err[-3000:]
+    assert rerun_id != run_id
+    assert float(seconds) < 10  # neither the slot nor the lock made it wait
+
+    table = Warehouse(db_path).read_table("t")
+    assert table.height == WINDOWS * 15
+    assert table.select("date", "ticker").is_duplicated().sum() == 0
+    per_window = table.group_by("value").len().sort("value")
+    assert per_window.rows() == [(float(w), 15) for w in range(WINDOWS)]
+    assert table.filter(pl.col("value") == WINDOWS - 1)["date"].min() == dt.date(
+        2020, 1, 1
+    ) + dt.timedelta(days=5 * (WINDOWS - 1))
