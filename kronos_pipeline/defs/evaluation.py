@@ -11,7 +11,7 @@ import pandas as pd
 import polars as pl
 
 from kronos_pipeline.defs.resources import WarehouseResource
-from kronos_pipeline.evaluation import baselines, data_tripwires, folds, gates, report
+from kronos_pipeline.evaluation import baselines, data_tripwires, folds, gates, report, tripwires
 from kronos_pipeline.evaluation.metrics import decile_returns
 from kronos_pipeline.evaluation.pipeline import evaluate_scores
 from kronos_pipeline.settings import get_settings
@@ -21,7 +21,7 @@ GROUP = "evaluation"
 #: Every table of long scores the evaluation unions (Kronos writes the second one).
 SCORE_TABLES = ("baseline_scores", "kronos_scores")
 TABLES = ("eval_rows", "per_date_metrics", "fold_summaries", "model_comparison")
-TRIPWIRE_CHECKS = ("shuffled_labels", "random_scores", "planted_leak", "leak_scan")
+TRIPWIRE_CHECKS = tripwires.BLOCKING_TRIPWIRES
 GATE_CHECKS = ("gate1", "gate2", "gate3")
 MARKET_SQL = """
 select p.date, avg(p.ret) as mkt_ret
@@ -78,6 +78,13 @@ def folds_asset(warehouse: WarehouseResource) -> dg.MaterializeResult:
         metadata={
             "folds": len(all_folds),
             "mode": s.mode,
+            "scoring cadence": s.folds.scoring_cadence,
+            "tripwire controls": (
+                f"LightGBM retrained on shuffled labels on up to "
+                f"{s.tripwires.shuffled_labels_max_folds or 'all'} folds and with a planted leak "
+                f"on up to {s.tripwires.planted_leak_max_folds or 'all'} folds; Kronos checkpoints "
+                "are self-supervised on prices (no labels), so shuffled labels do not apply to them"
+            ),
             "selected": ", ".join(f.fold_id for f in selected[:3])
             + (" ..." if len(selected) > 3 else ""),
             "definitions": dg.MetadataValue.md(
@@ -129,14 +136,18 @@ def baseline_scores_asset(context: dg.AssetExecutionContext, warehouse: Warehous
         db.read("select * from labels_forward where available_at < ?", [fold.test_start.date()])
     )
     days = folds.scoring_dates(fold, feats["date"].unique(), s.folds.scoring_cadence)
+    controls = _control_plan(db, fold, s)
     scores, fits = baselines.baseline_scores_for_fold(
-        feats, labels, fold, s.labels.horizons, days, s.lightgbm, num_threads=s.lightgbm.num_threads
-    )
+        feats, labels, fold, s.labels.horizons, days, s.lightgbm,
+        num_threads=s.lightgbm.num_threads, use_sector_relative=s.features.use_sector_relative,
+        controls=controls,
+    )  # fmt: skip
     db.replace_where("baseline_scores", _pl(scores), "fold", [fold_id])
     yield dg.MaterializeResult(
         metadata={
             "rows": len(scores),
             "scoring_dates": len(days),
+            "models": ", ".join(sorted(scores["model"].unique())),
             "lightgbm": dg.MetadataValue.json([f.summary() for f in fits]),
         }
     )
@@ -149,13 +160,77 @@ def baseline_scores_asset(context: dg.AssetExecutionContext, warehouse: Warehous
     )
 
 
+def _control_plan(db, fold: folds.Fold, s) -> baselines.ControlPlan:
+    """The LightGBM tripwire controls of this fold: shuffled labels and the planted leak on
+    folds spread over the evaluated ones (``tripwires.*_max_folds``). The planted leak reads
+    the test month's labels on purpose: it is the positive control the leak scan must flag."""
+    t = s.tripwires
+    selected = _selected_fold_ids()
+    future = None
+    if fold.fold_id in tripwires.control_fold_ids(selected, t.planted_leak_max_folds):
+        future = _pd(db.read(
+            "select date, ticker, horizon, excess_return from labels_forward "
+            "where date between ? and ?", [fold.train_start.date(), fold.test_end.date()]))  # fmt: skip
+    return baselines.ControlPlan(
+        shuffled_labels=fold.fold_id
+        in tripwires.control_fold_ids(selected, t.shuffled_labels_max_folds),
+        future_labels=future,
+        noise=t.planted_leak_noise,
+        seed=t.seed,
+    )
+
+
 def _read_scores(db, fold_ids: list[str]) -> pd.DataFrame:
+    tables = [t for t in SCORE_TABLES if t in db.tables()]
     parts = [
         _pd(db.read(f"select model, horizon, date, ticker, score, fold from {t} "
                     "where fold in (select unnest(?))", [fold_ids]))
-        for t in SCORE_TABLES if t in db.tables()
+        for t in tables
     ]  # fmt: skip
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        raise dg.Failure(
+            f"no scores to evaluate: none of the score tables {', '.join(SCORE_TABLES)} holds a "
+            f"row for the selected folds {fold_ids[0]}..{fold_ids[-1]} (tables present: "
+            f"{', '.join(tables) or 'none'}). Materialize baseline_scores for those folds first "
+            f"(kronos-pipeline backfill --folds {fold_ids[0]}:{fold_ids[-1]}, or the "
+            "baseline_scores_job backfill in the UI)."
+        )
     return pd.concat(parts, ignore_index=True)
+
+
+def _pit_tripwire(db, scores: pd.DataFrame, s) -> dict:
+    """The PIT recomputation of the whole chain from raw bars, on dates spread over the range."""
+    feature_dates = _pd(db.read("select distinct date from features order by date"))["date"]
+    dates = data_tripwires.sample_dates(
+        feature_dates, scores["date"].unique(), s.tripwires.pit_dates
+    )
+    day_list = [d.date() for d in dates]
+    on_days = "where date in (select unnest(?::date[]))"
+    factor_models = list(data_tripwires.FACTOR_MODELS)
+    stored = data_tripwires.StoredAsOf(
+        features=_pd(db.read(f"select * from features {on_days}", [day_list])),
+        universe=_pd(db.read(f"select * from universe {on_days}", [day_list])),
+        labels=_pd(db.read("select * from labels_forward where available_at <= ? and date >= ?",
+                           [day_list[-1], (dates[0] - pd.Timedelta(days=200)).date()])),
+        scores=_pd(db.read(f"select model, horizon, date, ticker, score from baseline_scores "
+                           f"{on_days} and model in (select unnest(?))", [day_list, factor_models])),
+    )  # fmt: skip
+    sectors = db.read("select * from ticker_sectors") if "ticker_sectors" in db.tables() else None
+    raw = db.read_table("raw_bars", end=day_list[-1])
+    return data_tripwires.pit_chain_tripwire(raw, sectors, stored, dates, s)
+
+
+def _check_result(asset: str, name: str, result: dict) -> dg.AssetCheckResult:
+    """A tripwire as a check: passes only on "pass"; "not evaluated" fails too (with why)."""
+    return dg.AssetCheckResult(
+        asset_key=asset, check_name=name, passed=result.get("status") == tripwires.PASS,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description=f"{str(result.get('status', '')).upper()}: {result.get('reason', '')}",
+        metadata={"result": dg.MetadataValue.json(report.clean_json(result)),
+                  **({"worst_column": str(result["worst_column"])}
+                     if result.get("worst_column") else {})},
+    )  # fmt: skip
 
 
 @dg.multi_asset(
@@ -170,8 +245,13 @@ def _read_scores(db, fold_ids: list[str]) -> pd.DataFrame:
     ],
     check_specs=[
         *[dg.AssetCheckSpec(n, asset="leak_tripwires", blocking=True) for n in TRIPWIRE_CHECKS],
+        dg.AssetCheckSpec(
+            "contamination",
+            asset="leak_tripwires",
+            description="Published weights evaluated before their pre-training cutoff (warns)",
+        ),
         *[dg.AssetCheckSpec(n, asset="gate_verdicts", blocking=True) for n in GATE_CHECKS],
-    ],
+    ],  # fmt: skip
     pool=WAREHOUSE_POOL,
 )
 def evaluation_tables(warehouse: WarehouseResource):
@@ -185,14 +265,10 @@ def evaluation_tables(warehouse: WarehouseResource):
     momentum = _pd(db.read("select date, ticker, mom_12_1 from features where date between ? and ?",
                            [scores["date"].min(), scores["date"].max()]))  # fmt: skip
     prices = db.read_table("prices_pit", end=scores["date"].max().date())
-    pit = data_tripwires.pit_features_tripwire(
-        prices, db.read("select * from ticker_sectors"),
-        db.read_table("features", scores["date"].max().date(), scores["date"].max().date()),
-        scores["date"].max().date(),
-    )  # fmt: skip
     result = evaluate_scores(
         scores, labels, s, momentum=momentum, market=_pd(db.read(MARKET_SQL)),
-        pit=pit, adjustment=data_tripwires.adjustment_tripwire(prices),
+        pit=_pit_tripwire(db, scores, s),
+        adjustment=data_tripwires.adjustment_tripwire(prices, s.tripwires),
         pretrained_models=[m for m in gates.candidate_models(scores["model"].unique())
                            if m.startswith("kronos") and "zero_shot" in m],
     )  # fmt: skip
@@ -216,18 +292,32 @@ def evaluation_tables(warehouse: WarehouseResource):
     # which would otherwise skip evaluation_report in the same run.
     _write_report_folder(db)
     for name in TRIPWIRE_CHECKS:
-        t = result.tripwires[name]
-        yield dg.AssetCheckResult(
-            asset_key="leak_tripwires", check_name=name, passed=bool(t["passed"]),
-            metadata={"result": dg.MetadataValue.json(report.clean_json(t))},
-        )  # fmt: skip
+        yield _check_result("leak_tripwires", name, result.tripwires[name])
+    contamination = result.tripwires["contamination"]
+    yield dg.AssetCheckResult(
+        asset_key="leak_tripwires", check_name="contamination",
+        passed=not contamination.get("contaminated_models"),
+        severity=dg.AssetCheckSeverity.WARN, description=contamination.get("reason", ""),
+        metadata={"result": dg.MetadataValue.json(report.clean_json(contamination))},
+    )  # fmt: skip
     for name in GATE_CHECKS:
-        failed = gates.blocking_failures(result.verdicts, name)
+        check = gates.gate_check(result.verdicts, name)
+        no_candidate = check.status == tripwires.NOT_EVALUATED and not (
+            result.verdicts["candidate"].astype(bool).any()
+        )
         yield dg.AssetCheckResult(
-            asset_key="gate_verdicts", check_name=name, passed=failed.empty,
-            description="no candidate failed" if failed.empty else "; ".join(
-                f"{r.model}: {r.reason}" for r in failed.itertuples()),
+            asset_key="gate_verdicts", check_name=name, passed=check.status == tripwires.PASS,
+            severity=dg.AssetCheckSeverity.WARN if no_candidate else dg.AssetCheckSeverity.ERROR,
+            description=f"{check.status.upper()}: {check.description}",
         )  # fmt: skip
+
+
+def _sector_features(db) -> list[str]:
+    cols = db.read("select column_name from information_schema.columns "
+                   "where table_name = 'features' order by ordinal_position")  # fmt: skip
+    return [
+        c for c in cols["column_name"].to_list() if c.startswith(baselines.SECTOR_RELATIVE_PREFIX)
+    ]
 
 
 def _write_report_folder(db) -> tuple[Path, dict]:
@@ -242,8 +332,17 @@ def _write_report_folder(db) -> tuple[Path, dict]:
         deciles=decile_returns(t["eval_rows"]), tripwires=trip, verdicts=t["gate_verdicts"],
         reference=gates.reference_comparison(t["model_comparison"], s.report),
         data_source=s.data.source_kind,
+        sector_features=_sector_features(db),
+        sectors_used=s.features.use_sector_relative,
         run_info={
             "mode": s.mode,
+            "scoring cadence": s.folds.scoring_cadence,
+            "tripwire controls": (
+                f"LightGBM retrained on shuffled labels on up to "
+                f"{s.tripwires.shuffled_labels_max_folds or 'all'} folds and with a planted leak "
+                f"on up to {s.tripwires.planted_leak_max_folds or 'all'} folds; Kronos checkpoints "
+                "are self-supervised on prices (no labels), so shuffled labels do not apply to them"
+            ),
             "folds": ", ".join(sorted(t["fold_summaries"]["fold"].unique())),
             "horizons without matured labels in these folds": ", ".join(
                 str(h) for h in s.labels.horizons

@@ -29,6 +29,13 @@ COMPOSITE_MODEL = "factor_composite"
 LIGHTGBM_MODEL = "lightgbm"
 RANDOM_MODEL = "random"
 BASELINE_MODELS = (*FACTORS, COMPOSITE_MODEL, LIGHTGBM_MODEL, RANDOM_MODEL)
+#: Tripwire controls (SPEC section 7), scored like models but never candidates.
+SHUFFLED_MODEL = "lightgbm_shuffled_labels"
+PLANTED_LEAK_MODEL = "lightgbm_planted_leak"
+CONTROL_MODELS = (SHUFFLED_MODEL, PLANTED_LEAK_MODEL)
+#: The planted-leak control's extra input: the future excess return plus noise.
+PLANTED_FEATURE = "planted_future_label"
+SECTOR_RELATIVE_PREFIX = "sector_rel_"
 
 # Columns that are never model inputs even if they sit in the features table.
 NON_FEATURE_COLUMNS = {
@@ -144,14 +151,46 @@ class LightGBMFit:
         }
 
 
-def feature_columns(features: pd.DataFrame) -> list[str]:
-    """Numeric model inputs of a features table (identifiers and label columns excluded)."""
+def feature_columns(features: pd.DataFrame, use_sector_relative: bool = True) -> list[str]:
+    """Numeric model inputs of a features table (identifiers and label columns excluded;
+    ``sector_rel_*`` too unless ``use_sector_relative``)."""
     return [
         c
         for c in features.columns
         if c not in NON_FEATURE_COLUMNS
+        and (use_sector_relative or not c.startswith(SECTOR_RELATIVE_PREFIX))
         and (pd.api.types.is_numeric_dtype(features[c]) or pd.api.types.is_bool_dtype(features[c]))
     ]
+
+
+def permute_labels(labels: pd.DataFrame, seed: int, fold_id: str) -> pd.DataFrame:
+    """The shuffled-label control's training labels: per horizon, ``excess_return`` permuted
+    across all (date, ticker) rows, seeded by ``(seed, fold_id, horizon)``. Everything else
+    (dates, tickers, ``available_at``) is kept, so the purge is unchanged."""
+    out = labels.copy()
+    for h, idx in out.groupby("horizon").groups.items():
+        rng = np.random.default_rng(stable_seed(seed, "shuffled_labels", fold_id, h))
+        out.loc[idx, "excess_return"] = rng.permutation(out.loc[idx, "excess_return"].to_numpy())
+    return out
+
+
+def plant_leak(
+    features: pd.DataFrame, future_labels: pd.DataFrame, horizon: int, noise: float, seed: int
+) -> pd.DataFrame:
+    """The planted-leak control's inputs: ``features`` plus :data:`PLANTED_FEATURE`, the row's
+    ``horizon`` excess return (from ``future_labels``, test month included) plus Gaussian noise
+    of ``noise`` cross-sectional standard deviations of that date. NaN where no label exists."""
+    lab = future_labels.loc[
+        future_labels["horizon"] == horizon, ["date", "ticker", "excess_return"]
+    ]
+    lab = lab.assign(date=pd.to_datetime(lab["date"]))
+    out = features.assign(date=pd.to_datetime(features["date"])).merge(
+        lab, on=["date", "ticker"], how="left"
+    )
+    sd = out.groupby("date")["excess_return"].transform("std")
+    rng = np.random.default_rng(stable_seed(seed, "planted_leak", horizon))
+    out[PLANTED_FEATURE] = out["excess_return"] + noise * sd * rng.standard_normal(len(out))
+    return out.drop(columns="excess_return")
 
 
 def lightgbm_training_rows(
@@ -192,6 +231,8 @@ def train_lightgbm(
     score_features: pd.DataFrame,
     settings: LightGBMSettings,
     num_threads: int = 0,
+    model: str = LIGHTGBM_MODEL,
+    use_sector_relative: bool = True,
 ) -> LightGBMFit:
     """Train LightGBM for one fold and horizon, and score ``score_features``.
 
@@ -208,11 +249,13 @@ def train_lightgbm(
         score_features: feature rows of the scoring dates (in the test month).
         settings: ``LightGBMSettings``.
         num_threads: LightGBM threads (0 = its default).
+        model: name of the scores (a tripwire control trains under its own name).
+        use_sector_relative: keep the ``sector_rel_*`` inputs.
 
     Raises:
         ValueError: fewer than two training dates are available.
     """
-    cols = feature_columns(features)
+    cols = feature_columns(features, use_sector_relative)
     rows = lightgbm_training_rows(features, labels, fold, horizon)
     dates = np.sort(rows["date"].unique())
     if len(dates) < 2:
@@ -275,7 +318,7 @@ def train_lightgbm(
     return LightGBMFit(
         fold_id=fold.fold_id,
         horizon=int(horizon),
-        scores=_long(scored, LIGHTGBM_MODEL, [horizon], fold.fold_id),
+        scores=_long(scored, model, [horizon], fold.fold_id),
         train_rows=used,
         max_available_at=pd.Timestamp(used["available_at"].max()),
         n_fit_rows=int(n_fit_rows),
@@ -294,12 +337,15 @@ def baseline_scores_for_fold(
     lightgbm_settings: LightGBMSettings,
     include_lightgbm: bool = True,
     num_threads: int = 0,
+    use_sector_relative: bool = True,
+    controls: ControlPlan | None = None,
 ) -> tuple[pd.DataFrame, list[LightGBMFit]]:
-    """All baselines for one fold: factor floor, random control and (optionally) LightGBM.
+    """All baselines for one fold: factor floor, random control and (optionally) LightGBM, plus
+    the LightGBM tripwire controls that ``controls`` asks for.
 
-    ``features`` must cover the training history and the scoring dates; the random control is
-    seeded with ``lightgbm_settings.seed``. Returns the long scores and the LightGBM fits (with the
-    rows each one trained on).
+    ``features`` must cover the training history and the scoring dates; ``labels`` hold only
+    labels matured before the cut. The random control is seeded with ``lightgbm_settings.seed``.
+    Returns the long scores and the LightGBM fits (with the rows each one trained on).
     """
     feats = features.assign(date=pd.to_datetime(features["date"]))
     on_dates = feats[feats["date"].isin(pd.DatetimeIndex(scoring_dates))]
@@ -308,12 +354,44 @@ def baseline_scores_for_fold(
         random_scores(on_dates, horizons, fold.fold_id, lightgbm_settings.seed),
     ]
     fits: list[LightGBMFit] = []
+
+    def fit(feats_: pd.DataFrame, labels_: pd.DataFrame, h: int, model: str, score_: pd.DataFrame):
+        result = train_lightgbm(
+            feats_, labels_, fold, int(h), score_, lightgbm_settings, num_threads, model,
+            use_sector_relative,
+        )  # fmt: skip
+        fits.append(result)
+        parts.append(result.scores)
+
     if include_lightgbm:
         for h in horizons:
-            fit = train_lightgbm(
-                feats, labels, fold, int(h), on_dates, lightgbm_settings, num_threads
-            )
-            fits.append(fit)
-            parts.append(fit.scores)
+            fit(feats, labels, h, LIGHTGBM_MODEL, on_dates)
+    if controls is not None and controls.shuffled_labels:
+        shuffled = permute_labels(labels, controls.seed, fold.fold_id)
+        for h in horizons:
+            fit(feats, shuffled, h, SHUFFLED_MODEL, on_dates)
+    if controls is not None and controls.future_labels is not None:
+        for h in horizons:
+            leaky = plant_leak(feats, controls.future_labels, h, controls.noise, controls.seed)
+            leaky_on_dates = leaky[leaky["date"].isin(pd.DatetimeIndex(scoring_dates))]
+            fit(leaky, labels, h, PLANTED_LEAK_MODEL, leaky_on_dates)
     scores = pd.concat(parts, ignore_index=True)
     return scores.sort_values(["model", "horizon", "date", "ticker"], ignore_index=True), fits
+
+
+@dataclass
+class ControlPlan:
+    """Which LightGBM tripwire controls one fold trains (SPEC section 7).
+
+    Attributes:
+        shuffled_labels: retrain on the fold's training labels permuted across (date, ticker).
+        future_labels: labels of every date the planted leak needs, the test month included
+            (None: no planted-leak control on this fold).
+        noise: planted-leak noise, in cross-sectional standard deviations.
+        seed: seed of the permutation and the noise.
+    """
+
+    shuffled_labels: bool = False
+    future_labels: pd.DataFrame | None = None
+    noise: float = 0.1
+    seed: int = 0

@@ -12,146 +12,243 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pandas as pd
 
-from kronos_pipeline.evaluation.baselines import BASELINE_MODELS, COMPOSITE_MODEL, LIGHTGBM_MODEL
+from kronos_pipeline.evaluation.baselines import (
+    BASELINE_MODELS,
+    COMPOSITE_MODEL,
+    CONTROL_MODELS,
+    LIGHTGBM_MODEL,
+)
+from kronos_pipeline.evaluation.tripwires import FAIL, NOT_EVALUATED, PASS
 from kronos_pipeline.settings import GateSettings, ReportSettings
 
 
 @dataclass(frozen=True)
 class GateResult:
-    """One gate verdict for one model (``horizon`` is None for gates judged across horizons)."""
+    """One gate verdict for one model (``horizon`` is None for gates judged across horizons).
+
+    ``status`` is ``pass``, ``fail`` or ``not evaluated`` (missing data, NaN, no candidate, a
+    tripwire that did not run); ``passed`` is True for ``pass`` only, so a verdict that could
+    not be reached never counts as passed.
+    """
 
     gate: str
     model: str
     horizon: int | None
-    passed: bool
+    status: str
     candidate: bool
     reason: str
 
+    @property
+    def passed(self) -> bool:
+        return self.status == PASS
+
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "passed": self.passed}
 
 
 def candidate_models(models: Iterable[str]) -> list[str]:
-    """Models the gates judge for promotion: everything that is not a baseline."""
-    return sorted({m for m in models if m not in BASELINE_MODELS})
+    """Models the gates judge for promotion: everything that is neither a baseline nor a
+    tripwire control."""
+    return sorted({m for m in models if m not in BASELINE_MODELS and m not in CONTROL_MODELS})
 
 
-def _fmt(x: float) -> str:
+def _fmt(x: float | None) -> str:
     return "nan" if x is None or not np.isfinite(x) else f"{x:.4f}"
 
 
-def gate1(rows: pd.DataFrame, gates: GateSettings) -> tuple[bool, str]:
+def _finite(x: object) -> bool:
+    return x is not None and bool(np.isfinite(float(x)))
+
+
+def gate1(rows: pd.DataFrame, gates: GateSettings) -> tuple[str, str]:
     """Zero-shot signal: ``median_rank_ic >= gate1_min_median_rankic`` for at least
     ``gate1_min_horizons`` horizons, and ``median_momentum_corr < gate1_max_momentum_corr`` at every
-    horizon. ``rows``: one model's comparison rows."""
-    ok_h = rows.loc[rows["median_rank_ic"] >= gates.gate1_min_median_rankic, "horizon"].tolist()
+    horizon. ``rows``: one model's comparison rows. A NaN median RankIC or momentum correlation
+    at any horizon is "not evaluated" unless the horizons that were evaluated already fail."""
+    med = rows["median_rank_ic"].to_numpy(float)
     mom = rows["median_momentum_corr"].to_numpy(float)
-    mom_ok = bool(np.all(np.nan_to_num(mom, nan=0.0) < gates.gate1_max_momentum_corr))
-    passed = len(ok_h) >= gates.gate1_min_horizons and mom_ok
+    horizons = rows["horizon"].astype(int).tolist()
+    ok_h = [
+        h
+        for h, v in zip(horizons, med, strict=True)
+        if np.isfinite(v) and v >= gates.gate1_min_median_rankic
+    ]
+    missing = [
+        h
+        for h, a, b in zip(horizons, med, mom, strict=True)
+        if not (np.isfinite(a) and np.isfinite(b))
+    ]
+    mom_bad = [
+        h
+        for h, v in zip(horizons, mom, strict=True)
+        if np.isfinite(v) and v >= gates.gate1_max_momentum_corr
+    ]
     reason = (
         f"median RankIC >= {gates.gate1_min_median_rankic} at horizons {ok_h} "
         f"(need {gates.gate1_min_horizons}); max median momentum corr "
-        f"{_fmt(float(np.nanmax(mom)) if np.isfinite(mom).any() else float('nan'))} "
+        f"{_fmt(float(np.nanmax(mom)) if np.isfinite(mom).any() else None)} "
         f"(< {gates.gate1_max_momentum_corr} needed)"
     )
-    return passed, reason
+    if mom_bad:
+        return FAIL, reason
+    if missing or rows.empty:
+        if len(ok_h) + len(missing) < gates.gate1_min_horizons:
+            return FAIL, reason
+        return (
+            NOT_EVALUATED,
+            f"no median RankIC or momentum correlation at horizons {missing}; {reason}",
+        )
+    return (PASS if len(ok_h) >= gates.gate1_min_horizons else FAIL), reason
 
 
-def gate2(row: pd.Series, lightgbm_median: float | None, gates: GateSettings) -> tuple[bool, str]:
+def gate2(row: pd.Series, lightgbm_median: float | None, gates: GateSettings) -> tuple[str, str]:
     """ML comparison at one horizon: ``median_rank_ic >= gate2_min_median_rankic`` or within
-    ``gate2_max_gap_to_lightgbm`` of the LightGBM baseline's median RankIC."""
+    ``gate2_max_gap_to_lightgbm`` of the LightGBM baseline's median RankIC. A NaN median is
+    "not evaluated"."""
     med = float(row["median_rank_ic"])
+    if not np.isfinite(med):
+        return NOT_EVALUATED, "no median RankIC (no scored date with a matured label)"
     abs_ok = med >= gates.gate2_min_median_rankic
     if lightgbm_median is None or not np.isfinite(lightgbm_median):
-        return abs_ok, (
+        return (PASS if abs_ok else FAIL), (
             f"median RankIC {_fmt(med)} vs {gates.gate2_min_median_rankic}; no LightGBM baseline"
         )
     gap = lightgbm_median - med
     passed = abs_ok or gap <= gates.gate2_max_gap_to_lightgbm
-    return passed, (
+    return (PASS if passed else FAIL), (
         f"median RankIC {_fmt(med)} (>= {gates.gate2_min_median_rankic}?) or gap to LightGBM "
         f"{_fmt(gap)} (<= {gates.gate2_max_gap_to_lightgbm}?)"
     )
 
 
-def gate3(rows: pd.DataFrame, gates: GateSettings) -> tuple[bool, str]:
+def gate3(rows: pd.DataFrame, gates: GateSettings) -> tuple[str, str]:
     """Practical: ``churn <= gate3_max_churn`` at every horizon; ``positive_fold_share >=
     gate3_min_positive_fold_share`` at each of ``gate3_cost_horizons``; every volatility regime's
-    median RankIC ``>= gate3_min_regime_median_rankic``."""
-    failures = []
+    median RankIC ``>= gate3_min_regime_median_rankic``. A failure anywhere fails the gate;
+    otherwise a NaN figure or a missing cost horizon makes it "not evaluated"."""
+    failures, missing = [], []
     for r in rows.itertuples():
-        if not r.churn <= gates.gate3_max_churn:
+        if not _finite(r.churn):
+            missing.append(f"churn at {r.horizon}d")
+        elif r.churn > gates.gate3_max_churn:
             failures.append(f"churn {_fmt(r.churn)} at {r.horizon}d > {gates.gate3_max_churn}")
-        if r.horizon in gates.gate3_cost_horizons and not (
-            r.positive_fold_share >= gates.gate3_min_positive_fold_share
-        ):
-            failures.append(
-                f"positive net folds {_fmt(r.positive_fold_share)} at {r.horizon}d < "
-                f"{gates.gate3_min_positive_fold_share}"
-            )
-        if np.isfinite(r.min_regime_median_rank_ic) and (
-            r.min_regime_median_rank_ic < gates.gate3_min_regime_median_rankic
-        ):
+        if r.horizon in gates.gate3_cost_horizons:
+            if not _finite(r.positive_fold_share):
+                missing.append(f"positive net folds at {r.horizon}d")
+            elif r.positive_fold_share < gates.gate3_min_positive_fold_share:
+                failures.append(
+                    f"positive net folds {_fmt(r.positive_fold_share)} at {r.horizon}d < "
+                    f"{gates.gate3_min_positive_fold_share}"
+                )
+        if not _finite(r.min_regime_median_rank_ic):
+            missing.append(f"volatility regimes at {r.horizon}d")
+        elif r.min_regime_median_rank_ic < gates.gate3_min_regime_median_rankic:
             failures.append(
                 f"worst volatility regime median RankIC {_fmt(r.min_regime_median_rank_ic)} at "
                 f"{r.horizon}d < {gates.gate3_min_regime_median_rankic}"
             )
-    missing = [h for h in gates.gate3_cost_horizons if h not in set(rows["horizon"])]
+    absent = [h for h in gates.gate3_cost_horizons if h not in set(rows["horizon"])]
+    if absent:
+        missing.append(f"no cost-survival result at horizons {absent}")
+    if failures:
+        return FAIL, "; ".join(failures)
     if missing:
-        failures.append(f"no cost-survival result at horizons {missing}")
-    return (not failures), ("; ".join(failures) if failures else "churn, cost survival, regimes ok")
+        return NOT_EVALUATED, "not evaluated: " + "; ".join(missing)
+    return PASS, "churn, cost survival, regimes ok"
+
+
+def gate2_strict(row: pd.Series, gates: GateSettings) -> str:
+    """Informational: the research plan's stricter per-horizon bar for gate 2 (pass / fail /
+    not evaluated)."""
+    bar = gates.gate2_strict_min_median_rankic.get(int(row["horizon"]))
+    med = float(row["median_rank_ic"])
+    if bar is None or not np.isfinite(med):
+        return NOT_EVALUATED
+    return PASS if med >= bar else FAIL
 
 
 def evaluate_gates(
     comparison: pd.DataFrame, gates: GateSettings, leak_models: Sequence[str] = ()
 ) -> pd.DataFrame:
-    """Gate 1-3 verdicts for every model of the comparison table.
+    """Gate 1-3 verdicts for every model of the comparison table (tripwire controls excluded).
 
     A model flagged by the leak scan (``leak_models``) fails every gate with the reason
-    "leak tripwire fired". Columns: ``gate, model, horizon, passed, candidate, reason``.
+    "leak tripwire fired". Columns: ``gate, model, horizon, status, passed, candidate, reason``
+    (and ``gate2_strict`` on gate 2 rows, informational).
     """
-    results: list[GateResult] = []
+    results: list[dict[str, object]] = []
     lgbm = comparison[comparison["model"] == LIGHTGBM_MODEL].set_index("horizon")["median_rank_ic"]
-    candidates = set(candidate_models(comparison["model"]))
-    for model, rows in comparison.groupby("model", sort=True):
-        cand = model in candidates
-        leak = model in set(leak_models)
-        leak_reason = "leak tripwire fired: median RankIC implausibly high"
-        p, why = gate1(rows, gates)
-        results.append(
-            GateResult("gate1", model, None, p and not leak, cand, leak_reason if leak else why)
-        )
+    judged = comparison[~comparison["model"].isin(CONTROL_MODELS)]
+    candidates = set(candidate_models(judged["model"]))
+    leak_reason = "leak tripwire fired: median RankIC implausibly high"
+
+    def add(gate: str, model: str, horizon: int | None, verdict: tuple[str, str], **extra):
+        status, why = (FAIL, leak_reason) if model in set(leak_models) else verdict
+        result = GateResult(gate, model, horizon, status, model in candidates, why)
+        results.append({**result.to_dict(), **extra})
+
+    for model, rows in judged.groupby("model", sort=True):
+        add("gate1", model, None, gate1(rows, gates))
         for r in rows.sort_values("horizon").itertuples(index=False):
             row = pd.Series(r._asdict())
             ref = float(lgbm[r.horizon]) if r.horizon in lgbm.index else None
-            p, why = gate2(row, None if model == LIGHTGBM_MODEL else ref, gates)
-            results.append(
-                GateResult(
-                    "gate2",
-                    model,
-                    int(r.horizon),
-                    p and not leak,
-                    cand,
-                    leak_reason if leak else why,
-                )
-            )
-        p, why = gate3(rows, gates)
-        results.append(
-            GateResult("gate3", model, None, p and not leak, cand, leak_reason if leak else why)
-        )
-    return pd.DataFrame([r.to_dict() for r in results])
+            verdict = gate2(row, None if model == LIGHTGBM_MODEL else ref, gates)
+            add("gate2", model, int(r.horizon), verdict, gate2_strict=gate2_strict(row, gates))
+        add("gate3", model, None, gate3(rows, gates))
+    columns = [
+        "gate",
+        "model",
+        "horizon",
+        "status",
+        "passed",
+        "candidate",
+        "reason",
+        "gate2_strict",
+    ]
+    return pd.DataFrame(results, columns=columns)
 
 
 def gate_marks(verdicts: pd.DataFrame) -> pd.DataFrame:
-    """One row per model: ``gate1, gate2, gate3`` as True/False (gate2 = every horizon passed)."""
-    per = verdicts.groupby(["model", "gate"])["passed"].all().unstack("gate")
+    """One row per model: ``gate1, gate2, gate3`` as ``pass`` / ``fail`` / ``not evaluated``
+    (gate 2 passes when every horizon passes, fails when any fails)."""
+
+    def combine(statuses: pd.Series) -> str:
+        if (statuses == FAIL).any():
+            return FAIL
+        return PASS if (statuses == PASS).all() else NOT_EVALUATED
+
+    per = verdicts.groupby(["model", "gate"])["status"].agg(combine).unstack("gate")
     return per.reset_index()
 
 
-def blocking_failures(verdicts: pd.DataFrame, gate: str) -> pd.DataFrame:
-    """Failed verdicts of candidate models for one gate: what a blocking asset check reports."""
-    v = verdicts[(verdicts["gate"] == gate) & verdicts["candidate"]]
-    return v[~v["passed"]]
+@dataclass(frozen=True)
+class GateCheck:
+    """What a gate's asset check reports: ``status`` over the candidates, and why."""
+
+    status: str
+    description: str
+    failed: pd.DataFrame
+
+
+def gate_check(verdicts: pd.DataFrame, gate: str) -> GateCheck:
+    """Outcome of one gate for promotion: ``fail`` when any candidate failed, ``not evaluated``
+    when there is no candidate or a candidate could not be judged, else ``pass``."""
+    v = verdicts[(verdicts["gate"] == gate) & verdicts["candidate"].astype(bool)]
+    failed = v[v["status"] == FAIL]
+    if not failed.empty:
+        return GateCheck(
+            FAIL, "; ".join(f"{r.model}: {r.reason}" for r in failed.itertuples()), failed
+        )
+    if v.empty:
+        return GateCheck(NOT_EVALUATED, "not evaluated: no candidate model was scored", failed)
+    unjudged = v[v["status"] != PASS]
+    if not unjudged.empty:
+        return GateCheck(
+            NOT_EVALUATED,
+            "; ".join(f"{r.model}: {r.reason}" for r in unjudged.itertuples()),
+            unjudged,
+        )
+    return GateCheck(PASS, f"{v['model'].nunique()} candidate(s) passed", failed)
 
 
 def reference_comparison(comparison: pd.DataFrame, report: ReportSettings) -> pd.DataFrame:

@@ -26,6 +26,9 @@ TRADING_DAYS_PER_YEAR = 252  # annualisation of daily volatility
 REGIME_VOL_WINDOW_DAYS = 20  # SPEC 5: realised 20-day volatility of the equal-weight market
 REGIME_LABELS = ("low", "mid", "high")
 MIN_NAMES_PER_DATE = 3  # fewer names than this: no cross-sectional statistic that date
+HAC_MIN_BLOCKS = 4  # SPEC 5: a HAC t needs about 4 x (lag + 1) scoring dates, else "n/a"
+NON_OVERLAP_MIN_DATES = 6  # fewest non-overlapping dates for their t-stat, else "n/a"
+Z_975 = 1.959963984540054  # two-sided 5 % normal critical value
 
 KEYS = ["model", "horizon", "date"]
 MOMENTUM_MODEL = "factor_momentum_12_1"
@@ -73,24 +76,113 @@ def hit_rate(ic: np.ndarray) -> float:
     return float((x > 0).mean()) if len(x) else float("nan")
 
 
-def newey_west_t(values: np.ndarray, lag: int) -> float:
-    """Newey-West (HAC, Bartlett kernel) t-statistic of the mean of ``values``.
+def newey_west_lag(horizon: int, spacing: float) -> int:
+    """HAC lag that covers the overlap of ``horizon``-day labels scored every ``spacing`` sessions.
 
-    ``t = mean(x) / se_NW``, from an OLS of ``x`` on a constant with ``cov_type="HAC"`` and
-    ``maxlags = lag`` (statsmodels' defaults: Bartlett weights ``1 - j / (lag + 1)``, no
-    small-sample correction), i.e. ``se^2 = (g0 + 2 sum_j w_j g_j) / n`` with ``g_j`` the lag-``j``
-    autocovariance (divisor ``n``). Overlapping
-    ``h``-day labels call for ``lag = h - 1`` (scoring dates one trading day apart). The lag is
-    capped at ``n - 1`` where the series is shorter. NaNs are dropped; NaN when ``n < 3``.
+    ``lag = ceil(h / spacing) - 1`` (SPEC section 5): RankICs of two scoring dates share label
+    days when they are fewer than ``h`` sessions apart, i.e. up to ``lag`` scoring dates apart.
+    """
+    spacing = max(1.0, float(spacing)) if np.isfinite(spacing) else 1.0
+    return max(0, int(np.ceil(horizon / spacing - 1e-9)) - 1)
+
+
+def min_dates_for_hac(lag: int) -> int:
+    """Fewest scoring dates for which :func:`newey_west_t` reports a number: ``4 (lag + 1)``."""
+    return HAC_MIN_BLOCKS * (int(lag) + 1)
+
+
+def _size_adjusted(t: float, df: float) -> float:
+    """Rescale ``t`` so that ``|t| > 1.96`` is a 5 % test when ``t`` is Student-t with ``df``
+    degrees of freedom: ``t * 1.96 / t_{df}^{-1}(0.975)``."""
+    return float(t * Z_975 / stats.t.ppf(0.975, df))
+
+
+def newey_west_t(values: np.ndarray, lag: int) -> float:
+    """HAC t-statistic of the mean of ``values`` whose ``|t| > 1.96`` has a 5 % size.
+
+    The long-run variance is statsmodels' HAC estimate (``cov_type="HAC"``) with ``maxlags =
+    lag`` and the truncated (uniform) kernel, i.e. the Hansen-Hodrick form of Newey-West that
+    weights every autocovariance inside the label overlap fully:
+    ``s^2 = (g0 + 2 sum_{j<=lag} g_j) / n``. Two small-sample corrections then give the test its
+    size on series as short as a few overlap blocks:
+
+    - demeaning bias: the autocovariances around the sample mean sum to less than the truth by
+      about ``(2 lag + 1) / n``, so ``s^2`` is divided by ``1 - (2 lag + 1) / n``;
+    - the variance estimate has about ``n / (lag + 1) - 1`` degrees of freedom, so ``t`` is
+      rescaled to the normal critical value from Student-t with that many (see
+      :func:`_size_adjusted`).
+
+    With ``lag`` from :func:`newey_west_lag`, simulated false-positive rates of ``|t| > 1.96``
+    under the null lie in 0.02-0.09 for the pipeline's cadences and horizons (a test asserts
+    it). The truncated kernel's estimate can come out negative (negative autocovariances, as for
+    a score without persistence); the Bartlett kernel, which is always positive, is then used
+    with the same corrections. NaN ("n/a") when fewer than :func:`min_dates_for_hac` finite
+    values remain or the series is constant.
     """
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
     n = len(x)
-    if n < 3 or np.allclose(x, x[0]):
+    lag = max(0, int(lag))
+    if n < max(3, min_dates_for_hac(lag)) or np.allclose(x, x[0]):
         return float("nan")
-    maxlags = int(max(0, min(lag, n - 1)))
-    fit = sm.OLS(x, np.ones((n, 1))).fit(cov_type="HAC", cov_kwds={"maxlags": maxlags})
-    return float(fit.tvalues[0])
+    ols = sm.OLS(x, np.ones((n, 1)))
+    var = float("nan")
+    for kernel in ("uniform", "bartlett"):
+        fit = ols.fit(
+            cov_type="HAC", cov_kwds={"maxlags": lag, "kernel": kernel, "use_correction": False}
+        )
+        var = float(fit.cov_params()[0, 0]) / (1.0 - (2 * lag + 1) / n)
+        if var > 0:
+            break
+    if not var > 0:
+        return float("nan")
+    return _size_adjusted(float(x.mean()) / np.sqrt(var), n / (lag + 1) - 1)
+
+
+def non_overlapping_positions(session_pos: np.ndarray, horizon: int) -> np.ndarray:
+    """Indices of a greedy subsequence of scoring dates at least ``horizon`` sessions apart.
+
+    ``session_pos`` are the dates' positions in the trading calendar, ascending. Starting from the
+    first date, each next kept date is the first one ``>= horizon`` sessions after the last kept
+    one, so no two kept labels share a day.
+    """
+    keep, last = [], None
+    for i, p in enumerate(np.asarray(session_pos)):
+        if last is None or p - last >= horizon:
+            keep.append(i)
+            last = p
+    return np.asarray(keep, dtype=int)
+
+
+def non_overlapping_t(values: np.ndarray) -> float:
+    """t-statistic of the mean over non-overlapping dates (independent under the null).
+
+    ``t = mean / (std(ddof=1) / sqrt(n))`` rescaled from Student-t with ``n - 1`` degrees of
+    freedom to the normal critical value (see :func:`_size_adjusted`), so ``|t| > 1.96`` is a 5 %
+    test. NaN ("n/a") with fewer than ``NON_OVERLAP_MIN_DATES`` values or a constant series.
+    """
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n < NON_OVERLAP_MIN_DATES or np.allclose(x, x[0]):
+        return float("nan")
+    t = float(x.mean() / (x.std(ddof=1) / np.sqrt(n)))
+    return _size_adjusted(t, n - 1)
+
+
+def session_positions(dates: Sequence | pd.DatetimeIndex, calendar: str = "XNYS") -> np.ndarray:
+    """Position of each date in the exchange calendar's sessions (for session counts)."""
+    from kronos_pipeline.data.calendar import trading_days
+
+    d = pd.DatetimeIndex(pd.to_datetime(np.asarray(dates)))
+    if len(d) == 0:
+        return np.zeros(0, dtype=int)
+    sessions = pd.DatetimeIndex(trading_days(d.min(), d.max(), calendar))
+    pos = sessions.get_indexer(d.normalize())
+    # A date off the calendar (synthetic sources are on it) falls back to weekday counting.
+    if (pos < 0).any():
+        return np.busday_count(d.min().date(), d.date).astype(int)
+    return pos.astype(int)
 
 
 def quantile_of(score: np.ndarray, n_quantiles: int = N_QUANTILES) -> np.ndarray:
@@ -262,20 +354,47 @@ def assign_quantiles(
     return pd.Series(bucket, index=order).reindex(df.index)
 
 
-def _basket_turnover(df: pd.DataFrame, bucket: int) -> pd.Series:
-    """Churn of one quantile basket between consecutive scoring dates of each model/horizon."""
+def _basket_replacement(
+    df: pd.DataFrame, bucket: int, pairs: pd.DataFrame, index_on: str
+) -> pd.Series:
+    """Share of the names in a quantile basket at ``later`` that were not in it at ``date``.
+
+    ``pairs`` has ``model, horizon, date, later`` (``later`` NaT: no pair). The result is indexed
+    by ``model, horizon`` and ``index_on`` (``"date"`` or ``"later"``); NaN where no pair.
+    """
     basket = df.loc[df["quantile"] == bucket, ["model", "horizon", "date", "ticker"]]
-    dates = df[KEYS].drop_duplicates().sort_values(KEYS)
-    dates["next_date"] = dates.groupby(["model", "horizon"])["date"].shift(-1)
-    prev = basket.merge(dates, on=KEYS).dropna(subset=["next_date"])
-    prev = prev.drop(columns="date").rename(columns={"next_date": "date"})
-    prev["_was"] = True
-    cur = basket.merge(prev, on=[*KEYS, "ticker"], how="left")
-    cur["_was"] = cur["_was"].fillna(False).astype(bool)
-    out = 1.0 - cur.groupby(KEYS, sort=True)["_was"].mean()
-    has_prev = dates.dropna(subset=["next_date"])[["model", "horizon", "next_date"]]
-    has_prev = pd.MultiIndex.from_frame(has_prev.rename(columns={"next_date": "date"}))
-    return out.where(out.index.isin(has_prev))
+    p = pairs.dropna(subset=["later"])[["model", "horizon", "date", "later"]]
+    new = p.merge(basket.rename(columns={"date": "later"}), on=["model", "horizon", "later"])
+    new = new.merge(basket.assign(_was=True), on=["model", "horizon", "date", "ticker"], how="left")
+    new["_was"] = new["_was"].fillna(False).astype(bool)
+    out = 1.0 - new.groupby(["model", "horizon", index_on], sort=True)["_was"].mean()
+    out.index = out.index.set_names(KEYS)
+    return out
+
+
+def _consecutive_pairs(dates: pd.DataFrame) -> pd.DataFrame:
+    """``model, horizon, date, later``: each scoring date and the model's next one."""
+    d = dates[KEYS].drop_duplicates().sort_values(KEYS)
+    return d.assign(later=d.groupby(["model", "horizon"])["date"].shift(-1))
+
+
+def hold_pairs(dates: pd.DataFrame, calendar: str = "XNYS") -> pd.DataFrame:
+    """``model, horizon, date, later``: each scoring date ``t`` and the first scoring date of the
+    same model at least ``horizon`` sessions after it, the portfolio that replaces the one
+    formed at ``t`` when it is held ``horizon`` sessions (NaT when the model scored no such date).
+    """
+    d = dates[KEYS].drop_duplicates().sort_values(KEYS).reset_index(drop=True)
+    unique = np.sort(d["date"].unique())
+    pos = pd.Series(session_positions(unique, calendar), index=pd.DatetimeIndex(unique))
+    later = pd.Series(pd.NaT, index=d.index, dtype="datetime64[ns]")
+    for (_, horizon), g in d.groupby(["model", "horizon"], sort=False):
+        p = pos.reindex(pd.DatetimeIndex(g["date"])).to_numpy()
+        j = np.searchsorted(p, p + int(horizon), side="left")
+        ok = j < len(p)
+        vals = np.full(len(g), np.datetime64("NaT"), dtype="datetime64[ns]")
+        vals[ok] = g["date"].to_numpy()[j[ok]]
+        later.loc[g.index] = vals
+    return d.assign(later=later)
 
 
 def _rank_autocorr(df: pd.DataFrame) -> pd.Series:
@@ -295,6 +414,7 @@ def per_date_metrics(
     momentum: pd.DataFrame | None = None,
     market: pd.DataFrame | None = None,
     n_quantiles: int = N_QUANTILES,
+    calendar: str = "XNYS",
 ) -> pd.DataFrame:
     """Per ``model, horizon, date`` metrics from eval rows.
 
@@ -303,8 +423,14 @@ def per_date_metrics(
     ``top_return, bottom_return`` (equal-weight mean ``fwd_return`` of the top / bottom decile) and
     ``spread_return = top_return - bottom_return`` (fraction over ``h`` trading days);
     ``top_turnover, bottom_turnover`` (churn vs the previous scoring date, fraction; NaN on the
-    first date); ``ls_turnover = top_turnover + bottom_turnover``;
-    ``net_spread_return = spread_return - cost_bps * 1e-4 * 2 * ls_turnover``;
+    first date; churn, not a cost); ``ls_turnover = top_turnover + bottom_turnover``;
+    ``hold_top_turnover, hold_bottom_turnover`` (share of each leg replaced when the portfolio
+    formed at ``t`` is rolled into the one formed ``h`` sessions later, see :func:`hold_pairs`;
+    1 per leg, with ``hold_cost_bounded`` True, where the model scored no date that late);
+    ``hold_turnover`` (their sum);
+    ``net_spread_return = spread_return - cost_bps * 1e-4 * 2 * hold_turnover`` (SPEC 5: the
+    cost of the hold actually taken, not of consecutive-date churn);
+    ``session`` (position of the date in the exchange calendar, for session counts);
     ``rank_autocorr`` (Spearman of score vs previous scoring date's score);
     ``momentum_corr`` (Spearman of score vs ``mom_12_1``; needs ``momentum`` with
     ``date, ticker, mom_12_1``); ``mkt_vol_20d, vol_regime`` (needs ``market`` with
@@ -317,8 +443,9 @@ def per_date_metrics(
             columns=[
                 "model", "horizon", "fold", "date", "n_names", "rank_ic", "top_return",
                 "bottom_return", "spread_return", "top_turnover", "bottom_turnover",
-                "ls_turnover", "net_spread_return", "rank_autocorr", "momentum_corr",
-                "mkt_vol_20d", "vol_regime",
+                "ls_turnover", "hold_top_turnover", "hold_bottom_turnover",
+                "hold_cost_bounded", "hold_turnover", "net_spread_return", "rank_autocorr",
+                "momentum_corr", "session", "mkt_vol_20d", "vol_regime",
             ]
         )  # fmt: skip
     g = df.groupby(KEYS, sort=True)
@@ -329,10 +456,23 @@ def per_date_metrics(
     out["top_return"] = ret.get(n_quantiles)
     out["bottom_return"] = ret.get(1)
     out["spread_return"] = out["top_return"] - out["bottom_return"]
-    out["top_turnover"] = _basket_turnover(df, n_quantiles)
-    out["bottom_turnover"] = _basket_turnover(df, 1)
+    consecutive = _consecutive_pairs(df)
+    out["top_turnover"] = _basket_replacement(df, n_quantiles, consecutive, "later")
+    out["bottom_turnover"] = _basket_replacement(df, 1, consecutive, "later")
     out["ls_turnover"] = out["top_turnover"] + out["bottom_turnover"]
-    out["net_spread_return"] = net_of_cost(out["spread_return"], out["ls_turnover"], cost_bps)
+    held = hold_pairs(df, calendar)
+    out["hold_top_turnover"] = _basket_replacement(df, n_quantiles, held, "date")
+    out["hold_bottom_turnover"] = _basket_replacement(df, 1, held, "date")
+    # No portfolio h sessions later to roll into: the book is sold and a new one bought
+    # (turnover 1 per leg), the most a hold can cost, so the net figure is never flattered.
+    has_next = pd.MultiIndex.from_frame(held.dropna(subset=["later"])[KEYS])
+    out["hold_cost_bounded"] = ~out.index.isin(has_next)
+    for leg in ("hold_top_turnover", "hold_bottom_turnover"):
+        out[leg] = out[leg].where(~out["hold_cost_bounded"], 1.0)
+    out["hold_turnover"] = out["hold_top_turnover"] + out["hold_bottom_turnover"]
+    out["net_spread_return"] = net_of_cost(out["spread_return"], out["hold_turnover"], cost_bps)
+    pos = pd.Series(session_positions(np.sort(df["date"].unique()), calendar))
+    pos.index = pd.DatetimeIndex(np.sort(df["date"].unique()))
     out["rank_autocorr"] = _rank_autocorr(df)
     if momentum is not None:
         mom = momentum[["date", "ticker", "mom_12_1"]].copy()
@@ -342,6 +482,7 @@ def per_date_metrics(
     else:
         out["momentum_corr"] = np.nan
     out = out.reset_index()
+    out["session"] = pos.reindex(pd.DatetimeIndex(out["date"])).to_numpy()
     if market is not None:
         regimes = volatility_regimes(market, out["date"].unique())
         out = out.merge(regimes, on="date", how="left")
@@ -364,11 +505,22 @@ def decile_returns(rows: pd.DataFrame, n_quantiles: int = N_QUANTILES) -> pd.Dat
     return out.reset_index()
 
 
+def hac_inputs(g: pd.DataFrame, horizon: int) -> tuple[float, int]:
+    """Session spacing of one model's scoring dates (median gap) and its HAC lag."""
+    sessions = np.sort(g["session"].dropna().to_numpy(float))
+    gaps = np.diff(sessions)
+    spacing = float(np.median(gaps)) if len(gaps) else 1.0
+    return spacing, newey_west_lag(horizon, spacing)
+
+
 def _summary(g: pd.DataFrame, horizon: int) -> dict[str, float]:
+    """Summary of one model and horizon's per-date rows ``g`` (sorted by date)."""
     ic = g["rank_ic"].to_numpy(dtype=float)
-    churn = float(g["top_turnover"].mean())
     gross = float(g["spread_return"].mean())
-    ls_turn = float(g["ls_turnover"].mean())
+    hold = float(g["hold_turnover"].mean())
+    spacing, lag = hac_inputs(g, horizon)
+    finite = g[np.isfinite(ic)]
+    apart = non_overlapping_positions(finite["session"].to_numpy(), horizon)
     return {
         "n_dates": int(np.isfinite(ic).sum()),
         "mean_rank_ic": float(np.nanmean(ic)) if np.isfinite(ic).any() else float("nan"),
@@ -376,13 +528,19 @@ def _summary(g: pd.DataFrame, horizon: int) -> dict[str, float]:
         "std_rank_ic": float(np.nanstd(ic, ddof=1)) if np.isfinite(ic).sum() > 1 else float("nan"),
         "ic_ir": ic_ir(ic),
         "hit_rate": hit_rate(ic),
-        "nw_t": newey_west_t(ic, horizon - 1),
-        "churn": churn,
+        "scoring_spacing_sessions": spacing,
+        "nw_lag": lag,
+        "nw_t": newey_west_t(ic, lag),
+        "n_dates_non_overlapping": int(len(apart)),
+        "t_non_overlapping": non_overlapping_t(finite["rank_ic"].to_numpy(float)[apart]),
+        "churn": float(g["top_turnover"].mean()),
         "rank_autocorr": float(g["rank_autocorr"].mean()),
         "mean_spread_return": gross,
         "mean_net_spread_return": float(g["net_spread_return"].mean()),
-        "mean_ls_turnover": ls_turn,
-        "break_even_cost_bps": break_even_cost_bps(gross, ls_turn),
+        "mean_ls_turnover": float(g["ls_turnover"].mean()),
+        "mean_hold_turnover": hold,
+        "n_dates_hold_cost_bounded": int(g["hold_cost_bounded"].astype(bool).sum()),
+        "break_even_cost_bps": break_even_cost_bps(gross, hold),
         "median_momentum_corr": float(g["momentum_corr"].median()),
     }
 
@@ -391,10 +549,15 @@ def fold_summaries(per_date: pd.DataFrame) -> pd.DataFrame:
     """Per ``model, horizon, fold`` summary of the per-date metrics.
 
     ``median_rank_ic, mean_rank_ic, std_rank_ic``; ``ic_ir = mean / std``; ``hit_rate`` (share of
-    dates with RankIC > 0); ``nw_t`` (Newey-West t of the mean RankIC, lag ``h - 1``); ``churn``
-    (mean top-decile turnover); ``rank_autocorr`` (mean); ``mean_spread_return`` and
+    dates with RankIC > 0); ``scoring_spacing_sessions`` (median sessions between scoring dates),
+    ``nw_lag`` (:func:`newey_west_lag`) and ``nw_t`` (:func:`newey_west_t`, NaN = "n/a" when too
+    few dates remain); ``n_dates_non_overlapping`` and ``t_non_overlapping`` (over dates at least
+    ``h`` sessions apart, :func:`non_overlapping_t`); ``churn`` (mean top-decile turnover between
+    consecutive scoring dates); ``rank_autocorr`` (mean); ``mean_spread_return`` and
     ``mean_net_spread_return`` (mean over dates of the top-minus-bottom decile ``h``-day return,
-    gross and net of cost); ``mean_ls_turnover``; ``break_even_cost_bps``;
+    gross and net of the cost of the hold); ``mean_ls_turnover`` (consecutive-date churn of both
+    legs); ``mean_hold_turnover`` and ``n_dates_hold_cost_bounded`` (see
+    :func:`per_date_metrics`); ``break_even_cost_bps`` (from the hold turnover);
     ``median_momentum_corr``.
     """
     rows = []
@@ -410,8 +573,8 @@ def fold_summaries(per_date: pd.DataFrame) -> pd.DataFrame:
 def model_comparison(per_date: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
     """Overall comparison per ``model, horizon``, over every scoring date of every fold.
 
-    The :func:`fold_summaries` columns computed on all dates at once (``nw_t`` with lag ``h - 1``
-    on the full date series), plus ``n_folds``; ``positive_fold_share`` (share of folds whose
+    The :func:`fold_summaries` columns computed on all dates at once (``nw_t`` on the full date
+    series), plus ``n_folds``; ``positive_fold_share`` (share of folds whose
     ``mean_net_spread_return > 0``); ``median_fold_rank_ic`` (median of the folds' median
     RankIC); ``regime_median_rank_ic_{low,mid,high}`` (median RankIC over the dates of each market
     volatility tercile); ``min_regime_median_rank_ic``.

@@ -51,11 +51,13 @@ def evaluate_scores(
         pit, adjustment: results of the data-layer tripwires, if run.
     """
     rows = metrics.eval_rows(scores, labels, as_of)
-    per_date = metrics.per_date_metrics(rows, settings.costs.cost_bps, momentum, market)
+    per_date = metrics.per_date_metrics(
+        rows, settings.costs.cost_bps, momentum, market, calendar=settings.data.calendar
+    )
     folds = metrics.fold_summaries(per_date)
     comparison = metrics.model_comparison(per_date, folds)
     trip = tripwires.run_tripwires(
-        rows, per_date, comparison, settings.gates,
+        per_date, comparison, settings.tripwires,
         pretrained_models=pretrained_models,
         pretrain_cutoff=pd.Timestamp(settings.kronos.pretrain_cutoff),
         pit=pit, adjustment=adjustment,

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -153,24 +156,33 @@ def plot_turnover(comparison: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def _gate_status(verdicts: pd.DataFrame, gate: str, model: str, horizon: int | None = None) -> str:
+    v = verdicts[(verdicts["gate"] == gate) & (verdicts["model"] == model)]
+    if horizon is not None:
+        v = v[v["horizon"] == horizon]
+    if v.empty:
+        return "n/a"
+    return str(v["status"].iloc[0]).upper() if len(v) == 1 else "n/a"
+
+
 def comparison_table(
     comparison: pd.DataFrame, verdicts: pd.DataFrame, horizon: int
 ) -> pd.DataFrame:
-    """The markdown comparison table of one horizon, gates marked."""
+    """The markdown comparison table of one horizon, gates marked (PASS / FAIL / NOT EVALUATED;
+    n/a for tripwire controls, which are never judged)."""
     c = comparison[comparison["horizon"] == horizon].sort_values("median_rank_ic", ascending=False)
-    v = verdicts.set_index(["gate", "model"])
-    g2 = verdicts[(verdicts["gate"] == "gate2") & (verdicts["horizon"] == horizon)]
-    g2 = g2.set_index("model")["passed"]
     out = pd.DataFrame(
         {
             "model": c["model"],
+            "dates": c["n_dates"].astype(int),
             "median RankIC": c["median_rank_ic"],
             "mean RankIC": c["mean_rank_ic"],
             "IC-IR": c["ic_ir"],
             "hit rate": c["hit_rate"],
             "NW t": c["nw_t"],
+            "t non-overlap": c["t_non_overlapping"],
             "churn": c["churn"],
-            "rank autocorr": c["rank_autocorr"],
+            "hold turnover": c["mean_hold_turnover"],
             "net spread": c["mean_net_spread_return"],
             "positive folds": c["positive_fold_share"],
             "break-even bps": c["break_even_cost_bps"],
@@ -178,22 +190,70 @@ def comparison_table(
             "worst regime": c["min_regime_median_rank_ic"],
         }
     )
-    out["gate 1"] = [bool(v["passed"].get(("gate1", m), False)) for m in c["model"]]
-    out["gate 2"] = [bool(g2.get(m, False)) for m in c["model"]]
-    out["gate 3"] = [bool(v["passed"].get(("gate3", m), False)) for m in c["model"]]
+    out["gate 1"] = [_gate_status(verdicts, "gate1", m) for m in c["model"]]
+    out["gate 2"] = [_gate_status(verdicts, "gate2", m, horizon) for m in c["model"]]
+    out["gate 3"] = [_gate_status(verdicts, "gate3", m) for m in c["model"]]
+    strict = verdicts[(verdicts["gate"] == "gate2") & (verdicts["horizon"] == horizon)]
+    strict = strict.set_index("model")["gate2_strict"] if "gate2_strict" in strict else {}
+    out["gate2_strict"] = [str(strict.get(m, "n/a")).upper() for m in c["model"]]
     return out
 
 
-def key_figures(comparison: pd.DataFrame, verdicts: pd.DataFrame) -> dict[str, float | bool]:
+def key_figures(comparison: pd.DataFrame, verdicts: pd.DataFrame) -> dict[str, float | str]:
     """Flat ``{"<model>/<h>d/median_rank_ic": value, ...}`` for Dagster asset metadata."""
-    figures: dict[str, float | bool] = {}
+    figures: dict[str, float | str] = {}
     for r in comparison.itertuples():
         for col in ("median_rank_ic", "nw_t", "churn", "positive_fold_share"):
             figures[f"{r.model}/{r.horizon}d/{col}"] = float(getattr(r, col))
     for r in verdicts.itertuples():
-        suffix = f"/{r.horizon}d" if pd.notna(r.horizon) else ""
-        figures[f"{r.model}/{r.gate}{suffix}"] = bool(r.passed)
+        suffix = f"/{int(r.horizon)}d" if pd.notna(r.horizon) else ""
+        figures[f"{r.model}/{r.gate}{suffix}"] = str(r.status)
     return figures
+
+
+def limitations(
+    data_source: str, tripwires: dict[str, Any], sector_features: Sequence[str], sectors_used: bool
+) -> list[str]:
+    """The report's limitations section: survivorship, sectors and contamination together."""
+    lines = [
+        "## Limitations",
+        "",
+        "- " + SURVIVORSHIP_NOTE.get(data_source, SURVIVORSHIP_NOTE["tidy"]),
+    ]
+    names = ", ".join(sector_features) if sector_features else "none"
+    lines.append(
+        "- **Sectors are as of download time.** One sector mapping (the source's "
+        "`constituents.csv`, taken when the files were downloaded) is applied to all history, so "
+        "later reclassifications reach earlier dates. Features that use it: "
+        f"{names}. They {'are' if sectors_used else 'are not'} model inputs in this run "
+        "(`features.use_sector_relative`)."
+    )
+    contaminated = tripwires.get("contamination", {}).get("contaminated_models", [])
+    if contaminated:
+        cutoff = tripwires["contamination"].get("pretrain_cutoff")
+        lines.append(
+            f"- **Contamination.** {', '.join(contaminated)} use(s) published weights pre-trained "
+            f"on data up to {cutoff}; evaluated dates on or before it may have been seen in "
+            "pre-training. The split before/after the cutoff is in leak_tripwires.json."
+        )
+    else:
+        lines.append("- **Contamination.** No pretrained checkpoint was evaluated in this run.")
+    return [*lines, ""]
+
+
+def _publish(staging: Path, out_dir: Path) -> None:
+    """Make ``staging`` visible as ``out_dir`` in one step: ``out_dir`` is a symbolic link that
+    is atomically replaced, so a reader sees the previous report or the new one, never a mix."""
+    link = out_dir.parent / f".{out_dir.name}.link-{os.getpid()}"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(staging.name)
+    if out_dir.exists() and not out_dir.is_symlink():
+        shutil.rmtree(out_dir)  # a report folder from before reports were published by link
+    old = out_dir.resolve() if out_dir.is_symlink() else None
+    os.replace(link, out_dir)
+    if old is not None and old != staging.resolve() and old.exists():
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_report(
@@ -209,18 +269,24 @@ def write_report(
     reference: pd.DataFrame,
     data_source: str,
     run_info: dict[str, Any] | None = None,
+    sector_features: Sequence[str] = (),
+    sectors_used: bool = True,
 ) -> dict[str, Path]:
-    """Write the SPEC section 8 folder into ``out_dir`` (created; files overwritten).
+    """Write the SPEC section 8 folder as ``out_dir``: every file goes to a staging folder
+    beside it, which then replaces the previous report in one rename (see :func:`_publish`).
 
     Args:
         data_source: ``vendor``, ``tidy`` or ``synthetic``: picks the survivorship statement.
         run_info: free ``key: value`` lines for the header (mode, folds, universe, wall time...).
+        sector_features: the feature columns built from the sector mapping (limitations).
+        sectors_used: whether they were model inputs (``features.use_sector_relative``).
 
     Returns: file name -> path of everything written.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: out_dir / name for name in REPORT_FILES}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    paths = {name: staging / name for name in REPORT_FILES}
     fold_summaries.to_csv(paths["fold_summaries.csv"], index=False)
     per_date.to_csv(paths["per_date_metrics.csv"], index=False)
     eval_rows.to_parquet(paths["eval_rows.parquet"], index=False)
@@ -235,24 +301,20 @@ def write_report(
     lines = ["# Walk-forward evaluation report", ""]
     for key, value in (run_info or {}).items():
         lines.append(f"- {key}: {value}")
-    lines += ["", SURVIVORSHIP_NOTE.get(data_source, SURVIVORSHIP_NOTE["tidy"]), ""]
-    contaminated = tripwires.get("contamination", {}).get("contaminated_models", [])
-    if contaminated:
-        cutoff = tripwires["contamination"].get("pretrain_cutoff")
-        lines += [
-            f"**Contamination.** {', '.join(contaminated)} use(s) published weights pre-trained on "
-            f"data up to {cutoff}; evaluated dates on or before it may have been seen in "
-            "pre-training. The split before/after the cutoff is in leak_tripwires.json.",
-            "",
-        ]
-    else:
-        lines += ["**Contamination.** No pretrained checkpoint was evaluated in this run.", ""]
+    lines += ["", *limitations(data_source, tripwires, sector_features, sectors_used)]
     lines += [
         "Metrics: RankIC = Spearman(score, excess return) per scoring date; medians over dates. "
-        "NW t = Newey-West t of the mean RankIC, lag h-1. Churn = share of top-decile names new "
-        "since the previous scoring date. Net spread = top-minus-bottom decile h-day return minus "
-        "cost_bps x 2 x (top + bottom churn). Gates: SPEC section 6; only non-baseline models "
-        "block promotion.",
+        "NW t = HAC t of the mean RankIC (truncated kernel, lag = ceil(h / spacing) - 1 scoring "
+        "dates, small-sample corrected so that |t| > 1.96 is a 5 % test); n/a with fewer than "
+        "4 x (lag + 1) dates. t non-overlap = t over dates at least h sessions apart (n/a with "
+        "fewer than 6). Churn = share of top-decile names new since the previous scoring date "
+        "(not a cost). Hold turnover = top plus bottom decile share replaced when the portfolio "
+        "formed at t is rolled into the one formed h sessions later (1 per leg where no later "
+        "portfolio exists). Net spread = top-minus-bottom decile h-day return minus cost_bps x 2 "
+        "x hold turnover; positive folds and break-even cost use it. Gates: SPEC section 6; only "
+        "candidate models block promotion, and a gate that could not be judged is NOT EVALUATED, "
+        "never PASS. gate2_strict (informational): median RankIC >= 0.08 / 0.10 / 0.15 at "
+        "20 / 60 / 90 days.",
         "",
     ]
     for h in sorted(comparison["horizon"].unique()):
@@ -268,7 +330,7 @@ def write_report(
         markdown_table(reference),
         "",
     ]
-    failed = verdicts[verdicts["candidate"] & ~verdicts["passed"]]
+    failed = verdicts[verdicts["candidate"].astype(bool) & (verdicts["status"] != "pass")]
     lines += ["## Gate verdicts of candidate models", ""]
     if verdicts["candidate"].any():
         lines += [
@@ -276,7 +338,7 @@ def write_report(
                 verdicts[verdicts["candidate"]].astype({"horizon": "object"}).fillna("all")
             )
         ]
-        lines += ["", f"{len(failed)} failed verdict(s).", ""]
+        lines += ["", f"{len(failed)} verdict(s) failed or not evaluated.", ""]
     else:
         lines += [
             "No candidate (non-baseline) model in this run; gates marked for information.",
@@ -285,8 +347,8 @@ def write_report(
     lines += ["## Leak tripwires", ""]
     for name, result in tripwires.items():
         if isinstance(result, dict):
-            status = {True: "PASS", False: "FAIL", None: "not run"}[result.get("passed")]
-            lines.append(f"- {name}: {status}")
+            status = str(result.get("status", "not evaluated")).upper()
+            lines.append(f"- {name}: {status}: {result.get('reason', '')}")
     lines += ["", "## Plots", ""]
     for name, title in [
         ("cumulative_rank_ic.png", "Cumulative RankIC"),
@@ -296,4 +358,5 @@ def write_report(
     ]:
         lines += [f"![{title}]({name})", ""]
     paths["REPORT_SUMMARY.md"].write_text("\n".join(lines))
-    return paths
+    _publish(staging, out_dir)
+    return {name: out_dir / name for name in REPORT_FILES}

@@ -1,9 +1,19 @@
 """Leak tripwires (SPEC section 7): negative controls that must read ~0, a positive control that
-must fire, and summaries of the data-layer checks (PIT recomputation, adjustment consistency) and
-of pre-training contamination.
+must fire, the leak scan, and summaries of the data-layer checks (PIT recomputation, adjustment
+consistency) and of pre-training contamination.
 
-Each tripwire returns a JSON-friendly dict with at least ``passed`` (bool) and the numbers behind
-it; :func:`run_tripwires` bundles them in the layout of ``leak_tripwires.json``.
+The controls are models the pipeline itself trains and scores, so a broken pipeline moves them:
+
+- ``lightgbm_shuffled_labels``: LightGBM retrained on its fold's training labels permuted
+  across (date, ticker); anything it still finds came through a path other than the labels;
+- ``random``: the pipeline's own random baseline;
+- ``lightgbm_planted_leak``: LightGBM given the future label plus noise as an input; the leak
+  scan must flag it, or the scan is blind.
+
+Each tripwire returns a JSON-friendly dict with ``status`` (``pass`` / ``fail`` / ``not
+evaluated``), ``passed`` (True / False, None when not evaluated, never counted as passed),
+``reason`` and the numbers behind it; :func:`run_tripwires` bundles them in the layout of
+``leak_tripwires.json``.
 """
 
 from __future__ import annotations
@@ -13,181 +23,150 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from kronos_pipeline.evaluation.baselines import stable_seed
-from kronos_pipeline.evaluation.metrics import MIN_NAMES_PER_DATE
-from kronos_pipeline.settings import GateSettings
+from kronos_pipeline.evaluation.baselines import (
+    CONTROL_MODELS,
+    PLANTED_LEAK_MODEL,
+    RANDOM_MODEL,
+    SHUFFLED_MODEL,
+)
+from kronos_pipeline.evaluation.metrics import newey_west_lag
+from kronos_pipeline.settings import TripwireSettings
 
-#: Fewest permutations / random draws averaged per date. More are drawn when needed so that the
-#: sampling error of the median, ~ 1.2533 / sqrt((n_names - 1) * n_dates * draws), is at most
-#: 1 / CONTROL_SIGMAS of the tolerance: a correct pipeline then fails a control with odds ~1e-4.
-CONTROL_DRAWS = 20
-CONTROL_SIGMAS = 4.0
-MAX_CONTROL_DRAWS = 2000
-#: A real model whose median RankIC reaches this is treated as leaking. Proposed as
-#: ``GateSettings.tripwire_max_plausible_median_rankic``; read from there once it exists.
-MAX_PLAUSIBLE_MEDIAN_RANKIC = 0.5
-TRIPWIRE_SEED = 20240611
-
-
-def control_draws(n_names: float, n_dates: int, tolerance: float) -> int:
-    """Draws per date so the control's median RankIC has standard error <= tolerance / 4.
-
-    ``se(median) ~ 1.2533 / sqrt((n_names - 1) * n_dates * draws)`` under the null (the
-    per-date RankIC of independent ranks has variance ``1 / (n_names - 1)``).
-    """
-    if n_dates <= 0 or n_names <= 1:
-        return CONTROL_DRAWS
-    need = (CONTROL_SIGMAS * 1.2533 / tolerance) ** 2 / ((n_names - 1) * n_dates)
-    return int(min(MAX_CONTROL_DRAWS, max(CONTROL_DRAWS, np.ceil(need))))
+PASS, FAIL, NOT_EVALUATED = "pass", "fail", "not evaluated"
+#: Tripwires whose failure (or absence) stops promotion; the others warn.
+BLOCKING_TRIPWIRES = (
+    "shuffled_labels", "random_scores", "planted_leak", "leak_scan", "pit_recomputation",
+    "adjustment_consistency",
+)  # fmt: skip
 
 
-def _max_plausible(gates: GateSettings) -> float:
-    return float(
-        getattr(gates, "tripwire_max_plausible_median_rankic", MAX_PLAUSIBLE_MEDIAN_RANKIC)
-    )
+def verdict(status: str, reason: str, **numbers: Any) -> dict[str, Any]:
+    """A tripwire result: ``status``, ``passed`` (None unless evaluated) and ``reason``."""
+    passed = {PASS: True, FAIL: False}.get(status)
+    return {"status": status, "passed": passed, "reason": reason, **numbers}
 
 
-def _ranked_groups(rows: pd.DataFrame, value: str):
-    """Yield ``(model, horizon, date, centred ranks of score, centred ranks of value)``."""
-    for (model, horizon, date), g in rows.groupby(["model", "horizon", "date"], sort=True):
-        ok = g["score"].notna() & g[value].notna()
-        if ok.sum() < MIN_NAMES_PER_DATE:
-            continue
-        rs = stats.rankdata(g.loc[ok, "score"].to_numpy(float))
-        ry = stats.rankdata(g.loc[ok, value].to_numpy(float))
-        yield model, int(horizon), date, rs - rs.mean(), ry - ry.mean()
+def not_evaluated(reason: str) -> dict[str, Any]:
+    return verdict(NOT_EVALUATED, reason)
 
 
-def _corr_rows(rs: np.ndarray, ry_draws: np.ndarray) -> np.ndarray:
-    """Pearson correlation of ``rs`` (n,) with each row of ``ry_draws`` (k, n), both centred."""
-    num = ry_draws @ rs
-    den = np.sqrt((rs * rs).sum() * (ry_draws * ry_draws).sum(axis=1))
-    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+def control_fold_ids(fold_ids: Sequence[str], max_folds: int | None) -> list[str]:
+    """At most ``max_folds`` of ``fold_ids`` spread evenly (first and last included); all of
+    them when ``max_folds`` is None or not smaller."""
+    ids = list(fold_ids)
+    if max_folds is None or len(ids) <= max_folds:
+        return ids
+    if max_folds <= 0:
+        return []
+    picks = np.unique(np.round(np.linspace(0, len(ids) - 1, max_folds)).astype(int))
+    return [ids[i] for i in picks]
 
 
-def _control_verdict(per_date: pd.DataFrame, tolerance: float) -> dict[str, Any]:
-    by_model = []
-    for (model, horizon), g in per_date.groupby(["model", "horizon"], sort=True):
-        med = float(g["rank_ic"].median())
-        by_model.append(
-            {
-                "model": model,
-                "horizon": horizon,
-                "median_rank_ic": med,
-                "n_dates": int(len(g)),
-                "draws_per_date": int(g["draws"].iloc[0]),
-                "passed": bool(abs(med) < tolerance),
-            }
+def noise_t(per_date: pd.DataFrame, horizon: int, hac_t: float) -> tuple[float, str]:
+    """t of a control's mean RankIC: the report's HAC t where it is a number, else the mean over
+    the standard error under the worst-case overlap, ``sd * sqrt((lag + 1) / n)``, which a slow
+    score with overlapping labels attains (so the control is never called signal by overlap)."""
+    if np.isfinite(hac_t):
+        return float(hac_t), "HAC t"
+    ic = per_date["rank_ic"].dropna().to_numpy(float)
+    if len(ic) < 2 or ic.std(ddof=1) == 0:
+        return float("nan"), "too few dates"
+    gaps = np.diff(np.sort(per_date["session"].dropna().to_numpy(float)))
+    lag = newey_west_lag(horizon, float(np.median(gaps)) if len(gaps) else 1.0)
+    se = ic.std(ddof=1) * np.sqrt(min(1.0, (lag + 1) / len(ic)))
+    return float(ic.mean() / se), f"worst-case-overlap t (lag {lag})"
+
+
+def _within_noise(
+    model: str, per_date: pd.DataFrame, comparison: pd.DataFrame, cfg: TripwireSettings
+) -> dict[str, Any]:
+    """A negative control passes at a horizon when ``|median| < max_abs_median_rankic`` or
+    ``|t| < max_abs_t`` (SPEC section 7); not evaluated when the model was not scored."""
+    rows = comparison[comparison["model"] == model]
+    if rows.empty:
+        return not_evaluated(f"{model} was not scored in this run")
+    by_horizon, failed = [], []
+    for r in rows.sort_values("horizon").itertuples():
+        g = per_date[(per_date["model"] == model) & (per_date["horizon"] == r.horizon)]
+        t, t_kind = noise_t(g, int(r.horizon), float(r.nw_t))
+        med = float(r.median_rank_ic)
+        ok = np.isfinite(med) and (
+            abs(med) < cfg.max_abs_median_rankic or (np.isfinite(t) and abs(t) < cfg.max_abs_t)
         )
-    return {
-        "tolerance_abs_median_rank_ic": tolerance,
-        "by_model": by_model,
-        "passed": all(r["passed"] for r in by_model),
-    }
+        by_horizon.append(
+            {"horizon": int(r.horizon), "median_rank_ic": med, "t": t, "t_kind": t_kind,
+             "n_dates": int(r.n_dates), "n_folds": int(r.n_folds), "passed": bool(ok)}
+        )  # fmt: skip
+        if not ok:
+            failed.append(f"{r.horizon}d median {med:+.4f}, {t_kind} {t:+.2f}")
+    limits = f"|median| < {cfg.max_abs_median_rankic} or |t| < {cfg.max_abs_t}"
+    if failed:
+        return verdict(FAIL, f"{model} is not noise ({limits}): " + "; ".join(failed),
+                       model=model, by_horizon=by_horizon)  # fmt: skip
+    return verdict(PASS, f"{model} within noise of 0 at every horizon ({limits})",
+                   model=model, by_horizon=by_horizon)  # fmt: skip
 
 
 def shuffled_labels(
-    rows: pd.DataFrame, gates: GateSettings, seed: int = TRIPWIRE_SEED
+    per_date: pd.DataFrame, comparison: pd.DataFrame, cfg: TripwireSettings
 ) -> dict[str, Any]:
-    """RankIC of every model against labels permuted across names within each date.
-
-    Per date: the mean RankIC over :func:`control_draws` seeded permutations of
-    ``excess_return``; per model and horizon: the median over dates. Passes when ``|median| <
-    gates.tripwire_max_abs_median_rankic`` for every model and horizon.
-    """
-    tol = gates.tripwire_max_abs_median_rankic
-    sizes = rows.groupby(["model", "horizon", "date"]).size().groupby(["model", "horizon"])
-    draws = {k: control_draws(v.mean(), len(v), tol) for k, v in sizes}
-    out = []
-    for model, horizon, date, rs, ry in _ranked_groups(rows, "excess_return"):
-        k = draws[(model, horizon)]
-        rng = np.random.default_rng(stable_seed(seed, "shuffle", model, horizon, date))
-        shuffled = rng.permuted(np.broadcast_to(ry, (k, len(ry))), axis=1)
-        out.append((model, horizon, date, float(np.nanmean(_corr_rows(rs, shuffled))), k))
-    per_date = pd.DataFrame(out, columns=["model", "horizon", "date", "rank_ic", "draws"])
-    return _control_verdict(per_date, gates.tripwire_max_abs_median_rankic)
+    """LightGBM retrained on permuted training labels (``lightgbm_shuffled_labels``) must be
+    within noise of 0 on the test months; a leak that does not go through the training labels
+    survives the permutation and trips it."""
+    return _within_noise(SHUFFLED_MODEL, per_date, comparison, cfg)
 
 
 def random_scores_control(
-    rows: pd.DataFrame, gates: GateSettings, seed: int = TRIPWIRE_SEED
+    per_date: pd.DataFrame, comparison: pd.DataFrame, cfg: TripwireSettings
 ) -> dict[str, Any]:
-    """RankIC of seeded random scores against the real labels of each horizon's scoring dates.
-
-    Per date: the mean RankIC over :func:`control_draws` standard normal score vectors; per
-    horizon: the median over dates. Passes when ``|median| <
-    gates.tripwire_max_abs_median_rankic``. (The ``random`` baseline model is one such draw and is
-    reported in the comparison table.)
-    """
-    labels = rows.drop_duplicates(["horizon", "date", "ticker"])[
-        ["horizon", "date", "ticker", "excess_return"]
-    ].assign(model="random_control", score=0.0)
-    tol = gates.tripwire_max_abs_median_rankic
-    sizes = labels.groupby(["horizon", "date"]).size().groupby("horizon")
-    n_draws = {h: control_draws(v.mean(), len(v), tol) for h, v in sizes}
-    out = []
-    for (horizon, date), g in labels.groupby(["horizon", "date"], sort=True):
-        y = g["excess_return"].to_numpy(float)
-        y = y[np.isfinite(y)]
-        if len(y) < MIN_NAMES_PER_DATE:
-            continue
-        ry = stats.rankdata(y)
-        ry -= ry.mean()
-        rng = np.random.default_rng(stable_seed(seed, "random", horizon, date))
-        k = n_draws[horizon]
-        rd = stats.rankdata(rng.standard_normal((k, len(y))), axis=1)
-        rd -= rd.mean(axis=1, keepdims=True)
-        out.append(("random_control", int(horizon), date, float(np.nanmean(_corr_rows(ry, rd))), k))
-    per_date = pd.DataFrame(out, columns=["model", "horizon", "date", "rank_ic", "draws"])
-    return _control_verdict(per_date, gates.tripwire_max_abs_median_rankic)
+    """The pipeline's own ``random`` baseline must be within noise of 0."""
+    return _within_noise(RANDOM_MODEL, per_date, comparison, cfg)
 
 
-def planted_leak(rows: pd.DataFrame, gates: GateSettings) -> dict[str, Any]:
-    """Positive control: a "model" whose score is the future label itself must score RankIC near 1.
-
-    Uses the eval rows' ``excess_return`` as the score, per horizon; fires (``passed`` = it fired)
-    when the median RankIC ``>= gates.tripwire_planted_leak_min_rankic``, proving the metric and
-    the leak scan can detect a leak.
-    """
-    leak = rows.drop_duplicates(["horizon", "date", "ticker"]).copy()
-    leak["model"] = "planted_leak"
-    leak["score"] = leak["excess_return"]
-    meds = []
-    for _, horizon, _, rs, ry in _ranked_groups(leak, "excess_return"):
-        meds.append((horizon, float((rs @ ry) / np.sqrt((rs @ rs) * (ry @ ry)))))
-    per_h = (
-        pd.DataFrame(meds, columns=["horizon", "rank_ic"]).groupby("horizon")["rank_ic"].median()
-    )
-    threshold = gates.tripwire_planted_leak_min_rankic
-    by_h = [
-        {"horizon": int(h), "median_rank_ic": float(v), "fired": bool(v >= threshold)}
-        for h, v in per_h.items()
-    ]
-    return {
-        "min_rank_ic_to_fire": threshold,
-        "by_horizon": by_h,
-        "passed": bool(by_h) and all(r["fired"] for r in by_h),
-    }
-
-
-def leak_scan(comparison: pd.DataFrame, gates: GateSettings) -> dict[str, Any]:
-    """Flag any model whose median RankIC is implausibly high for a real signal (a leak).
-
-    A model and horizon is flagged when ``median_rank_ic >= MAX_PLAUSIBLE_MEDIAN_RANKIC`` (see
-    module constant). Passes when nothing is flagged; ``flagged_models`` feeds the gates.
-    """
-    limit = _max_plausible(gates)
+def leak_scan(comparison: pd.DataFrame, cfg: TripwireSettings) -> dict[str, Any]:
+    """Flag any model whose median RankIC reaches ``cfg.max_plausible_median_rankic`` at some
+    horizon (a leak). Fails when a model other than the planted-leak control is flagged;
+    ``flagged_models`` (controls excluded) feeds the gates."""
+    limit = cfg.max_plausible_median_rankic
+    if comparison.empty:
+        return not_evaluated("no model was scored")
     flagged = comparison[comparison["median_rank_ic"] >= limit]
-    return {
+    real = flagged[~flagged["model"].isin(CONTROL_MODELS)]
+    numbers = {
         "max_plausible_median_rank_ic": limit,
         "flagged": [
             {"model": r.model, "horizon": int(r.horizon), "median_rank_ic": float(r.median_rank_ic)}
             for r in flagged.itertuples()
         ],
-        "flagged_models": sorted(flagged["model"].unique().tolist()),
-        "passed": bool(flagged.empty),
+        "flagged_models": sorted(real["model"].unique().tolist()),
     }
+    if not real.empty:
+        return verdict(FAIL, "implausibly high median RankIC: " + ", ".join(
+            f"{r.model} {r.horizon}d {r.median_rank_ic:.3f}" for r in real.itertuples()), **numbers)  # fmt: skip
+    return verdict(PASS, f"no model reaches median RankIC {limit}", **numbers)
+
+
+def planted_leak(comparison: pd.DataFrame, scan: dict[str, Any]) -> dict[str, Any]:
+    """Positive control: the leak scan must flag ``lightgbm_planted_leak`` at every horizon it
+    was evaluated at; otherwise the scan (or the metric) is blind and the tripwire fails."""
+    rows = comparison[comparison["model"] == PLANTED_LEAK_MODEL]
+    if rows.empty:
+        return not_evaluated(f"{PLANTED_LEAK_MODEL} was not scored in this run")
+    if scan.get("status") == NOT_EVALUATED:
+        return not_evaluated("the leak scan did not run")
+    hits = {f["horizon"] for f in scan["flagged"] if f["model"] == PLANTED_LEAK_MODEL}
+    by_h = [
+        {"horizon": int(r.horizon), "median_rank_ic": float(r.median_rank_ic),
+         "fired": int(r.horizon) in hits}
+        for r in rows.sort_values("horizon").itertuples()
+    ]  # fmt: skip
+    missed = [r["horizon"] for r in by_h if not r["fired"]]
+    limit = scan["max_plausible_median_rank_ic"]
+    if missed:
+        return verdict(FAIL, f"the leak scan (median RankIC >= {limit}) missed the planted leak "
+                       f"at horizons {missed}", by_horizon=by_h)  # fmt: skip
+    return verdict(PASS, "the leak scan flagged the planted leak at every horizon", by_horizon=by_h)
 
 
 def pit_recomputation_summary(
@@ -234,31 +213,6 @@ def pit_recomputation_summary(
     }
 
 
-def adjustment_consistency(returns: pd.DataFrame, atol: float = 1e-6) -> dict[str, Any]:
-    """The pipeline's adjusted daily returns vs the vendor's ``adjusted_close`` returns on days
-    without a corporate action.
-
-    ``returns`` columns: ``date, ticker, adj_return`` (pipeline), ``vendor_adj_return`` (from
-    ``adjusted_close``), ``corporate_action`` (bool: a split or dividend that day). Passes when
-    every non-action day agrees within ``atol`` (fraction); reports the share matching and the
-    worst ticker-date.
-    """
-    r = returns[~returns["corporate_action"].astype(bool)]
-    r = r.dropna(subset=["adj_return", "vendor_adj_return"])
-    diff = (r["adj_return"] - r["vendor_adj_return"]).abs()
-    worst = r.loc[diff.idxmax()] if len(r) else None
-    return {
-        "days_compared": int(len(r)),
-        "share_within_tolerance": float((diff <= atol).mean()) if len(r) else float("nan"),
-        "tolerance": atol,
-        "max_abs_diff": float(diff.max()) if len(r) else 0.0,
-        "worst": None
-        if worst is None
-        else {"ticker": str(worst["ticker"]), "date": str(pd.Timestamp(worst["date"]).date())},
-        "passed": bool(len(r) == 0 or (diff <= atol).all()),
-    }
-
-
 def contamination_split(
     per_date: pd.DataFrame, pretrained_models: Sequence[str], cutoff: pd.Timestamp
 ) -> dict[str, Any]:
@@ -287,19 +241,19 @@ def contamination_split(
                 "median_rank_ic_after_cutoff": float(after.median()) if len(after) else None,
             }
         )
-    return {
-        "pretrain_cutoff": str(cutoff.date()),
-        "by_model": rows,
-        "contaminated_models": sorted(set(contaminated)),
-        "passed": True,
-    }
+    return verdict(
+        PASS,
+        "informational: metrics split at the pre-training cutoff",
+        pretrain_cutoff=str(cutoff.date()),
+        by_model=rows,
+        contaminated_models=sorted(set(contaminated)),
+    )
 
 
 def run_tripwires(
-    rows: pd.DataFrame,
     per_date: pd.DataFrame,
     comparison: pd.DataFrame,
-    gates: GateSettings,
+    cfg: TripwireSettings,
     pretrained_models: Sequence[str] = (),
     pretrain_cutoff: pd.Timestamp | None = None,
     pit: dict[str, Any] | None = None,
@@ -307,22 +261,22 @@ def run_tripwires(
 ) -> dict[str, Any]:
     """All tripwires in the layout of ``leak_tripwires.json``.
 
-    ``pit`` and ``adjustment`` are the results of :func:`pit_recomputation_summary` and
-    :func:`adjustment_consistency` computed upstream (they need raw data); absent ones are recorded
-    as ``{"passed": None, "status": "not run"}``. ``passed`` at the top is True when every tripwire
-    that ran passed.
+    ``pit`` and ``adjustment`` are results computed upstream from raw data (see
+    ``data_tripwires``); absent ones are "not evaluated". ``passed`` at the top is True only
+    when every blocking tripwire passed (one not evaluated does not count as passed).
     """
+    scan = leak_scan(comparison, cfg)
     result: dict[str, Any] = {
-        "shuffled_labels": shuffled_labels(rows, gates),
-        "random_scores": random_scores_control(rows, gates),
-        "planted_leak": planted_leak(rows, gates),
-        "leak_scan": leak_scan(comparison, gates),
-        "pit_recomputation": pit or {"passed": None, "status": "not run"},
-        "adjustment_consistency": adjustment or {"passed": None, "status": "not run"},
+        "shuffled_labels": shuffled_labels(per_date, comparison, cfg),
+        "random_scores": random_scores_control(per_date, comparison, cfg),
+        "planted_leak": planted_leak(comparison, scan),
+        "leak_scan": scan,
+        "pit_recomputation": pit or not_evaluated("PIT recomputation did not run"),
+        "adjustment_consistency": adjustment or not_evaluated("adjustment check did not run"),
     }
     if pretrained_models and pretrain_cutoff is not None:
         result["contamination"] = contamination_split(per_date, pretrained_models, pretrain_cutoff)
     else:
-        result["contamination"] = {"passed": True, "status": "no pretrained checkpoint evaluated"}
-    result["passed"] = all(v.get("passed") is not False for v in result.values())
+        result["contamination"] = verdict(PASS, "no pretrained checkpoint evaluated")
+    result["passed"] = all(result[name].get("passed") is True for name in BLOCKING_TRIPWIRES)
     return result

@@ -46,7 +46,7 @@ def test_ic_ir_and_hit_rate_hand_computed():
     assert m.hit_rate(ic) == pytest.approx(0.75)
 
 
-def test_newey_west_t_matches_bartlett_formula():
+def test_newey_west_t_matches_the_hansen_hodrick_formula_with_its_corrections():
     rng = np.random.default_rng(3)
     x = rng.standard_normal(200).cumsum() * 0.01 + 0.02
     lag = 19
@@ -54,11 +54,34 @@ def test_newey_west_t_matches_bartlett_formula():
     e = x - x.mean()
     s = e @ e / n
     for j in range(1, lag + 1):
-        s += 2 * (1 - j / (lag + 1)) * (e[j:] @ e[:-j]) / n
-    se = np.sqrt(s / n)
-    assert m.newey_west_t(x, lag) == pytest.approx(x.mean() / se, rel=1e-10)
-    ols = sm.OLS(x, np.ones(n)).fit(cov_type="HAC", cov_kwds={"maxlags": lag})
-    assert m.newey_west_t(x, lag) == pytest.approx(float(ols.tvalues[0]), rel=1e-12)
+        s += 2 * (e[j:] @ e[:-j]) / n  # truncated kernel: every lag inside the overlap in full
+    s /= 1 - (2 * lag + 1) / n  # demeaning bias
+    t = x.mean() / np.sqrt(s / n)
+    expected = t * 1.959963984540054 / stats.t.ppf(0.975, n / (lag + 1) - 1)
+    assert m.newey_west_t(x, lag) == pytest.approx(expected, rel=1e-10)
+    ols = sm.OLS(x, np.ones(n)).fit(
+        cov_type="HAC", cov_kwds={"maxlags": lag, "kernel": "uniform", "use_correction": False}
+    )
+    hh = float(ols.tvalues[0]) * np.sqrt(1 - (2 * lag + 1) / n)
+    assert m.newey_west_t(x, lag) == pytest.approx(
+        hh * 1.959963984540054 / stats.t.ppf(0.975, n / (lag + 1) - 1), rel=1e-10
+    )
+
+
+def test_newey_west_t_is_na_with_fewer_than_four_overlap_blocks():
+    x = np.random.default_rng(0).standard_normal(79)
+    assert np.isnan(m.newey_west_t(x, 19))  # 4 x (19 + 1) = 80 dates needed
+    assert np.isfinite(m.newey_west_t(np.append(x, 0.3), 19))
+    assert m.newey_west_lag(20, 1) == 19
+    assert m.newey_west_lag(20, 5) == 3
+    assert m.newey_west_lag(90, 5) == 17
+    assert m.newey_west_lag(60, 21) == 2
+
+
+def test_non_overlapping_dates_are_at_least_h_sessions_apart():
+    pos = np.array([0, 5, 10, 19, 20, 21, 39, 40, 45, 80])
+    assert m.non_overlapping_positions(pos, 20).tolist() == [0, 4, 7, 9]
+    assert np.isnan(m.non_overlapping_t(np.array([0.1, 0.2, 0.0, 0.3, 0.1])))  # 5 < 6 dates
 
 
 def test_quantile_of_matches_pandas_qcut():
@@ -152,13 +175,13 @@ def test_planted_signal_gives_expected_rank_ic_within_sampling_error():
     assert se < 0.01  # the test has power: 4 se < 0.04, well below expected ~0.19
 
 
-def test_spread_net_of_cost_and_summaries(grid):
+def test_spread_net_of_the_cost_of_the_hold_and_summaries(grid):
     dates, tickers, score, label, fwd = grid
     rows = _rows(score, label, dates, tickers, fwd=fwd)
     cost = CostSettings().cost_bps
     per_date = m.per_date_metrics(rows, cost)
     expected_net = per_date["spread_return"] - cost * 1e-4 * 2 * (
-        per_date["top_turnover"] + per_date["bottom_turnover"]
+        per_date["hold_top_turnover"] + per_date["hold_bottom_turnover"]
     )
     np.testing.assert_allclose(per_date["net_spread_return"], expected_net, atol=1e-15)
     # one hand-checked date: top decile = 5 names with the highest scores
@@ -166,6 +189,17 @@ def test_spread_net_of_cost_and_summaries(grid):
     order = np.argsort(score[i])
     top, bottom = fwd[i, order[-5:]].mean(), fwd[i, order[:5]].mean()
     assert per_date["spread_return"].iloc[i] == pytest.approx(top - bottom, abs=1e-15)
+    # its hold: the top decile formed at i is replaced by the one formed 20 sessions later
+    later = np.argsort(score[i + 20])
+    replaced = len(set(later[-5:]) - set(order[-5:])) / 5
+    assert per_date["hold_top_turnover"].iloc[i] == pytest.approx(replaced)
+    assert not per_date["hold_cost_bounded"].iloc[i]
+    # the last 20 dates have no portfolio 20 sessions later: the whole book is turned over
+    assert (
+        per_date["hold_cost_bounded"].to_numpy().tolist()
+        == [False] * (len(dates) - 20) + [True] * 20
+    )
+    assert (per_date["hold_turnover"][per_date["hold_cost_bounded"]] == 2.0).all()
 
     per_date["fold"] = np.where(per_date["date"] < pd.Timestamp("2019-02-01"), "2019-01", "later")
     folds = m.fold_summaries(per_date)
@@ -173,7 +207,8 @@ def test_spread_net_of_cost_and_summaries(grid):
     ic = per_date.loc[per_date["fold"] == "2019-01", "rank_ic"]
     assert jan["median_rank_ic"] == pytest.approx(ic.median())
     assert jan["ic_ir"] == pytest.approx(ic.mean() / ic.std(ddof=1))
-    assert jan["nw_t"] == pytest.approx(m.newey_west_t(ic.to_numpy(), 19))
+    assert jan["nw_lag"] == 19
+    assert np.isnan(jan["nw_t"])  # 21 daily dates cannot carry a lag-19 HAC t: "n/a"
     comp = m.model_comparison(per_date, folds).iloc[0]
     assert comp["n_folds"] == 2
     assert comp["median_rank_ic"] == pytest.approx(per_date["rank_ic"].median())
@@ -181,8 +216,26 @@ def test_spread_net_of_cost_and_summaries(grid):
         (folds["mean_net_spread_return"] > 0).mean()
     )
     assert comp["break_even_cost_bps"] == pytest.approx(
-        1e4 * per_date["spread_return"].mean() / (2 * per_date["ls_turnover"].mean())
+        1e4 * per_date["spread_return"].mean() / (2 * per_date["hold_turnover"].mean())
     )
+    assert comp["churn"] == pytest.approx(per_date["top_turnover"].mean())
+
+
+def test_a_persistent_signal_costs_more_over_the_hold_than_consecutive_churn_says():
+    rng = np.random.default_rng(5)
+    dates = nyse_dates("2018-01-02", "2019-06-28")
+    tickers = [f"S{i:03d}" for i in range(200)]
+    # a slowly drifting score: consecutive dates barely differ, 20 sessions later much more
+    score = np.cumsum(0.15 * rng.standard_normal((len(dates), len(tickers))), axis=0)
+    label = 0.1 * score + rng.standard_normal(score.shape)
+    per_date = m.per_date_metrics(_rows(score, label, dates, tickers), 10.0)
+    rolled = per_date[~per_date["hold_cost_bounded"]]
+    assert rolled["hold_turnover"].mean() > 3 * rolled["ls_turnover"].mean()
+    consecutive_net = rolled["spread_return"] - 10e-4 * 2 * rolled["ls_turnover"]
+    assert (rolled["net_spread_return"] < consecutive_net).mean() > 0.95
+    comp = m.model_comparison(per_date, m.fold_summaries(per_date)).iloc[0]
+    churn_break_even = 1e4 * comp["mean_spread_return"] / (2 * comp["mean_ls_turnover"])
+    assert comp["break_even_cost_bps"] < churn_break_even / 3
 
 
 def test_regimes_and_momentum_corr(grid):
