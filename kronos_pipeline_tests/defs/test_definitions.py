@@ -17,26 +17,61 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # asset key -> (group, partitioning, upstream asset keys, check names)
 EXPECTED_ASSETS = {
-    "raw_bars": ("data", "trading_day", [], ["bars_quality", "lines_reconcile"]),
-    "bars_quarantine": ("data", "trading_day", [], ["quarantine_share"]),
+    "vendor_files": ("sources", None, [], []),
+    "raw_bars": (
+        "data",
+        "trading_day",
+        ["vendor_files"],
+        [
+            "bars_complete",
+            "bars_gaps",
+            "bars_quality",
+            "column_schema_change",
+            "lines_reconcile",
+            "source_files",
+        ],
+    ),
+    "bars_quarantine": (
+        "data",
+        "trading_day",
+        ["vendor_files"],
+        ["column_schema_change", "quarantine_schema", "quarantine_share"],
+    ),
+    "ticker_history": (
+        "data",
+        "trading_day",
+        ["vendor_files"],
+        ["column_schema_change", "ticker_history_schema"],
+    ),
+    "sector_history": (
+        "data",
+        "trading_day",
+        ["vendor_files"],
+        ["column_schema_change", "sector_history_schema", "sectors_known"],
+    ),
     "prices_pit": (
         "data",
         "trading_day",
         ["raw_bars"],
-        ["adjustment_consistency", "history_complete", "prices_quality"],
+        ["adjustment_consistency", "column_schema_change", "history_complete", "prices_quality"],
     ),
-    "universe": ("data", "trading_day", ["prices_pit"], ["universe_breadth", "universe_rules"]),
+    "universe": (
+        "data",
+        "trading_day",
+        ["prices_pit"],
+        ["column_schema_change", "universe_breadth", "universe_quality", "universe_rules"],
+    ),
     "features": (
         "features",
         "trading_day",
-        ["prices_pit", "raw_bars", "universe"],
-        ["factor_coverage", "features_quality"],
+        ["prices_pit", "raw_bars", "sector_history", "universe"],
+        ["column_schema_change", "factor_coverage", "features_quality"],
     ),
     "labels_forward": (
         "features",
         "trading_day",
         ["prices_pit", "universe"],
-        ["label_availability", "labels_quality"],
+        ["column_schema_change", "label_availability", "labels_quality"],
     ),
     "folds": ("evaluation", None, ["features", "labels_forward"], []),
     "baseline_scores": (
@@ -110,7 +145,16 @@ EXPECTED_ASSETS = {
 EXPECTED_JOBS = {
     "data_job": (
         "trading_day",
-        ["bars_quarantine", "features", "labels_forward", "prices_pit", "raw_bars", "universe"],
+        [
+            "bars_quarantine",
+            "features",
+            "labels_forward",
+            "prices_pit",
+            "raw_bars",
+            "sector_history",
+            "ticker_history",
+            "universe",
+        ],
     ),
     "folds_job": (None, ["folds"]),
     "baseline_scores_job": ("fold", ["baseline_scores"]),
@@ -130,7 +174,8 @@ EXPECTED_JOBS = {
 }
 # schedule -> (cron, timezone, job)
 EXPECTED_SCHEDULES = {"nightly_schedule": ("30 22 * * 1-5", "America/New_York", "data_job")}
-EXPECTED_SENSORS = ["alert_on_run_failure"]
+EXPECTED_SENSORS = ["alert_on_check_failure", "alert_on_run_failure", "alert_on_stale_sessions"]
+EXPECTED_RESOURCES = ["settings", "warehouse"]
 
 
 def _partitioning(partitions_def: dg.PartitionsDefinition | None) -> str | None:
@@ -198,16 +243,40 @@ def test_schedules_and_sensors_match_the_snapshot():
     assert sorted(s.name for s in defs.sensors) == EXPECTED_SENSORS
 
 
+def test_the_schedule_and_every_sensor_run_by_default():
+    assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in defs.schedules)
+    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in defs.sensors)
+
+
+def test_resources_include_the_settings_of_the_code_location():
+    from kronos_pipeline.settings import get_settings
+
+    resources = defs.resources
+    assert sorted(resources) == EXPECTED_RESOURCES
+    assert resources["settings"].get() == get_settings()
+
+
 def test_nightly_schedule_targets_the_partition_of_its_own_trading_day():
     schedule = defs.get_schedule_def("nightly_schedule")
     repo = defs.get_repository_def()
 
-    def tick(when: dt.datetime):
-        ctx = dg.build_schedule_context(scheduled_execution_time=when, repository_def=repo)
-        return schedule.evaluate_tick(ctx)
+    with dg.instance_for_test() as instance:
 
-    requests = tick(dt.datetime(2019, 12, 31, 22, 30)).run_requests
-    assert [(r.run_key, r.partition_key) for r in requests] == [("2019-12-31", "2019-12-31")]
-    holiday = tick(dt.datetime(2019, 12, 25, 22, 30))
-    assert not holiday.run_requests
-    assert "2019-12-25 is not a trading day" in holiday.skip_message
+        def tick(when: dt.datetime):
+            ctx = dg.build_schedule_context(
+                scheduled_execution_time=when, repository_def=repo, instance=instance
+            )
+            return schedule.evaluate_tick(ctx)
+
+        for day in ("2019-12-24", "2019-12-26", "2019-12-27", "2019-12-30"):  # bars there
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization(
+                    "raw_bars", partition=day, metadata={"dagster/row_count": 9}
+                )
+            )
+        requests = tick(dt.datetime(2019, 12, 31, 22, 30)).run_requests
+        assert [r.partition_key for r in requests] == ["2019-12-31"]
+        assert requests[0].run_key.startswith("2019-12-31:")
+        holiday = tick(dt.datetime(2019, 12, 25, 22, 30))
+        assert not holiday.run_requests
+        assert "2019-12-25 is not a trading day" in holiday.skip_message
