@@ -13,6 +13,10 @@ DATA_ASSETS = [
     features.features_asset,
     features.labels_forward_asset,
 ]
+# The vendor folder is produced outside the pipeline: an external asset at the top of the graph.
+SOURCE_ASSETS = [ingest.vendor_files]
+# Each data asset's written column schema, compared with its previous materialization.
+DATA_CHECKS = dg.build_column_schema_change_checks(assets=DATA_ASSETS)
 EVALUATION_ASSETS = [
     evaluation.folds_asset,
     evaluation.baseline_scores_asset,
@@ -23,7 +27,8 @@ EVALUATION_ASSETS = [
 KRONOS_ASSETS = kronos.KRONOS_ASSETS
 
 defs = dg.Definitions(
-    assets=DATA_ASSETS + EVALUATION_ASSETS + KRONOS_ASSETS,
+    assets=SOURCE_ASSETS + DATA_ASSETS + EVALUATION_ASSETS + KRONOS_ASSETS,
+    asset_checks=DATA_CHECKS,
     jobs=jobs(),
     schedules=schedules(),
     sensors=sensors(),

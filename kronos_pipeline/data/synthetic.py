@@ -49,6 +49,7 @@ class SyntheticMarket:
     planted_defects: pl.DataFrame  # line, ticker, kind
     splits: pl.DataFrame  # ticker, date, ratio
     dividends: pl.DataFrame  # ticker, date, amount
+    delistings: pl.DataFrame  # ticker, delisted_on (last session of names that delist early)
 
 
 def _ticker_names(n: int) -> list[str]:
@@ -181,6 +182,16 @@ def synthetic_market(
         planted_defects=planted,
         splits=pl.DataFrame(split_rows, schema=["ticker", "date", "ratio"], orient="row"),
         dividends=pl.DataFrame(dividend_rows, schema=["ticker", "date", "amount"], orient="row"),
+        delistings=pl.DataFrame(
+            {
+                "ticker": [names[i] for i in range(n_tickers) if last[i] < n_days - 1],
+                "delisted_on": pl.Series(
+                    [days[last[i]].date() for i in range(n_tickers) if last[i] < n_days - 1],
+                    dtype=pl.Date,
+                ),
+            },
+            schema={"ticker": pl.String, "delisted_on": pl.Date},
+        ),
     )
 
 

@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 
 from kronos_pipeline.defs.partitions import trading_day_partitions
-from kronos_pipeline.quality import QualityReport
+from kronos_pipeline.quality import QualityReport, TableSchema
 from kronos_pipeline.warehouse import WAREHOUSE_POOL
 
 # Every DuckDB writer shares one pool (limit 1 in dagster_home/dagster.yaml) and each run may
@@ -17,6 +17,63 @@ DAILY_ASSET_OPTIONS: dict = {
     "pool": WAREHOUSE_POOL,
     "kinds": {"duckdb", "polars"},
 }
+
+
+_DAGSTER_TYPES = {"Float64": "double", "String": "varchar", "Date": "date", "Int64": "bigint"}
+
+
+def column_schema(schema: TableSchema) -> dg.TableSchema:
+    """The declared schema as Dagster column-schema metadata (shown on the asset page)."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=c.name,
+                type=_DAGSTER_TYPES.get(str(c.dtype), str(c.dtype).lower()),
+                description=c.description or None,
+                constraints=dg.TableColumnConstraints(nullable=c.nullable),
+            )
+            for c in schema.columns
+        ]
+    )
+
+
+def observed_schema(frame: pl.DataFrame, declared: TableSchema) -> dg.TableSchema:
+    """The schema of the frame actually written (its own names and types), so that the
+    schema-change checks compare what was written, run to run, not the declaration."""
+    nullable = {c.name: c.nullable for c in declared.columns}
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=name,
+                type=_DAGSTER_TYPES.get(str(dtype), str(dtype).lower()),
+                constraints=dg.TableColumnConstraints(nullable=nullable.get(name, True)),
+            )
+            for name, dtype in frame.schema.items()
+        ]
+    )
+
+
+def table_metadata(schema: TableSchema, frame: pl.DataFrame | None = None) -> dict:
+    """``dagster/column_schema`` (declared, or observed on ``frame``), ``dagster/table_name``
+    and, with ``frame``, ``dagster/row_count``."""
+    out = {
+        "dagster/column_schema": column_schema(schema)
+        if frame is None
+        else observed_schema(frame, schema),
+        "dagster/table_name": f"warehouse.main.{schema.table}",
+    }
+    if frame is not None:
+        out["dagster/row_count"] = frame.height
+    return out
+
+
+def blocking_failure(failed: list[tuple[str, str]], what: str) -> dg.Failure:
+    """The step's error when blocking checks failed before anything was written."""
+    return dg.Failure(
+        description=f"{what} wrote nothing: a blocking check failed: "
+        + " | ".join(f"{name}: {desc}" for name, desc in failed),
+        allow_retries=False,
+    )
 
 
 def spec(asset: str, name: str, description: str, blocking: bool = False) -> dg.AssetCheckSpec:

@@ -4,7 +4,14 @@ import dagster as dg
 import polars as pl
 
 from kronos_pipeline import quality
-from kronos_pipeline.defs.common import DAILY_ASSET_OPTIONS, quality_result, spec
+from kronos_pipeline.data.side_tables import sector_segments
+from kronos_pipeline.defs.common import (
+    DAILY_ASSET_OPTIONS,
+    blocking_failure,
+    quality_result,
+    spec,
+    table_metadata,
+)
 from kronos_pipeline.defs.partitions import partition_window
 from kronos_pipeline.defs.resources import WarehouseResource
 from kronos_pipeline.features.build import feature_names, features
@@ -19,12 +26,16 @@ FACTOR_INPUTS = ("mom_12_1", "mom_1m", "vol_60d")
 
 @dg.asset(
     name="features",
-    deps=["prices_pit", "universe", "raw_bars"],
+    deps=["prices_pit", "universe", "raw_bars", "sector_history"],
     group_name="features",
     description="40+ PIT features per (date, ticker): momentum, volatility, beta, liquidity, technicals, sector-relative.",
+    metadata=table_metadata(quality.FEATURES),
     check_specs=[
         spec(
-            "features", "features_quality", "GX: schema, unique keys, bounded ranges", blocking=True
+            "features",
+            "features_quality",
+            "GX: declared schema (every declared feature), one row per PIT price row, bounded ranges",
+            blocking=True,
         ),
         spec(
             "features",
@@ -39,9 +50,16 @@ def features_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     db = warehouse.get()
     # Rolling windows start at each ticker's first bar, so a date's values never depend on the run.
     prices = db.read_table("prices_pit", end=end)
-    sectors = db.read("select * from ticker_sectors") if "ticker_sectors" in db.tables() else None
-    table = features(prices, sectors).filter(pl.col("date").is_between(start, end))
-    db.replace_window("features", table, start, end, order_by=("date", "ticker"))
+    # Sectors as known on each date: the window is cut where a sector changes.
+    history = db.read_table("sector_history") if "sector_history" in db.tables() else None
+    table = pl.concat(
+        [
+            features(prices.filter(pl.col("date") <= seg_end), sectors).filter(
+                pl.col("date").is_between(seg_start, seg_end)
+            )
+            for seg_start, seg_end, sectors in sector_segments(history, start, end)
+        ]
+    )
     names = feature_names(table)
     members = db.read_table("universe", start, end, columns="date, ticker, in_universe").filter(
         "in_universe"
@@ -53,17 +71,17 @@ def features_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
         c: float(covered[c][0]) if covered.height and covered[c][0] is not None else 1.0
         for c in FACTOR_INPUTS
     }
-    yield dg.MaterializeResult(
-        asset_key="features", metadata={"rows": table.height, "features": len(names)}
+    expected_rows = prices.filter(pl.col("date").is_between(start, end)).height
+    report = quality.validate(
+        table, "features", quality.features_suite(expected_rows), quality.FEATURES
     )
-    report = quality.validate(table, "features", quality.features_suite(table.columns, names))
-    yield quality_result(
+    quality_check = quality_result(
         "features",
         "features_quality",
         report,
         also=(len(names) >= MIN_FEATURES, f"{len(names)} features"),
     )
-    yield dg.AssetCheckResult(
+    coverage_check = dg.AssetCheckResult(
         asset_key="features",
         check_name="factor_coverage",
         passed=all(v >= MIN_FACTOR_COVERAGE for v in coverage.values()),
@@ -72,6 +90,15 @@ def features_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
         + " of universe rows non-null",
         metadata=coverage,
     )
+    if not quality_check.passed:
+        yield from (quality_check, coverage_check)
+        raise blocking_failure([("features_quality", quality_check.description)], "features")
+    db.replace_window("features", table, start, end, order_by=("date", "ticker"))
+    yield dg.MaterializeResult(
+        asset_key="features",
+        metadata={**table_metadata(quality.FEATURES, table), "features": len(names)},
+    )
+    yield from (quality_check, coverage_check)
 
 
 @dg.asset(
@@ -79,11 +106,12 @@ def features_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     deps=["prices_pit", "universe"],
     group_name="features",
     description="Forward total and excess returns at 20/60/90 trading days with available_at.",
+    metadata=table_metadata(quality.LABELS_FORWARD),
     check_specs=[
         spec(
             "labels_forward",
             "labels_quality",
-            "Unique keys, maturity after the date, returns > -100%",
+            "GX: declared schema and unique keys; maturity after the date, returns > -100%",
             blocking=True,
         ),
         spec(
@@ -101,28 +129,22 @@ def labels_forward_asset(context: dg.AssetExecutionContext, warehouse: Warehouse
     prices = db.read_table("prices_pit", columns="ticker, date, tri")
     members = db.read_table("universe", start, end, columns="date, ticker, in_universe")
     labels = labels_forward(prices, members, horizons).filter(pl.col("date").is_between(start, end))
-    db.replace_window("labels_forward", labels, start, end, order_by=("date", "ticker", "horizon"))
     data_end = prices["date"].max()
-    yield dg.MaterializeResult(
-        asset_key="labels_forward",
-        metadata={
-            "rows": labels.height,
-            "data_end": str(data_end),
-            "delisted_inside_horizon": int((labels["end_date"] < labels["available_at"]).sum()),
-        },
-    )
     broken = labels.filter(
         (pl.col("available_at") <= pl.col("date"))
         | (pl.col("end_date") > pl.col("available_at"))
         | (pl.col("fwd_return") <= -1.0)
         | pl.col("fwd_return").is_null()
     )
-    duplicates = labels.height - labels.select("date", "ticker", "horizon").n_unique()
-    yield dg.AssetCheckResult(
+    report = quality.validate(
+        labels, "labels_forward", quality.labels_suite(), quality.LABELS_FORWARD
+    )
+    quality_check = dg.AssetCheckResult(
         asset_key="labels_forward",
         check_name="labels_quality",
-        passed=broken.height == 0 and duplicates == 0,
-        description=f"{broken.height} malformed labels, {duplicates} duplicates",
+        passed=broken.height == 0 and report.success,
+        description=f"{broken.height} malformed labels; {report.summary()}",
+        metadata={"failed": dg.MetadataValue.json(report.failures)},
     )
     expected = members.filter("in_universe").join(
         pl.DataFrame({"horizon": list(horizons)}, schema={"horizon": pl.Int32}), how="cross"
@@ -130,7 +152,7 @@ def labels_forward_asset(context: dg.AssetExecutionContext, warehouse: Warehouse
     missing = expected.join(labels, on=["date", "ticker", "horizon"], how="anti")
     # Labels not yet matured at the end of the data are expected to be missing.
     matured_missing = labels_due(missing, data_end).filter("due")
-    yield dg.AssetCheckResult(
+    availability_check = dg.AssetCheckResult(
         asset_key="labels_forward",
         check_name="label_availability",
         passed=matured_missing.height == 0,
@@ -138,3 +160,16 @@ def labels_forward_asset(context: dg.AssetExecutionContext, warehouse: Warehouse
         description=f"{missing.height} universe rows not yet matured, {matured_missing.height} matured but missing",
         metadata={"immature": missing.height - matured_missing.height},
     )
+    if not quality_check.passed:
+        yield from (quality_check, availability_check)
+        raise blocking_failure([("labels_quality", quality_check.description)], "labels_forward")
+    db.replace_window("labels_forward", labels, start, end, order_by=("date", "ticker", "horizon"))
+    yield dg.MaterializeResult(
+        asset_key="labels_forward",
+        metadata={
+            **table_metadata(quality.LABELS_FORWARD, labels),
+            "data_end": str(data_end),
+            "delisted_inside_horizon": int((labels["end_date"] < labels["available_at"]).sum()),
+        },
+    )
+    yield from (quality_check, availability_check)

@@ -1,100 +1,163 @@
-"""raw_bars and bars_quarantine: every source line lands in exactly one of them."""
+"""vendor_files -> raw_bars, bars_quarantine and the point-in-time side tables.
+
+Validate, then publish: the step computes every table, runs every check in memory, and writes
+all of them in one transaction only when no blocking check failed. Otherwise it reports the
+check results and fails, and nothing it computed is visible.
+"""
 
 import dagster as dg
-import polars as pl
 
 from kronos_pipeline import quality
+from kronos_pipeline.data.ingest_step import (
+    SourceMismatch,
+    plan_ingest,
+    publish,
+    read_prior,
+    refuse_other_source,
+)
 from kronos_pipeline.data.sources import load_source
-from kronos_pipeline.defs.common import DAILY_ASSET_OPTIONS, markdown_table, quality_result, spec
+from kronos_pipeline.defs.common import (
+    DAILY_ASSET_OPTIONS,
+    blocking_failure,
+    spec,
+    table_metadata,
+)
 from kronos_pipeline.defs.partitions import partition_window
 from kronos_pipeline.defs.resources import WarehouseResource
 from kronos_pipeline.settings import get_settings
 
-# Quarantined share of all lines above which the quarantine check warns.
-QUARANTINE_WARN_SHARE = 0.001
 KINDS = DAILY_ASSET_OPTIONS["kinds"]
+
+vendor_files = dg.AssetSpec(
+    "vendor_files",
+    group_name="sources",
+    description="The configured source: a folder of AlphaVantage daily-adjusted files (with "
+    "optional constituents.csv and delistings.csv), a tidy table, or the synthetic market. "
+    "Produced outside the pipeline.",
+    kinds={"csv"},
+)
+
+SIDE_TABLES = {
+    "ticker_history": (
+        quality.TICKER_HISTORY,
+        "Point-in-time ticker list: alive from the first bar to a declared delisting.",
+    ),
+    "sector_history": (
+        quality.SECTOR_HISTORY,
+        "Point-in-time sector membership with validity ranges; never emptied by a source "
+        "without constituents.",
+    ),
+}
+CHECKS = [
+    ("raw_bars", "bars_quality", "GX: declared schema (names, types, nullability), positive "
+     "prices, unique keys, rows = expected bars that were accepted", True),
+    ("raw_bars", "source_files", "Every file readable, with the declared header and rows", True),
+    ("raw_bars", "bars_complete", "Every session x ticker alive is a bar or a quarantined line; "
+     "missing pairs are named", True),
+    ("raw_bars", "bars_gaps", "Warns on isolated vendor gaps (the ticker trades again later)",
+     False),
+    ("raw_bars", "lines_reconcile", "Per file: lines read = accepted + quarantined", True),
+    ("bars_quarantine", "quarantine_schema", "GX: declared schema, every row has a reason", True),
+    ("bars_quarantine", "quarantine_share", "Warns when more than 0.1% of lines are rejected",
+     False),
+    ("ticker_history", "ticker_history_schema", "GX: declared schema, one row per ticker", True),
+    ("sector_history", "sector_history_schema", "GX: declared schema, unique validity starts",
+     True),
+    ("sector_history", "sectors_known", "Warns when the source had no constituents (the last "
+     "known mapping is kept) or a ticker has no sector", False),
+]  # fmt: skip
 
 
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            "raw_bars", description="Validated OHLCV bars as delivered (not adjusted).", kinds=KINDS
+            "raw_bars",
+            deps=[vendor_files],
+            description="Validated OHLCV bars as delivered (not adjusted).",
+            kinds=KINDS,
+            metadata=table_metadata(quality.RAW_BARS),
         ),
         dg.AssetSpec(
             "bars_quarantine",
+            deps=[vendor_files],
             description="Rejected source lines with file, line, raw text and reason.",
             kinds=KINDS,
+            metadata=table_metadata(quality.BARS_QUARANTINE),
         ),
+        *[
+            dg.AssetSpec(
+                name, deps=[vendor_files], description=d, kinds=KINDS, metadata=table_metadata(s)
+            )
+            for name, (s, d) in SIDE_TABLES.items()
+        ],
     ],
-    check_specs=[
-        spec(
-            "raw_bars",
-            "bars_quality",
-            "GX: schema, non-null, positive prices, unique (ticker, date)",
-            blocking=True,
-        ),
-        spec(
-            "raw_bars",
-            "lines_reconcile",
-            "Per file: lines read = accepted + quarantined",
-            blocking=True,
-        ),
-        spec(
-            "bars_quarantine", "quarantine_share", "Warns when more than 0.1% of lines are rejected"
-        ),
-    ],
+    check_specs=[spec(a, n, d, blocking=b) for a, n, d, b in CHECKS],
     group_name="data",
     **{k: v for k, v in DAILY_ASSET_OPTIONS.items() if k != "kinds"},
 )
 def ingest_bars(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
-    """Read the configured source, validate every line, write the window's bars and rejects."""
+    """Read the source, validate every line and the window's completeness, then publish."""
     start, end = partition_window(context)
-    source = load_source(get_settings().data)
-    window = source.ingest.filter_dates(start, end)
+    settings = get_settings()
+    source = load_source(settings.data)
     db = warehouse.get()
-    db.replace_window("raw_bars", window.bars, start, end, order_by=("ticker", "date"))
-    db.replace_window("bars_quarantine", window.quarantine, start, end, include_null_dates=True)
-    db.replace_table("ingest_files", source.ingest.files)
-    db.replace_table("ticker_sectors", source.sectors)
-    db.replace_table("source_tickers", source.ingest.ticker_spans())
-    files = source.ingest.files
-    mismatched = files.filter(pl.col("lines") != pl.col("accepted") + pl.col("quarantined"))
-    total_lines, total_rejected = int(files["lines"].sum()), int(files["quarantined"].sum())
-    reasons = window.quarantine.group_by("reason").len().sort("len", descending=True)
+    prior = read_prior(db)
+    try:
+        refuse_other_source(db, source.identity, prior.identity)
+    except SourceMismatch as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
+    plan = plan_ingest(source, prior, start, end, settings.data.calendar)
+    results = [
+        dg.AssetCheckResult(
+            asset_key=c.asset,
+            check_name=c.name,
+            passed=c.passed,
+            severity=dg.AssetCheckSeverity.ERROR if c.blocking else dg.AssetCheckSeverity.WARN,
+            description=c.description[:2000],
+            metadata={
+                k: dg.MetadataValue.json(v) if isinstance(v, (list, dict)) else v
+                for k, v in c.metadata.items()
+            },
+        )
+        for c in plan.checks
+    ]
+    if plan.blocking_failures:
+        yield from results
+        raise blocking_failure(
+            [(f"{c.asset}.{c.name}", c.description) for c in plan.blocking_failures],
+            f"ingest {start}..{end}",
+        )
+    publish(db, plan)
+    window = plan.window
     yield dg.MaterializeResult(
         asset_key="raw_bars",
         metadata={
-            "source": source.kind,
-            "rows": window.bars.height,
+            **table_metadata(quality.RAW_BARS, window.bars),
+            "source": source.identity,
             "tickers": window.bars["ticker"].n_unique(),
             "window": f"{start}..{end}",
+            "expected_bars": plan.complete.expected,
         },
     )
     yield dg.MaterializeResult(
         asset_key="bars_quarantine",
         metadata={
-            "rows": window.quarantine.height,
-            "files_rejected_whole": int((files["accepted"] == 0).sum()),
+            **table_metadata(quality.BARS_QUARANTINE, window.quarantine),
+            "files_rejected_whole": int((plan.files["accepted"] == 0).sum()),
         },
     )
-    yield quality_result(
-        "raw_bars",
-        "bars_quality",
-        quality.validate(window.bars, "raw_bars", quality.bars_suite(window.bars.columns)),
+    yield dg.MaterializeResult(
+        asset_key="ticker_history",
+        metadata=table_metadata(quality.TICKER_HISTORY, plan.tickers),
     )
-    yield dg.AssetCheckResult(
-        asset_key="raw_bars",
-        check_name="lines_reconcile",
-        passed=mismatched.height == 0,
-        description=f"{total_lines} lines = {int(files['accepted'].sum())} accepted + {total_rejected} quarantined",
-        metadata={"files": files.height, "mismatched_files": mismatched["source_file"].to_list()},
+    yield dg.MaterializeResult(
+        asset_key="sector_history",
+        metadata={
+            **table_metadata(quality.SECTOR_HISTORY, plan.sectors.history),
+            "note": plan.sectors.note,
+        },
     )
-    share = total_rejected / max(total_lines, 1)
-    yield dg.AssetCheckResult(
-        asset_key="bars_quarantine",
-        check_name="quarantine_share",
-        passed=share <= QUARANTINE_WARN_SHARE,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"{total_rejected} of {total_lines} lines quarantined ({share:.4%})",
-        metadata={"reasons": markdown_table(reasons)},
-    )
+    yield from results
+
+
+DATA_TABLE_ASSETS = ["raw_bars", "bars_quarantine", "ticker_history", "sector_history"]

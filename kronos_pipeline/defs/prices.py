@@ -5,7 +5,13 @@ import polars as pl
 
 from kronos_pipeline import quality
 from kronos_pipeline.data.pit import adjustment_agreement, missing_history, prices_pit
-from kronos_pipeline.defs.common import DAILY_ASSET_OPTIONS, quality_result, spec
+from kronos_pipeline.defs.common import (
+    DAILY_ASSET_OPTIONS,
+    blocking_failure,
+    quality_result,
+    spec,
+    table_metadata,
+)
 from kronos_pipeline.defs.partitions import partition_window
 from kronos_pipeline.defs.resources import WarehouseResource
 
@@ -19,11 +25,12 @@ ADJUSTMENT_REL_TOL = 1e-6
     deps=["raw_bars"],
     group_name="data",
     description="PIT split-adjusted OHLCV, dividend-inclusive daily total return and index.",
+    metadata=table_metadata(quality.PRICES_PIT),
     check_specs=[
         spec(
             "prices_pit",
             "prices_quality",
-            "GX: schema, unique keys, positive factors, bounded returns",
+            "GX: declared schema, one row per raw bar, positive factors, bounded returns",
             blocking=True,
         ),
         spec(
@@ -49,42 +56,52 @@ def prices_pit_asset(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     # Split factors and history counts start at each ticker's first bar: if earlier raw_bars
     # partitions were never loaded, values here would silently differ from a full load.
     gaps = missing_history(bars, db.read("select ticker, first_date from source_tickers"), start)
-    db.replace_window("prices_pit", prices, start, end, order_by=("ticker", "date"))
+    expected_rows = bars.filter(pl.col("date").is_between(start, end)).height
     agreement = adjustment_agreement(prices, ADJUSTMENT_REL_TOL)
+    share = agreement["share"]
+    report = quality.validate(
+        prices, "prices_pit", quality.prices_suite(expected_rows), quality.PRICES_PIT
+    )
+    results = [
+        quality_result("prices_pit", "prices_quality", report),
+        dg.AssetCheckResult(
+            asset_key="prices_pit",
+            check_name="history_complete",
+            passed=gaps.height == 0,
+            description=(
+                "every ticker's history starts at its first source date"
+                if gaps.height == 0
+                else f"{gaps.height} tickers lack earlier raw_bars (first: {gaps['ticker'][0]} "
+                f"from {gaps['first_date'][0]}); materialize raw_bars from "
+                f"{gaps['first_date'].min()} first"
+            ),
+        ),
+        dg.AssetCheckResult(
+            asset_key="prices_pit",
+            check_name="adjustment_consistency",
+            passed=agreement["checked"] == 0 or share >= ADJUSTMENT_MIN_AGREEMENT,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"{agreement['agree']} of {agreement['checked']} ticker-days agree "
+            f"within {ADJUSTMENT_REL_TOL:g} relative",
+            metadata={
+                "share_agree": float(share) if agreement["checked"] else None,
+                "checked": agreement["checked"],
+            },
+        ),
+    ]
+    # Validate, then publish: a failed blocking check leaves the warehouse untouched.
+    failed = [(r.check_name, r.description) for r in results[:2] if not r.passed]
+    if failed:
+        yield from results
+        raise blocking_failure(failed, f"prices_pit {start}..{end}")
+    db.replace_window("prices_pit", prices, start, end, order_by=("ticker", "date"))
     yield dg.MaterializeResult(
         asset_key="prices_pit",
         metadata={
-            "rows": prices.height,
+            **table_metadata(quality.PRICES_PIT, prices),
             "splits": int((prices["split"] != 1.0).sum()),
             "dividends": int((prices["dividend"] > 0).sum()),
             "adjustment_agreement": agreement["share"],
         },
     )
-    yield quality_result(
-        "prices_pit",
-        "prices_quality",
-        quality.validate(prices, "prices_pit", quality.prices_suite(prices.columns)),
-    )
-    yield dg.AssetCheckResult(
-        asset_key="prices_pit",
-        check_name="history_complete",
-        passed=gaps.height == 0,
-        description=(
-            "every ticker's history starts at its first source date"
-            if gaps.height == 0
-            else f"{gaps.height} tickers lack earlier raw_bars (first: {gaps['ticker'][0]} from "
-            f"{gaps['first_date'][0]}); materialize raw_bars from {gaps['first_date'].min()} first"
-        ),
-    )
-    share = agreement["share"]
-    yield dg.AssetCheckResult(
-        asset_key="prices_pit",
-        check_name="adjustment_consistency",
-        passed=agreement["checked"] == 0 or share >= ADJUSTMENT_MIN_AGREEMENT,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"{agreement['agree']} of {agreement['checked']} ticker-days agree within {ADJUSTMENT_REL_TOL:g} relative",
-        metadata={
-            "share_agree": float(share) if agreement["checked"] else None,
-            "checked": agreement["checked"],
-        },
-    )
+    yield from results

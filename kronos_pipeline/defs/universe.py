@@ -3,7 +3,14 @@
 import dagster as dg
 import polars as pl
 
-from kronos_pipeline.defs.common import DAILY_ASSET_OPTIONS, spec
+from kronos_pipeline import quality
+from kronos_pipeline.defs.common import (
+    DAILY_ASSET_OPTIONS,
+    blocking_failure,
+    quality_result,
+    spec,
+    table_metadata,
+)
 from kronos_pipeline.defs.partitions import partition_window
 from kronos_pipeline.defs.resources import WarehouseResource
 from kronos_pipeline.features.universe import universe
@@ -18,11 +25,18 @@ MIN_MEMBERS_WARN = 20
     deps=["prices_pit"],
     group_name="data",
     description="Per date: history, price and liquidity filters, liquidity rank, top-N membership.",
+    metadata=table_metadata(quality.UNIVERSE),
     check_specs=[
         spec(
             "universe",
             "universe_rules",
             "Members are eligible, unique, and within top-N",
+            blocking=True,
+        ),
+        spec(
+            "universe",
+            "universe_quality",
+            "GX: declared schema, one row per PIT price row of the window",
             blocking=True,
         ),
         spec("universe", "universe_breadth", "Warns on dates with fewer than 20 members"),
@@ -45,7 +59,6 @@ def universe_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
         cfg.liquidity_window_days,
         top_n,
     ).filter(pl.col("date").is_between(start, end))
-    db.replace_window("universe", members, start, end, order_by=("date", "ticker"))
     per_date = (
         members.group_by("date")
         .agg(
@@ -56,32 +69,46 @@ def universe_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     )
     # Before any name has the minimum history the universe is empty by construction.
     thin = per_date.filter(pl.col("warm") & (pl.col("n") < MIN_MEMBERS_WARN))
-    yield dg.MaterializeResult(
-        asset_key="universe",
-        metadata={
-            "rows": members.height,
-            "member_rows": int(members["in_universe"].sum()),
-            "top_n": top_n or "all",
-            "median_members": float(per_date["n"].median() or 0),
-        },
-    )
     broken = members.filter(
         (pl.col("in_universe") & ~pl.col("eligible"))
         | (pl.col("in_universe") & (pl.col("liquidity_rank") > (top_n or 10**9)))
     )
     duplicates = members.height - members.select("date", "ticker").n_unique()
-    yield dg.AssetCheckResult(
-        asset_key="universe",
-        check_name="universe_rules",
-        passed=broken.height == 0 and duplicates == 0,
-        description=f"{broken.height} members break a rule, {duplicates} duplicate (date, ticker)",
+    expected_rows = prices.filter(pl.col("date").is_between(start, end)).height
+    report = quality.validate(
+        members, "universe", quality.universe_suite(expected_rows), quality.UNIVERSE
     )
-    yield dg.AssetCheckResult(
+    results = [
+        dg.AssetCheckResult(
+            asset_key="universe",
+            check_name="universe_rules",
+            passed=broken.height == 0 and duplicates == 0,
+            description=f"{broken.height} members break a rule, {duplicates} duplicate (date, ticker)",
+        ),
+        quality_result("universe", "universe_quality", report),
+        dg.AssetCheckResult(
+            asset_key="universe",
+            check_name="universe_breadth",
+            passed=thin.height == 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"{thin.height} of {per_date.height} dates have fewer than "
+            f"{MIN_MEMBERS_WARN} members ({int((~per_date['warm']).sum())} warm-up dates before "
+            f"any name has {cfg.min_history_days} bars)",
+            metadata={"first_thin_dates": [str(d) for d in thin["date"].head(10)]},
+        ),
+    ]
+    failed = [(r.check_name, r.description) for r in results[:2] if not r.passed]
+    if failed:
+        yield from results
+        raise blocking_failure(failed, f"universe {start}..{end}")
+    db.replace_window("universe", members, start, end, order_by=("date", "ticker"))
+    yield dg.MaterializeResult(
         asset_key="universe",
-        check_name="universe_breadth",
-        passed=thin.height == 0,
-        severity=dg.AssetCheckSeverity.WARN,
-        description=f"{thin.height} of {per_date.height} dates have fewer than {MIN_MEMBERS_WARN} members "
-        f"({int((~per_date['warm']).sum())} warm-up dates before any name has {cfg.min_history_days} bars)",
-        metadata={"first_thin_dates": [str(d) for d in thin["date"].head(10)]},
+        metadata={
+            **table_metadata(quality.UNIVERSE, members),
+            "member_rows": int(members["in_universe"].sum()),
+            "top_n": top_n or "all",
+            "median_members": float(per_date["n"].median() or 0),
+        },
     )
+    yield from results
