@@ -15,7 +15,9 @@ safetensors, keys or shapes that do not fit the config) raises one
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +29,8 @@ from kronos_pipeline.kronos.tokenizer import KronosTokenizer, KronosTokenizerCon
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+#: sha256 of every file of a checkpoint we wrote; written last, verified on load.
+MANIFEST_NAME = "checkpoint_manifest.json"
 
 # Buffers that are recomputed from the config and may be absent from a checkpoint.
 _DERIVED_BUFFER_SUFFIXES = ("rotary.inv_freq", "bsq.basis", "bsq.group_basis")
@@ -118,6 +122,62 @@ def _read_config(directory: Path, config_cls: type) -> dict[str, Any]:
     return raw
 
 
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary name beside ``path``, fsync, then rename over ``path``:
+    a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_manifest(directory: Path) -> Path:
+    """Record the sha256 of every file of the checkpoint (the manifest itself excepted)."""
+    files = {
+        p.relative_to(directory).as_posix(): file_sha256(p)
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith(".")
+    }
+    path = directory / MANIFEST_NAME
+    atomic_write_bytes(path, (json.dumps({"sha256": files}, indent=2) + "\n").encode())
+    return path
+
+
+def verify_manifest(directory: Path) -> None:
+    """Raise :class:`KronosCheckpointError` when a file differs from the manifest's hash.
+
+    Directories without a manifest (published checkpoints) are not checked here.
+    """
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        return
+    try:
+        recorded = json.loads(path.read_text())["sha256"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise KronosCheckpointError(f"Cannot read the checkpoint manifest {path}: {exc}") from exc
+    for name, expected in recorded.items():
+        file = directory / name
+        actual = file_sha256(file) if file.is_file() else "missing"
+        if actual != expected:
+            raise KronosCheckpointError(
+                f"{file} does not match the sha256 recorded in {path} (recorded "
+                f"{expected[:12]}..., found {actual[:12]}...): the checkpoint is corrupt or was "
+                "changed after it was written. Retrain it (materialize kronos_checkpoint for "
+                "the fold again) or restore the directory from a good copy."
+            )
+
+
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -162,6 +222,7 @@ def _load(
     cls: type[M], config_cls: type, source: str | Path, revision: str | None, device: Any
 ) -> M:
     directory = resolve_checkpoint_dir(source, revision)
+    verify_manifest(directory)
     config = _read_config(directory, config_cls)
     try:
         model = cls(**config)
@@ -204,17 +265,25 @@ def save_checkpoint(
     The layout is the published one, so :func:`load_tokenizer`/:func:`load_predictor` (and
     the reference ``from_pretrained``) read it back. ``extra_metadata`` (str -> str) goes
     into the safetensors header. Tensors are saved as they are (dtype and values).
-    Returns the directory.
+    Every file is written to a temporary name and renamed into place, and
+    ``checkpoint_manifest.json`` (sha256 of each file) is written last; loading verifies it,
+    so a checkpoint cut by a crash or corrupted later fails with a clear error instead of
+    loading. Returns the directory.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    # A stale manifest would vouch for files about to be replaced: remove it first.
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
     config = dataclasses.asdict(model.config)
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_bytes(
+        out / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+    )
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {"format": "pt"}
     if extra_metadata:
         metadata.update({str(k): str(v) for k, v in extra_metadata.items()})
-    save_file(tensors, str(out / WEIGHTS_NAME), metadata=metadata)
+    atomic_write_bytes(out / WEIGHTS_NAME, save(tensors, metadata=metadata))
+    write_manifest(out)
     return out

@@ -842,7 +842,10 @@ def write_trained_checkpoint(
     if lora_mod.is_lora(result.model) and save_adapter:
         lora_mod.save_adapter(result.model, out / "adapter")
     _save_checkpoint(plain_model(result.model), out, result.metadata)
-    (out / METADATA_FILENAME).write_text(json.dumps(result.metadata, indent=2, default=str))
+    hub.atomic_write_bytes(
+        out / METADATA_FILENAME, json.dumps(result.metadata, indent=2, default=str).encode()
+    )
+    hub.write_manifest(out)  # last: covers the metadata and adapter files too
     return out
 
 

@@ -20,6 +20,7 @@ from kronos_pipeline.kronos import (
     load_tokenizer,
     save_checkpoint,
 )
+from kronos_pipeline.kronos.hub import MANIFEST_NAME
 from kronos_pipeline_tests.kronos.conftest import SMALLISH_KRONOS, SMALLISH_TOKENIZER, make_pair
 
 
@@ -62,6 +63,11 @@ def test_corrupt_weights_give_one_clear_error(tmp_path: Path) -> None:
     save_checkpoint(Kronos(**SMALLISH_KRONOS), tmp_path)
     data = (tmp_path / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 3])
+    # A checkpoint we wrote: its manifest's hash catches the change before anything loads.
+    with pytest.raises(KronosCheckpointError, match="does not match the sha256 recorded"):
+        load_predictor(tmp_path)
+    # A published checkpoint has no manifest: the safetensors reader still fails clearly.
+    (tmp_path / MANIFEST_NAME).unlink()
     with pytest.raises(KronosCheckpointError, match="not a readable safetensors file"):
         load_predictor(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"\x00" * 64)
@@ -72,6 +78,9 @@ def test_corrupt_weights_give_one_clear_error(tmp_path: Path) -> None:
 def test_wrong_shapes_give_one_clear_error(tmp_path: Path) -> None:
     save_checkpoint(Kronos(**dict(SMALLISH_KRONOS, d_model=48)), tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(SMALLISH_KRONOS))
+    with pytest.raises(KronosCheckpointError, match="config.json does not match the sha256"):
+        load_predictor(tmp_path)
+    (tmp_path / MANIFEST_NAME).unlink()  # as a published checkpoint: no manifest
     with pytest.raises(KronosCheckpointError, match="wrong shape") as info:
         load_predictor(tmp_path)
     assert "embedding.emb_s1.weight" in str(info.value)
