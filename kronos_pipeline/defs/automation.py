@@ -18,6 +18,7 @@ import hashlib
 import json
 import time
 import urllib.request
+from functools import partial
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -199,14 +200,22 @@ def check_evaluations(
 ) -> list[dg.EventLogRecord]:
     """ASSET_CHECK_EVALUATION records with a storage id above ``after``, oldest first
     (``after=None``: the newest one only, descending)."""
+    from dagster._core.storage.event_log import SqlEventLogStorage, SqliteEventLogStorage
+
     records_filter = dg.EventRecordsFilter(
         event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after
     )
-    return list(
-        instance.event_log_storage.get_event_records(
-            records_filter, limit=limit if after is not None else 1, ascending=after is not None
-        )
+    storage = instance.event_log_storage
+    # The default SQLite storage is sharded by run, with no global id across runs, and its
+    # get_event_records refuses an integer cursor for check events; it mirrors every check
+    # evaluation, with a global id, into its index shard, which the SQL base class queries.
+    # Postgres and consolidated SQLite storages answer the same query directly.
+    get = (
+        partial(SqlEventLogStorage.get_event_records, storage)
+        if isinstance(storage, SqliteEventLogStorage)
+        else storage.get_event_records
     )
+    return list(get(records_filter, limit if after is not None else 1, after is not None))
 
 
 def check_failure_payload(instance: dg.DagsterInstance, record: dg.EventLogRecord) -> dict:
