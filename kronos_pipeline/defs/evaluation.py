@@ -11,7 +11,15 @@ import pandas as pd
 import polars as pl
 
 from kronos_pipeline.defs.resources import WarehouseResource
-from kronos_pipeline.evaluation import baselines, data_tripwires, folds, gates, report, tripwires
+from kronos_pipeline.evaluation import (
+    baselines,
+    data_tripwires,
+    folds,
+    gates,
+    report,
+    table_checks,
+    tripwires,
+)
 from kronos_pipeline.evaluation.metrics import decile_returns
 from kronos_pipeline.evaluation.pipeline import evaluate_scores
 from kronos_pipeline.settings import get_settings
@@ -62,8 +70,16 @@ def _pl(frame: pd.DataFrame) -> pl.DataFrame:
     pool=WAREHOUSE_POOL,
     kinds={"duckdb", "pandas"},
     description="Monthly walk-forward test folds with per-horizon purged training ends.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "folds_purged",
+            asset="folds",
+            blocking=True,
+            description="Training ends h + 1 calendar sessions before each test month",
+        ),
+    ],  # fmt: skip
 )
-def folds_asset(warehouse: WarehouseResource) -> dg.MaterializeResult:
+def folds_asset(warehouse: WarehouseResource):
     s = get_settings()
     db = warehouse.get()
     dates = _pd(db.read("select distinct date from features order by date"))["date"]
@@ -72,25 +88,24 @@ def folds_asset(warehouse: WarehouseResource) -> dg.MaterializeResult:
         s.folds.window, s.folds.rolling_train_days,
     )  # fmt: skip
     table = folds.folds_to_frame(all_folds)
+    passed, description, numbers = table_checks.folds_purged(all_folds, s.data.calendar)
+    if not passed:  # validate, then publish: folds that leak are never written
+        raise dg.Failure(f"folds are not purged: {description}")
     db.replace_table("folds", _pl(table))
     selected = folds.select_folds(all_folds, s.mode, s.folds.smoke_folds)
-    return dg.MaterializeResult(
+    yield dg.MaterializeResult(
         metadata={
             "folds": len(all_folds),
             "mode": s.mode,
-            "scoring cadence": s.folds.scoring_cadence,
-            "tripwire controls": (
-                f"LightGBM retrained on shuffled labels on up to "
-                f"{s.tripwires.shuffled_labels_max_folds or 'all'} folds and with a planted leak "
-                f"on up to {s.tripwires.planted_leak_max_folds or 'all'} folds; Kronos checkpoints "
-                "are self-supervised on prices (no labels), so shuffled labels do not apply to them"
-            ),
             "selected": ", ".join(f.fold_id for f in selected[:3])
             + (" ..." if len(selected) > 3 else ""),
             "definitions": dg.MetadataValue.md(
                 report.markdown_table(table.astype({c: str for c in table.columns[2:6]}).head(30))
             ),
         }
+    )
+    yield dg.AssetCheckResult(
+        check_name="folds_purged", passed=passed, description=description, metadata=numbers
     )
 
 
@@ -199,6 +214,19 @@ def _read_scores(db, fold_ids: list[str]) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def _matured_pairs(db, fold_ids: list[str]) -> int:
+    """Scored (model, horizon, date, ticker) rows with a finite score and a label, counted in
+    SQL independently of the pandas join that builds the eval rows."""
+    unions = " union all ".join(
+        f"select model, horizon, date, ticker, score from {t} where fold in (select unnest(?))"
+        for t in SCORE_TABLES if t in db.tables()
+    )  # fmt: skip
+    n_tables = sum(t in db.tables() for t in SCORE_TABLES)
+    sql = (f"select count(*) from ({unions}) s join labels_forward l using (date, ticker, horizon) "
+           "where isfinite(s.score) and l.fwd_return is not null and l.excess_return is not null")  # fmt: skip
+    return int(db.read(sql, [fold_ids] * n_tables).item())
+
+
 def _pit_tripwire(db, scores: pd.DataFrame, s) -> dict:
     """The PIT recomputation of the whole chain from raw bars, on dates spread over the range."""
     feature_dates = _pd(db.read("select distinct date from features order by date"))["date"]
@@ -251,6 +279,30 @@ def _check_result(asset: str, name: str, result: dict) -> dg.AssetCheckResult:
             description="Published weights evaluated before their pre-training cutoff (warns)",
         ),
         *[dg.AssetCheckSpec(n, asset="gate_verdicts", blocking=True) for n in GATE_CHECKS],
+        dg.AssetCheckSpec(
+            "rows_reconcile",
+            asset="eval_rows",
+            blocking=True,
+            description="Eval rows = scored pairs with a matured label, counted in SQL",
+        ),
+        dg.AssetCheckSpec(
+            "one_row_per_date",
+            asset="per_date_metrics",
+            blocking=True,
+            description="A row and a RankIC for every scored date with data",
+        ),
+        dg.AssetCheckSpec(
+            "one_row_per_fold",
+            asset="fold_summaries",
+            blocking=True,
+            description="A summary, with a median RankIC, per model, horizon and fold",
+        ),
+        dg.AssetCheckSpec(
+            "one_row_per_model",
+            asset="model_comparison",
+            blocking=True,
+            description="A row, with a median RankIC, per model and horizon",
+        ),
     ],  # fmt: skip
     pool=WAREHOUSE_POOL,
 )
@@ -272,6 +324,23 @@ def evaluation_tables(warehouse: WarehouseResource):
         pretrained_models=[m for m in gates.candidate_models(scores["model"].unique())
                            if m.startswith("kronos") and "zero_shot" in m],
     )  # fmt: skip
+    table_outcomes = {
+        ("eval_rows", "rows_reconcile"): table_checks.eval_rows_reconcile(
+            result.eval_rows, _matured_pairs(db, _selected_fold_ids())
+        ),
+        ("per_date_metrics", "one_row_per_date"): table_checks.per_date_complete(
+            result.per_date, result.eval_rows
+        ),
+        ("fold_summaries", "one_row_per_fold"): table_checks.summaries_complete(
+            result.fold_summaries, result.per_date
+        ),
+        ("model_comparison", "one_row_per_model"): table_checks.comparison_complete(
+            result.comparison, result.per_date
+        ),
+    }
+    broken = [f"{a}:{c}: {d}" for (a, c), (ok, d, _) in table_outcomes.items() if not ok]
+    if broken:  # validate, then publish: inconsistent tables are never written
+        raise dg.Failure("evaluation tables do not reconcile: " + "; ".join(broken))
     frames = (result.eval_rows, result.per_date, result.fold_summaries, result.comparison)
     for name, frame in zip(TABLES, frames, strict=True):
         db.replace_table(name, _pl(frame))
@@ -288,6 +357,10 @@ def evaluation_tables(warehouse: WarehouseResource):
         asset_key="gate_verdicts",
         metadata={k: v for k, v in report.key_figures(result.comparison, result.verdicts).items()},
     )
+    for (asset, check), (ok, description, numbers) in table_outcomes.items():
+        yield dg.AssetCheckResult(
+            asset_key=asset, check_name=check, passed=ok, description=description, metadata=numbers
+        )
     # The report is the evidence a failed gate needs: write it before the blocking checks,
     # which would otherwise skip evaluation_report in the same run.
     _write_report_folder(db)
@@ -359,8 +432,19 @@ def _write_report_folder(db) -> tuple[Path, dict]:
     group_name=GROUP,
     kinds={"duckdb", "matplotlib"},
     description="The run folder: REPORT_SUMMARY.md, CSVs, parquet, leak_tripwires.json, plots.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "report_files",
+            asset="evaluation_report",
+            description="The report folder holds every file of SPEC section 8",
+        ),
+    ],  # fmt: skip
 )
-def evaluation_report_asset(warehouse: WarehouseResource) -> dg.MaterializeResult:
+def evaluation_report_asset(warehouse: WarehouseResource):
     """Re-render the report folder (the evaluation step writes it too, before its gate checks)."""
     out_dir, figures = _write_report_folder(warehouse.get())
-    return dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out_dir)), **figures})
+    yield dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out_dir)), **figures})
+    ok, description, numbers = table_checks.report_files_present(out_dir, report.REPORT_FILES)
+    yield dg.AssetCheckResult(
+        check_name="report_files", passed=ok, description=description, metadata=numbers
+    )

@@ -73,7 +73,7 @@ EXPECTED_ASSETS = {
         ["prices_pit", "universe"],
         ["column_schema_change", "label_availability", "labels_quality"],
     ),
-    "folds": ("evaluation", None, ["features", "labels_forward"], []),
+    "folds": ("evaluation", None, ["features", "labels_forward"], ["folds_purged"]),
     "baseline_scores": (
         "evaluation",
         "fold",
@@ -84,31 +84,39 @@ EXPECTED_ASSETS = {
         "evaluation",
         None,
         ["baseline_scores", "kronos_scores", "labels_forward", "prices_pit"],
-        [],
+        ["rows_reconcile"],
     ),
     "per_date_metrics": (
         "evaluation",
         None,
         ["baseline_scores", "kronos_scores", "labels_forward", "prices_pit"],
-        [],
+        ["one_row_per_date"],
     ),
     "fold_summaries": (
         "evaluation",
         None,
         ["baseline_scores", "kronos_scores", "labels_forward", "prices_pit"],
-        [],
+        ["one_row_per_fold"],
     ),
     "model_comparison": (
         "evaluation",
         None,
         ["baseline_scores", "kronos_scores", "labels_forward", "prices_pit"],
-        [],
+        ["one_row_per_model"],
     ),
     "leak_tripwires": (
         "evaluation",
         None,
         ["baseline_scores", "kronos_scores", "labels_forward", "prices_pit"],
-        ["leak_scan", "planted_leak", "random_scores", "shuffled_labels"],
+        [
+            "adjustment_consistency",
+            "contamination",
+            "leak_scan",
+            "pit_recomputation",
+            "planted_leak",
+            "random_scores",
+            "shuffled_labels",
+        ],
     ),
     "gate_verdicts": (
         "evaluation",
@@ -139,7 +147,7 @@ EXPECTED_ASSETS = {
             "model_comparison",
             "per_date_metrics",
         ],
-        [],
+        ["report_files"],
     ),
 }
 EXPECTED_JOBS = {

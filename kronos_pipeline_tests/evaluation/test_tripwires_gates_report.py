@@ -84,6 +84,7 @@ def test_controls_of_a_sound_pipeline_pass(run):
     for name, model in (("shuffled_labels", b.SHUFFLED_MODEL), ("random_scores", b.RANDOM_MODEL)):
         result = run.tripwires[name]
         assert result["status"] == "pass", result["reason"]
+        assert result["model"] == model
         for r in result["by_horizon"]:
             assert abs(r["median_rank_ic"]) < cfg.max_abs_median_rankic or abs(r["t"]) < 2
     # the real LightGBM learned the planted signal; its shuffled twin did not
