@@ -274,8 +274,6 @@ def save_checkpoint(
 
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    # A stale manifest would vouch for files about to be replaced: remove it first.
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
     config = dataclasses.asdict(model.config)
     atomic_write_bytes(
         out / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
