@@ -244,9 +244,9 @@ def _pit_tripwire(db, scores: pd.DataFrame, s) -> dict:
         scores=_pd(db.read(f"select model, horizon, date, ticker, score from baseline_scores "
                            f"{on_days} and model in (select unnest(?))", [day_list, factor_models])),
     )  # fmt: skip
-    sectors = db.read("select * from ticker_sectors") if "ticker_sectors" in db.tables() else None
+    history = db.read_table("sector_history") if "sector_history" in db.tables() else None
     raw = db.read_table("raw_bars", end=day_list[-1])
-    return data_tripwires.pit_chain_tripwire(raw, sectors, stored, dates, s)
+    return data_tripwires.pit_chain_tripwire(raw, history, stored, dates, s)
 
 
 def _check_result(asset: str, name: str, result: dict) -> dg.AssetCheckResult:

@@ -12,6 +12,7 @@ import pandas as pd
 import polars as pl
 
 from kronos_pipeline.data.pit import adjustment_agreement, prices_pit
+from kronos_pipeline.data.side_tables import sector_segments
 from kronos_pipeline.evaluation.baselines import COMPOSITE_MODEL, FACTORS, factor_scores
 from kronos_pipeline.evaluation.tripwires import FAIL, PASS, pit_recomputation_summary, verdict
 from kronos_pipeline.features.build import features
@@ -84,14 +85,15 @@ def _compare(name: str, full: pd.DataFrame, cut: pd.DataFrame, keys: list[str], 
 
 def pit_chain_tripwire(
     raw_bars: pl.DataFrame,
-    sectors: pl.DataFrame | None,
+    sector_history: pl.DataFrame | None,
     stored: StoredAsOf,
     dates: Sequence,
     settings: Settings,
 ) -> dict[str, Any]:
     """PIT law for the whole chain (SPEC section 7): for each sampled date t, rebuild prices,
     universe, features, labels and the factor-floor scores from the raw bars dated <= t (side
-    tables included) and compare them with what the warehouse holds as of t.
+    tables included: the sectors are those ``sector_history`` says were valid on t, or a plain
+    ticker -> sector map) and compare them with what the warehouse holds as of t.
 
     Compared as of t: features and universe membership on t; every label with ``available_at
     <= t`` dated within the longest horizon's two spans before t (availability by key, values to
@@ -111,6 +113,7 @@ def pit_chain_tripwire(
             u.min_history_days, u.min_price, u.min_median_dollar_volume,
             u.liquidity_window_days, settings.effective_top_n,
         )  # fmt: skip
+        sectors = sector_segments(sector_history, day, day)[0][2]
         feats = features(prices, sectors).filter(pl.col("date") == day).to_pandas()
         labels = labels_forward(prices.select("ticker", "date", "tri"), members, horizons)
         labels = labels.filter(pl.col("available_at") <= day).to_pandas()
@@ -147,7 +150,7 @@ def pit_chain_tripwire(
         "dates": [str(pd.Timestamp(t).date()) for t in dates],
         "tables_compared": sorted({c["table"] for c in checks}),
         "rows_compared": int(sum(c["rows_compared"] for c in checks)),
-        "side_tables": "ticker_sectors" if sectors is not None else "none",
+        "side_tables": "sector_history" if sector_history is not None else "none",
         "checks": checks,
     }
     if not checks:

@@ -68,7 +68,7 @@ def test_a_sound_chain_passes_on_dates_spread_over_the_range(market):
         "features", "universe", "labels_forward", "baseline_scores",
     }  # fmt: skip
     assert result["rows_compared"] > 1000
-    assert result["side_tables"] == "ticker_sectors"
+    assert result["side_tables"] == "sector_history"
 
 
 def test_a_leaky_feature_trips_it(market, monkeypatch):

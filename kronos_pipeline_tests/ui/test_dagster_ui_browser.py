@@ -13,6 +13,7 @@ chromium``), else ``chromium`` on PATH. Missing, the test fails and says how to 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -100,6 +101,11 @@ def dagster_ui(tmp_path_factory):
         os.environ,
         DAGSTER_HOME=str(home),
         KRONOS_WAREHOUSE__DATA_DIR=str(tmp_path_factory.mktemp("warehouse")),
+        # A small synthetic market that runs to today, so the latest partition the UI offers
+        # holds every bar its completeness check expects.
+        KRONOS_DATA__SYNTHETIC_TICKERS="30",
+        KRONOS_DATA__SYNTHETIC_START=(dt.date.today() - dt.timedelta(days=400)).isoformat(),
+        KRONOS_DATA__SYNTHETIC_END=dt.date.today().isoformat(),
     )
     dagster = Path(sys.executable).with_name("dagster")
     with open(log_path, "w") as log:
