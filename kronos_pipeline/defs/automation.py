@@ -294,9 +294,10 @@ def stale_sessions(newest: dt.date, now: dt.datetime, calendar: str) -> list[dt.
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def alert_on_stale_sessions(context: dg.SensorEvaluationContext):
-    """Freshness of the newest partition: alert once when no new session has arrived in
-    raw_bars for ``alerts.stale_after_sessions`` trading days (the cursor is the newest
-    session alerted about; a new session resets it)."""
+    """Freshness of the newest partition: alert when no new session has arrived in raw_bars
+    for ``alerts.stale_after_sessions`` trading days, once per stale spell. The cursor is
+    ``stale:<newest>`` after an alert and ``fresh`` once sessions are current again, so a
+    backfill that lands old sessions one by one during a spell does not repeat the alert."""
     settings = get_settings()
     keys = sessions_with_bars(context.instance)
     if not keys:
@@ -304,9 +305,10 @@ def alert_on_stale_sessions(context: dg.SensorEvaluationContext):
     newest = max(dt.datetime.strptime(k, PARTITION_FMT).date() for k in keys)
     missing = stale_sessions(newest, dt.datetime.now(dt.UTC), settings.data.calendar)
     if len(missing) < settings.alerts.stale_after_sessions:
+        context.update_cursor("fresh")
         return dg.SkipReason(f"newest session {newest}; {len(missing)} due since")
-    if context.cursor == str(newest):
-        return dg.SkipReason(f"already alerted: no session since {newest}")
+    if (context.cursor or "").startswith("stale:"):
+        return dg.SkipReason(f"already alerted ({context.cursor}); newest session {newest}")
     url = settings.alerts.webhook_url
     if not url:
         return dg.SkipReason(f"stale since {newest}; no alert webhook configured")
@@ -321,7 +323,7 @@ def alert_on_stale_sessions(context: dg.SensorEvaluationContext):
             "at": dt.datetime.now(dt.UTC).isoformat(),
         },
     )
-    context.update_cursor(str(newest))
+    context.update_cursor(f"stale:{newest}")
     return dg.SkipReason(f"alerted: {len(missing)} sessions due since {newest}")
 
 

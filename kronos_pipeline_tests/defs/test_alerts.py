@@ -177,6 +177,11 @@ def test_stale_data_is_alerted_once_per_newest_session(receiver):
             dg.build_sensor_context(instance=instance, cursor=first.cursor)
         )
         assert "already alerted" in again.skip_message and len(receiver.posts) == 1
+        _bars(instance, "2020-01-02", 500)  # still stale today, but the same spell
+        later = alert_on_stale_sessions.evaluate_tick(
+            dg.build_sensor_context(instance=instance, cursor=again.cursor)
+        )
+        assert "already alerted" in later.skip_message and len(receiver.posts) == 1
 
 
 def test_the_schedule_retries_a_late_day_once_its_file_arrives(monkeypatch, tmp_path):
