@@ -192,4 +192,7 @@ def test_a_failing_warn_check_is_posted_exactly_once_by_the_daemon(tmp_path):
     assert not [p for p in hook.posts if p["event"] == "run_failure"]
     stale = [p for p in hook.posts if p["event"] == "stale_sessions"]
     assert len(stale) == 1, stale
-    assert stale[0]["asset"] == "raw_bars" and stale[0]["newest_session"] == RANGE[1]
+    # The sensor may tick while the run's partitions are still being recorded: the newest
+    # session it saw lies in the range, and the spell is alerted once all the same.
+    assert stale[0]["asset"] == "raw_bars"
+    assert RANGE[0] <= stale[0]["newest_session"] <= RANGE[1]
