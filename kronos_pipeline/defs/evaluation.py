@@ -342,14 +342,20 @@ def evaluation_tables(warehouse: WarehouseResource):
     if broken:  # validate, then publish: inconsistent tables are never written
         raise dg.Failure("evaluation tables do not reconcile: " + "; ".join(broken))
     frames = (result.eval_rows, result.per_date, result.fold_summaries, result.comparison)
-    for name, frame in zip(TABLES, frames, strict=True):
-        db.replace_table(name, _pl(frame))
-        yield dg.MaterializeResult(asset_key=name, metadata={"rows": len(frame)})
     trip_json = json.dumps(report.clean_json(result.tripwires), default=report.json_default)
-    db.replace_table(
-        "leak_tripwires", pl.DataFrame({"run_at": [dt.datetime.now()], "json": [trip_json]})
-    )
-    db.replace_table("gate_verdicts", _pl(result.verdicts))
+    # Validate, then publish: every table of the step lands in one transaction, or none.
+    with db.transaction() as tx:
+        for name, frame in zip(TABLES, frames, strict=True):
+            tx.replace_table(name, _pl(frame))
+        tx.replace_table(
+            "leak_tripwires", pl.DataFrame({"run_at": [dt.datetime.now()], "json": [trip_json]})
+        )
+        tx.replace_table("gate_verdicts", _pl(result.verdicts))
+        # Cross-model comparisons on common (date, ticker) pairs, rendered by the report.
+        tx.replace_table("model_comparison_common", _pl(result.common))
+        tx.replace_table("model_versus_lightgbm", _pl(result.versus_lightgbm))
+    for name, frame in zip(TABLES, frames, strict=True):
+        yield dg.MaterializeResult(asset_key=name, metadata={"rows": len(frame)})
     yield dg.MaterializeResult(
         asset_key="leak_tripwires", metadata={"passed": bool(result.tripwires["passed"])}
     )
@@ -406,6 +412,10 @@ def _write_report_folder(db) -> tuple[Path, dict]:
         reference=gates.reference_comparison(t["model_comparison"], s.report),
         data_source=s.data.source_kind,
         sector_features=_sector_features(db),
+        common=_pd(db.read("select * from model_comparison_common"))
+        if "model_comparison_common" in db.tables() else None,
+        versus_lightgbm=_pd(db.read("select * from model_versus_lightgbm"))
+        if "model_versus_lightgbm" in db.tables() else None,
         sectors_used=s.features.use_sector_relative,
         run_info={
             "mode": s.mode,

@@ -101,23 +101,27 @@ def gate1(rows: pd.DataFrame, gates: GateSettings) -> tuple[str, str]:
     return (PASS if len(ok_h) >= gates.gate1_min_horizons else FAIL), reason
 
 
-def gate2(row: pd.Series, lightgbm_median: float | None, gates: GateSettings) -> tuple[str, str]:
-    """ML comparison at one horizon: ``median_rank_ic >= gate2_min_median_rankic`` or within
-    ``gate2_max_gap_to_lightgbm`` of the LightGBM baseline's median RankIC. A NaN median is
-    "not evaluated"."""
+def gate2(row: pd.Series, versus: pd.Series | None, gates: GateSettings) -> tuple[str, str]:
+    """ML comparison at one horizon: ``median_rank_ic >= gate2_min_median_rankic`` (over the
+    model's own dates), or within ``gate2_max_gap_to_lightgbm`` of the LightGBM baseline, the
+    gap taken on the (date, ticker) pairs both scored (``versus``: a row of
+    :func:`metrics.versus_reference`; None without a LightGBM baseline). A NaN median is "not
+    evaluated"."""
     med = float(row["median_rank_ic"])
     if not np.isfinite(med):
         return NOT_EVALUATED, "no median RankIC (no scored date with a matured label)"
     abs_ok = med >= gates.gate2_min_median_rankic
-    if lightgbm_median is None or not np.isfinite(lightgbm_median):
+    gap = float(versus["gap"]) if versus is not None else float("nan")
+    if not np.isfinite(gap):
         return (PASS if abs_ok else FAIL), (
-            f"median RankIC {_fmt(med)} vs {gates.gate2_min_median_rankic}; no LightGBM baseline"
+            f"median RankIC {_fmt(med)} vs {gates.gate2_min_median_rankic}; no LightGBM "
+            "baseline on common pairs"
         )
-    gap = lightgbm_median - med
     passed = abs_ok or gap <= gates.gate2_max_gap_to_lightgbm
     return (PASS if passed else FAIL), (
         f"median RankIC {_fmt(med)} (>= {gates.gate2_min_median_rankic}?) or gap to LightGBM "
-        f"{_fmt(gap)} (<= {gates.gate2_max_gap_to_lightgbm}?)"
+        f"{_fmt(gap)} on {int(versus['n_common_dates'])} common dates "
+        f"(<= {gates.gate2_max_gap_to_lightgbm}?)"
     )
 
 
@@ -168,16 +172,31 @@ def gate2_strict(row: pd.Series, gates: GateSettings) -> str:
 
 
 def evaluate_gates(
-    comparison: pd.DataFrame, gates: GateSettings, leak_models: Sequence[str] = ()
+    comparison: pd.DataFrame,
+    gates: GateSettings,
+    leak_models: Sequence[str] = (),
+    versus_lightgbm: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Gate 1-3 verdicts for every model of the comparison table (tripwire controls excluded).
+
+    ``versus_lightgbm`` (:func:`metrics.versus_reference` against LightGBM) gives gate 2 its gap
+    on common (date, ticker) pairs; without it, each model's own median is compared with
+    LightGBM's own median (same dates by construction only when both score the same pairs).
 
     A model flagged by the leak scan (``leak_models``) fails every gate with the reason
     "leak tripwire fired". Columns: ``gate, model, horizon, status, passed, candidate, reason``
     (and ``gate2_strict`` on gate 2 rows, informational).
     """
     results: list[dict[str, object]] = []
-    lgbm = comparison[comparison["model"] == LIGHTGBM_MODEL].set_index("horizon")["median_rank_ic"]
+    if versus_lightgbm is None:
+        lgbm = comparison[comparison["model"] == LIGHTGBM_MODEL].set_index("horizon")
+        own = comparison.set_index(["model", "horizon"])["median_rank_ic"]
+        versus_lightgbm = pd.DataFrame([
+            {"model": m, "horizon": h, "n_common_dates": 0,
+             "gap": float(lgbm.loc[h, "median_rank_ic"]) - float(own[(m, h)])}
+            for m, h in own.index if m != LIGHTGBM_MODEL and h in lgbm.index
+        ], columns=["model", "horizon", "n_common_dates", "gap"])  # fmt: skip
+    versus = versus_lightgbm.set_index(["model", "horizon"])
     judged = comparison[~comparison["model"].isin(CONTROL_MODELS)]
     candidates = set(candidate_models(judged["model"]))
     leak_reason = "leak tripwire fired: median RankIC implausibly high"
@@ -191,8 +210,9 @@ def evaluate_gates(
         add("gate1", model, None, gate1(rows, gates))
         for r in rows.sort_values("horizon").itertuples(index=False):
             row = pd.Series(r._asdict())
-            ref = float(lgbm[r.horizon]) if r.horizon in lgbm.index else None
-            verdict = gate2(row, None if model == LIGHTGBM_MODEL else ref, gates)
+            key = (model, r.horizon)
+            ref = versus.loc[key] if key in versus.index and model != LIGHTGBM_MODEL else None
+            verdict = gate2(row, ref, gates)
             add("gate2", model, int(r.horizon), verdict, gate2_strict=gate2_strict(row, gates))
         add("gate3", model, None, gate3(rows, gates))
     columns = [

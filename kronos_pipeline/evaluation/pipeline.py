@@ -10,6 +10,7 @@ import pandas as pd
 
 from kronos_pipeline.evaluation import gates as gates_mod
 from kronos_pipeline.evaluation import metrics, tripwires
+from kronos_pipeline.evaluation.baselines import CONTROL_MODELS, LIGHTGBM_MODEL
 from kronos_pipeline.settings import Settings
 
 
@@ -24,6 +25,8 @@ class Evaluation:
     deciles: pd.DataFrame
     tripwires: dict[str, Any]
     verdicts: pd.DataFrame
+    common: pd.DataFrame  # every compared model on the (date, ticker) pairs all of them scored
+    versus_lightgbm: pd.DataFrame  # each model against LightGBM on the pairs both scored
     reference: pd.DataFrame
 
 
@@ -62,9 +65,13 @@ def evaluate_scores(
         pretrain_cutoff=pd.Timestamp(settings.kronos.pretrain_cutoff),
         pit=pit, adjustment=adjustment,
     )  # fmt: skip
+    compared = sorted(set(rows["model"]) - set(CONTROL_MODELS))
+    common = metrics.common_comparison(rows, compared, settings.data.calendar)
+    versus = metrics.versus_reference(rows, compared, LIGHTGBM_MODEL, settings.data.calendar)
     verdicts = gates_mod.evaluate_gates(
-        comparison, settings.gates, leak_models=trip["leak_scan"]["flagged_models"]
-    )
+        comparison, settings.gates, leak_models=trip["leak_scan"]["flagged_models"],
+        versus_lightgbm=versus,
+    )  # fmt: skip
     return Evaluation(
         eval_rows=rows,
         per_date=per_date,
@@ -73,5 +80,7 @@ def evaluate_scores(
         deciles=metrics.decile_returns(rows),
         tripwires=trip,
         verdicts=verdicts,
+        common=common,
+        versus_lightgbm=versus,
         reference=gates_mod.reference_comparison(comparison, settings.report),
     )

@@ -199,6 +199,38 @@ def comparison_table(
     return out
 
 
+def common_section(
+    common: pd.DataFrame | None, versus: pd.DataFrame | None, horizon: int
+) -> list[str]:
+    """The cross-model comparison of one horizon on common (date, ticker) pairs."""
+    if common is None or common.empty:
+        return []
+    c = common[common["horizon"] == horizon].sort_values("median_rank_ic", ascending=False)
+    if c.empty:
+        return []
+    table = pd.DataFrame({
+        "model": c["model"], "common dates": c["n_common_dates"].astype(int),
+        "median RankIC": c["median_rank_ic"], "mean RankIC": c["mean_rank_ic"], "NW t": c["nw_t"],
+    })  # fmt: skip
+    lines = [
+        "Cross-model comparison on the (date, ticker) pairs that every compared model scored "
+        f"({int(c['n_common_pairs'].iloc[0])} pairs per model):",
+        "",
+        markdown_table(table),
+        "",
+    ]
+    v = versus[versus["horizon"] == horizon] if versus is not None else pd.DataFrame()
+    if len(v):
+        vs = pd.DataFrame({
+            "model": v["model"], "common dates": v["n_common_dates"].astype(int),
+            "median RankIC": v["median_rank_ic"], "LightGBM on the same pairs":
+            v["reference_median_rank_ic"], "gap to LightGBM": v["gap"],
+        })  # fmt: skip
+        lines += ["Versus LightGBM, each model on the pairs both scored (the gate 2 gap):", "",
+                  markdown_table(vs), ""]  # fmt: skip
+    return lines
+
+
 def key_figures(comparison: pd.DataFrame, verdicts: pd.DataFrame) -> dict[str, float | str]:
     """Flat ``{"<model>/<h>d/median_rank_ic": value, ...}`` for Dagster asset metadata."""
     figures: dict[str, float | str] = {}
@@ -271,6 +303,8 @@ def write_report(
     run_info: dict[str, Any] | None = None,
     sector_features: Sequence[str] = (),
     sectors_used: bool = True,
+    common: pd.DataFrame | None = None,
+    versus_lightgbm: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """Write the SPEC section 8 folder as ``out_dir``: every file goes to a staging folder
     beside it, which then replaces the previous report in one rename (see :func:`_publish`).
@@ -280,6 +314,8 @@ def write_report(
         run_info: free ``key: value`` lines for the header (mode, folds, universe, wall time...).
         sector_features: the feature columns built from the sector mapping (limitations).
         sectors_used: whether they were model inputs (``features.use_sector_relative``).
+        common: every compared model on the (date, ticker) pairs all of them scored.
+        versus_lightgbm: each model against LightGBM on the pairs both scored.
 
     Returns: file name -> path of everything written.
     """
@@ -319,11 +355,14 @@ def write_report(
     ]
     for h in sorted(comparison["horizon"].unique()):
         lines += [
-            f"## Horizon {h} trading days",
+            f"## Horizon {int(h)} trading days",
+            "",
+            "Each model over all of its own scoring dates (`dates`):",
             "",
             markdown_table(comparison_table(comparison, verdicts, h)),
             "",
         ]
+        lines += common_section(common, versus_lightgbm, int(h))
     lines += [
         "## Reference study (frozen numbers, different data)",
         "",
