@@ -240,7 +240,7 @@ def _pit_tripwire(db, scores: pd.DataFrame, s) -> dict:
         features=_pd(db.read(f"select * from features {on_days}", [day_list])),
         universe=_pd(db.read(f"select * from universe {on_days}", [day_list])),
         labels=_pd(db.read("select * from labels_forward where available_at <= ? and date >= ?",
-                           [day_list[-1], (dates[0] - pd.Timedelta(days=200)).date()])),
+                           [day_list[-1], data_tripwires.label_window_start(dates[0], s.labels.horizons).date()])),
         scores=_pd(db.read(f"select model, horizon, date, ticker, score from baseline_scores "
                            f"{on_days} and model in (select unnest(?))", [day_list, factor_models])),
     )  # fmt: skip

@@ -40,6 +40,12 @@ class StoredAsOf:
     scores: pd.DataFrame
 
 
+def label_window_start(t: pd.Timestamp, horizons: Sequence[int]) -> pd.Timestamp:
+    """First label date compared as of ``t``: two spans of the longest horizon back (in
+    weekdays, a few more than sessions), which holds every label that matured recently."""
+    return pd.Timestamp(t) - pd.tseries.offsets.BDay(2 * max(horizons) + 10)
+
+
 def sample_dates(
     feature_dates: Sequence, scoring_dates: Sequence, count: int, skip: int = 252
 ) -> list[pd.Timestamp]:
@@ -117,7 +123,7 @@ def pit_chain_tripwire(
         feats = features(prices, sectors).filter(pl.col("date") == day).to_pandas()
         labels = labels_forward(prices.select("ticker", "date", "tri"), members, horizons)
         labels = labels.filter(pl.col("available_at") <= day).to_pandas()
-        window_start = t - pd.tseries.offsets.BDay(2 * max(horizons) + 10)
+        window_start = label_window_start(t, horizons)
         stored_labels = stored.labels[
             (pd.to_datetime(stored.labels["available_at"]) <= t)
             & (pd.to_datetime(stored.labels["date"]) >= window_start)

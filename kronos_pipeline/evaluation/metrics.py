@@ -428,6 +428,7 @@ def per_date_metrics(
     market: pd.DataFrame | None = None,
     n_quantiles: int = N_QUANTILES,
     calendar: str = "XNYS",
+    book_scores: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Per ``model, horizon, date`` metrics from eval rows.
 
@@ -439,7 +440,9 @@ def per_date_metrics(
     first date; churn, not a cost); ``ls_turnover = top_turnover + bottom_turnover``;
     ``hold_top_turnover, hold_bottom_turnover`` (share of each leg replaced when the portfolio
     formed at ``t`` is rolled into the one formed ``h`` sessions later, see :func:`hold_pairs`;
-    1 per leg, with ``hold_cost_bounded`` True, where the model scored no date that late);
+    1 per leg, with ``hold_cost_bounded`` True, where the model scored no date that late; the
+    portfolios come from ``book_scores``, every score of the models including dates whose labels
+    have not matured, when given, else from the eval rows);
     ``hold_turnover`` (their sum);
     ``net_spread_return = spread_return - cost_bps * 1e-4 * 2 * hold_turnover`` (SPEC 5: the
     cost of the hold actually taken, not of consecutive-date churn);
@@ -473,9 +476,18 @@ def per_date_metrics(
     out["top_turnover"] = _basket_replacement(df, n_quantiles, consecutive, "later")
     out["bottom_turnover"] = _basket_replacement(df, 1, consecutive, "later")
     out["ls_turnover"] = out["top_turnover"] + out["bottom_turnover"]
-    held = hold_pairs(df, calendar)
-    out["hold_top_turnover"] = _basket_replacement(df, n_quantiles, held, "date")
-    out["hold_bottom_turnover"] = _basket_replacement(df, 1, held, "date")
+    # Portfolios are formed from the scores alone, so the one that replaces a hold exists even
+    # where its own labels have not matured yet (the last h sessions of the data).
+    book = df
+    if book_scores is not None:
+        pairs = df[["model", "horizon"]].drop_duplicates()
+        book = book_scores[["model", "horizon", "date", "ticker", "score"]].merge(pairs)
+        book = book.assign(date=pd.to_datetime(book["date"]), horizon=book["horizon"].astype(int))
+        book = book[np.isfinite(book["score"].astype(float))].reset_index(drop=True)
+        book["quantile"] = assign_quantiles(book, KEYS, n_quantiles)
+    held = hold_pairs(book, calendar).merge(out.index.to_frame(index=False), on=KEYS)
+    out["hold_top_turnover"] = _basket_replacement(book, n_quantiles, held, "date")
+    out["hold_bottom_turnover"] = _basket_replacement(book, 1, held, "date")
     # No portfolio h sessions later to roll into: the book is sold and a new one bought
     # (turnover 1 per leg), the most a hold can cost, so the net figure is never flattered.
     has_next = pd.MultiIndex.from_frame(held.dropna(subset=["later"])[KEYS])

@@ -55,8 +55,9 @@ def evaluate_scores(
     """
     rows = metrics.eval_rows(scores, labels, as_of)
     per_date = metrics.per_date_metrics(
-        rows, settings.costs.cost_bps, momentum, market, calendar=settings.data.calendar
-    )
+        rows, settings.costs.cost_bps, momentum, market, calendar=settings.data.calendar,
+        book_scores=scores,
+    )  # fmt: skip
     folds = metrics.fold_summaries(per_date)
     comparison = metrics.model_comparison(per_date, folds)
     trip = tripwires.run_tripwires(

@@ -282,3 +282,16 @@ def test_eval_rows_keeps_only_matured_labels():
     )
     out = m.eval_rows(scores, labels, as_of=pd.Timestamp("2019-01-31"))
     assert out["ticker"].tolist() == ["a"]
+
+
+def test_the_replacing_portfolio_comes_from_scores_whose_labels_have_not_matured(grid):
+    dates, tickers, score, label, fwd = grid
+    rows = _rows(score, label, dates, tickers, fwd=fwd)
+    matured = rows[rows["date"] < dates[-20]]  # the last 20 sessions have no label yet
+    scores = rows[["model", "horizon", "date", "ticker", "score", "fold"]]
+    alone = m.per_date_metrics(matured, 10.0)
+    booked = m.per_date_metrics(matured, 10.0, book_scores=scores)
+    assert alone["hold_cost_bounded"].sum() == 20
+    assert booked["hold_cost_bounded"].sum() == 0
+    full = m.per_date_metrics(rows, 10.0)
+    np.testing.assert_allclose(booked["hold_turnover"], full["hold_turnover"][: len(booked)])
