@@ -322,6 +322,7 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the report is for every reader
     paths = {name: staging / name for name in REPORT_FILES}
     fold_summaries.to_csv(paths["fold_summaries.csv"], index=False)
     per_date.to_csv(paths["per_date_metrics.csv"], index=False)
