@@ -150,7 +150,9 @@ FEATURE_COLUMNS = tuple(
     sector_rel_mom_12_1 sector_rel_mom_1m sector_rel_vol_60d""".split()
 )
 # Features computed from a single bar are never null; windowed ones are null during warm-up.
-_SAME_DAY_FEATURES = ("range_1d", "intraday_ret_1d", "close_location_1d", "log_price")
+# Computed from the day's own bar, so never null; close_location_1d is, by definition, on a
+# day whose high equals its low (910 such bars in the real sample).
+_SAME_DAY_FEATURES = ("range_1d", "intraday_ret_1d", "log_price")
 FEATURES = TableSchema(
     "features",
     (

@@ -103,3 +103,20 @@ def test_sector_relative_features_average_zero_within_date_and_sector(small_mark
     )
     assert means["sector_rel_vol_60d"].abs().max() < 1e-12
     assert table.select("date", "ticker").is_duplicated().sum() == 0
+
+
+def test_a_bar_whose_high_equals_its_low_passes_the_declared_feature_schema(hand_made):
+    # Real files hold such bars (910 in the shared sample): close_location_1d is undefined
+    # there, and the schema must say so rather than fail the whole features step.
+    from kronos_pipeline import quality
+
+    prices, _ = hand_made
+    last = pl.col("date") == pl.col("date").max()
+    flat = prices.with_columns(
+        adj_high=pl.when(last).then(pl.col("adj_close")).otherwise(pl.col("adj_high")),
+        adj_low=pl.when(last).then(pl.col("adj_close")).otherwise(pl.col("adj_low")),
+    )
+    table = features(flat)
+    assert table["close_location_1d"].null_count() == 2
+    report = quality.validate(table, "features", quality.features_suite(table.height))
+    assert report.success, report.failures
