@@ -412,6 +412,7 @@ def _write_report_folder(db) -> tuple[Path, dict]:
         reference=gates.reference_comparison(t["model_comparison"], s.report),
         data_source=s.data.source_kind,
         sector_features=_sector_features(db),
+        stop_rules=gates.stop_rule(t["model_comparison"], s.gates),
         common=_pd(db.read("select * from model_comparison_common"))
         if "model_comparison_common" in db.tables() else None,
         versus_lightgbm=_pd(db.read("select * from model_versus_lightgbm"))

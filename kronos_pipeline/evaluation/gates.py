@@ -228,6 +228,26 @@ def evaluate_gates(
     return pd.DataFrame(results, columns=columns)
 
 
+def stop_rule(comparison: pd.DataFrame, gates: GateSettings) -> list[dict[str, object]]:
+    """The research plan's stop rule, per zero-shot model (published weights, model name with
+    ``zero_shot``): "stop: no zero-shot signal" when its median RankIC is below
+    ``stop_min_zero_shot_median_rankic`` at every horizon; "continue" when it reaches it at one;
+    "not evaluated" when a horizon has no median."""
+    out = []
+    bar = gates.stop_min_zero_shot_median_rankic
+    for model, rows in comparison[comparison["model"].str.contains("zero_shot")].groupby("model"):
+        med = rows["median_rank_ic"].to_numpy(float)
+        if (med[np.isfinite(med)] >= bar).any():
+            verdict = "continue"
+        elif not np.isfinite(med).all() or not len(med):
+            verdict = NOT_EVALUATED
+        else:
+            verdict = "stop: no zero-shot signal"
+        out.append({"model": model, "decision": verdict, "bar": bar,
+                    "medians": {int(h): float(v) for h, v in zip(rows["horizon"], med, strict=True)}})  # fmt: skip
+    return out
+
+
 def gate_marks(verdicts: pd.DataFrame) -> pd.DataFrame:
     """One row per model: ``gate1, gate2, gate3`` as ``pass`` / ``fail`` / ``not evaluated``
     (gate 2 passes when every horizon passes, fails when any fails)."""

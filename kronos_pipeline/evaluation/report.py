@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: the report is written by workers without a display
 
+import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -97,6 +98,26 @@ def _horizon_axes(horizons: Sequence[int]):
     return fig, dict(zip(horizons, axes[0], strict=True))
 
 
+def _verdict_rows(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Gate verdicts for the report: horizons as whole trading days ("all" for cross-horizon
+    gates), statuses in capitals."""
+    out = verdicts.drop(columns=["passed"], errors="ignore").copy()
+    out["horizon"] = [("all" if pd.isna(h) else str(int(h))) for h in out["horizon"]]
+    for col in ("status", "gate2_strict"):
+        if col in out:
+            out[col] = out[col].fillna("n/a").astype(str).str.upper()
+    out["candidate"] = out["candidate"].map({True: "yes", False: "no"})
+    return out
+
+
+def _date_axis(ax) -> None:
+    """Calendar dates on the x axis whatever the span (a short one would otherwise show hours)."""
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
+    ax.tick_params(axis="x", labelrotation=45)
+
+
 def plot_cumulative_rank_ic(per_date: pd.DataFrame, path: Path) -> None:
     """Cumulative sum of daily RankIC per model, one panel per horizon."""
     horizons = sorted(per_date["horizon"].unique())
@@ -104,9 +125,9 @@ def plot_cumulative_rank_ic(per_date: pd.DataFrame, path: Path) -> None:
     for (model, h), g in per_date.sort_values("date").groupby(["model", "horizon"]):
         axes[h].plot(g["date"], g["rank_ic"].fillna(0).cumsum(), label=model)
     for h, ax in axes.items():
-        ax.set_title(f"Cumulative RankIC, {h}d")
+        ax.set_title(f"Cumulative RankIC, {int(h)}d")
         ax.axhline(0, color="grey", lw=0.5)
-        ax.tick_params(axis="x", labelrotation=45)
+        _date_axis(ax)
     axes[horizons[0]].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -120,7 +141,7 @@ def plot_rank_ic_by_fold(fold_summaries: pd.DataFrame, path: Path) -> None:
     for (model, h), g in fold_summaries.sort_values("fold").groupby(["model", "horizon"]):
         axes[h].plot(g["fold"], g["median_rank_ic"], marker="o", ms=3, label=model)
     for h, ax in axes.items():
-        ax.set_title(f"Median RankIC by fold, {h}d")
+        ax.set_title(f"Median RankIC by fold, {int(h)}d")
         ax.axhline(0, color="grey", lw=0.5)
         ax.tick_params(axis="x", labelrotation=90, labelsize=6)
     axes[horizons[0]].legend(fontsize=7)
@@ -136,7 +157,7 @@ def plot_decile_returns(deciles: pd.DataFrame, path: Path) -> None:
     for (model, h), g in deciles.groupby(["model", "horizon"]):
         axes[h].plot(g["quantile"], 100 * g["mean_fwd_return"], marker="o", ms=3, label=model)
     for h, ax in axes.items():
-        ax.set_title(f"Mean {h}d return by score decile (%)")
+        ax.set_title(f"Mean {int(h)}d return by score decile (%)")
         ax.set_xticks(range(1, 11))
     axes[horizons[0]].legend(fontsize=7)
     fig.tight_layout()
@@ -165,22 +186,37 @@ def _gate_status(verdicts: pd.DataFrame, gate: str, model: str, horizon: int | N
     return str(v["status"].iloc[0]).upper() if len(v) == 1 else "n/a"
 
 
+#: Fewest scoring dates for a median, mean, ratio or hit rate in the report: below it, the
+#: cell says "n/a (N dates)" instead of a number that one or two dates decide.
+REPORT_MIN_DATES = 5
+
+
+def _with_dates(values: pd.Series, n_dates: pd.Series, minimum: int = REPORT_MIN_DATES) -> list:
+    """Numbers where they stand on at least ``minimum`` dates (and are finite), else
+    "n/a (N dates)"."""
+    return [
+        v if n >= minimum and v is not None and np.isfinite(float(v)) else f"n/a ({int(n)} dates)"
+        for v, n in zip(values, n_dates, strict=True)
+    ]
+
+
 def comparison_table(
     comparison: pd.DataFrame, verdicts: pd.DataFrame, horizon: int
 ) -> pd.DataFrame:
     """The markdown comparison table of one horizon, gates marked (PASS / FAIL / NOT EVALUATED;
     n/a for tripwire controls, which are never judged)."""
     c = comparison[comparison["horizon"] == horizon].sort_values("median_rank_ic", ascending=False)
+    n = c["n_dates"].astype(int)
     out = pd.DataFrame(
         {
             "model": c["model"],
-            "dates": c["n_dates"].astype(int),
-            "median RankIC": c["median_rank_ic"],
-            "mean RankIC": c["mean_rank_ic"],
-            "IC-IR": c["ic_ir"],
-            "hit rate": c["hit_rate"],
-            "NW t": c["nw_t"],
-            "t non-overlap": c["t_non_overlapping"],
+            "dates": n,
+            "median RankIC": _with_dates(c["median_rank_ic"], n),
+            "mean RankIC": _with_dates(c["mean_rank_ic"], n),
+            "IC-IR": _with_dates(c["ic_ir"], n),
+            "hit rate": _with_dates(c["hit_rate"], n),
+            "NW t": _with_dates(c["nw_t"], n, minimum=0),
+            "t non-overlap": _with_dates(c["t_non_overlapping"], c["n_dates_non_overlapping"], 0),
             "churn": c["churn"],
             "hold turnover": c["mean_hold_turnover"],
             "net spread": c["mean_net_spread_return"],
@@ -305,6 +341,7 @@ def write_report(
     sectors_used: bool = True,
     common: pd.DataFrame | None = None,
     versus_lightgbm: pd.DataFrame | None = None,
+    stop_rules: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Path]:
     """Write the SPEC section 8 folder as ``out_dir``: every file goes to a staging folder
     beside it, which then replaces the previous report in one rename (see :func:`_publish`).
@@ -316,6 +353,7 @@ def write_report(
         sectors_used: whether they were model inputs (``features.use_sector_relative``).
         common: every compared model on the (date, ticker) pairs all of them scored.
         versus_lightgbm: each model against LightGBM on the pairs both scored.
+        stop_rules: :func:`gates.stop_rule` decisions for zero-shot models.
 
     Returns: file name -> path of everything written.
     """
@@ -373,17 +411,23 @@ def write_report(
     failed = verdicts[verdicts["candidate"].astype(bool) & (verdicts["status"] != "pass")]
     lines += ["## Gate verdicts of candidate models", ""]
     if verdicts["candidate"].any():
-        lines += [
-            markdown_table(
-                verdicts[verdicts["candidate"]].astype({"horizon": "object"}).fillna("all")
-            )
-        ]
+        lines += [markdown_table(_verdict_rows(verdicts[verdicts["candidate"].astype(bool)]))]
         lines += ["", f"{len(failed)} verdict(s) failed or not evaluated.", ""]
     else:
         lines += [
             "No candidate (non-baseline) model in this run; gates marked for information.",
             "",
         ]
+    if stop_rules:
+        lines += ["## Decision rules", ""]
+        for r in stop_rules:
+            lines.append(
+                f"- {r['model']}: **{r['decision']}** (median RankIC {r['bar']} needed at one "
+                "horizon at least: "
+                + ", ".join(f"{h}d {_fmt(v)}" for h, v in r["medians"].items())
+                + ")"
+            )
+        lines.append("")
     lines += ["## Leak tripwires", ""]
     for name, result in tripwires.items():
         if isinstance(result, dict):

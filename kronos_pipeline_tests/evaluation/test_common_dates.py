@@ -76,3 +76,15 @@ def test_common_pairs_keep_only_what_every_model_scored():
     dropped = rows.drop(rows[(rows["model"] == "kronos_small")].index[:1])
     assert len(m.common_pairs(dropped, ["kronos_small", "lightgbm"])) == len(common) - 2
     assert m.versus_reference(rows.iloc[:0], ["kronos_small"], "lightgbm").empty
+
+
+def test_the_stop_rule_fires_only_when_zero_shot_is_flat_at_every_horizon():
+    g = GateSettings()
+    comp = pd.DataFrame({"model": "kronos_zero_shot", "horizon": [20, 60, 90],
+                         "median_rank_ic": [0.005, -0.01, 0.009]})  # fmt: skip
+    assert gates.stop_rule(comp, g)[0]["decision"] == "stop: no zero-shot signal"
+    comp.loc[1, "median_rank_ic"] = 0.012
+    assert gates.stop_rule(comp, g)[0]["decision"] == "continue"
+    comp.loc[1, "median_rank_ic"] = float("nan")
+    assert gates.stop_rule(comp, g)[0]["decision"] == "not evaluated"
+    assert gates.stop_rule(comp.assign(model="kronos_small"), g) == []

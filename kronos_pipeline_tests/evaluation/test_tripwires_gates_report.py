@@ -239,7 +239,10 @@ def test_report_folder_contents(run, tmp_path):
     table20 = md.split("## Horizon 20 trading days")[1].split("##")[0]
     assert "| NW t | t non-overlap | churn | hold turnover | net spread |" in table20
     lgbm_row = next(line for line in table20.splitlines() if line.startswith("| lightgbm |"))
-    assert "| n/a |" in lgbm_row  # 42 daily dates cannot carry a lag-19 HAC t
+    assert "| n/a (42 dates) |" in lgbm_row  # 42 daily dates cannot carry a lag-19 HAC t
+    assert "| n/a (3 dates) |" in lgbm_row  # nor 3 non-overlapping ones a t-stat
+    gates_part = md.split("## Gate verdicts of candidate models")[1].split("##")[0]
+    assert "| gate2 | kronos_leaky | 20 |" in gates_part and "20.0000" not in gates_part
     for h in (20, 60, 90):
         assert f"## Horizon {h} trading days" in md
     for png in (
