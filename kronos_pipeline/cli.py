@@ -166,6 +166,33 @@ def cmd_report(args: argparse.Namespace) -> None:
         _print_report_path()
 
 
+def cmd_freeze(args: argparse.Namespace) -> None:
+    """Freeze the baselines of the last evaluation (BASELINE_FLOOR.json, fold_summaries.json);
+    later reports compare against them."""
+    _configure_env(args, None)
+    from kronos_pipeline.defs.evaluation import freeze_dir
+    from kronos_pipeline.evaluation import freeze
+    from kronos_pipeline.settings import get_settings
+    from kronos_pipeline.warehouse import Warehouse
+
+    s = get_settings()
+    db = Warehouse(s.warehouse.duckdb_path, s.warehouse.lock_timeout_s)
+    if "model_comparison" not in db.tables():
+        raise SystemExit(
+            f"freeze: {s.warehouse.duckdb_path} holds no evaluation; run `kronos-pipeline smoke`, "
+            "`full` or `report` first"
+        )
+    comparison = db.read("select * from model_comparison").to_pandas()
+    folds = db.read("select * from fold_summaries").to_pandas()
+    paths = freeze.freeze(
+        comparison, folds, freeze_dir(s),
+        {"mode": s.mode, "source": s.data.source_kind, "run_name": s.report.run_name,
+         "folds": f"{folds['fold'].min()}..{folds['fold'].max()}"},
+    )  # fmt: skip
+    for path in paths.values():
+        print(f"frozen: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kronos-pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild metrics, gates and the report")
     source_options(p)
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("freeze", help="freeze the baselines of the last evaluation")
+    source_options(p)
+    p.set_defaults(func=cmd_freeze)
     return parser
 
 

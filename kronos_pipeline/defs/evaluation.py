@@ -15,6 +15,7 @@ from kronos_pipeline.evaluation import (
     baselines,
     data_tripwires,
     folds,
+    freeze,
     gates,
     report,
     table_checks,
@@ -391,6 +392,18 @@ def evaluation_tables(warehouse: WarehouseResource):
         )  # fmt: skip
 
 
+def freeze_dir(s) -> Path:
+    """Where ``kronos-pipeline freeze`` keeps the frozen baseline floor."""
+    return s.report.output_root / "frozen"
+
+
+def _frozen(comparison: pd.DataFrame, s) -> tuple[str, pd.DataFrame] | None:
+    floor = freeze.load_floor(freeze_dir(s))
+    if floor is None:
+        return None
+    return floor["frozen_at"], freeze.against_floor(comparison, floor)
+
+
 def _sector_features(db) -> list[str]:
     cols = db.read("select column_name from information_schema.columns "
                    "where table_name = 'features' order by ordinal_position")  # fmt: skip
@@ -413,6 +426,7 @@ def _write_report_folder(db) -> tuple[Path, dict]:
         data_source=s.data.source_kind,
         sector_features=_sector_features(db),
         stop_rules=gates.stop_rule(t["model_comparison"], s.gates),
+        frozen=_frozen(t["model_comparison"], s),
         common=_pd(db.read("select * from model_comparison_common"))
         if "model_comparison_common" in db.tables() else None,
         versus_lightgbm=_pd(db.read("select * from model_versus_lightgbm"))

@@ -342,6 +342,7 @@ def write_report(
     common: pd.DataFrame | None = None,
     versus_lightgbm: pd.DataFrame | None = None,
     stop_rules: Sequence[dict[str, Any]] = (),
+    frozen: tuple[str, pd.DataFrame] | None = None,
 ) -> dict[str, Path]:
     """Write the SPEC section 8 folder as ``out_dir``: every file goes to a staging folder
     beside it, which then replaces the previous report in one rename (see :func:`_publish`).
@@ -354,6 +355,7 @@ def write_report(
         common: every compared model on the (date, ticker) pairs all of them scored.
         versus_lightgbm: each model against LightGBM on the pairs both scored.
         stop_rules: :func:`gates.stop_rule` decisions for zero-shot models.
+        frozen: (when, :func:`freeze.against_floor`) of the last freeze, if there is one.
 
     Returns: file name -> path of everything written.
     """
@@ -402,6 +404,16 @@ def write_report(
             "",
         ]
         lines += common_section(common, versus_lightgbm, int(h))
+    if frozen is not None:
+        when, table = frozen
+        lines += [
+            f"## Against the last freeze ({when})",
+            "",
+            "Baseline median RankIC frozen by `kronos-pipeline freeze`, beside this run's:",
+            "",
+            markdown_table(table.assign(horizon=table["horizon"].astype(int).astype(str))),
+            "",
+        ]
     lines += [
         "## Reference study (frozen numbers, different data)",
         "",
