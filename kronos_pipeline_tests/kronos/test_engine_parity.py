@@ -4,7 +4,9 @@
   Kronos-mini shapes, lookback 252, 90 greedy steps: within 1e-4 absolute (fp32), and the
   greedy token path is the reference's own arg-max at every step.
 * End-to-end forecasts against ``KronosPredictor.predict_batch`` (greedy): within 1e-4
-  relative, including contexts longer than ``max_context`` (sliding window).
+  relative, including contexts longer than ``max_context`` (sliding window), and series of
+  mixed context lengths sharing one left-padded micro-batch against the reference run on
+  each series alone, with the dynamic and the static (CUDA-graph) decode step.
 """
 
 from __future__ import annotations
@@ -161,3 +163,49 @@ def test_smallish_forecasts_match_predict_batch(
     )
     ours = engine.forecast(windows, stamps, futures, pred_len=pred_len, top_k=1).mean()
     np.testing.assert_allclose(ours, ref, rtol=FORECAST_RTOL, atol=0)
+
+
+def _cut(windows, stamps, lengths):
+    """The last ``lengths[i]`` bars of each window (mixed context lengths)."""
+    windows = [w.iloc[-t:].reset_index(drop=True) for w, t in zip(windows, lengths, strict=True)]
+    return windows, [s[-t:] for s, t in zip(stamps, lengths, strict=True)]
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["dynamic", "static-step"])
+@pytest.mark.parametrize("learn_te", [True, False])
+def test_mixed_lengths_in_one_micro_batch_match_the_reference_alone(
+    cuda_graphs: bool, learn_te: bool
+) -> None:
+    """Five lengths (11..40 bars) share one left-padded micro-batch; the reference, run on
+    each series alone, is the judge. ``static-step`` is the CUDA-graph decode step, run
+    eagerly on CPU."""
+    cfg = dict(SMALLISH_KRONOS_FIXED_TE, learn_te=learn_te)
+    pair = make_pair(SMALLISH_TOKENIZER, cfg, seed=13)
+    lengths = [40, 23, 33, 40, 11]
+    windows, stamps, futures = make_bars(5, 40, 20, seed=14)
+    windows, stamps = _cut(windows, stamps, lengths)
+    engine = KronosEngine(
+        pair.tokenizer, pair.predictor, device="cpu", batch_size=8, cuda_graphs=cuda_graphs
+    )
+    ours = engine.forecast(windows, stamps, futures, pred_len=20, top_k=1).mean()
+    assert len(engine.last_batches) == 1 and engine.last_batches[0].series == 5
+    for i in range(5):
+        ref = _reference_forecast(pair, [windows[i]], [stamps[i]], [futures[i]], 20, 512)
+        np.testing.assert_allclose(ours[i], ref[0], rtol=FORECAST_RTOL, atol=0)
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True], ids=["dynamic", "static-step"])
+def test_kronos_small_mixed_lengths_match_the_reference_alone(small_pair, cuda_graphs) -> None:
+    """Real Kronos-small shapes, lengths 252 and 197 in one 64-row micro-batch padded to
+    256 bars, 20 greedy steps: within 1e-4 relative of the reference on each alone."""
+    lengths = [252, 197]
+    windows, stamps, futures = make_bars(2, 252, 20, seed=34)
+    windows, stamps = _cut(windows, stamps, lengths)
+    engine = KronosEngine(
+        small_pair.tokenizer, small_pair.predictor, device="cpu", cuda_graphs=cuda_graphs
+    )
+    ours = engine.forecast(windows, stamps, futures, pred_len=20, top_k=1).mean()
+    assert [(b.length, b.series, b.rows) for b in engine.last_batches] == [(256, 2, 64)]
+    for i in range(2):
+        ref = _reference_forecast(small_pair, [windows[i]], [stamps[i]], [futures[i]], 20, 512)
+        np.testing.assert_allclose(ours[i], ref[0], rtol=FORECAST_RTOL, atol=0)
