@@ -702,6 +702,11 @@ class KronosEngine:
         the device has no float64 (MPS): the one op that falls back."""
         if top_k == 1 or self.rules.float64:
             return sample_tokens(logits, temperature, top_k, top_p, uniforms)
+        return self._host_sample(logits, temperature, top_k, top_p, uniforms)
+
+    @staticmethod
+    def _host_sample(logits: torch.Tensor, temperature, top_k, top_p, uniforms):
+        """:func:`sample_tokens` on the host, result moved back to ``logits``' device."""
         host = sample_tokens(logits.cpu(), temperature, top_k, top_p, uniforms.cpu())
         return host.to(logits.device)
 
@@ -726,6 +731,18 @@ class KronosEngine:
                     pred_len, 2, generator=gen, dtype=torch.float64
                 )
         return out if not self.rules.float64 else out.to(self.device)
+
+    @staticmethod
+    def _step_uniforms(uniforms: torch.Tensor | None, step: int | torch.Tensor):
+        """(s1, s2) uniforms [rows] of one step (``step``: an int, or a device tensor [1]
+        for the static step); on MPS they stay on the host, where they were drawn."""
+        if uniforms is None:
+            return None, None
+        if isinstance(step, torch.Tensor):
+            u = uniforms.index_select(1, step)[:, 0]
+        else:
+            u = uniforms[:, step]
+        return u[:, 0], u[:, 1]
 
     # -- internals: one micro-batch ----------------------------------------------------
 
@@ -819,13 +836,10 @@ class KronosEngine:
             last = last.repeat_interleave(S, dim=0)
         key_bias = self._key_bias(pads_rows, cache.dep_k.shape[2], self.cache_dtype)
 
-        def u(i: int, which: int) -> torch.Tensor | None:
-            return None if uniforms is None else uniforms[:, i, which]
-
         n = cache.length
         tok1, tok2 = self._next_tokens(
             cache.dep_k[:, :, :n], cache.dep_v[:, :, :n], key_bias[..., :n], last, sampling,
-            u(0, 0), u(0, 1),
+            *self._step_uniforms(uniforms, 0),
         )  # fmt: skip
         s1[:, length], s2[:, length] = tok1, tok2
         static = self.cuda_graphs and not slides
@@ -855,7 +869,7 @@ class KronosEngine:
             n = cache.length
             tok1, tok2 = self._next_tokens(
                 cache.dep_k[:, :, :n], cache.dep_v[:, :, :n], key_bias[..., :n], last,
-                sampling, u(i, 0), u(i, 1),
+                sampling, *self._step_uniforms(uniforms, i),
             )  # fmt: skip
             s1[:, cur], s2[:, cur] = tok1, tok2
         del cache
@@ -898,13 +912,10 @@ class KronosEngine:
             st.cache, st.s1.index_select(1, pos), st.s2.index_select(1, pos),
             st.stamp.index_select(1, pos), rope, visible, index=pos,
         )[:, -1]  # fmt: skip
-        u1 = u2 = None
-        if st.uniforms is not None:
-            u = st.uniforms.index_select(1, st.step)[:, 0]
-            u1, u2 = u[:, 0], u[:, 1]
         tok1, tok2 = self._next_tokens(
-            st.cache.dep_k, st.cache.dep_v, visible, last, sampling, u1, u2
-        )
+            st.cache.dep_k, st.cache.dep_v, visible, last, sampling,
+            *self._step_uniforms(st.uniforms, st.step),
+        )  # fmt: skip
         nxt = pos + 1
         st.s1.index_copy_(1, nxt, tok1[:, None])
         st.s2.index_copy_(1, nxt, tok2[:, None])
