@@ -20,7 +20,14 @@ reads of decoding at that bandwidth. Everything else (attention arithmetic, norm
 softmax, the reference's quirks) is left out. It bounds any implementation that runs the
 compute-bound and the memory-bound phases one after the other on these kernels.
 
-Usage: ``python bench/kronos_engine.py [--quick] [--threads N] [--markdown out.md]``
+Ours runs at fixed row counts (every micro-batch padded to ``batch``; see the engine's
+docstring), so a partial last micro-batch costs a full one. ``--batch-sizes`` lists the
+row counts (``auto``: the engine's choice, from free memory on accelerators);
+``--cuda-graphs`` decodes through the static step captured in CUDA graphs.
+
+Usage: ``python bench/kronos_engine.py [--quick] [--threads N] [--markdown out.md]
+[--device cuda] [--shapes Kronos-small] [--steps 90] [--batch-sizes 12,64,auto]
+[--cuda-graphs]``
 """
 
 from __future__ import annotations
@@ -280,6 +287,16 @@ def main() -> None:
     parser.add_argument(
         "--device", default="cpu", help="cpu (default), cuda, mps or auto (cuda > mps > cpu)"
     )
+    parser.add_argument(
+        "--shapes", default=",".join(SHAPES), help=f"comma-separated, of {list(SHAPES)}"
+    )
+    parser.add_argument("--steps", default=None, help="comma-separated steps (default 20,90)")
+    parser.add_argument(
+        "--batch-sizes", default="12,64", help="comma-separated rows per micro-batch, or auto"
+    )
+    parser.add_argument(
+        "--cuda-graphs", action="store_true", help="static decode step in CUDA graphs"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -288,6 +305,10 @@ def main() -> None:
     from kronos_finance._vendor.kronos_model import KronosTokenizer as RefTokenizer
 
     steps_list = [20] if args.quick else [20, 90]
+    if args.steps:
+        steps_list = [int(x) for x in args.steps.split(",")]
+    shapes = {name: SHAPES[name] for name in args.shapes.split(",")}
+    batch_sizes = [None if b == "auto" else int(b) for b in args.batch_sizes.split(",")]
     n_ours = 24 if args.quick else args.series
     device = resolve_device(args.device)
     header = (
@@ -296,6 +317,7 @@ def main() -> None:
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, "
         f"load avg at start {os.getloadavg()[0]:.1f}, device {device}"
         + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + (", cuda_graphs" if args.cuda_graphs else "")
     )
     print(header, flush=True)
     ceiling = {
@@ -320,16 +342,18 @@ def main() -> None:
             flush=True,
         )
 
-    for shape, cfg in SHAPES.items():
+    for shape, cfg in shapes.items():
         torch.manual_seed(0)
         ref_tok, ref_pred = RefTokenizer(**TOKENIZER).eval(), RefKronos(**cfg).eval()
         tok, pred = KronosTokenizer(**TOKENIZER), Kronos(**cfg)
         tok.load_state_dict(ref_tok.state_dict())
         pred.load_state_dict(ref_pred.state_dict())
         engines = {
-            (dtype, bs): KronosEngine(tok, pred, device=device, dtype=dtype, batch_size=bs)
+            (dtype, bs): KronosEngine(
+                tok, pred, device=device, dtype=dtype, batch_size=bs, cuda_graphs=args.cuda_graphs
+            )
             for dtype in ("float32", "bfloat16")
-            for bs in (12, 64)
+            for bs in batch_sizes
         }
         for steps in steps_list:
             windows, stamps, futures = make_bars(max(n_ours, args.ref_series), steps, seed=steps)
@@ -354,8 +378,9 @@ def main() -> None:
             show(Row(shape, "reference", "float32", steps, nr, nr, seconds, mem.peak_mib, ""))
             fp32_out = None
             for dtype in ("float32", "bfloat16"):
-                for bs in (12, 64):
-                    engine = engines[(dtype, bs)]
+                for key in batch_sizes:
+                    engine = engines[(dtype, key)]
+                    bs = engine.batch_size
                     engine.forecast(  # warm-up, untimed
                         windows[:bs], stamps[:bs], futures[:bs], pred_len=steps, top_k=1
                     )
@@ -392,7 +417,7 @@ def main() -> None:
                 f"x{speedup:6.1f}"
             )
     bounds = []
-    for shape, cfg in SHAPES.items():
+    for shape, cfg in shapes.items():
         for steps in steps_list:
             for dtype in ("float32", "bfloat16"):
                 rate, gflop, kv_gb = bound_series_per_s(
