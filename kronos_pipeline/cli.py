@@ -2,18 +2,33 @@
 
 Each command runs the same Dagster jobs the UI runs, in-process, against the instance in
 ``$DAGSTER_HOME`` (``dagster_home/`` of the repository by default), so the runs, checks and
-metadata show up in ``dagster dev`` afterwards.
+metadata show up in ``dagster dev`` afterwards. The terminal shows one line per step and a
+summary; Dagster's full event log goes to ``<warehouse.data_dir>/logs/<job>-<run_id>.log``
+(``--verbose`` streams it to the terminal as well).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
 import time
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from kronos_pipeline.settings import REPO_ROOT, SettingsError, get_settings
+from kronos_pipeline.settings import REPO_ROOT, KronosSettings, SettingsError, get_settings
+
+# The choices of the engine flags are the settings' own literals: one source of truth.
+DEVICES = typing.get_args(KronosSettings.model_fields["device"].annotation)
+DTYPES = typing.get_args(KronosSettings.model_fields["dtype"].annotation)
+LOG_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"
+_DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
+# Jobs whose assets are partitioned by trading day, and by fold.
+DAY_JOBS = ("data_job",)
+FOLD_JOBS = {"baseline_scores_job": "", "kronos_job": " --with-kronos"}
 
 
 def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
@@ -26,6 +41,14 @@ def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
         os.environ["KRONOS_DATA__TIDY_PATH"] = str(Path(args.tidy_path).resolve())
     if getattr(args, "run_name", None):
         os.environ["KRONOS_REPORT__RUN_NAME"] = args.run_name
+    # The Kronos engine flags set the same settings the UI's runs read.
+    for flag, variable in (
+        ("device", "KRONOS_KRONOS__DEVICE"),
+        ("batch_size", "KRONOS_KRONOS__BATCH_SIZE"),
+        ("dtype", "KRONOS_KRONOS__DTYPE"),
+    ):
+        if getattr(args, flag, None) is not None:
+            os.environ[variable] = str(getattr(args, flag))
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
     # Validate now, before any instance or job: a bad setting stops here with its name.
     get_settings.cache_clear()
@@ -37,6 +60,289 @@ def _instance():
 
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     return dg.DagsterInstance.get()
+
+
+@dataclass
+class CheckFailure:
+    """A check evaluation that did not pass, and the command that re-runs what it covers."""
+
+    job: str
+    asset: str
+    check: str
+    partition: str | None
+    blocking: bool
+    description: str
+    repair: str
+
+    def line(self) -> str:
+        where = f" [{self.partition}]" if self.partition else ""
+        kind = "FAILED" if self.blocking else "warning"
+        text = self.description if len(self.description) <= 300 else self.description[:297] + "..."
+        return f"{kind} {self.asset}:{self.check}{where}: {text}\n    repair: {self.repair}"
+
+
+@dataclass
+class RunOutcome:
+    """One job run as the summary shows it."""
+
+    job: str
+    label: str
+    run_id: str
+    success: bool
+    seconds: float
+    log_path: Path
+    checks: list[CheckFailure] = field(default_factory=list)
+    step_errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Session:
+    """What one command ran, for the summary at its end."""
+
+    verbose: bool = False
+    runs: list[RunOutcome] = field(default_factory=list)
+    report_path: Path | None = None
+
+    def summary(self) -> str:
+        if not self.runs and self.report_path is None:
+            return ""
+        failed = [r for r in self.runs if not r.success]
+        lines = [f"summary: {len(self.runs)} runs, {len(failed)} failed"]
+        lines += [
+            f"  {'ok    ' if r.success else 'FAILED'} {' '.join(filter(None, (r.job, r.label)))} "
+            f"{r.seconds:.1f}s "
+            f"(run {r.run_id[:8]}, log {r.log_path})"
+            for r in self.runs
+        ]
+        checks = [c for r in self.runs for c in r.checks]
+        if checks:
+            lines.append(f"checks not passed: {len(checks)}")
+            lines += [f"  {c.line()}" for c in checks]
+        if self.report_path is not None:
+            lines.append(f"report: {self.report_path}")
+        return "\n".join(lines)
+
+
+_session = Session()
+
+
+def _window_of(label: str) -> tuple[str, str] | None:
+    """``A..B`` or ``A`` (a run's partition label) as a first and last key."""
+    if not label:
+        return None
+    first, _, last = label.partition("..")
+    return first, last or first
+
+
+def repair_command(job: str, asset: str, partition: str | None, label: str, evidence: str) -> str:
+    """The CLI command that re-runs the partitions a failed check covers.
+
+    ``evidence`` is the check's description and metadata as text: for trading-day checks the
+    dates it names (missing bars, late rows), clipped to the run's window, give the range;
+    without dates the run's window (or the check's partition) is the range.
+    """
+    window = _window_of(partition or label)
+    if job in DAY_JOBS:
+        dates = sorted(set(_DATE.findall(evidence)))
+        if window is not None:
+            dates = [d for d in dates if window[0] <= d <= window[1]]
+        first, last = (dates[0], dates[-1]) if dates else (window or ("A", "B"))
+        return f"kronos-pipeline backfill --dates {first}:{last}"
+    if job in FOLD_JOBS:
+        first, last = window or ("YYYY-MM", "YYYY-MM")
+        return f"kronos-pipeline backfill --folds {first}:{last}{FOLD_JOBS[job]}"
+    if asset in ("gate_verdicts", "leak_tripwires"):
+        return "none: a verdict on the models, not missing data; the report explains it"
+    if job == "folds_job":
+        return (
+            "fix the fold settings (KRONOS_FOLDS__*), then `kronos-pipeline backfill --folds A:B`"
+        )
+    return "kronos-pipeline report (after repairing the days or folds it names)"
+
+
+def _metadata_text(metadata) -> str:
+    return " ".join(str(getattr(v, "value", v)) for v in (metadata or {}).values())
+
+
+def check_failures(job: str, label: str, events) -> list[CheckFailure]:
+    """Every check evaluation among ``events`` that did not pass, with its repair command."""
+    from dagster import AssetCheckSeverity
+
+    out = []
+    for event in events:
+        if event.event_type_value != "ASSET_CHECK_EVALUATION":
+            continue
+        data = event.event_specific_data
+        if data.passed:
+            continue
+        blocking = data.blocking
+        if blocking is None:
+            blocking = data.severity == AssetCheckSeverity.ERROR
+        description = data.description or ""
+        partition = getattr(data, "partition", None)
+        asset = data.asset_key.to_user_string()
+        out.append(
+            CheckFailure(
+                job=job,
+                asset=asset,
+                check=data.check_name,
+                partition=partition,
+                blocking=bool(blocking),
+                description=description,
+                repair=repair_command(
+                    job, asset, partition, label, f"{description} {_metadata_text(data.metadata)}"
+                ),
+            )
+        )
+    return out
+
+
+STEP_STATUS = {
+    "STEP_SUCCESS": "ok",
+    "STEP_FAILURE": "FAILED",
+    "STEP_SKIPPED": "skipped",
+    "STEP_UP_FOR_RETRY": "retry",
+}
+
+
+@dataclass
+class StepTracker:
+    """Turns a run's Dagster events into one line per finished step: job/step, status, seconds."""
+
+    job: str
+    started: dict[str, float] = field(default_factory=dict)
+
+    def observe(self, event, at: float) -> str | None:
+        """The step's line when ``event`` (seen at ``at``, seconds since the epoch) ends it."""
+        kind, step = event.event_type_value, event.step_key
+        if kind == "STEP_START":
+            self.started[step] = at
+            return None
+        if kind not in STEP_STATUS:
+            return None
+        duration_ms = getattr(event.event_specific_data, "duration_ms", None)
+        seconds = duration_ms / 1000 if duration_ms else at - self.started.get(step, at)
+        return f"  {STEP_STATUS[kind]:<7} {seconds:7.1f}s  {self.job}/{step}"
+
+
+class _LiveSteps(logging.Handler):
+    """Feeds Dagster events, as they are logged, to the step lines and the progress bar."""
+
+    def __init__(self, tracker: StepTracker, progress, task) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.tracker, self.progress, self.task = tracker, progress, task
+
+    def emit(self, record: logging.LogRecord) -> None:
+        event = getattr(record, "dagster_event", None)
+        if event is None:
+            return
+        if event.event_type_value == "STEP_START":
+            self.progress.update(self.task, description=f"{self.tracker.job}/{event.step_key}")
+        line = self.tracker.observe(event, record.created)
+        if line is not None:
+            self.progress.console.print(line, markup=False, highlight=False)
+            if event.event_type_value != "STEP_UP_FOR_RETRY":
+                self.progress.advance(self.task)
+
+
+def log_dir() -> Path:
+    """Where the Dagster event log of every CLI run goes (one file per run)."""
+    return get_settings().warehouse.data_dir / "logs"
+
+
+def execute(
+    job_def,
+    instance,
+    label: str = "",
+    partition_key: str | None = None,
+    tags: dict[str, str] | None = None,
+    verbose: bool = False,
+) -> tuple[RunOutcome, object]:
+    """Run ``job_def`` in-process: step lines and a progress bar on the terminal, the DEBUG
+    event log in ``log_dir()/<job>-<run_id>.log`` (and on stderr with ``verbose``)."""
+    import dagster as dg
+    from dagster._core.utils import make_new_run_id
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    run_id = make_new_run_id()
+    log_path = log_dir() / f"{job_def.name}-{run_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(log_path, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    tracker = StepTracker(job_def.name)
+    console = Console(file=sys.stdout)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        # With --verbose the event log scrolls on stderr, which a live bar would fight; in a
+        # pipe or a file the step lines alone say it.
+        disable=verbose or not console.is_terminal,
+    )
+    task = progress.add_task(
+        f"{job_def.name} {label}", total=len(job_def.nodes_in_topological_order)
+    )
+    live = _LiveSteps(tracker, progress, task)
+
+    @dg.logger(description="kronos-pipeline CLI: the event log file and the step lines")
+    def kronos_cli(_init) -> logging.Logger:
+        logger = logging.Logger("dagster", level=logging.DEBUG)
+        logger.addHandler(file_handler)
+        logger.addHandler(live)
+        return logger
+
+    logger_defs = {"kronos_cli": kronos_cli}
+    loggers: dict = {"kronos_cli": {}}
+    if verbose:
+        logger_defs["console"] = dg.colored_console_logger
+        loggers["console"] = {"config": {"log_level": "DEBUG"}}
+    console.print(f"-> {job_def.name} {label}".rstrip(), markup=False, highlight=False)
+    started = time.perf_counter()
+    try:
+        with progress:
+            result = job_def.with_logger_defs(logger_defs).execute_in_process(
+                run_config={"loggers": loggers},
+                instance=instance,
+                partition_key=partition_key,
+                tags=tags or {},
+                run_id=run_id,
+                raise_on_error=False,
+            )
+    finally:
+        file_handler.close()
+    outcome = RunOutcome(
+        job=job_def.name,
+        label=label,
+        run_id=result.run_id,
+        success=result.success,
+        seconds=time.perf_counter() - started,
+        log_path=log_path,
+        checks=check_failures(job_def.name, label, result.all_events),
+        step_errors=[
+            e.event_specific_data.error.message
+            for e in result.all_events
+            if e.event_type_value == "STEP_FAILURE" and e.event_specific_data.error
+        ],
+    )
+    console.print(
+        f"   {'ok' if outcome.success else 'FAILED'} in {outcome.seconds:.1f}s"
+        + (f"; checks not passed: {len(outcome.checks)}" if outcome.checks else ""),
+        markup=False,
+        highlight=False,
+    )
+    return outcome, result
 
 
 def _run(
@@ -54,32 +360,27 @@ def _run(
             "dagster/asset_partition_range_end": key_range[1],
         }
     label = partition_key or (f"{key_range[0]}..{key_range[1]}" if key_range else "")
-    print(f"-> {job_name} {label}", flush=True)
-    started = time.perf_counter()
-    result = defs.resolve_job_def(job_name).execute_in_process(
-        instance=instance, partition_key=partition_key, tags=tags, raise_on_error=False
+    outcome, _ = execute(
+        defs.resolve_job_def(job_name),
+        instance,
+        label=label,
+        partition_key=partition_key,
+        tags=tags,
+        verbose=_session.verbose,
     )
-    failed_checks = [
-        f"{e.event_specific_data.asset_key.to_user_string()}:{e.event_specific_data.check_name}"
-        for e in result.all_events
-        if e.event_type_value == "ASSET_CHECK_EVALUATION" and not e.event_specific_data.passed
-    ]
-    print(
-        f"   {'ok' if result.success else 'FAILED'} in {time.perf_counter() - started:.1f}s"
-        + (f"; checks not passed: {', '.join(failed_checks)}" if failed_checks else ""),
-        flush=True,
-    )
-    if not result.success:
-        for event in result.all_events:
-            if event.event_type_value == "STEP_FAILURE":
-                print(event.event_specific_data.error.message, file=sys.stderr)
-        raise SystemExit(f"{job_name} failed (run {result.run_id})")
+    _session.runs.append(outcome)
+    if not outcome.success:
+        for message in outcome.step_errors:
+            print(message, file=sys.stderr)
+        for check in outcome.checks:
+            if check.blocking:
+                print(check.line(), file=sys.stderr)
+        raise SystemExit(f"{job_name} failed (run {outcome.run_id}); log: {outcome.log_path}")
 
 
 def _source_range() -> tuple[str, str]:
     """First and last trading day of the configured source, as partition keys."""
     from kronos_pipeline.data.sources import load_source
-    from kronos_pipeline.settings import get_settings
 
     bars = load_source(get_settings().data).ingest.bars
     return str(bars["date"].min()), str(bars["date"].max())
@@ -109,14 +410,13 @@ def _evaluate(instance, folds: list[str], with_kronos: bool = False) -> None:
         _run("evaluation_job", instance)
     finally:
         # Written before the gate checks, so it is there when a gate fails the run too.
-        _print_report_path()
+        _record_report_path()
 
 
-def _print_report_path() -> None:
-    from kronos_pipeline.settings import get_settings
-
+def _record_report_path() -> None:
+    """The summary ends with the report's path, also when the evaluation failed."""
     report = get_settings().report
-    print(f"report: {report.output_root / report.run_name / 'REPORT_SUMMARY.md'}")
+    _session.report_path = report.output_root / report.run_name / "REPORT_SUMMARY.md"
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
@@ -163,7 +463,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     try:
         _run("evaluation_job", instance)
     finally:
-        _print_report_path()
+        _record_report_path()
 
 
 def cmd_freeze(args: argparse.Namespace) -> None:
@@ -172,7 +472,6 @@ def cmd_freeze(args: argparse.Namespace) -> None:
     _configure_env(args, None)
     from kronos_pipeline.defs.evaluation import freeze_dir
     from kronos_pipeline.evaluation import freeze
-    from kronos_pipeline.settings import get_settings
     from kronos_pipeline.warehouse import Warehouse
 
     s = get_settings()
@@ -204,6 +503,21 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--tidy-path", help="tidy Parquet/CSV table instead of vendor files")
         p.add_argument("--run-name", help="report folder name under the output root")
+        p.add_argument(
+            "--verbose",
+            action="store_true",
+            help="stream Dagster's DEBUG event log to the terminal (it always goes to "
+            "<warehouse.data_dir>/logs/<job>-<run_id>.log)",
+        )
+
+    def engine_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", choices=DEVICES, help="Kronos device (KRONOS_KRONOS__DEVICE)")
+        p.add_argument(
+            "--batch-size",
+            type=int,
+            help="Kronos series per forward pass (KRONOS_KRONOS__BATCH_SIZE)",
+        )
+        p.add_argument("--dtype", choices=DTYPES, help="Kronos dtype (KRONOS_KRONOS__DTYPE)")
 
     for name, help_text in (
         ("smoke", "last 3 folds, top-100 universe"),
@@ -211,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_text)
         source_options(p)
+        engine_options(p)
         p.add_argument(
             "--with-kronos",
             action="store_true",
@@ -219,6 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=cmd_pipeline)
     p = sub.add_parser("nightly", help="score the newest trading day")
     source_options(p)
+    engine_options(p)
     p.add_argument(
         "--date", help="trading day to run (YYYY-MM-DD); default: the last day in the data"
     )
@@ -226,6 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_nightly)
     p = sub.add_parser("backfill", help="backfill trading days and/or folds")
     source_options(p)
+    engine_options(p)
     p.add_argument("--dates", help="YYYY-MM-DD:YYYY-MM-DD")
     p.add_argument("--folds", help="YYYY-MM:YYYY-MM")
     p.add_argument(
@@ -242,12 +559,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _session
     args = build_parser().parse_args(argv)
+    _session = Session(verbose=args.verbose)
     try:
         args.func(args)
     except SettingsError as exc:
         print(f"kronos-pipeline: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    finally:
+        # Also after a failed run: which runs ran, which checks failed, where the report is.
+        summary = _session.summary()
+        if summary:
+            print(summary, flush=True)
 
 
 if __name__ == "__main__":
