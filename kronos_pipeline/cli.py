@@ -257,7 +257,7 @@ def execute(
     partition_key: str | None = None,
     tags: dict[str, str] | None = None,
     verbose: bool = False,
-) -> tuple[RunOutcome, object]:
+) -> RunOutcome:
     """Run ``job_def`` in-process: step lines and a progress bar on the terminal, the DEBUG
     event log in ``log_dir()/<job>-<run_id>.log`` (and on stderr with ``verbose``)."""
     import dagster as dg
@@ -342,7 +342,7 @@ def execute(
         markup=False,
         highlight=False,
     )
-    return outcome, result
+    return outcome
 
 
 def _run(
@@ -360,7 +360,7 @@ def _run(
             "dagster/asset_partition_range_end": key_range[1],
         }
     label = partition_key or (f"{key_range[0]}..{key_range[1]}" if key_range else "")
-    outcome, _ = execute(
+    outcome = execute(
         defs.resolve_job_def(job_name),
         instance,
         label=label,

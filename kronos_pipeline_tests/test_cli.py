@@ -179,7 +179,7 @@ tiny_job = dg.Definitions(
 
 
 def test_event_log_goes_to_the_file_not_the_terminal(cli_env, capsys):
-    outcome, _ = cli.execute(tiny_job, dg.DagsterInstance.ephemeral(), verbose=False)
+    outcome = cli.execute(tiny_job, dg.DagsterInstance.ephemeral(), verbose=False)
     out = capsys.readouterr()
     log = outcome.log_path.read_text()
     assert outcome.log_path.parent == cli_env / "data" / "logs"
@@ -196,7 +196,7 @@ def test_event_log_goes_to_the_file_not_the_terminal(cli_env, capsys):
 
 
 def test_verbose_streams_the_event_log_too(cli_env, capsys):
-    outcome, _ = cli.execute(tiny_job, dg.DagsterInstance.ephemeral(), verbose=True)
+    outcome = cli.execute(tiny_job, dg.DagsterInstance.ephemeral(), verbose=True)
     err = capsys.readouterr().err
     assert "STEP_START" in err and "tiny debug line" in err
     assert "tiny debug line" in outcome.log_path.read_text()
