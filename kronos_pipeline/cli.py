@@ -26,6 +26,7 @@ DEVICES = typing.get_args(KronosSettings.model_fields["device"].annotation)
 DTYPES = typing.get_args(KronosSettings.model_fields["dtype"].annotation)
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
+_TRUNCATED = re.compile(r"\band \d+ more tickers\b")  # see data.completeness.name_pairs
 # Jobs whose assets are partitioned by trading day, and by fold.
 DAY_JOBS = ("data_job",)
 FOLD_JOBS = {"baseline_scores_job": "", "kronos_job": " --with-kronos"}
@@ -144,6 +145,8 @@ def repair_command(job: str, asset: str, partition: str | None, label: str, evid
     window = _window_of(partition or label)
     if job in DAY_JOBS:
         dates = sorted(set(_DATE.findall(evidence)))
+        if window is not None and _TRUNCATED.search(evidence):
+            dates = []  # the check named only some tickers: re-run the whole window
         if window is not None:
             dates = [d for d in dates if window[0] <= d <= window[1]]
         first, last = (dates[0], dates[-1]) if dates else (window or ("A", "B"))

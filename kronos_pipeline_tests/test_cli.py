@@ -139,6 +139,15 @@ def test_day_repair_range_stays_inside_the_run_window():
     assert failure.repair == "kronos-pipeline backfill --dates 2019-12-02:2019-12-31"
 
 
+def test_day_repair_covers_the_window_when_the_check_named_only_some_tickers():
+    description = (
+        "900 missing: AAPL 2019-12-02 (1 session), KO 2019-12-03 (1 session) and 40 more tickers"
+    )
+    events = [_check_event("raw_bars", "bars_complete", False, description)]
+    [failure] = cli.check_failures("data_job", "2019-01-02..2019-12-31", events)
+    assert failure.repair == "kronos-pipeline backfill --dates 2019-01-02:2019-12-31"
+
+
 def test_failed_fold_check_names_the_folds_backfill():
     events = [_check_event("baseline_scores", "scores_pit", False, "3 late rows", partition=None)]
     [failure] = cli.check_failures("baseline_scores_job", "2019-11", events)
