@@ -178,9 +178,9 @@ def check_failures(job: str, label: str, events) -> list[CheckFailure]:
         data = event.event_specific_data
         if data.passed:
             continue
-        blocking = data.blocking
-        if blocking is None:
-            blocking = data.severity == AssetCheckSeverity.ERROR
+        # Only an ERROR stops downstream steps: a blocking check that fails with WARN (a gate
+        # with no candidate to judge) is a warning.
+        blocking = data.severity == AssetCheckSeverity.ERROR and data.blocking is not False
         description = data.description or ""
         partition = getattr(data, "partition", None)
         asset = data.asset_key.to_user_string()
