@@ -243,6 +243,8 @@ class GateSettings(StrictModel):
     gate2_strict_min_median_rankic: dict[int, float] = Field(
         default_factory=lambda: {20: 0.08, 60: 0.10, 90: 0.15}
     )  # informational column only
+    # A model and horizon scored on fewer dates is not judged (and the report prints "n/a").
+    min_scoring_dates: int = 5
     # Research plan's stop rule: a zero-shot model below this median RankIC at every horizon.
     stop_min_zero_shot_median_rankic: float = 0.01
 

@@ -171,6 +171,22 @@ def gate2_strict(row: pd.Series, gates: GateSettings) -> str:
     return PASS if med >= bar else FAIL
 
 
+#: Comparison figures a gate reads; blanked (NaN: "not evaluated") on too few scoring dates.
+JUDGED_FIGURES = ("median_rank_ic", "median_momentum_corr", "churn", "positive_fold_share",
+                  "min_regime_median_rank_ic")  # fmt: skip
+
+
+def _too_few_dates_unjudged(comparison: pd.DataFrame, gates: GateSettings) -> pd.DataFrame:
+    """Rows scored on fewer than ``gates.min_scoring_dates`` dates lose the figures the gates
+    read, so their verdicts are "not evaluated" instead of decided by a handful of dates."""
+    out = comparison.copy()
+    few = out["n_dates"] < gates.min_scoring_dates
+    for col in JUDGED_FIGURES:
+        if col in out:
+            out.loc[few, col] = np.nan
+    return out
+
+
 def evaluate_gates(
     comparison: pd.DataFrame,
     gates: GateSettings,
@@ -197,7 +213,7 @@ def evaluate_gates(
             for m, h in own.index if m != LIGHTGBM_MODEL and h in lgbm.index
         ], columns=["model", "horizon", "n_common_dates", "gap"])  # fmt: skip
     versus = versus_lightgbm.set_index(["model", "horizon"])
-    judged = comparison[~comparison["model"].isin(CONTROL_MODELS)]
+    judged = _too_few_dates_unjudged(comparison[~comparison["model"].isin(CONTROL_MODELS)], gates)
     candidates = set(candidate_models(judged["model"]))
     leak_reason = "leak tripwire fired: median RankIC implausibly high"
 

@@ -24,6 +24,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from kronos_pipeline.settings import GateSettings  # noqa: E402
+
 REPORT_FILES = (
     "REPORT_SUMMARY.md",
     "fold_summaries.csv",
@@ -187,8 +189,9 @@ def _gate_status(verdicts: pd.DataFrame, gate: str, model: str, horizon: int | N
 
 
 #: Fewest scoring dates for a median, mean, ratio or hit rate in the report: below it, the
-#: cell says "n/a (N dates)" instead of a number that one or two dates decide.
-REPORT_MIN_DATES = 5
+#: cell says "n/a (N dates)" instead of a number that a few dates decide (the gates use the
+#: same bar, ``gates.min_scoring_dates``).
+REPORT_MIN_DATES = GateSettings().min_scoring_dates
 
 
 def _with_dates(values: pd.Series, n_dates: pd.Series, minimum: int = REPORT_MIN_DATES) -> list:

@@ -288,7 +288,8 @@ def test_pit_recomputation_summary_sees_a_changed_value():
 def test_gates_never_pass_on_missing_data():
     g = GateSettings()
     row = {
-        "model": "kronos_small", "median_rank_ic": 0.2, "median_momentum_corr": float("nan"),
+        "model": "kronos_small", "n_dates": 40, "median_rank_ic": 0.2,
+        "median_momentum_corr": float("nan"),
         "churn": 0.1, "positive_fold_share": 0.6, "min_regime_median_rank_ic": 0.01,
     }  # fmt: skip
     comp = pd.DataFrame([row | {"horizon": h} for h in HORIZONS])
@@ -307,6 +308,10 @@ def test_gates_never_pass_on_missing_data():
     base_only = comp.assign(model="lightgbm")
     check = gates.gate_check(gates.evaluate_gates(base_only, g), "gate1")
     assert check.status == "not evaluated" and "no candidate" in check.description
+    # a candidate scored on too few dates is not judged, however good its numbers look
+    few = gates.evaluate_gates(comp.assign(median_rank_ic=0.3, median_momentum_corr=0.1,
+                                           n_dates=4), g)  # fmt: skip
+    assert (few["status"] == "not evaluated").all()
     # one candidate that fails beats one that is missing data
     comp2 = pd.concat([comp.assign(model="kronos_a", median_rank_ic=-0.05,
                                    median_momentum_corr=0.1), comp])  # fmt: skip
