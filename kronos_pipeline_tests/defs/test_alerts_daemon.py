@@ -95,6 +95,9 @@ def test_a_failing_warn_check_is_posted_exactly_once_by_the_daemon(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    # Create the instance's SQLite storages before `dagster dev` starts: two processes that
+    # create them at once can both stamp the schema ("more than one head present").
+    dg.DagsterInstance.from_config(str(home)).dispose()
     hook = Receiver()
     env = dict(
         os.environ,
