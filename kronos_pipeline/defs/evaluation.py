@@ -10,6 +10,7 @@ import dagster as dg
 import pandas as pd
 import polars as pl
 
+from kronos_pipeline.defs.common import blocking_failure
 from kronos_pipeline.defs.resources import WarehouseResource
 from kronos_pipeline.evaluation import (
     baselines,
@@ -158,6 +159,16 @@ def baseline_scores_asset(context: dg.AssetExecutionContext, warehouse: Warehous
         num_threads=s.lightgbm.num_threads, use_sector_relative=s.features.use_sector_relative,
         controls=controls,
     )  # fmt: skip
+    late = [f.summary() for f in fits if f.max_available_at >= fold.test_start]
+    train_cut = dg.AssetCheckResult(
+        check_name="lightgbm_train_cut",
+        passed=not late,
+        description=f"{len(late)} model(s) saw a label maturing on/after {fold.test_start.date()}",
+        metadata={"violations": dg.MetadataValue.json(late)},
+    )
+    if late:  # validate, then publish: scores of a model that saw the test month are never written
+        yield train_cut
+        raise blocking_failure([("lightgbm_train_cut", train_cut.description)], "baseline_scores")
     db.replace_where("baseline_scores", _pl(scores), "fold", [fold_id])
     yield dg.MaterializeResult(
         metadata={
@@ -167,13 +178,7 @@ def baseline_scores_asset(context: dg.AssetExecutionContext, warehouse: Warehous
             "lightgbm": dg.MetadataValue.json([f.summary() for f in fits]),
         }
     )
-    late = [f.summary() for f in fits if f.max_available_at >= fold.test_start]
-    yield dg.AssetCheckResult(
-        check_name="lightgbm_train_cut",
-        passed=not late,
-        description=f"{len(late)} model(s) saw a label maturing on/after {fold.test_start.date()}",
-        metadata={"violations": dg.MetadataValue.json(late)},
-    )
+    yield train_cut
 
 
 def _control_plan(db, fold: folds.Fold, s) -> baselines.ControlPlan:

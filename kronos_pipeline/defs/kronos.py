@@ -8,6 +8,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from kronos_pipeline.defs.common import blocking_failure
 from kronos_pipeline.defs.evaluation import fold_partitions
 from kronos_pipeline.defs.resources import WarehouseResource
 from kronos_pipeline.evaluation import folds
@@ -174,18 +175,25 @@ def kronos_scores_asset(context: dg.AssetExecutionContext, warehouse: WarehouseR
         top_k=k.top_k, top_p=k.top_p, seed=k.seed,
     )  # fmt: skip
     table = scoring.to_score_table(scores)
+    dupes = table.select("model", "horizon", "date", "ticker").is_duplicated().sum()
+    bad = int((~np.isfinite(table["score"].to_numpy())).sum())
+    valid = dg.AssetCheckResult(
+        check_name="scores_valid",
+        passed=bool(dupes == 0 and bad == 0 and table.height > 0),
+        metadata={"rows": table.height, "duplicates": int(dupes), "non_finite": bad},
+    )
+    if not valid.passed:  # validate, then publish: bad scores are never written
+        yield valid
+        raise blocking_failure(
+            [("scores_valid", f"{table.height} rows, {int(dupes)} duplicates, {bad} non-finite")],
+            "kronos_scores",
+        )
     db.replace_where("kronos_scores", table, "fold", [fold_id])
     yield dg.MaterializeResult(
         metadata={"rows": table.height, "scoring_dates": len(days), "series": len(inputs),
                   "skipped": len(inputs.skipped), "model": manifest["model"]}
     )  # fmt: skip
-    dupes = table.select("model", "horizon", "date", "ticker").is_duplicated().sum()
-    bad = int((~np.isfinite(table["score"].to_numpy())).sum())
-    yield dg.AssetCheckResult(
-        check_name="scores_valid",
-        passed=dupes == 0 and bad == 0 and table.height > 0,
-        metadata={"rows": table.height, "duplicates": int(dupes), "non_finite": bad},
-    )
+    yield valid
     coverage = len(inputs) / members.height if members.height else 0.0
     yield dg.AssetCheckResult(
         check_name="member_coverage",
