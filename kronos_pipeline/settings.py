@@ -177,7 +177,11 @@ class KronosSettings(StrictModel):
     temperature: float = 1.0
     top_k: int = 1
     top_p: float = 1.0
-    batch_size: int = 64
+    # Rows (series x sample paths) per micro-batch: every micro-batch runs at exactly this many
+    # rows (batch invariance). None: 64 on CPU, from free device memory on cuda/mps.
+    batch_size: int | None = None
+    # CUDA only: capture the static decode step in CUDA graphs (not yet measured on a GPU).
+    cuda_graphs: bool = False
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     seed: int = 0

@@ -168,6 +168,7 @@ def kronos_scores_asset(context: dg.AssetExecutionContext, warehouse: WarehouseR
         load_tokenizer(manifest["tokenizer"], revision=manifest.get("tokenizer_revision")),
         load_predictor(manifest["predictor"], revision=k.predictor_revision),
         device=k.device, dtype=k.dtype, batch_size=k.batch_size, max_context=k.max_context,
+        cuda_graphs=k.cuda_graphs,
     )  # fmt: skip
     scores = scoring.score_windows(
         engine, inputs, s.labels.horizons, manifest["model"], fold_id,
