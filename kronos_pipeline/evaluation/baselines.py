@@ -167,7 +167,8 @@ def permute_labels(labels: pd.DataFrame, seed: int, fold_id: str) -> pd.DataFram
     """The shuffled-label control's training labels: per horizon, ``excess_return`` permuted
     across all (date, ticker) rows, seeded by ``(seed, fold_id, horizon)``. Everything else
     (dates, tickers, ``available_at``) is kept, so the purge is unchanged."""
-    out = labels.copy()
+    # Sorted first: the warehouse returns rows in no fixed order, and the draw must not depend on it.
+    out = labels.sort_values(["horizon", "date", "ticker"], ignore_index=True)
     for h, idx in out.groupby("horizon").groups.items():
         rng = np.random.default_rng(stable_seed(seed, "shuffled_labels", fold_id, h))
         out.loc[idx, "excess_return"] = rng.permutation(out.loc[idx, "excess_return"].to_numpy())
@@ -187,6 +188,8 @@ def plant_leak(
     out = features.assign(date=pd.to_datetime(features["date"])).merge(
         lab, on=["date", "ticker"], how="left"
     )
+    # Sorted first: the noise drawn for a row must not depend on the order rows arrived in.
+    out = out.sort_values(["date", "ticker"], ignore_index=True)
     sd = out.groupby("date")["excess_return"].transform("std")
     rng = np.random.default_rng(stable_seed(seed, "planted_leak", horizon))
     out[PLANTED_FEATURE] = out["excess_return"] + noise * sd * rng.standard_normal(len(out))

@@ -100,3 +100,19 @@ def test_lightgbm_is_deterministic_and_learns_the_planted_signal(panel, fold, fo
     assert med[("lightgbm", 20)] > 0.15
     assert abs(med[("random", 20)]) < 0.15
     assert set(scores["model"]) == set(b.BASELINE_MODELS)
+
+
+def test_tripwire_controls_do_not_depend_on_the_order_rows_arrive_in(panel):
+    # The warehouse returns rows in no fixed order: a rerun must draw the same permutation and
+    # the same planted noise.
+    from kronos_pipeline.evaluation import baselines as b
+
+    shuffled = panel.labels.sample(frac=1.0, random_state=3)
+    key = ["horizon", "date", "ticker"]
+    a = b.permute_labels(panel.labels, 7, "f").sort_values(key, ignore_index=True)
+    c = b.permute_labels(shuffled, 7, "f").sort_values(key, ignore_index=True)
+    pd.testing.assert_frame_equal(a, c)
+    feats = panel.features.sample(frac=1.0, random_state=4)
+    x = b.plant_leak(panel.features, panel.labels, 20, 0.1, 7).sort_values(["date", "ticker"])
+    y = b.plant_leak(feats, panel.labels, 20, 0.1, 7).sort_values(["date", "ticker"])
+    np.testing.assert_array_equal(x[b.PLANTED_FEATURE].to_numpy(), y[b.PLANTED_FEATURE].to_numpy())
