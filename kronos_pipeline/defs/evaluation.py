@@ -410,11 +410,8 @@ def _frozen(comparison: pd.DataFrame, s) -> tuple[str, pd.DataFrame] | None:
 
 
 def _sector_features(db) -> list[str]:
-    cols = db.read("select column_name from information_schema.columns "
-                   "where table_name = 'features' order by ordinal_position")  # fmt: skip
-    return [
-        c for c in cols["column_name"].to_list() if c.startswith(baselines.SECTOR_RELATIVE_PREFIX)
-    ]
+    prefix = baselines.SECTOR_RELATIVE_PREFIX
+    return [c for c in db.table_schema("features") or {} if c.startswith(prefix)]
 
 
 def _write_report_folder(db) -> tuple[Path, dict]:

@@ -14,10 +14,7 @@ from kronos_pipeline.defs.common import (
 )
 from kronos_pipeline.defs.partitions import partition_window
 from kronos_pipeline.defs.resources import WarehouseResource
-
-# Share of ticker-days without a corporate action that must match the vendor's adjusted close.
-ADJUSTMENT_MIN_AGREEMENT = 0.999
-ADJUSTMENT_REL_TOL = 1e-6
+from kronos_pipeline.settings import get_settings
 
 
 @dg.asset(
@@ -57,7 +54,9 @@ def prices_pit_asset(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     # partitions were never loaded, values here would silently differ from a full load.
     gaps = missing_history(bars, db.read("select ticker, first_date from source_tickers"), start)
     expected_rows = bars.filter(pl.col("date").is_between(start, end)).height
-    agreement = adjustment_agreement(prices, ADJUSTMENT_REL_TOL)
+    # The same thresholds as the adjustment_consistency tripwire (settings.tripwires).
+    trip = get_settings().tripwires
+    agreement = adjustment_agreement(prices, trip.adjustment_rel_tol)
     share = agreement["share"]
     report = quality.validate(
         prices, "prices_pit", quality.prices_suite(expected_rows), quality.PRICES_PIT
@@ -79,10 +78,10 @@ def prices_pit_asset(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         dg.AssetCheckResult(
             asset_key="prices_pit",
             check_name="adjustment_consistency",
-            passed=agreement["checked"] == 0 or share >= ADJUSTMENT_MIN_AGREEMENT,
+            passed=agreement["checked"] == 0 or share >= trip.adjustment_min_share,
             severity=dg.AssetCheckSeverity.WARN,
             description=f"{agreement['agree']} of {agreement['checked']} ticker-days agree "
-            f"within {ADJUSTMENT_REL_TOL:g} relative",
+            f"within {trip.adjustment_rel_tol:g} relative",
             metadata={
                 "share_agree": float(share) if agreement["checked"] else None,
                 "checked": agreement["checked"],

@@ -30,7 +30,7 @@ from kronos_pipeline.evaluation.baselines import (
     RANDOM_MODEL,
     SHUFFLED_MODEL,
 )
-from kronos_pipeline.evaluation.metrics import newey_west_lag
+from kronos_pipeline.evaluation.metrics import hac_inputs
 from kronos_pipeline.settings import TripwireSettings
 
 PASS, FAIL, NOT_EVALUATED = "pass", "fail", "not evaluated"
@@ -72,8 +72,7 @@ def noise_t(per_date: pd.DataFrame, horizon: int, hac_t: float) -> tuple[float, 
     ic = per_date["rank_ic"].dropna().to_numpy(float)
     if len(ic) < 2 or ic.std(ddof=1) == 0:
         return float("nan"), "too few dates"
-    gaps = np.diff(np.sort(per_date["session"].dropna().to_numpy(float)))
-    lag = newey_west_lag(horizon, float(np.median(gaps)) if len(gaps) else 1.0)
+    _, lag = hac_inputs(per_date, horizon)
     se = ic.std(ddof=1) * np.sqrt(min(1.0, (lag + 1) / len(ic)))
     return float(ic.mean() / se), f"worst-case-overlap t (lag {lag})"
 
