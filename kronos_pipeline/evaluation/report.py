@@ -179,6 +179,31 @@ def plot_turnover(comparison: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
+def reliability_plot(calibration: pd.DataFrame, path: Path) -> None:
+    """Nominal vs observed quantile level (:func:`forecast_metrics.calibration_table`), one
+    panel per horizon, one line per sampled model, the diagonal for reference. Written under a
+    temporary name and renamed, so ``path`` is whole or absent."""
+    path = Path(path)
+    sampled = calibration[np.isfinite(calibration["observed"].astype(float))]
+    horizons = sorted(int(h) for h in calibration["horizon"].unique()) or [0]
+    fig, axes = _horizon_axes(horizons)
+    for (model, h), g in sampled.sort_values("nominal").groupby(["model", "horizon"]):
+        axes[int(h)].plot(g["nominal"], g["observed"], marker="o", ms=3, label=model)
+    for h, ax in axes.items():
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--", label="calibrated")
+        ax.set_title(f"Reliability, {h}d" if h else "Reliability (no sampled forecasts)")
+        ax.set_xlabel("nominal quantile level")
+        ax.set_ylabel("share of realized <= quantile")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def _gate_status(verdicts: pd.DataFrame, gate: str, model: str, horizon: int | None = None) -> str:
     v = verdicts[(verdicts["gate"] == gate) & (verdicts["model"] == model)]
     if horizon is not None:
@@ -270,6 +295,82 @@ def common_section(
     return lines
 
 
+FORECAST_FILES = ("forecast_metrics.csv", "forecast_calibration.csv", "forecast_reliability.png")
+GREEDY = "n/a (greedy)"
+
+
+def _greedy_cells(values: pd.Series, sample_count: pd.Series) -> list:
+    """Quantile metrics as numbers, "n/a (greedy)" where a model decoded one path."""
+    return [GREEDY if int(c) == 1 else v for v, c in zip(values, sample_count, strict=True)]
+
+
+def forecast_section(metrics: pd.DataFrame | None, calibration: pd.DataFrame | None) -> str:
+    """Markdown of the forecast-accuracy section (:mod:`forecast_metrics`): one table per
+    horizon and the calibration table; says so when the run has no forecasts."""
+    lines = ["## Forecast accuracy (beside ranking)", ""]
+    if metrics is None or metrics.empty:
+        return "\n".join([*lines, "No Kronos forecasts in this run.", ""])
+    lines += [
+        "Forecast return = mean over sample paths of predicted close at t+h / close at t - 1, "
+        "against the realized split-adjusted h-day price return (no dividends). Errors in "
+        "return units (fractions) and in price (last close x (1 + return)); MAPE = mean "
+        "|error| / |realized| over realized != 0. Direction = share of matching signs over "
+        "pairs where neither is 0. Coverage = share of realized inside the 10 %-90 % sample "
+        "quantiles (0.80 if calibrated), width in return units, CRPS from the sample paths "
+        "(lower is better). Naive baselines: random walk (0) and trailing-year drift, with the "
+        "trailing-year h-day returns as their spread.",
+        "",
+    ]
+    for h in sorted(int(h) for h in metrics["horizon"].unique()):
+        m = metrics[metrics["horizon"] == h].sort_values("mae_return")
+        count = m["sample_count"]
+        table = pd.DataFrame({
+            "model": m["model"], "pairs": m["n"].astype(int), "MAE": m["mae_return"],
+            "RMSE": m["rmse_return"], "MAPE": m["mape_return"], "MAE price": m["mae_price"],
+            "RMSE price": m["rmse_price"], "MAPE price": m["mape_price"],
+            "direction": m["directional_accuracy"],
+            "coverage 10-90": _greedy_cells(m["coverage_10_90"], count),
+            "width 10-90": _greedy_cells(m["interval_width_10_90"], count),
+            "CRPS": _greedy_cells(m["crps"], count), "samples": count.astype(int),
+        })  # fmt: skip
+        lines += [f"### Horizon {h} trading days", "", markdown_table(table), ""]
+    if calibration is not None and not calibration.empty:
+        c = calibration.assign(horizon=calibration["horizon"].astype(int))
+        c["cell"] = _greedy_cells(c["observed"], c["sample_count"])
+        wide = c.pivot_table(
+            index=["model", "horizon"], columns="nominal", values="cell", aggfunc="first"
+        )
+        wide.columns = [f"p={p:g}" for p in wide.columns]
+        wide = wide.reset_index()
+        wide["horizon"] = wide["horizon"].astype(str)
+        lines += [
+            "Calibration: share of realized returns at or below each sample quantile "
+            "(equal to p if calibrated):",
+            "",
+            markdown_table(wide),
+            "",
+            "![Reliability](forecast_reliability.png)",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write_forecast_files(
+    folder: Path, metrics: pd.DataFrame, calibration: pd.DataFrame
+) -> dict[str, Path]:
+    """Write :data:`FORECAST_FILES` into the report ``folder``, each under a temporary name
+    then renamed. Returns: file name -> path."""
+    folder = Path(folder)
+    paths = {name: folder / name for name in FORECAST_FILES}
+    for name, table in (("forecast_metrics.csv", metrics),
+                        ("forecast_calibration.csv", calibration)):  # fmt: skip
+        tmp = folder / f".{name}.tmp-{os.getpid()}"
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, paths[name])
+    reliability_plot(calibration, paths["forecast_reliability.png"])
+    return paths
+
+
 def key_figures(comparison: pd.DataFrame, verdicts: pd.DataFrame) -> dict[str, float | str]:
     """Flat ``{"<model>/<h>d/median_rank_ic": value, ...}`` for Dagster asset metadata."""
     figures: dict[str, float | str] = {}
@@ -346,6 +447,7 @@ def write_report(
     versus_lightgbm: pd.DataFrame | None = None,
     stop_rules: Sequence[dict[str, Any]] = (),
     frozen: tuple[str, pd.DataFrame] | None = None,
+    forecast_accuracy: tuple[pd.DataFrame, pd.DataFrame] | None = None,
 ) -> dict[str, Path]:
     """Write the SPEC section 8 folder as ``out_dir``: every file goes to a staging folder
     beside it, which then replaces the previous report in one rename (see :func:`_publish`).
@@ -359,6 +461,9 @@ def write_report(
         versus_lightgbm: each model against LightGBM on the pairs both scored.
         stop_rules: :func:`gates.stop_rule` decisions for zero-shot models.
         frozen: (when, :func:`freeze.against_floor`) of the last freeze, if there is one.
+        forecast_accuracy: (:func:`forecast_metrics.forecast_metrics`,
+            :func:`forecast_metrics.calibration_table`) of the run's forecasts; adds
+            :data:`FORECAST_FILES`. None: the section says the run has no forecasts.
 
     Returns: file name -> path of everything written.
     """
@@ -377,6 +482,8 @@ def write_report(
     plot_rank_ic_by_fold(fold_summaries, paths["rank_ic_by_fold.png"])
     plot_decile_returns(deciles, paths["decile_returns.png"])
     plot_turnover(comparison, paths["turnover.png"])
+    if forecast_accuracy is not None:
+        paths.update(write_forecast_files(staging, *forecast_accuracy))
 
     lines = ["# Walk-forward evaluation report", ""]
     for key, value in (run_info or {}).items():
@@ -407,6 +514,7 @@ def write_report(
             "",
         ]
         lines += common_section(common, versus_lightgbm, int(h))
+    lines += [forecast_section(*(forecast_accuracy or (None, None))), ""]
     if frozen is not None:
         when, table = frozen
         lines += [
@@ -458,4 +566,4 @@ def write_report(
         lines += [f"![{title}]({name})", ""]
     paths["REPORT_SUMMARY.md"].write_text("\n".join(lines))
     _publish(staging, out_dir)
-    return {name: out_dir / name for name in REPORT_FILES}
+    return {name: out_dir / name for name in paths}
