@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -165,11 +166,42 @@ class FoldSettings(StrictModel):
         return self
 
 
+COMMIT_SHA = re.compile(r"[0-9a-f]{40}")
+
+
+def unpinned_revision(name: str, source: str, revision: str | None, strategy: str) -> str | None:
+    """Why ``source`` at ``revision`` is not a pinned checkpoint, or None when it is.
+
+    A local directory needs no revision. Anything else is a hub repo id, and only a full commit
+    sha pins its content: branch names ("main") and tags are refs that can be moved to other
+    files, and offline a tag cannot be told from a branch, so neither is accepted.
+    """
+    if Path(source).expanduser().is_dir() or (
+        revision is not None and COMMIT_SHA.fullmatch(revision)
+    ):
+        return None
+    got = "no revision" if revision is None else f"revision {revision!r} (not a commit sha)"
+    return (
+        f"{name} {source!r} is not an existing local directory, so strategy {strategy!r} reads it "
+        f"as a hub repo id, and it has {got}: pin the commit, e.g. "
+        f"KRONOS_KRONOS__{name.upper()}_REVISION=<40-hex commit sha>, copied from "
+        f"https://huggingface.co/{source}/commits/main (or printed by "
+        f"`python -c \"import huggingface_hub as h; print(h.model_info('{source}').sha)\"`); "
+        "branch and tag names can move, so they are refused"
+    )
+
+
 class KronosSettings(StrictModel):
     predictor: str = "NeoQuasar/Kronos-small"
     tokenizer: str = "NeoQuasar/Kronos-Tokenizer-base"
-    predictor_revision: str = "main"
-    tokenizer_revision: str = "main"
+    # How each refit period gets its checkpoint: the published weights as they are
+    # (``published``), compact models trained at the cut (``scratch``), or the previous accepted
+    # checkpoint (else the published weights) fine-tuned at the cut (``finetune``).
+    strategy: Literal["published", "scratch", "finetune"] = "scratch"
+    # Hub commit (40 hex digits) of ``predictor``/``tokenizer``; required when the strategy
+    # reads a hub repo id (published, finetune), ignored for local directories.
+    predictor_revision: str | None = None
+    tokenizer_revision: str | None = None
     pretrain_cutoff: dt.date = dt.date(2024, 6, 30)  # published weights saw data up to here
     lookback: int = 252  # bars of context per series
     max_context: int = 512
@@ -198,7 +230,27 @@ class KronosSettings(StrictModel):
     train_windows_per_epoch: int = 2048
     train_batch_size: int = 32
     train_device: str = "cpu"
+    # Fine-tuning (strategy finetune): the predictor only; the tokenizer stays frozen, since its
+    # codes are the predictor's vocabulary. Epochs, windows, batch, stride, horizon, device and
+    # the wall-clock budget are the train_* fields above.
+    finetune_mode: Literal["lora", "full"] = "lora"
+    finetune_lr: float = 1e-4  # AdamW peak learning rate
+    lora_r: int = 8
+    lora_alpha: int = 16  # the adapter update is scaled by lora_alpha / lora_r
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # every attention block's q/v Linear
+    # Regression guard: a fine-tuned checkpoint replaces the previous one only if, on the
+    # validation block (the last validation_sessions sessions up to the cut), its RankIC of the
+    # predicted return gains accept_min_ic_gain and its MAE is not worse. 252 sessions = one
+    # year: about one refit period, so neither model trained on the block's outcomes, and long
+    # enough for the 90-day horizon to keep 162 forecast dates; forecasts every
+    # validation_stride sessions (21: monthly) keep the decode cost at ~12 dates per ticker.
+    accept_min_ic_gain: float = 0.01
+    validation_sessions: int = 252
+    validation_stride: int = 21
 
+    _positive_finetune = field_validator(
+        "finetune_lr", "lora_r", "lora_alpha", "validation_sessions", "validation_stride"
+    )(_positive)
     _positive_values = field_validator(
         "lookback", "max_context", "sample_count", "temperature", "top_p", "batch_size",
         "train_max_minutes", "train_tickers", "train_history_days", "train_horizon",
@@ -211,6 +263,22 @@ class KronosSettings(StrictModel):
             raise ValueError(f"lookback {self.lookback} exceeds max_context {self.max_context}")
         if self.top_p > 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not self.lora_targets or not all(self.lora_targets):
+            raise ValueError(f"lora_targets must name modules, got {self.lora_targets}")
+        return self
+
+    @model_validator(mode="after")
+    def _pinned_revisions(self) -> KronosSettings:
+        if self.strategy == "scratch":
+            return self
+        problems = [
+            problem
+            for name in ("predictor", "tokenizer")
+            if (problem := unpinned_revision(name, getattr(self, name),
+                                             getattr(self, f"{name}_revision"), self.strategy))
+        ]  # fmt: skip
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

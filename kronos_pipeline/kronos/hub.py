@@ -62,7 +62,7 @@ def resolve_checkpoint_dir(source: str | Path, revision: str | None = None) -> P
     """Local directory holding ``config.json`` and ``model.safetensors`` for ``source``.
 
     A local directory is returned as is; a hub repo id is downloaded (or found in the
-    cache) at ``revision`` (default ``"main"``).
+    cache) at ``revision`` (default ``"main"``; pin a commit sha for reproducible runs).
     """
     path = Path(source).expanduser()
     if path.is_dir():
@@ -79,29 +79,71 @@ def resolve_checkpoint_dir(source: str | Path, revision: str | None = None) -> P
     return _download(source, revision)
 
 
+_TRUE_VALUES = {"1", "ON", "YES", "TRUE"}  # as huggingface_hub reads boolean variables
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache as the environment names it now.
+
+    Same precedence as ``huggingface_hub``: ``HF_HUB_CACHE``, ``HUGGINGFACE_HUB_CACHE``,
+    ``HF_HOME/hub``, ``XDG_CACHE_HOME/huggingface/hub``, ``~/.cache/huggingface/hub``. Read at
+    each call, not once at import as ``huggingface_hub.constants`` does, so a process (or a
+    test) that sets the variables after importing still gets the cache it named.
+    """
+    env = os.environ
+    home = env.get("HF_HOME") or os.path.join(
+        env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "huggingface",
+    )
+    cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
+    return Path(os.path.expandvars(os.path.expanduser(cache)))
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is on, read at each call."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")
+    return bool(constants.HF_HUB_OFFLINE) or (value or "").upper() in _TRUE_VALUES
+
+
 def _download(repo_id: str, revision: str | None) -> Path:
+    """Snapshot folder of ``repo_id`` at ``revision`` holding both checkpoint files.
+
+    ``hf_hub_download`` finds a commit-sha revision under ``snapshots/<sha>/`` of the cache and
+    a branch or tag through ``refs/<name>``; offline it never touches the network.
+    """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import HfHubHTTPError
 
     rev = revision or "main"
+    cache, offline = hub_cache_dir(), hub_offline()
     try:
-        config_path = hf_hub_download(repo_id, CONFIG_NAME, revision=rev)
-        hf_hub_download(repo_id, WEIGHTS_NAME, revision=rev)
+        config_path = hf_hub_download(
+            repo_id, CONFIG_NAME, revision=rev, cache_dir=cache, local_files_only=offline
+        )
+        weights_path = hf_hub_download(
+            repo_id, WEIGHTS_NAME, revision=rev, cache_dir=cache, local_files_only=offline
+        )
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        from huggingface_hub import constants
-
         why = (
             "offline mode is on (HF_HUB_OFFLINE=1)"
-            if constants.HF_HUB_OFFLINE
+            if offline
             else f"the hub could not be reached or refused the request ({type(exc).__name__})"
         )
         raise KronosCheckpointError(
             f"Could not get the weights of hub repo '{repo_id}' at revision '{rev}': they are "
-            f"not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and {why}. "
+            f"not in the local Hugging Face cache ({cache}) and {why}. "
             f"Either download them once while online "
             f"(e.g. `huggingface-cli download {repo_id} --revision {rev}`), or pass a local "
             f"directory containing {CONFIG_NAME} and {WEIGHTS_NAME} instead of the repo id."
         ) from exc
+    if Path(config_path).parent != Path(weights_path).parent:  # never two snapshots mixed
+        raise KronosCheckpointError(
+            f"Hub repo '{repo_id}' at revision '{rev}' resolved {CONFIG_NAME} and {WEIGHTS_NAME} "
+            f"to different snapshots ({Path(config_path).parent}, {Path(weights_path).parent}): "
+            "the revision moved between the two downloads; pin a commit sha."
+        )
     return Path(config_path).parent
 
 

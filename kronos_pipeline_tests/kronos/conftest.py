@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from kronos_pipeline.kronos import Kronos, KronosTokenizer
+from kronos_pipeline.kronos.hub import file_sha256
 
 # Published shapes. Kronos-mini's exact shape is not published in the reference package;
 # "mini" below is a Kronos-mini-*shaped* model (4.1M-parameter class) as used in the issue.
@@ -59,6 +61,28 @@ SMALLISH_KRONOS = dict(
     KRONOS_SMALL, s1_bits=6, s2_bits=6, n_layers=3, d_model=96, n_heads=6, ff_dim=160
 )
 SMALLISH_KRONOS_FIXED_TE = dict(SMALLISH_KRONOS, learn_te=False)
+
+
+def lay_into_hf_cache(
+    checkpoint: Path,
+    cache: Path,
+    repo_id: str,
+    commit: str,
+    files=("config.json", "model.safetensors"),
+) -> Path:
+    """``<cache>/models--<org>--<name>/{blobs/<sha256>, snapshots/<commit>/<file> -> blob,
+    refs/main}``: the files a download leaves, published layout (no manifest of ours)."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        digest = file_sha256(checkpoint / name)
+        (repo / "blobs" / digest).write_bytes((checkpoint / name).read_bytes())
+        (snapshot / name).symlink_to(Path("..", "..", "blobs", digest))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot
 
 
 @dataclass

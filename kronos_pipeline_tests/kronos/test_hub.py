@@ -21,7 +21,12 @@ from kronos_pipeline.kronos import (
     save_checkpoint,
 )
 from kronos_pipeline.kronos.hub import MANIFEST_NAME
-from kronos_pipeline_tests.kronos.conftest import SMALLISH_KRONOS, SMALLISH_TOKENIZER, make_pair
+from kronos_pipeline_tests.kronos.conftest import (
+    SMALLISH_KRONOS,
+    SMALLISH_TOKENIZER,
+    lay_into_hf_cache,
+    make_pair,
+)
 
 
 def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -154,3 +159,55 @@ def test_hub_repo_ids_offline(tmp_path: Path) -> None:
     assert "HF_HUB_OFFLINE" in message
     assert "local directory" in message
     assert result["pinned"] == "Kronos" and result["main"] == "Kronos"
+
+
+# --------------------------------------------------------------------------------------
+# Hub repo ids through a Hugging Face cache laid out as huggingface_hub lays it out
+# --------------------------------------------------------------------------------------
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def offline_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty hub cache named by HF_HOME / HF_HUB_CACHE, offline mode on."""
+    cache = tmp_path / "hf" / "hub"
+    cache.mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    return cache
+
+
+def test_pinned_repo_ids_load_from_the_hf_cache_offline(tmp_path: Path, offline_hf_cache: Path):
+    torch.manual_seed(5)
+    predictor, tokenizer = Kronos(**SMALLISH_KRONOS), KronosTokenizer(**SMALLISH_TOKENIZER)
+    save_checkpoint(predictor, tmp_path / "pred")
+    save_checkpoint(tokenizer, tmp_path / "tok")
+    lay_into_hf_cache(tmp_path / "pred", offline_hf_cache, "acme/Kronos-tiny", COMMIT)
+    lay_into_hf_cache(tmp_path / "tok", offline_hf_cache, "acme/Kronos-Tokenizer-tiny", COMMIT)
+
+    loaded = load_predictor("acme/Kronos-tiny", revision=COMMIT)
+    loaded_tok = load_tokenizer("acme/Kronos-Tokenizer-tiny", revision=COMMIT)
+    assert _same_state(loaded, predictor)
+    assert _same_state(loaded_tok, tokenizer)
+    # A branch name resolves through refs/ (settings refuse it; the loader still reads it).
+    assert _same_state(load_predictor("acme/Kronos-tiny", revision="main"), predictor)
+
+
+def test_offline_without_the_weights_says_what_to_do(tmp_path: Path, offline_hf_cache: Path):
+    save_checkpoint(Kronos(**SMALLISH_KRONOS), tmp_path / "pred")
+    # config.json cached, model.safetensors never downloaded.
+    lay_into_hf_cache(
+        tmp_path / "pred", offline_hf_cache, "acme/Kronos-tiny", COMMIT, files=("config.json",)
+    )
+    for repo_id in ("acme/Kronos-tiny", "acme/not-cached"):
+        with pytest.raises(KronosCheckpointError) as info:
+            load_predictor(repo_id, revision=COMMIT)
+        message = str(info.value)
+        assert f"hub repo '{repo_id}' at revision '{COMMIT}'" in message
+        assert str(offline_hf_cache) in message
+        assert "offline mode is on (HF_HUB_OFFLINE=1)" in message
+        assert f"huggingface-cli download {repo_id} --revision {COMMIT}" in message
+        assert "local directory" in message

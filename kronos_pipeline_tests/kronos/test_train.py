@@ -237,12 +237,20 @@ def test_same_seed_gives_bit_identical_weights(windows: WindowSet) -> None:
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+@pytest.mark.parametrize(
+    "targets",
+    [lora_mod.DEFAULT_TARGET_MODULES, ("q_proj", "v_proj")],  # the second: settings' default
+    ids=["qkvo", "qv"],
+)
 def test_lora_trains_only_adapter_weights(
-    trained: T.KronosTrainingOutput, windows: WindowSet, tmp_path
+    trained: T.KronosTrainingOutput, windows: WindowSet, tmp_path, targets: tuple[str, ...]
 ) -> None:
     start = trained.predictor.model
     start_state = {k: v.clone() for k, v in start.state_dict().items()}
-    cfg = tiny_cfg(mode="lora", epochs=2, lr=1e-3, lora_rank=4, lora_alpha=8.0, patience=5)
+    cfg = tiny_cfg(
+        mode="lora", epochs=2, lr=1e-3, lora_rank=4, lora_alpha=8.0, patience=5,
+        lora_target_modules=targets,
+    )  # fmt: skip
     res = T.fine_tune(windows, start, cfg, tokenizer=trained.tokenizer.model)
     assert res.accepted, res.metadata["guard_reason"]
     assert lora_mod.is_lora(res.model)
@@ -256,8 +264,12 @@ def test_lora_trains_only_adapter_weights(
     assert trainable and all("lora_" in n for n in trainable)
     lora_b = [p for n, p in res.model.named_parameters() if "lora_B" in n]
     assert any(bool(p.abs().sum() > 0) for p in lora_b)  # the adapters did move
-    targets = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable}
-    assert targets == {"q_proj", "k_proj", "v_proj", "out_proj"}
+    adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable}
+    assert adapted == set(targets)
+    # Every attention block got adapters: the self-attention of each layer and the
+    # dependency layer's cross-attention.
+    blocks = {n.split(".lora_")[0].rsplit(".", 1)[0] for n in trainable}
+    assert len(blocks) == TINY_PREDICTOR["n_layers"] + 1
 
     # Adapter saved and loaded on its own; merge gives a plain model with the same outputs.
     adapter_dir = lora_mod.save_adapter(res.model, tmp_path / "adapter")
