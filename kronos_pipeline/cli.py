@@ -10,6 +10,7 @@ summary; Dagster's full event log goes to ``<warehouse.data_dir>/logs/<job>-<run
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import os
 import re
@@ -27,9 +28,9 @@ DTYPES = typing.get_args(KronosSettings.model_fields["dtype"].annotation)
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
 _TRUNCATED = re.compile(r"\band \d+ more tickers\b")  # see data.completeness.name_pairs
-# Jobs whose assets are partitioned by trading day, and by fold.
-DAY_JOBS = ("data_job",)
-FOLD_JOBS = {"baseline_scores_job": "", "kronos_job": " --with-kronos"}
+# Jobs whose assets are partitioned by month of trading days, and by fold.
+DAY_JOBS = ("data_job", "labels_job")
+FOLD_JOBS = {"baseline_scores_job": "", "kronos_job": "", "scoring_job": ""}
 
 
 def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
@@ -50,6 +51,8 @@ def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
     ):
         if getattr(args, flag, None) is not None:
             os.environ[variable] = str(getattr(args, flag))
+    if getattr(args, "without_kronos", False):
+        os.environ["KRONOS_KRONOS__ENABLED"] = "false"
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
     # Validate now, before any instance or job: a bad setting stops here with its name.
     get_settings.cache_clear()
@@ -353,18 +356,30 @@ def _run(
     instance,
     partition_key: str | None = None,
     key_range: tuple[str, str] | None = None,
+    tags: dict[str, str] | None = None,
+    assets: tuple[str, ...] | None = None,
 ) -> None:
     from kronos_pipeline.definitions import defs
 
-    tags = {}
+    tags = dict(tags or {})
     if key_range is not None:
-        tags = {
+        tags.update({
             "dagster/asset_partition_range_start": key_range[0],
             "dagster/asset_partition_range_end": key_range[1],
-        }
+        })  # fmt: skip
     label = partition_key or (f"{key_range[0]}..{key_range[1]}" if key_range else "")
+    if "kronos/dates" in tags and job_name in DAY_JOBS:  # the days it covers, for repairs
+        first, _, last = tags["kronos/dates"].partition(":")
+        label = f"{first}..{last}" if last and last != first else first
+    elif "kronos/dates" in tags:
+        label = f"{label} {tags['kronos/dates'].partition(':')[0]}".strip()
+    job_def = defs.resolve_job_def(job_name)
+    if assets:
+        import dagster as dg
+
+        job_def = job_def.get_subset(asset_selection={dg.AssetKey(a) for a in assets})
     outcome = execute(
-        defs.resolve_job_def(job_name),
+        job_def,
         instance,
         label=label,
         partition_key=partition_key,
@@ -382,19 +397,37 @@ def _run(
 
 
 def _source_range() -> tuple[str, str]:
-    """First and last trading day of the configured source, as partition keys."""
+    """First and last trading day of the configured source (YYYY-MM-DD)."""
     from kronos_pipeline.data.sources import load_source
 
     bars = load_source(get_settings().data).ingest.bars
     return str(bars["date"].min()), str(bars["date"].max())
 
 
-def _fold_keys(spec: str | None) -> list[str]:
-    from kronos_pipeline.defs.evaluation import _selected_fold_ids, fold_partitions
+def _run_days(instance, first: str, last: str) -> None:
+    """``data_job`` over the months of ``first..last``, its window cut to those days: one run,
+    recorded in the instance (each month's partition shows as materialized)."""
+    from kronos_pipeline.defs.partitions import DATES_TAG, month_key
 
+    start, end = dt.date.fromisoformat(first), dt.date.fromisoformat(last)
+    _run("data_job", instance, key_range=(month_key(start), month_key(end)),
+         tags={DATES_TAG: f"{start}:{end}"})  # fmt: skip
+
+
+def _warehouse():
+    from kronos_pipeline.warehouse import Warehouse
+
+    w = get_settings().warehouse
+    return Warehouse(w.duckdb_path, w.lock_timeout_s)
+
+
+def _fold_keys(spec: str | None) -> list[str]:
+    from kronos_pipeline.defs.evaluation import fold_table, selected_fold_ids
+
+    db = _warehouse()
     if not spec:
-        return _selected_fold_ids()
-    keys = fold_partitions.get_partition_keys()
+        return selected_fold_ids(db)
+    keys = [f.fold_id for f in fold_table(db)]
     first, _, last = spec.partition(":")
     last = last or first
     if first not in keys or last not in keys:
@@ -402,12 +435,13 @@ def _fold_keys(spec: str | None) -> list[str]:
     return keys[keys.index(first) : keys.index(last) + 1]
 
 
-def _evaluate(instance, folds: list[str], with_kronos: bool = False) -> None:
+def _evaluate(instance, folds: list[str] | None) -> None:
+    """Folds, then per fold its models and the scores of its dates (LightGBM, then Kronos
+    when enabled), then the evaluation."""
     _run("folds_job", instance)
-    for key in folds:
+    for key in folds if folds is not None else _fold_keys(None):
         _run("baseline_scores_job", instance, partition_key=key)
-    if with_kronos:
-        for key in folds:
+        if get_settings().kronos.enabled:
             _run("kronos_job", instance, partition_key=key)
     try:
         _run("evaluation_job", instance)
@@ -423,29 +457,31 @@ def _record_report_path() -> None:
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
-    """smoke / full: every data partition of the source in one run, then the selected folds.
-
-    The bulk load runs on an in-memory Dagster instance: a run over N trading days records
-    about 2 x N events per asset, which a SQLite instance stores one commit at a time (tens of
-    minutes for twenty years). The warehouse holds the data either way; the fold and
-    evaluation runs that follow are recorded in $DAGSTER_HOME and show in the UI.
-    """
-    import dagster as dg
-
+    """smoke / full: every month of the source in one data run, then the selected folds, all
+    recorded in $DAGSTER_HOME (the UI shows every partition's true status)."""
     _configure_env(args, args.command)
     instance = _instance()
-    _run("data_job", dg.DagsterInstance.ephemeral(), key_range=_source_range())
-    _evaluate(instance, _fold_keys(None), with_kronos=args.with_kronos)
+    _run_days(instance, *_source_range())
+    _evaluate(instance, None)
 
 
 def cmd_nightly(args: argparse.Namespace) -> None:
-    """The newest trading day (or --date) through the data stage, then the report."""
+    """One session (default: the newest in the source) through the nightly chain: ingest,
+    folds, models when the fold has none, every model's scores and the signal, the labels
+    that matured, the metric rollups. The same steps the schedule starts in the daemon."""
+    from kronos_pipeline.defs.automation import nightly_steps
+
     _configure_env(args, None)
     instance = _instance()
-    day = args.date or _source_range()[1]
-    _run("data_job", instance, partition_key=day)
-    if not args.data_only:
-        _run("evaluation_job", instance)
+    day = dt.date.fromisoformat(args.date or _source_range()[1])
+    steps = nightly_steps(day, get_settings(), instance)
+    if args.data_only:
+        steps = steps[:1]
+    for step in steps:
+        _run(step.job, instance, partition_key=step.partition_key, key_range=step.key_range,
+             tags=step.run_tags(), assets=step.assets)  # fmt: skip
+        if step.job == "evaluation_job":
+            _record_report_path()
 
 
 def cmd_backfill(args: argparse.Namespace) -> None:
@@ -454,9 +490,9 @@ def cmd_backfill(args: argparse.Namespace) -> None:
     instance = _instance()
     if args.dates:
         first, _, last = args.dates.partition(":")
-        _run("data_job", instance, key_range=(first, last or first))
+        _run_days(instance, first, last or first)
     if args.folds:
-        _evaluate(instance, _fold_keys(args.folds), with_kronos=args.with_kronos)
+        _evaluate(instance, _fold_keys(args.folds))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -530,9 +566,10 @@ def build_parser() -> argparse.ArgumentParser:
         source_options(p)
         engine_options(p)
         p.add_argument(
-            "--with-kronos",
+            "--without-kronos",
             action="store_true",
-            help="also train (per fold, small budget) and score Kronos before the evaluation",
+            help="baselines only: no Kronos checkpoint, forecasts or scores "
+            "(KRONOS_KRONOS__ENABLED=false)",
         )
         p.set_defaults(func=cmd_pipeline)
     p = sub.add_parser("nightly", help="score the newest trading day")
@@ -541,16 +578,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--date", help="trading day to run (YYYY-MM-DD); default: the last day in the data"
     )
-    p.add_argument("--data-only", action="store_true", help="skip the evaluation stage")
+    p.add_argument("--data-only", action="store_true", help="only the data step")
+    p.add_argument("--without-kronos", action="store_true", help="baselines only")
     p.set_defaults(func=cmd_nightly)
     p = sub.add_parser("backfill", help="backfill trading days and/or folds")
     source_options(p)
     engine_options(p)
     p.add_argument("--dates", help="YYYY-MM-DD:YYYY-MM-DD")
     p.add_argument("--folds", help="YYYY-MM:YYYY-MM")
-    p.add_argument(
-        "--with-kronos", action="store_true", help="also train and score Kronos per fold"
-    )
+    p.add_argument("--without-kronos", action="store_true", help="baselines only")
     p.set_defaults(func=cmd_backfill)
     p = sub.add_parser("report", help="rebuild metrics, gates and the report")
     source_options(p)

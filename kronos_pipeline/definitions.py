@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from kronos_pipeline.defs import evaluation, features, ingest, kronos, prices, universe
+from kronos_pipeline.defs import evaluation, features, ingest, kronos, prices, signals, universe
 from kronos_pipeline.defs.automation import jobs, schedules, sensors
 from kronos_pipeline.defs.resources import default_resources
 
@@ -19,6 +19,7 @@ SOURCE_ASSETS = [ingest.vendor_files]
 DATA_CHECKS = dg.build_column_schema_change_checks(assets=DATA_ASSETS)
 EVALUATION_ASSETS = [
     evaluation.folds_asset,
+    evaluation.lightgbm_models_asset,
     evaluation.baseline_scores_asset,
     evaluation.evaluation_tables,
     evaluation.evaluation_report_asset,
@@ -27,7 +28,11 @@ EVALUATION_ASSETS = [
 KRONOS_ASSETS = kronos.KRONOS_ASSETS
 
 defs = dg.Definitions(
-    assets=SOURCE_ASSETS + DATA_ASSETS + EVALUATION_ASSETS + KRONOS_ASSETS,
+    assets=SOURCE_ASSETS
+    + DATA_ASSETS
+    + EVALUATION_ASSETS
+    + KRONOS_ASSETS
+    + [signals.signals_asset],
     asset_checks=DATA_CHECKS,
     jobs=jobs(),
     schedules=schedules(),

@@ -47,8 +47,10 @@ def _non_negative(value: float | int | None, info) -> float | int | None:
     return value
 
 
-def _month(value: str) -> str:
+def _month(value: str | None) -> str | None:
     """A test month ``YYYY-MM`` with a real month (01..12)."""
+    if value is None:
+        return None
     try:
         parsed = dt.datetime.strptime(value, "%Y-%m")
     except (TypeError, ValueError):
@@ -147,7 +149,8 @@ class LabelSettings(StrictModel):
 
 class FoldSettings(StrictModel):
     first_test_month: str = "2011-01"
-    last_test_month: str = "2019-12"
+    # None: every month the data reach, so folds extend as new months of data arrive.
+    last_test_month: str | None = None
     window: Literal["expanding", "rolling"] = "expanding"
     rolling_train_days: int = 1260  # trading days, used when window == "rolling"
     scoring_cadence: Literal["daily", "weekly", "monthly"] = "daily"
@@ -158,7 +161,7 @@ class FoldSettings(StrictModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> FoldSettings:
-        if self.first_test_month > self.last_test_month:
+        if self.last_test_month is not None and self.first_test_month > self.last_test_month:
             raise ValueError(
                 f"first_test_month {self.first_test_month} is after "
                 f"last_test_month {self.last_test_month}"
@@ -192,6 +195,10 @@ def unpinned_revision(name: str, source: str, revision: str | None, strategy: st
 
 
 class KronosSettings(StrictModel):
+    # Kronos runs in smoke, full and the nightly run (false or `--without-kronos`: baselines only).
+    enabled: bool = True
+    # Kronos forecasts the universe members up to this liquidity rank (None: all members).
+    top_n: int | None = 100
     predictor: str = "NeoQuasar/Kronos-small"
     tokenizer: str = "NeoQuasar/Kronos-Tokenizer-base"
     # How each refit period gets its checkpoint: the published weights as they are
@@ -217,6 +224,9 @@ class KronosSettings(StrictModel):
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     seed: int = 0
+    # Checkpoints: one per refit period of this many months, fitted at the purged cut of the
+    # period's first fold and used by all of its folds (1: one per fold).
+    refit_months: int = 12
     # Scoring (kronos_scores): a 90-step decode per series is costly on CPU, so score weekly.
     scoring_cadence: Literal["daily", "weekly", "monthly"] = "weekly"
     # Walk-forward training (kronos_checkpoint), used unless ``predictor`` is a local directory
@@ -235,6 +245,9 @@ class KronosSettings(StrictModel):
     # the wall-clock budget are the train_* fields above.
     finetune_mode: Literal["lora", "full"] = "lora"
     finetune_lr: float = 1e-4  # AdamW peak learning rate
+    # Held-out windows whose loss picks the best epoch (a seeded subset): each pass over them
+    # is a forward of the whole predictor, costly for Kronos-small on CPU.
+    finetune_val_windows: int = 256
     lora_r: int = 8
     lora_alpha: int = 16  # the adapter update is scaled by lora_alpha / lora_r
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # every attention block's q/v Linear
@@ -249,10 +262,11 @@ class KronosSettings(StrictModel):
     validation_stride: int = 21
 
     _positive_finetune = field_validator(
-        "finetune_lr", "lora_r", "lora_alpha", "validation_sessions", "validation_stride"
-    )(_positive)
+        "finetune_lr", "finetune_val_windows", "lora_r", "lora_alpha", "validation_sessions",
+        "validation_stride",
+    )(_positive)  # fmt: skip
     _positive_values = field_validator(
-        "lookback", "max_context", "sample_count", "temperature", "top_p", "batch_size",
+        "refit_months", "top_n", "lookback", "max_context", "sample_count", "temperature", "top_p", "batch_size",
         "train_max_minutes", "train_tickers", "train_history_days", "train_horizon",
         "train_stride", "train_epochs", "train_windows_per_epoch", "train_batch_size",
     )(_positive)  # fmt: skip
@@ -295,9 +309,12 @@ class LightGBMSettings(StrictModel):
     train_date_stride: int = 5  # train on every k-th date (overlapping labels); 1 = all dates
     num_threads: int = 2
     seed: int = 17
+    # Months between refits: a model is fitted at the purged cut of the first fold of each
+    # period of this many months and used by every fold of the period (1: one fit per fold).
+    refit_months: int = 1
 
     _positive_values = field_validator(
-        "num_boost_round", "learning_rate", "num_leaves", "min_data_in_leaf",
+        "refit_months", "num_boost_round", "learning_rate", "num_leaves", "min_data_in_leaf",
         "feature_fraction", "bagging_fraction", "train_date_stride", "num_threads",
     )(_positive)  # fmt: skip
 

@@ -166,6 +166,12 @@ class Warehouse:
         with self.transaction() as tx:
             return tx.replace_where(table, frame, column, values)
 
+    def replace_rows(self, table: str, frame: pl.DataFrame, where: str, params: list) -> int:
+        """Delete the rows matching ``where`` (SQL with ``?`` placeholders, written by the
+        caller, never by a user) and insert ``frame`` (one transaction)."""
+        with self.transaction() as tx:
+            return tx.replace_rows(table, frame, where, params)
+
 
 class SchemaMismatch(ValueError):
     """A frame does not fit the columns of the warehouse table it would replace rows of."""
@@ -239,6 +245,14 @@ class WarehouseTransaction:
         """Delete rows whose ``column`` is in ``values`` and insert ``frame``."""
         self._register(table, frame)
         self.con.execute(f"delete from {table} where {column} in (select unnest(?))", [values])
+        self.con.execute(f"insert into {table} by name select * from incoming")
+        self.con.unregister("incoming")
+        return frame.height
+
+    def replace_rows(self, table: str, frame: pl.DataFrame, where: str, params: list) -> int:
+        """Delete the rows matching ``where`` and insert ``frame``."""
+        self._register(table, frame)
+        self.con.execute(f"delete from {table} where {where}", params)
         self.con.execute(f"insert into {table} by name select * from incoming")
         self.con.unregister("incoming")
         return frame.height

@@ -18,55 +18,80 @@ import hashlib
 import json
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from functools import partial
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 
 from kronos_pipeline.data.calendar import is_trading_day, trading_days
-from kronos_pipeline.defs.evaluation import fold_partitions
-from kronos_pipeline.defs.partitions import PARTITION_FMT, trading_day_partitions
-from kronos_pipeline.settings import DataSettings, get_settings
+from kronos_pipeline.defs.partitions import (
+    DATES_TAG,
+    fold_partitions,
+    month_key,
+    month_partitions,
+)
+from kronos_pipeline.settings import DataSettings, Settings, get_settings
 
 DATA_SELECTION = dg.AssetSelection.groups("data", "features")
 NIGHTLY_CRON = "30 22 * * 1-5"  # after the close and the vendor's end-of-day files
 NIGHTLY_TZ = "America/New_York"
+NIGHTLY_TAG = "kronos/nightly"  # the session a nightly run (and each step after it) is for
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+MODEL_ASSETS = ("lightgbm_models", "kronos_checkpoint")
+SCORE_ASSETS = ("baseline_scores", "kronos_forecasts", "kronos_scores", "signals")
+KRONOS_ASSETS = ("kronos_checkpoint", "kronos_forecasts", "kronos_scores")
 
 data_job = dg.define_asset_job(
     "data_job",
     selection=DATA_SELECTION,
-    partitions_def=trading_day_partitions,
-    description="Ingest -> PIT prices -> universe -> features and labels for a range of trading days.",
+    partitions_def=month_partitions,
+    description="Ingest -> PIT prices -> universe -> features and labels for a range of months "
+    "(or the days of its kronos/dates tag).",
 )
-
-
+labels_job = dg.define_asset_job(
+    "labels_job",
+    selection=dg.AssetSelection.assets("labels_forward"),
+    partitions_def=month_partitions,
+    description="Re-materialize forward labels (the nightly run: the dates that matured today).",
+)
 folds_job = dg.define_asset_job(
     "folds_job",
     selection=dg.AssetSelection.assets("folds"),
-    description="Rebuild the walk-forward fold definitions.",
+    description="Rebuild the walk-forward fold definitions (a new fold as each month starts).",
 )
 baseline_scores_job = dg.define_asset_job(
     "baseline_scores_job",
-    selection=dg.AssetSelection.assets("baseline_scores"),
+    selection=dg.AssetSelection.assets("lightgbm_models", "baseline_scores"),
     partitions_def=fold_partitions,
-    description="Factor floor, LightGBM and random scores for one fold (backfill over folds).",
+    description="Per fold: the LightGBM models, then factor, LightGBM and random scores of its "
+    "dates (backfill over folds).",
 )
 kronos_job = dg.define_asset_job(
     "kronos_job",
     selection=dg.AssetSelection.groups("kronos"),
     partitions_def=fold_partitions,
-    description="Kronos checkpoint (trained at the fold's purged cut) and scores for one fold.",
+    description="Per fold: the Kronos checkpoint of its refit period, then forecasts and "
+    "scores of its dates.",
+)
+scoring_job = dg.define_asset_job(
+    "scoring_job",
+    selection=dg.AssetSelection.assets(*MODEL_ASSETS, *SCORE_ASSETS),
+    partitions_def=fold_partitions,
+    description="Every model's fold-level fit (when missing) and date-level scores, then the "
+    "day's signal: the nightly run's scoring step.",
 )
 evaluation_job = dg.define_asset_job(
     "evaluation_job",
     selection=dg.AssetSelection.groups("evaluation")
-    - dg.AssetSelection.assets("baseline_scores", "folds"),
+    - dg.AssetSelection.assets("baseline_scores", "folds", "lightgbm_models"),
     description="Eval rows, metrics, tripwires, gates and the report from the scores present.",
 )
 
 
 def jobs() -> list:
-    return [data_job, folds_job, baseline_scores_job, kronos_job, evaluation_job]
+    return [data_job, labels_job, folds_job, baseline_scores_job, kronos_job, scoring_job,
+            evaluation_job]  # fmt: skip
 
 
 RAW_BARS = dg.AssetKey("raw_bars")
@@ -75,21 +100,32 @@ LATE_DAY_LOOKBACK = 5  # sessions the nightly schedule looks back for a day stil
 NIGHTLY_TIME = dt.time(22, 30)  # NIGHTLY_CRON's time of day: when a session's bars are due
 
 
-def sessions_with_bars(instance: dg.DagsterInstance, keys: list[str] | None = None) -> set[str]:
-    """raw_bars partitions (of ``keys``, or the newest 1000 materializations) whose
-    materialization holds bars: a run on a day whose vendor file was late stores 0 rows."""
+def ingested_windows(
+    instance: dg.DagsterInstance, months: list[str] | None = None
+) -> list[tuple[dt.date, dt.date]]:
+    """The day windows that raw_bars materializations (of ``months``, or the newest 1000)
+    published with bars. The ingest's blocking completeness check fails a run, writing nothing,
+    when a session of its window lacks bars, so every day of such a window has its bars."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=RAW_BARS, asset_partitions=keys), limit=1000
+        dg.AssetRecordsFilter(asset_key=RAW_BARS, asset_partitions=months), limit=1000
     ).records
-    with_bars = set()
+    windows = []
     for record in records:
         mat = record.asset_materialization
-        if mat is None or mat.partition is None:
+        if mat is None or "window" not in mat.metadata:
             continue
         counts = [mat.metadata[k].value for k in ROW_COUNT_KEYS if k in mat.metadata]
-        if not counts or counts[0]:
-            with_bars.add(mat.partition)
-    return with_bars
+        if counts and not counts[0]:
+            continue
+        first, _, last = str(mat.metadata["window"].value).partition("..")
+        windows.append((dt.date.fromisoformat(first), dt.date.fromisoformat(last)))
+    return windows
+
+
+def sessions_with_bars(instance: dg.DagsterInstance, days: list[dt.date]) -> set[dt.date]:
+    """Which of ``days`` a recorded raw_bars materialization covers."""
+    windows = ingested_windows(instance, sorted({month_key(d) for d in days}))
+    return {d for d in days if any(a <= d <= b for a, b in windows)}
 
 
 def source_fingerprint(data: DataSettings) -> str:
@@ -104,6 +140,85 @@ def source_fingerprint(data: DataSettings) -> str:
     return hashlib.sha256(stamp.encode()).hexdigest()[:12]
 
 
+# --------------------------------------------------------------------------------------
+# The nightly production run: one chain of runs per session, each step started when the
+# one before succeeded (by the CLI in-process, or by the nightly_chain sensor in the daemon).
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NightlyStep:
+    """One run of the nightly chain."""
+
+    job: str
+    partition_key: str | None = None
+    key_range: tuple[str, str] | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    assets: tuple[str, ...] | None = None  # a subset of the job's assets; None: all
+
+    def run_tags(self) -> dict[str, str]:
+        tags = dict(self.tags)
+        if self.key_range is not None:
+            tags.update({RANGE_START: self.key_range[0], RANGE_END: self.key_range[1]})
+        return tags
+
+    @property
+    def label(self) -> str:
+        if self.key_range is not None:
+            return f"{self.key_range[0]}..{self.key_range[1]}"
+        return self.partition_key or ""
+
+
+def _materialized(instance: dg.DagsterInstance, asset: str, key: str) -> bool:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1
+    ).records
+    return bool(records)
+
+
+def nightly_steps(day: dt.date, settings: Settings, instance: dg.DagsterInstance | None):
+    """The runs that take session ``day`` from the vendor's file to the published signal:
+
+    1. ``data_job`` on the day's month, window ``day``: ingest, PIT prices, universe,
+       features (labels of ``day`` do not exist yet);
+    2. ``folds_job``: the folds, a new one when ``day`` opens a month;
+    3. ``scoring_job`` on the day's fold, window ``day``: each model's fold-level fit first
+       when that fold has none yet (a new month), then every model's scores, the Kronos
+       forecasts, and the signal (``signals`` table and ``data/signals/<day>.parquet``);
+    4. ``labels_job`` on the months from ``max(horizons)`` sessions back: the labels that
+       matured on ``day``;
+    5. ``evaluation_job``: the metric rollups and the report.
+    """
+    key, calendar = month_key(day), settings.data.calendar
+    tags = {NIGHTLY_TAG: str(day), DATES_TAG: f"{day}:{day}"}
+    back = trading_days(day - dt.timedelta(days=3 * max(settings.labels.horizons) + 30), day,
+                        calendar)[-(max(settings.labels.horizons) + 1)].date()  # fmt: skip
+    steps = [NightlyStep("data_job", key, tags=tags), NightlyStep("folds_job", tags=tags)]
+    if key >= settings.folds.first_test_month:
+        kronos = settings.kronos.enabled
+        models = [a for a in MODEL_ASSETS if kronos or a not in KRONOS_ASSETS]
+        if instance is not None:  # fit only what this fold lacks (a new month)
+            models = [a for a in models if not _materialized(instance, a, key)]
+        scores = [a for a in SCORE_ASSETS if kronos or a not in KRONOS_ASSETS]
+        steps.append(NightlyStep("scoring_job", key, tags=tags, assets=(*models, *scores)))
+    steps.append(NightlyStep(
+        "labels_job", key_range=(month_key(back), key),
+        tags={NIGHTLY_TAG: str(day), DATES_TAG: f"{back}:{day}"},
+    ))  # fmt: skip
+    steps.append(NightlyStep("evaluation_job", tags={NIGHTLY_TAG: str(day)}))
+    return steps
+
+
+def step_request(step: NightlyStep, run_key: str) -> dg.RunRequest:
+    return dg.RunRequest(
+        run_key=run_key,
+        job_name=step.job,
+        partition_key=step.partition_key,
+        tags=step.run_tags(),
+        asset_selection=[dg.AssetKey(a) for a in step.assets] if step.assets else None,
+    )
+
+
 @dg.schedule(
     job=data_job,
     cron_schedule=NIGHTLY_CRON,
@@ -111,11 +226,12 @@ def source_fingerprint(data: DataSettings) -> str:
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 def nightly_schedule(context: dg.ScheduleEvaluationContext):
-    """Score the newest trading day, and retry the recent ones still without bars.
+    """Start the nightly chain for the newest session, and retry the recent ones without bars.
 
     Candidates: the schedule's own session and the LATE_DAY_LOOKBACK - 1 before it, minus
-    those whose raw_bars partition already holds bars. The run key is the day plus the source
-    fingerprint: a late day is requested again as soon as the source changed (its file
+    those a raw_bars materialization already covers. Each is the first step of
+    :func:`nightly_steps` (``nightly_chain`` starts the rest). The run key is the day plus the
+    source fingerprint: a late day is requested again as soon as the source changed (its file
     arrived), and not again while nothing changed.
     """
     settings = get_settings()
@@ -123,20 +239,42 @@ def nightly_schedule(context: dg.ScheduleEvaluationContext):
     if not is_trading_day(day, settings.data.calendar):
         return dg.SkipReason(f"{day} is not a trading day")
     span = trading_days(day - dt.timedelta(days=3 * LATE_DAY_LOOKBACK + 10), day)
-    recent = [d.strftime(PARTITION_FMT) for d in span[-LATE_DAY_LOOKBACK:]]
+    recent = [d.date() for d in span[-LATE_DAY_LOOKBACK:]]
     done = sessions_with_bars(context.instance, recent)
-    todo = [key for key in recent if key not in done]
+    todo = [d for d in recent if d not in done]
     if not todo:
         return dg.SkipReason(f"every session {recent[0]}..{recent[-1]} has its bars")
     fingerprint = source_fingerprint(settings.data)
-    return [
-        dg.RunRequest(
-            run_key=f"{key}:{fingerprint}",
-            partition_key=key,
-            tags={"kronos/source_fingerprint": fingerprint},
-        )
-        for key in todo
-    ]
+    requests = []
+    for d in todo:
+        first = nightly_steps(d, settings, None)[0]
+        request = step_request(first, f"{d}:{fingerprint}")
+        requests.append(request.with_replaced_attrs(
+            tags={**request.tags, "kronos/source_fingerprint": fingerprint}
+        ))  # fmt: skip
+    return requests
+
+
+@dg.run_status_sensor(
+    name="nightly_chain",
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitor_all_code_locations=False,
+    request_jobs=[folds_job, scoring_job, labels_job, evaluation_job],
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def nightly_chain(context: dg.RunStatusSensorContext):
+    """After each successful step of a nightly chain (runs tagged ``kronos/nightly``), start
+    the next one; a failed step stops its chain (and alerts), a rerun of it resumes it."""
+    run = context.dagster_run
+    day = run.tags.get(NIGHTLY_TAG)
+    if not day:
+        return dg.SkipReason(f"{run.job_name} run {run.run_id} is not a nightly step")
+    steps = nightly_steps(dt.date.fromisoformat(day), get_settings(), context.instance)
+    jobs_in_order = [s.job for s in steps]
+    if run.job_name not in jobs_in_order or run.job_name == jobs_in_order[-1]:
+        return dg.SkipReason(f"nightly {day}: {run.job_name} ends the chain")
+    nxt = steps[jobs_in_order.index(run.job_name) + 1]
+    return step_request(nxt, f"nightly:{day}:{nxt.job}:{run.run_id}")
 
 
 def schedules() -> list:
@@ -299,10 +437,10 @@ def alert_on_stale_sessions(context: dg.SensorEvaluationContext):
     ``stale:<newest>`` after an alert and ``fresh`` once sessions are current again, so a
     backfill that lands old sessions one by one during a spell does not repeat the alert."""
     settings = get_settings()
-    keys = sessions_with_bars(context.instance)
-    if not keys:
+    windows = ingested_windows(context.instance)
+    if not windows:
         return dg.SkipReason("raw_bars holds no session in this instance yet")
-    newest = max(dt.datetime.strptime(k, PARTITION_FMT).date() for k in keys)
+    newest = max(last for _, last in windows)
     missing = stale_sessions(newest, dt.datetime.now(dt.UTC), settings.data.calendar)
     if len(missing) < settings.alerts.stale_after_sessions:
         context.update_cursor("fresh")
@@ -328,4 +466,4 @@ def alert_on_stale_sessions(context: dg.SensorEvaluationContext):
 
 
 def sensors() -> list:
-    return [alert_on_run_failure, alert_on_check_failure, alert_on_stale_sessions]
+    return [alert_on_run_failure, alert_on_check_failure, alert_on_stale_sessions, nightly_chain]

@@ -5,14 +5,14 @@ from __future__ import annotations
 import dagster as dg
 import polars as pl
 
-from kronos_pipeline.defs.partitions import trading_day_partitions
+from kronos_pipeline.defs.partitions import month_partitions
 from kronos_pipeline.quality import QualityReport, TableSchema
 from kronos_pipeline.warehouse import WAREHOUSE_POOL
 
 # Every DuckDB writer shares one pool (limit 1 in dagster_home/dagster.yaml) and each run may
 # cover a whole range of trading days, so twenty years load in one run.
 DAILY_ASSET_OPTIONS: dict = {
-    "partitions_def": trading_day_partitions,
+    "partitions_def": month_partitions,
     "backfill_policy": dg.BackfillPolicy.single_run(),
     "pool": WAREHOUSE_POOL,
     "kinds": {"duckdb", "polars"},

@@ -11,6 +11,12 @@ import pandas as pd
 import polars as pl
 
 from kronos_pipeline.defs.common import blocking_failure
+from kronos_pipeline.defs.partitions import (
+    DATES_TAG,
+    fold_partitions,
+    partition_window,
+    refit_period,
+)
 from kronos_pipeline.defs.resources import WarehouseResource
 from kronos_pipeline.evaluation import (
     baselines,
@@ -18,6 +24,7 @@ from kronos_pipeline.evaluation import (
     folds,
     freeze,
     gates,
+    model_store,
     report,
     table_checks,
     tripwires,
@@ -43,18 +50,40 @@ group by p.date order by p.date
 """
 
 
-def _fold_ids() -> list[str]:
-    fs = get_settings().folds
-    months = pd.period_range(fs.first_test_month, fs.last_test_month, freq="M")
-    return [str(m) for m in months]
+MODEL_POOL = "model_fitting"  # one model fits at a time (limit 1 in dagster_home/dagster.yaml)
 
 
-fold_partitions = dg.StaticPartitionsDefinition(_fold_ids())
+def fold_table(db) -> list[folds.Fold]:
+    frame = (
+        db.read("select * from folds order by fold_id").to_pandas()
+        if "folds" in db.tables()
+        else None
+    )
+    if frame is None or frame.empty:
+        raise dg.Failure("the folds table is empty: materialize folds first (folds_job)")
+    return folds.folds_from_frame(frame)
 
 
-def _selected_fold_ids() -> list[str]:
+def selected_fold_ids(db) -> list[str]:
+    """The folds the current mode evaluates: FULL every fold; SMOKE the last
+    ``folds.smoke_folds`` whose labels have matured at every horizon (the longest included)."""
     s = get_settings()
-    return _fold_ids()[-s.folds.smoke_folds :] if s.mode == "smoke" else _fold_ids()
+    dates = db.read("select distinct date from features order by date").to_pandas()["date"]
+    chosen = folds.select_folds(
+        fold_table(db), s.mode, s.folds.smoke_folds, dates, max(s.labels.horizons)
+    )
+    return [f.fold_id for f in chosen]
+
+
+def get_fold(db, fold_id: str) -> folds.Fold:
+    frame = db.read("select * from folds where fold_id = ?", [fold_id]).to_pandas()
+    if frame.empty:
+        raise dg.Failure(
+            f"fold {fold_id} is not in the folds table: its month holds no data yet, or folds "
+            "has not been materialized since the data arrived (folds_job)",
+            allow_retries=False,
+        )
+    return folds.folds_from_frame(frame)[0]
 
 
 def _pd(frame: pl.DataFrame) -> pd.DataFrame:
@@ -85,6 +114,8 @@ def folds_asset(warehouse: WarehouseResource):
     s = get_settings()
     db = warehouse.get()
     dates = _pd(db.read("select distinct date from features order by date"))["date"]
+    if dates.empty:
+        raise dg.Failure("features is empty: materialize the data assets first (data_job)")
     all_folds = folds.make_folds(
         dates, s.folds.first_test_month, s.folds.last_test_month, s.labels.horizons,
         s.folds.window, s.folds.rolling_train_days,
@@ -94,7 +125,9 @@ def folds_asset(warehouse: WarehouseResource):
     if not passed:  # validate, then publish: folds that leak are never written
         raise dg.Failure(f"folds are not purged: {description}")
     db.replace_table("folds", _pl(table))
-    selected = folds.select_folds(all_folds, s.mode, s.folds.smoke_folds)
+    selected = folds.select_folds(
+        all_folds, s.mode, s.folds.smoke_folds, dates, max(s.labels.horizons)
+    )
     yield dg.MaterializeResult(
         metadata={
             "folds": len(all_folds),
@@ -111,11 +144,25 @@ def folds_asset(warehouse: WarehouseResource):
     )
 
 
+def lightgbm_dir(s, period: str):
+    """``<data_dir>/models/lightgbm/<period>/``: the boosters of one refit period."""
+    return s.warehouse.data_dir / "models" / "lightgbm" / period
+
+
+def _needed_models(s, plan: baselines.ControlPlan) -> list[tuple[str, int]]:
+    models = [baselines.LIGHTGBM_MODEL]
+    if plan.shuffled_labels:
+        models.append(baselines.SHUFFLED_MODEL)
+    if plan.future_labels is not None:
+        models.append(baselines.PLANTED_LEAK_MODEL)
+    return [(m, int(h)) for m in models for h in s.labels.horizons]
+
+
 @dg.asset(
-    name="baseline_scores",
+    name="lightgbm_models",
     deps=[
         "folds",
-        # Each fold reads the whole daily history it trains on.
+        # A fold's models train on the whole daily history before its purged cut.
         *[
             dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping())
             for a in ("features", "labels_forward", "universe")
@@ -123,81 +170,191 @@ def folds_asset(warehouse: WarehouseResource):
     ],
     partitions_def=fold_partitions,
     group_name=GROUP,
-    pool=WAREHOUSE_POOL,
-    kinds={"duckdb", "lightgbm"},
-    description="Factor floor, LightGBM (labels matured before the cut) and random scores.",
+    pool=MODEL_POOL,
+    kinds={"lightgbm"},
+    description="The fold's fitted LightGBM models (one per horizon, plus the tripwire controls "
+    "on control folds), fitted at the purged cut of the first fold of its refit period "
+    "(lightgbm.refit_months) and stored under data/models/lightgbm/<period>/.",
     check_specs=[
         dg.AssetCheckSpec(
             "lightgbm_train_cut",
-            asset="baseline_scores",
+            asset="lightgbm_models",
             blocking=True,
             description="Every LightGBM training label matured before the fold's first test day",
         )
     ],  # fmt: skip
 )
-def baseline_scores_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
-    s = get_settings()
-    db = warehouse.get()
-    fold_id = context.partition_key
-    fold = folds.folds_from_frame(_pd(db.read("select * from folds where fold_id = ?", [fold_id])))[
-        0
-    ]
-    feats = _pd(
-        db.read(
+def lightgbm_models_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    s, db, fold_id = get_settings(), warehouse.get(), context.partition_key
+    fold = get_fold(db, fold_id)
+    period = refit_period(fold_id, s.folds.first_test_month, s.lightgbm.refit_months)
+    at = get_fold(db, period)  # the period's first fold: where its models are fitted
+    directory = lightgbm_dir(s, period)
+    plan = _control_plan(db, fold, s)
+    needed = _needed_models(s, plan)
+    stored = model_store.read_manifest(directory) if period != fold_id else None
+    have = set(stored["models"]) if stored and stored.get("cut") == str(at.cut.date()) else set()
+    missing = [(m, h) for m, h in needed if model_store.model_key(m, h) not in have]
+    if missing:  # the first fold of a period always refits; later ones reuse what it stored
+        feats = _pd(db.read(
             "select f.* from features f join universe u using (date, ticker) "
             "where u.in_universe and f.date between ? and ?",
-            [fold.train_start.date(), fold.test_end.date()],
-        )
-    )
-    labels = _pd(
-        db.read("select * from labels_forward where available_at < ?", [fold.test_start.date()])
-    )
-    days = folds.scoring_dates(fold, feats["date"].unique(), s.folds.scoring_cadence)
-    controls = _control_plan(db, fold, s)
-    scores, fits = baselines.baseline_scores_for_fold(
-        feats, labels, fold, s.labels.horizons, days, s.lightgbm,
-        num_threads=s.lightgbm.num_threads, use_sector_relative=s.features.use_sector_relative,
-        controls=controls,
-    )  # fmt: skip
-    late = [f.summary() for f in fits if f.max_available_at >= fold.test_start]
+            [at.train_start.date(), max(at.train_end.values()).date()],
+        ))  # fmt: skip
+        labels = _pd(db.read(
+            "select * from labels_forward where available_at < ?", [at.test_start.date()]
+        ))  # fmt: skip
+        wanted = {m for m, _ in missing}
+        fit_plan = _control_plan(db, at, s, force=wanted)
+        fits = baselines.fit_fold_models(
+            feats, labels, at, s.labels.horizons, s.lightgbm,
+            include_lightgbm=baselines.LIGHTGBM_MODEL in wanted,
+            num_threads=s.lightgbm.num_threads, use_sector_relative=s.features.use_sector_relative,
+            controls=fit_plan,
+        )  # fmt: skip
+        context.log.info(f"fitted {len(fits)} models at the cut of {period} ({at.cut.date()})")
+        model_store.write_models(
+            directory, fits, {"period": period, "cut": str(at.cut.date()),
+                              "refit_months": s.lightgbm.refit_months},
+        )  # fmt: skip
+    models = model_store.load_models(directory, [model_store.model_key(m, h) for m, h in needed])
+    late = [
+        {"model": m.model, "horizon": m.horizon, "max_available_at": str(m.max_available_at.date())}
+        for m in models if m.max_available_at >= fold.test_start
+    ]  # fmt: skip
     train_cut = dg.AssetCheckResult(
         check_name="lightgbm_train_cut",
         passed=not late,
-        description=f"{len(late)} model(s) saw a label maturing on/after {fold.test_start.date()}",
+        description=f"{len(late)} model(s) saw a label maturing on/after {fold.test_start.date()}"
+        f" (models of period {period}, fitted at {at.cut.date()})",
         metadata={"violations": dg.MetadataValue.json(late)},
     )
-    if late:  # validate, then publish: scores of a model that saw the test month are never written
-        yield train_cut
-        raise blocking_failure([("lightgbm_train_cut", train_cut.description)], "baseline_scores")
-    db.replace_where("baseline_scores", _pl(scores), "fold", [fold_id])
     yield dg.MaterializeResult(
         metadata={
-            "rows": len(scores),
-            "scoring_dates": len(days),
-            "models": ", ".join(sorted(scores["model"].unique())),
-            "lightgbm": dg.MetadataValue.json([f.summary() for f in fits]),
+            "period": period,
+            "fitted_at_cut": str(at.cut.date()),
+            "refit": bool(missing),
+            "path": dg.MetadataValue.path(str(directory)),
+            "models": dg.MetadataValue.json([m.record for m in models]),
         }
     )
     yield train_cut
 
 
-def _control_plan(db, fold: folds.Fold, s) -> baselines.ControlPlan:
+def run_dates(context: dg.AssetExecutionContext, fold: folds.Fold, cadence: str, sessions):
+    """The dates a date-level score step scores: the fold's scoring dates (``cadence``) inside
+    the run's window; an explicit one-day window (``kronos/dates`` = ``D:D``, e.g. the nightly
+    run or a one-date rerun) scores that session whatever the cadence."""
+    start, end = partition_window(context)
+    inside = [d for d in sessions if start <= pd.Timestamp(d).date() <= end]
+    days = folds.scoring_dates(fold, sessions, cadence)
+    chosen = [d for d in days if start <= d.date() <= end]
+    tag = context.run.tags.get(DATES_TAG, "")
+    if tag and start == end and inside and not chosen:
+        chosen = [pd.Timestamp(inside[0])]
+    return start, end, pd.DatetimeIndex(chosen)
+
+
+@dg.asset(
+    name="baseline_scores",
+    deps=[
+        dg.AssetDep("lightgbm_models", partition_mapping=dg.TimeWindowPartitionMapping()),
+        # The planted-leak control reads its month's labels on purpose.
+        *[
+            dg.AssetDep(a, partition_mapping=dg.TimeWindowPartitionMapping())
+            for a in ("features", "universe", "labels_forward")
+        ],
+    ],
+    partitions_def=fold_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    group_name=GROUP,
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb", "lightgbm"},
+    description="Factor floor, LightGBM (its fold's stored models) and random scores on the "
+    "scoring dates of the month (or the run's one date).",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "scores_complete",
+            asset="baseline_scores",
+            blocking=True,
+            description="Every baseline scored every universe member of every scored date "
+            "once, with a finite score where its inputs exist",
+        )
+    ],  # fmt: skip
+)
+def baseline_scores_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    s, db, fold_id = get_settings(), warehouse.get(), context.partition_key
+    fold = get_fold(db, fold_id)
+    period = refit_period(fold_id, s.folds.first_test_month, s.lightgbm.refit_months)
+    sessions = _pd(db.read("select distinct date from features where date between ? and ? "
+                           "order by date", [fold.test_start.date(), fold.test_end.date()]))["date"]  # fmt: skip
+    start, end, days = run_dates(context, fold, s.folds.scoring_cadence, sessions)
+    feats = _pd(db.read(
+        "select f.* from features f join universe u using (date, ticker) "
+        "where u.in_universe and f.date in (select unnest(?::date[]))", [[d.date() for d in days]],
+    ))  # fmt: skip
+    plan = _control_plan(db, fold, s, scoring=True)
+    keys = [model_store.model_key(m, h) for m, h in _needed_models(s, plan)]
+    models = model_store.load_models(lightgbm_dir(s, period), keys)
+    scores = baselines.score_dates(
+        feats, fold, s.labels.horizons, days, models, s.lightgbm.seed, plan
+    )
+    expected_models = [*baselines.FACTORS, baselines.COMPOSITE_MODEL, baselines.RANDOM_MODEL,
+                       *keys_models(models)]  # fmt: skip
+    ok, description, numbers = table_checks.scores_complete(
+        scores, feats, expected_models, s.labels.horizons,
+        always_scored=[baselines.RANDOM_MODEL, *keys_models(models)],
+    )  # fmt: skip
+    complete = dg.AssetCheckResult(
+        check_name="scores_complete", passed=ok, description=description, metadata=numbers
+    )
+    if not ok:  # validate, then publish
+        yield complete
+        raise blocking_failure([("scores_complete", description)], "baseline_scores")
+    db.replace_rows(
+        "baseline_scores", baselines.score_table(scores), "fold = ? and date between ? and ?",
+        [fold_id, start, end],
+    )  # fmt: skip
+    yield dg.MaterializeResult(
+        metadata={
+            "rows": len(scores),
+            "scoring_dates": len(days),
+            "window": f"{start}..{end}",
+            "models_period": period,
+            "models": ", ".join(sorted(scores["model"].unique())) if len(scores) else "",
+        }
+    )
+    yield complete
+
+
+def keys_models(models) -> list[str]:
+    return sorted({m.model for m in models})
+
+
+def _control_plan(
+    db, fold: folds.Fold, s, force: set[str] | None = None, scoring: bool = False
+) -> baselines.ControlPlan:
     """The LightGBM tripwire controls of this fold: shuffled labels and the planted leak on
-    folds spread over the evaluated ones (``tripwires.*_max_folds``). The planted leak reads
-    the test month's labels on purpose: it is the positive control the leak scan must flag."""
+    folds spread over the evaluated ones (``tripwires.*_max_folds``), or those of ``force``
+    (model names: fitting a later fold's controls at its period's cut). The planted leak reads
+    the test month's labels on purpose: it is the positive control the leak scan must flag.
+    ``scoring``: only the test month's planted labels are read (training needs them all)."""
     t = s.tripwires
-    selected = _selected_fold_ids()
+    if force is None:
+        selected = selected_fold_ids(db)
+        shuffled = fold.fold_id in tripwires.control_fold_ids(selected, t.shuffled_labels_max_folds)
+        planted = fold.fold_id in tripwires.control_fold_ids(selected, t.planted_leak_max_folds)
+    else:
+        shuffled = baselines.SHUFFLED_MODEL in force
+        planted = baselines.PLANTED_LEAK_MODEL in force
     future = None
-    if fold.fold_id in tripwires.control_fold_ids(selected, t.planted_leak_max_folds):
+    if planted:
+        first = fold.test_start if scoring else fold.train_start
         future = _pd(db.read(
             "select date, ticker, horizon, excess_return from labels_forward "
-            "where date between ? and ?", [fold.train_start.date(), fold.test_end.date()]))  # fmt: skip
+            "where date between ? and ?", [first.date(), fold.test_end.date()]))  # fmt: skip
     return baselines.ControlPlan(
-        shuffled_labels=fold.fold_id
-        in tripwires.control_fold_ids(selected, t.shuffled_labels_max_folds),
-        future_labels=future,
-        noise=t.planted_leak_noise,
-        seed=t.seed,
+        shuffled_labels=shuffled, future_labels=future, noise=t.planted_leak_noise, seed=t.seed
     )
 
 
@@ -317,7 +474,7 @@ def evaluation_tables(warehouse: WarehouseResource):
     scored on the folds of the current mode."""
     s = get_settings()
     db = warehouse.get()
-    scores = _read_scores(db, _selected_fold_ids())
+    scores = _read_scores(db, selected_fold_ids(db))
     labels = _pd(db.read("select * from labels_forward where date between ? and ?",
                          [scores["date"].min(), scores["date"].max()]))  # fmt: skip
     momentum = _pd(db.read("select date, ticker, mom_12_1 from features where date between ? and ?",
@@ -332,7 +489,7 @@ def evaluation_tables(warehouse: WarehouseResource):
     )  # fmt: skip
     table_outcomes = {
         ("eval_rows", "rows_reconcile"): table_checks.eval_rows_reconcile(
-            result.eval_rows, _matured_pairs(db, _selected_fold_ids())
+            result.eval_rows, _matured_pairs(db, selected_fold_ids(db))
         ),
         ("per_date_metrics", "one_row_per_date"): table_checks.per_date_complete(
             result.per_date, result.eval_rows

@@ -1,5 +1,8 @@
-"""Kronos assets, per fold: a leak-free checkpoint (trained at the fold's purged cut, or the
-published weights named in settings) -> scores on the fold's scoring dates, which the
+"""Kronos assets. Fold-level: ``kronos_checkpoint``, a leak-free checkpoint fitted at the
+purged cut of the first fold of its refit period (``kronos.refit_months``), or the published
+weights named in settings. Date-level: ``kronos_forecasts`` (per date and ticker, per horizon:
+the sampled returns, their mean and quantiles, the series' embedding), which reads its fold's
+checkpoint through a partition mapping, then ``kronos_scores`` derived from them, which the
 evaluation unions with the baselines. Library work lives in ``kronos_pipeline.kronos``."""
 
 from pathlib import Path
@@ -7,11 +10,12 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pandas as pd
+import polars as pl
 
 from kronos_pipeline.defs.common import blocking_failure
-from kronos_pipeline.defs.evaluation import fold_partitions
+from kronos_pipeline.defs.evaluation import MODEL_POOL, get_fold, run_dates
+from kronos_pipeline.defs.partitions import fold_partitions, partition_window, refit_period
 from kronos_pipeline.defs.resources import WarehouseResource
-from kronos_pipeline.evaluation import folds
 from kronos_pipeline.kronos import load_predictor, load_tokenizer, scoring
 from kronos_pipeline.settings import Settings, get_settings
 from kronos_pipeline.warehouse import WAREHOUSE_POOL, Warehouse
@@ -22,6 +26,8 @@ PRICE_COLUMNS = "ticker, date, adj_open, adj_high, adj_low, adj_close, adj_volum
 HISTORY_DEPS = [
     dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in ("prices_pit", "universe")
 ]
+# Months of daily history a forecast month reads before it (2 x 252 sessions of windows).
+HISTORY_MONTHS = 26
 # Sessions read per window, in lookbacks: a ticker missing some sessions (quarantined bars)
 # still finds its last ``lookback`` bars.
 HISTORY_SLACK = 2
@@ -38,15 +44,10 @@ def zero_shot(s: Settings) -> bool:
 
 
 def checkpoint_dir(s: Settings, fold_id: str) -> Path:
-    """``data/checkpoints/<model>_<fold>/``: the fold's manifest (and trained weights)."""
-    return s.warehouse.data_dir / "checkpoints" / f"{scoring.model_name(zero_shot(s))}_{fold_id}"
-
-
-def _fold(db: Warehouse, fold_id: str) -> folds.Fold:
-    frame = db.read("select * from folds where fold_id = ?", [fold_id]).to_pandas()
-    if frame.empty:
-        raise ValueError(f"fold {fold_id} is not in the folds table; materialize folds first")
-    return folds.folds_from_frame(frame)[0]
+    """``data/checkpoints/<model>_<period>/``: the manifest (and trained weights) of the refit
+    period the fold belongs to."""
+    period = refit_period(fold_id, s.folds.first_test_month, s.kronos.refit_months)
+    return s.warehouse.data_dir / "checkpoints" / f"{scoring.model_name(zero_shot(s))}_{period}"
 
 
 def _history_start(db: Warehouse, day, sessions: int):
@@ -58,10 +59,11 @@ def _history_start(db: Warehouse, day, sessions: int):
     deps=["folds", *HISTORY_DEPS],
     partitions_def=fold_partitions,
     group_name=GROUP,
-    pool="model_fitting",  # one model trains at a time (limit 1 in dagster_home/dagster.yaml)
+    pool=MODEL_POOL,  # one model trains at a time (limit 1 in dagster_home/dagster.yaml)
     kinds={"pytorch", "safetensors"},
-    description="Tokenizer + predictor for the fold: trained on bars ending at the purged cut "
-    "(max horizon + 1 sessions before the test month), or published weights (zero_shot).",
+    description="Tokenizer + predictor of the fold's refit period: trained on bars ending at "
+    "the purged cut of the period's first fold (max horizon + 1 sessions before its test "
+    "month) and reused by the period's other folds, or published weights (zero_shot).",
     check_specs=[
         dg.AssetCheckSpec(
             "train_cut_before_test",
@@ -74,15 +76,26 @@ def _history_start(db: Warehouse, day, sessions: int):
 def kronos_checkpoint_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     s, db, fold_id = get_settings(), warehouse.get(), context.partition_key
     k, directory = s.kronos, checkpoint_dir(s, fold_id)
-    fold = _fold(db, fold_id)
-    cut = fold.train_end[max(s.labels.horizons)].date()
-    if zero_shot(s):
+    fold = get_fold(db, fold_id)
+    period = refit_period(fold_id, s.folds.first_test_month, k.refit_months)
+    at = get_fold(db, period)  # the period's first fold: the checkpoint is fitted at its cut
+    cut = at.train_end[max(s.labels.horizons)].date()
+    existing = None
+    if period != fold_id and (directory / scoring.MANIFEST_NAME).is_file():
+        existing = scoring.read_manifest(directory)
+        if existing.get("train_cut") not in (None, str(cut)):
+            existing = None  # fitted for other folds or settings: fit again
+    if existing is not None:  # later folds of a period reuse what its first fold fitted
+        manifest, refit = existing, False
+    elif zero_shot(s):
         manifest = {
             "kind": "zero_shot", "model": scoring.ZERO_SHOT_MODEL, "predictor": k.predictor,
             "tokenizer": k.tokenizer, "tokenizer_revision": k.tokenizer_revision,
             "pretrain_cutoff": str(k.pretrain_cutoff), "last_bar": str(k.pretrain_cutoff),
+            "train_cut": str(cut), "period": period,
         }  # fmt: skip
         scoring.write_manifest(directory, manifest)
+        refit = True
     else:
         tickers = db.read(
             "select ticker from universe where in_universe and date = "
@@ -98,104 +111,138 @@ def kronos_checkpoint_asset(context: dg.AssetExecutionContext, warehouse: Wareho
         bars = scoring.pit_bars(prices, cut)
         context.log.info(f"training on {bars.height} bars of {len(tickers)} tickers to {cut}")
         manifest = scoring.train_checkpoint(bars, cut, directory, k, k.lookback)
+        manifest = {**manifest, "train_cut": str(cut), "period": period}
+        scoring.write_manifest(directory, manifest)
+        refit = True
     yield dg.MaterializeResult(
         metadata={
             "path": dg.MetadataValue.path(str(directory)),
+            "period": period,
+            "refit_months": k.refit_months,
+            "refit": refit,
             "train_cut": str(cut),
             "manifest": dg.MetadataValue.json(manifest),
         }
     )
     last_bar = pd.Timestamp(manifest["last_bar"])
+    purged = fold.train_end[max(s.labels.horizons)]
     yield dg.AssetCheckResult(
         check_name="train_cut_before_test",
         # Published weights are contaminated by design: the evaluation reports it.
-        passed=manifest["kind"] == "zero_shot" or last_bar <= pd.Timestamp(cut),
-        description=f"last training bar {last_bar.date()}, purged end {cut}, "
-        f"test starts {fold.test_start.date()}",
+        passed=manifest["kind"] == "zero_shot" or last_bar <= purged,
+        description=f"last training bar {last_bar.date()} (checkpoint of period {period}), "
+        f"this fold's purged end {purged.date()}, test starts {fold.test_start.date()}",
     )
 
 
 @dg.asset(
-    name="kronos_scores",
-    deps=["kronos_checkpoint", "folds", *HISTORY_DEPS],
+    name="kronos_forecasts",
+    deps=[
+        dg.AssetDep("kronos_checkpoint", partition_mapping=dg.TimeWindowPartitionMapping()),
+        *[
+            dg.AssetDep(
+                a, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-HISTORY_MONTHS)
+            )
+            for a in ("prices_pit", "universe")
+        ],
+    ],  # fmt: skip
     partitions_def=fold_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
     group_name=GROUP,
     pool=WAREHOUSE_POOL,
     kinds={"duckdb", "pytorch"},
-    description="Kronos scores (and _volnorm variants) for the fold's scoring dates over the "
-    "universe members of each date, from PIT windows of the last lookback bars.",
+    description="Per scoring date, universe member and horizon: the sampled h-day returns of "
+    "Kronos (sample_count paths), their mean and 10/50/90 % quantiles, and the series' "
+    "embedding, from PIT windows of the last lookback bars.",
     check_specs=[
         dg.AssetCheckSpec(
-            "scores_valid",
-            asset="kronos_scores",
+            "forecasts_valid",
+            asset="kronos_forecasts",
             blocking=True,
-            description="Every score finite; one row per (model, horizon, date, ticker)",
+            description="Every forecast finite, q10 <= q50 <= q90, one row per (model, "
+            "horizon, date, ticker), sample_count paths each",
         ),
         dg.AssetCheckSpec(
             "member_coverage",
-            asset="kronos_scores",
-            description="Share of universe members of each scoring date that got a score",
+            asset="kronos_forecasts",
+            description="Share of universe members of each scoring date that got a forecast",
         ),
     ],  # fmt: skip
 )
-def kronos_scores_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     from kronos_pipeline.kronos.engine import KronosEngine
 
     s, db, fold_id = get_settings(), warehouse.get(), context.partition_key
     k = s.kronos
-    fold = _fold(db, fold_id)
+    fold = get_fold(db, fold_id)
     manifest = scoring.read_manifest(checkpoint_dir(s, fold_id))
     sessions = db.read(
         "select distinct date from universe where date between ? and ? order by date",
         [fold.test_start.date(), fold.test_end.date()],
-    )["date"]
-    days = [d.date() for d in folds.scoring_dates(fold, sessions.to_list(), k.scoring_cadence)]
+    )["date"].to_list()
+    start, end, days = run_dates(context, fold, k.scoring_cadence, sessions)
+    day_list = [d.date() for d in days]
     members = db.read(
-        "select date, ticker from universe where in_universe and date in (select unnest(?))",
-        [days],
+        "select date, ticker from universe where in_universe and date in (select unnest(?::date[])) "
+        "and liquidity_rank <= ?",
+        [day_list, k.top_n if k.top_n is not None else 1_000_000_000],
     )
-    prices = db.read(
-        f"select {PRICE_COLUMNS} from prices_pit where date between ? and ? "
-        "and ticker in (select unnest(?))",
-        [
-            _history_start(db, days[0], HISTORY_SLACK * k.lookback),
-            days[-1],
-            members["ticker"].unique().to_list(),
-        ],  # fmt: skip
-    )
-    inputs = scoring.build_windows(prices, members, k.lookback)
-    engine = KronosEngine(
-        load_tokenizer(manifest["tokenizer"], revision=manifest.get("tokenizer_revision")),
-        load_predictor(manifest["predictor"], revision=k.predictor_revision),
-        device=k.device, dtype=k.dtype, batch_size=k.batch_size, max_context=k.max_context,
-        cuda_graphs=k.cuda_graphs,
-    )  # fmt: skip
-    scores = scoring.score_windows(
-        engine, inputs, s.labels.horizons, manifest["model"], fold_id,
-        calendar=s.data.calendar, sample_count=k.sample_count, temperature=k.temperature,
-        top_k=k.top_k, top_p=k.top_p, seed=k.seed,
-    )  # fmt: skip
-    table = scoring.to_score_table(scores)
-    dupes = table.select("model", "horizon", "date", "ticker").is_duplicated().sum()
-    bad = int((~np.isfinite(table["score"].to_numpy())).sum())
+    if members.height:
+        prices = db.read(
+            f"select {PRICE_COLUMNS} from prices_pit where date between ? and ? "
+            "and ticker in (select unnest(?))",
+            [_history_start(db, day_list[0], HISTORY_SLACK * k.lookback), day_list[-1],
+             members["ticker"].unique().to_list()],
+        )  # fmt: skip
+        inputs = scoring.build_windows(prices, members, k.lookback)
+        engine = KronosEngine(
+            load_tokenizer(manifest["tokenizer"], revision=manifest.get("tokenizer_revision")),
+            load_predictor(manifest["predictor"], revision=k.predictor_revision),
+            device=k.device, dtype=k.dtype, batch_size=k.batch_size, max_context=k.max_context,
+            cuda_graphs=k.cuda_graphs,
+        )  # fmt: skip
+        table = scoring.forecast_windows(
+            engine, inputs, s.labels.horizons, manifest["model"], fold_id,
+            calendar=s.data.calendar, sample_count=k.sample_count, temperature=k.temperature,
+            top_k=k.top_k, top_p=k.top_p, seed=k.seed,
+        )  # fmt: skip
+        skipped = inputs.skipped
+    else:
+        table, skipped = pl.DataFrame(schema=scoring.FORECAST_SCHEMA), []
+    keys = ["model", "horizon", "date", "ticker"]
+    dupes = int(table.select(keys).is_duplicated().sum())
+    values = table.select("pred_return_mean", "pred_return_q10", "pred_return_q90").to_numpy()
+    bad = int((~np.isfinite(values)).any(axis=1).sum()) if table.height else 0
+    disorder = table.filter(
+        (pl.col("pred_return_q10") > pl.col("pred_return_q50"))
+        | (pl.col("pred_return_q50") > pl.col("pred_return_q90"))
+        | (pl.col("samples").list.len() != k.sample_count)
+    ).height
     valid = dg.AssetCheckResult(
-        check_name="scores_valid",
-        passed=bool(dupes == 0 and bad == 0 and table.height > 0),
-        metadata={"rows": table.height, "duplicates": int(dupes), "non_finite": bad},
-    )
-    if not valid.passed:  # validate, then publish: bad scores are never written
+        check_name="forecasts_valid",
+        passed=bool(dupes == 0 and bad == 0 and disorder == 0),
+        metadata={"rows": table.height, "duplicates": dupes, "non_finite": bad,
+                  "quantiles_out_of_order_or_paths_missing": disorder},
+    )  # fmt: skip
+    if not valid.passed:  # validate, then publish: bad forecasts are never written
         yield valid
         raise blocking_failure(
-            [("scores_valid", f"{table.height} rows, {int(dupes)} duplicates, {bad} non-finite")],
-            "kronos_scores",
-        )
-    db.replace_where("kronos_scores", table, "fold", [fold_id])
+            [("forecasts_valid", f"{table.height} rows, {dupes} duplicates, {bad} non-finite, "
+                                 f"{disorder} with quantiles out of order or paths missing")],
+            "kronos_forecasts",
+        )  # fmt: skip
+    db.replace_rows(
+        "kronos_forecasts", table, "fold = ? and date between ? and ?", [fold_id, start, end]
+    )
     yield dg.MaterializeResult(
-        metadata={"rows": table.height, "scoring_dates": len(days), "series": len(inputs),
-                  "skipped": len(inputs.skipped), "model": manifest["model"]}
+        metadata={"rows": table.height, "scoring_dates": len(days), "window": f"{start}..{end}",
+                  "series": table.height // max(1, len(s.labels.horizons)),
+                  "skipped": len(skipped), "model": manifest["model"],
+                  "sample_count": k.sample_count, "checkpoint_period": manifest.get("period", "")}
     )  # fmt: skip
     yield valid
-    coverage = len(inputs) / members.height if members.height else 0.0
+    served = table.height // max(1, len(s.labels.horizons))
+    coverage = served / members.height if members.height else 1.0
     yield dg.AssetCheckResult(
         check_name="member_coverage",
         passed=coverage >= 0.99,
@@ -203,9 +250,54 @@ def kronos_scores_asset(context: dg.AssetExecutionContext, warehouse: WarehouseR
         metadata={
             "coverage": coverage,
             "members": members.height,
-            "skipped": dg.MetadataValue.json([f"{d} {t}" for d, t in inputs.skipped[:50]]),
+            "skipped": dg.MetadataValue.json([f"{d} {t}" for d, t in skipped[:50]]),
         },
     )
 
 
-KRONOS_ASSETS = [kronos_checkpoint_asset, kronos_scores_asset]
+@dg.asset(
+    name="kronos_scores",
+    deps=[dg.AssetDep("kronos_forecasts", partition_mapping=dg.TimeWindowPartitionMapping())],
+    partitions_def=fold_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    group_name=GROUP,
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb"},
+    description="Kronos scores per horizon (mean predicted return) and the volatility-"
+    "normalised variant, derived from kronos_forecasts.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "scores_match_forecasts",
+            asset="kronos_scores",
+            blocking=True,
+            description="Two scores (mean, volnorm) per forecast row, every score finite",
+        ),
+    ],  # fmt: skip
+)
+def kronos_scores_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    db, fold_id = warehouse.get(), context.partition_key
+    fold = get_fold(db, fold_id)
+    start, end = partition_window(context)
+    start, end = max(start, fold.test_start.date()), min(end, fold.test_end.date())
+    forecasts = db.read(
+        "select * exclude (samples, embedding) from kronos_forecasts "
+        "where fold = ? and date between ? and ?", [fold_id, start, end],
+    ) if "kronos_forecasts" in db.tables() else pl.DataFrame(schema=scoring.FORECAST_SCHEMA)  # fmt: skip
+    table = scoring.forecasts_to_scores(forecasts)
+    bad = int((~np.isfinite(table["score"].to_numpy())).sum()) if table.height else 0
+    ok = table.height == 2 * forecasts.height and bad == 0
+    check = dg.AssetCheckResult(
+        check_name="scores_match_forecasts", passed=ok,
+        metadata={"forecasts": forecasts.height, "scores": table.height, "non_finite": bad},
+    )  # fmt: skip
+    if not ok:
+        yield check
+        raise blocking_failure([("scores_match_forecasts", f"{bad} non-finite")], "kronos_scores")
+    db.replace_rows(
+        "kronos_scores", table, "fold = ? and date between ? and ?", [fold_id, start, end]
+    )
+    yield dg.MaterializeResult(metadata={"rows": table.height, "window": f"{start}..{end}"})
+    yield check
+
+
+KRONOS_ASSETS = [kronos_checkpoint_asset, kronos_forecasts_asset, kronos_scores_asset]

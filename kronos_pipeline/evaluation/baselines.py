@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import polars as pl
 
 from kronos_pipeline.evaluation.folds import Fold
 from kronos_pipeline.settings import LightGBMSettings
@@ -89,6 +90,20 @@ def factor_scores(features: pd.DataFrame, horizons: Sequence[int], fold_id: str)
     return pd.concat(parts, ignore_index=True)
 
 
+SCORE_SCHEMA = {
+    "model": pl.String, "horizon": pl.Int64, "date": pl.Datetime("us"), "ticker": pl.String,
+    "score": pl.Float64, "fold": pl.String,
+}  # fmt: skip
+
+
+def score_table(scores: pd.DataFrame) -> pl.DataFrame:
+    """Long scores as the warehouse stores them (fixed dtypes, also when empty)."""
+    if scores.empty:
+        return pl.DataFrame(schema=SCORE_SCHEMA)
+    frame = scores[SCORE_COLUMNS].assign(date=pd.to_datetime(scores["date"]))
+    return pl.from_pandas(frame).cast(SCORE_SCHEMA)
+
+
 def stable_seed(*parts: object) -> int:
     """A 32-bit seed from the given parts that is identical across processes and runs."""
     digest = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
@@ -100,18 +115,23 @@ def random_scores(
 ) -> pd.DataFrame:
     """Negative control: i.i.d. standard normal scores for the ``date, ticker`` rows of ``keys``.
 
-    Seeded by ``(seed, fold_id, horizon)`` so one fold's scores do not depend on which other folds
-    were run. Rows are sorted by date and ticker before drawing.
+    Seeded by ``(seed, fold_id, horizon, date)`` so a date's scores depend neither on which
+    other folds nor on which other dates were scored (re-scoring one date gives the same
+    numbers). Rows are sorted by ticker within a date before drawing.
     """
     base = keys[["date", "ticker"]].drop_duplicates().copy()
     base["date"] = pd.to_datetime(base["date"])
     base = base.sort_values(["date", "ticker"], ignore_index=True)
     parts = []
     for h in horizons:
-        rng = np.random.default_rng(stable_seed(seed, fold_id, h))
         p = base.copy()
-        p["score"] = rng.standard_normal(len(p))
+        p["score"] = np.nan
+        for day, idx in p.groupby("date").groups.items():
+            rng = np.random.default_rng(stable_seed(seed, fold_id, h, pd.Timestamp(day).date()))
+            p.loc[idx, "score"] = rng.standard_normal(len(idx))
         parts.append(_long(p, RANDOM_MODEL, [h], fold_id))
+    if not parts:
+        return pd.DataFrame(columns=SCORE_COLUMNS)
     return pd.concat(parts, ignore_index=True)
 
 
@@ -138,6 +158,8 @@ class LightGBMFit:
     n_valid_rows: int
     best_iteration: int
     feature_names: list[str] = field(default_factory=list)
+    model: str = LIGHTGBM_MODEL
+    booster: lgb.Booster | None = field(default=None, repr=False)
 
     def summary(self) -> dict[str, object]:
         """JSON-friendly summary for asset metadata."""
@@ -188,11 +210,17 @@ def plant_leak(
     out = features.assign(date=pd.to_datetime(features["date"])).merge(
         lab, on=["date", "ticker"], how="left"
     )
-    # Sorted first: the noise drawn for a row must not depend on the order rows arrived in.
+    # Sorted first, drawn per date: the noise of a row depends neither on the order rows
+    # arrived in nor on which other dates are in the frame (training or one scored date).
     out = out.sort_values(["date", "ticker"], ignore_index=True)
     sd = out.groupby("date")["excess_return"].transform("std")
-    rng = np.random.default_rng(stable_seed(seed, "planted_leak", horizon))
-    out[PLANTED_FEATURE] = out["excess_return"] + noise * sd * rng.standard_normal(len(out))
+    draws = np.empty(len(out))
+    for day, idx in out.groupby("date").indices.items():
+        rng = np.random.default_rng(
+            stable_seed(seed, "planted_leak", horizon, pd.Timestamp(day).date())
+        )
+        draws[idx] = rng.standard_normal(len(idx))
+    out[PLANTED_FEATURE] = out["excess_return"] + noise * sd * draws
     return out.drop(columns="excess_return")
 
 
@@ -311,10 +339,10 @@ def train_lightgbm(
     n_valid_rows = valid_sets[0].num_data() if valid_sets else 0
     best = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
 
-    sf = score_features.assign(date=pd.to_datetime(score_features["date"]))
-    sf = sf[(sf["date"] >= fold.test_start) & (sf["date"] <= fold.test_end)]
-    scored = sf[["date", "ticker"]].copy()
-    scored["score"] = booster.predict(sf[cols].to_numpy(dtype=float), num_iteration=best)
+    # The fitted model as it is stored: exactly ``best`` rounds, so a reloaded model predicts
+    # what this one does.
+    booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+    scored = predict_lightgbm(booster, cols, score_features, fold)
     used = pd.concat([fit.assign(role="fit"), valid.assign(role="valid")], ignore_index=True)[
         ["date", "ticker", "available_at", "role"]
     ]
@@ -328,7 +356,94 @@ def train_lightgbm(
         n_valid_rows=int(n_valid_rows),
         best_iteration=int(best),
         feature_names=cols,
+        model=model,
+        booster=booster,
     )
+
+
+def predict_lightgbm(
+    booster: lgb.Booster, columns: Sequence[str], features: pd.DataFrame, fold: Fold
+) -> pd.DataFrame:
+    """``date, ticker, score`` of a fitted model on the feature rows of ``fold``'s test month
+    (rows outside it are never scored)."""
+    sf = features.assign(date=pd.to_datetime(features["date"]))
+    sf = sf[(sf["date"] >= fold.test_start) & (sf["date"] <= fold.test_end)]
+    scored = sf[["date", "ticker"]].copy()
+    values = sf[list(columns)].to_numpy(dtype=float)
+    scored["score"] = booster.predict(values) if len(sf) else np.array([], dtype=float)
+    return scored
+
+
+def fit_fold_models(
+    features: pd.DataFrame,
+    labels: pd.DataFrame,
+    fold: Fold,
+    horizons: Sequence[int],
+    lightgbm_settings: LightGBMSettings,
+    include_lightgbm: bool = True,
+    num_threads: int = 0,
+    use_sector_relative: bool = True,
+    controls: ControlPlan | None = None,
+) -> list[LightGBMFit]:
+    """What one fold fits (a fold-level model): LightGBM per horizon and the tripwire controls
+    ``controls`` asks for, each trained on labels matured before ``fold``'s cut.
+
+    ``features`` must cover the training history; ``labels`` hold only labels matured before
+    the cut (the planted leak reads ``controls.future_labels`` on purpose)."""
+    feats = features.assign(date=pd.to_datetime(features["date"]))
+    fits: list[LightGBMFit] = []
+
+    def fit(feats_: pd.DataFrame, labels_: pd.DataFrame, h: int, model: str) -> None:
+        fits.append(train_lightgbm(
+            feats_, labels_, fold, int(h), feats_.iloc[0:0], lightgbm_settings, num_threads, model,
+            use_sector_relative,
+        ))  # fmt: skip
+
+    if include_lightgbm:
+        for h in horizons:
+            fit(feats, labels, h, LIGHTGBM_MODEL)
+    if controls is not None and controls.shuffled_labels:
+        shuffled = permute_labels(labels, controls.seed, fold.fold_id)
+        for h in horizons:
+            fit(feats, shuffled, h, SHUFFLED_MODEL)
+    if controls is not None and controls.future_labels is not None:
+        for h in horizons:
+            leaky = plant_leak(feats, controls.future_labels, h, controls.noise, controls.seed)
+            fit(leaky, labels, h, PLANTED_LEAK_MODEL)
+    return fits
+
+
+def score_dates(
+    features: pd.DataFrame,
+    fold: Fold,
+    horizons: Sequence[int],
+    scoring_dates: pd.DatetimeIndex,
+    models: Sequence[LightGBMFit],
+    seed: int,
+    controls: ControlPlan | None = None,
+) -> pd.DataFrame:
+    """Every baseline's scores on ``scoring_dates`` of ``fold`` (a date-level step): factor
+    floor, random, and the fitted ``models`` (LightGBM and controls, e.g. read back from their
+    stored files). A date's scores depend on that date's features and the models alone."""
+    feats = features.assign(date=pd.to_datetime(features["date"]))
+    on_dates = feats[feats["date"].isin(pd.DatetimeIndex(scoring_dates))]
+    parts = [
+        factor_scores(on_dates, horizons, fold.fold_id),
+        random_scores(on_dates, horizons, fold.fold_id, seed),
+    ]
+    for fitted in models:
+        rows = on_dates
+        if fitted.model == PLANTED_LEAK_MODEL:
+            if controls is None or controls.future_labels is None:
+                raise ValueError(f"{PLANTED_LEAK_MODEL} needs the planted labels to score")
+            rows = plant_leak(
+                on_dates, controls.future_labels, fitted.horizon, controls.noise, controls.seed
+            )
+        assert fitted.booster is not None, f"{fitted.model} h{fitted.horizon} has no booster"
+        scored = predict_lightgbm(fitted.booster, fitted.feature_names, rows, fold)
+        parts.append(_long(scored, fitted.model, [fitted.horizon], fold.fold_id))
+    scores = pd.concat([p for p in parts if len(p)] or parts[:1], ignore_index=True)
+    return scores.sort_values(["model", "horizon", "date", "ticker"], ignore_index=True)
 
 
 def baseline_scores_for_fold(
@@ -343,43 +458,21 @@ def baseline_scores_for_fold(
     use_sector_relative: bool = True,
     controls: ControlPlan | None = None,
 ) -> tuple[pd.DataFrame, list[LightGBMFit]]:
-    """All baselines for one fold: factor floor, random control and (optionally) LightGBM, plus
-    the LightGBM tripwire controls that ``controls`` asks for.
+    """All baselines for one fold, fitted then scored: :func:`fit_fold_models` followed by
+    :func:`score_dates` (what the fold-level and date-level assets do in two steps).
 
     ``features`` must cover the training history and the scoring dates; ``labels`` hold only
     labels matured before the cut. The random control is seeded with ``lightgbm_settings.seed``.
     Returns the long scores and the LightGBM fits (with the rows each one trained on).
     """
-    feats = features.assign(date=pd.to_datetime(features["date"]))
-    on_dates = feats[feats["date"].isin(pd.DatetimeIndex(scoring_dates))]
-    parts = [
-        factor_scores(on_dates, horizons, fold.fold_id),
-        random_scores(on_dates, horizons, fold.fold_id, lightgbm_settings.seed),
-    ]
-    fits: list[LightGBMFit] = []
-
-    def fit(feats_: pd.DataFrame, labels_: pd.DataFrame, h: int, model: str, score_: pd.DataFrame):
-        result = train_lightgbm(
-            feats_, labels_, fold, int(h), score_, lightgbm_settings, num_threads, model,
-            use_sector_relative,
-        )  # fmt: skip
-        fits.append(result)
-        parts.append(result.scores)
-
-    if include_lightgbm:
-        for h in horizons:
-            fit(feats, labels, h, LIGHTGBM_MODEL, on_dates)
-    if controls is not None and controls.shuffled_labels:
-        shuffled = permute_labels(labels, controls.seed, fold.fold_id)
-        for h in horizons:
-            fit(feats, shuffled, h, SHUFFLED_MODEL, on_dates)
-    if controls is not None and controls.future_labels is not None:
-        for h in horizons:
-            leaky = plant_leak(feats, controls.future_labels, h, controls.noise, controls.seed)
-            leaky_on_dates = leaky[leaky["date"].isin(pd.DatetimeIndex(scoring_dates))]
-            fit(leaky, labels, h, PLANTED_LEAK_MODEL, leaky_on_dates)
-    scores = pd.concat(parts, ignore_index=True)
-    return scores.sort_values(["model", "horizon", "date", "ticker"], ignore_index=True), fits
+    fits = fit_fold_models(
+        features, labels, fold, horizons, lightgbm_settings, include_lightgbm, num_threads,
+        use_sector_relative, controls,
+    )  # fmt: skip
+    scores = score_dates(
+        features, fold, horizons, scoring_dates, fits, lightgbm_settings.seed, controls
+    )
+    return scores, fits
 
 
 @dataclass

@@ -58,7 +58,7 @@ def _as_trading_index(trading_dates: Sequence | pd.DatetimeIndex | np.ndarray) -
 def make_folds(
     trading_dates: Sequence | pd.DatetimeIndex | np.ndarray,
     first_month: str,
-    last_month: str,
+    last_month: str | None,
     horizons: Sequence[int],
     window: Window = "expanding",
     rolling_days: int | None = None,
@@ -67,7 +67,8 @@ def make_folds(
 
     Args:
         trading_dates: the trading dates available in the data (any order, duplicates allowed).
-        first_month, last_month: first and last test month, ``"YYYY-MM"``.
+        first_month, last_month: first and last test month, ``"YYYY-MM"``; ``last_month``
+            None: the month of the newest trading date.
         horizons: label horizons in trading days; each gets its own purge of ``h + 1`` days.
         window: ``"expanding"`` (train from the first date) or ``"rolling"``.
         rolling_days: trading days of history before ``test_start`` kept when rolling
@@ -78,6 +79,8 @@ def make_folds(
             it for the longest purge.
     """
     dates = _as_trading_index(trading_dates)
+    if last_month is None:  # through the newest month the data reach (folds grow with the data)
+        last_month = str(dates[-1].to_period("M"))
     months = pd.period_range(pd.Period(first_month, "M"), pd.Period(last_month, "M"), freq="M")
     if len(months) == 0:
         raise ValueError(f"make_folds: empty month range {first_month}..{last_month}.")
@@ -120,12 +123,29 @@ def make_folds(
     return folds
 
 
-def select_folds(folds: Sequence[Fold], mode: Mode, smoke_folds: int) -> list[Fold]:
-    """SMOKE: the last ``smoke_folds`` folds of the range; FULL: all of them."""
+def matured(fold: Fold, trading_dates: Sequence | pd.DatetimeIndex, horizon: int) -> bool:
+    """Whether the label of the fold's last test day at ``horizon`` trading days has matured
+    within ``trading_dates`` (the data's sessions): every test date can then be judged."""
+    dates = _as_trading_index(trading_dates)
+    return int((dates > fold.test_end).sum()) >= horizon
+
+
+def select_folds(
+    folds: Sequence[Fold],
+    mode: Mode,
+    smoke_folds: int,
+    trading_dates: Sequence | pd.DatetimeIndex | None = None,
+    horizon: int | None = None,
+) -> list[Fold]:
+    """SMOKE: the last ``smoke_folds`` folds whose labels have matured at ``horizon`` (the
+    longest) within ``trading_dates`` (all folds when either is None); FULL: every fold."""
     if mode == "full":
         return list(folds)
     if mode == "smoke":
-        return list(folds)[-smoke_folds:] if smoke_folds > 0 else []
+        judged = list(folds)
+        if trading_dates is not None and horizon is not None:
+            judged = [f for f in judged if matured(f, trading_dates, horizon)]
+        return judged[-smoke_folds:] if smoke_folds > 0 else []
     raise ValueError(f"select_folds: unknown mode {mode!r}; use 'smoke' or 'full'.")
 
 

@@ -116,3 +116,43 @@ def report_files_present(folder: Path, expected: Sequence[str]) -> CheckOutcome:
         ),
         {"missing": len(missing), "empty": len(empty)},
     )
+
+
+def scores_complete(
+    scores: pd.DataFrame,
+    members: pd.DataFrame,
+    models: Sequence[str],
+    horizons: Sequence[int],
+    always_scored: Sequence[str] = (),
+) -> CheckOutcome:
+    """A date-level score step against the universe members it had to score: at most one row
+    per (model, horizon, date, ticker), every score finite, and every member of every scored
+    date scored by each of ``always_scored`` (models with no missing input, e.g. LightGBM and
+    random) at every horizon; ``models`` must all be present when there was a member."""
+    keys = ["model", "horizon", "date", "ticker"]
+    dupes = int(scores.duplicated(keys).sum()) if len(scores) else 0
+    bad = int((~np.isfinite(scores["score"].to_numpy(dtype=float))).sum()) if len(scores) else 0
+    present = set(scores["model"]) if len(scores) else set()
+    absent = sorted(set(models) - present) if len(members) else []
+    expected = (
+        members[["date", "ticker"]]
+        .drop_duplicates()
+        .assign(date=lambda f: pd.to_datetime(f["date"]))
+    )
+    unscored = []
+    for model in always_scored:
+        for h in horizons:
+            got = scores.loc[
+                (scores["model"] == model) & (scores["horizon"] == h), ["date", "ticker"]
+            ]
+            got = got.assign(date=pd.to_datetime(got["date"]))
+            miss = expected.merge(got, how="left", indicator=True)
+            miss = miss[miss["_merge"] == "left_only"]
+            unscored += [f"{model} h{h} {r.date.date()} {r.ticker}" for r in miss.itertuples()]
+    passed = dupes == 0 and bad == 0 and not absent and not unscored
+    desc = (f"{len(scores)} scores of {len(expected)} member-dates by {len(present)} models"
+            if passed else
+            f"{dupes} duplicates, {bad} non-finite, models missing {absent}, "
+            f"{len(unscored)} member-dates unscored (e.g. {unscored[:5]})")  # fmt: skip
+    return passed, desc, {"rows": len(scores), "duplicates": dupes, "non_finite": bad,
+                          "unscored": len(unscored)}  # fmt: skip

@@ -252,6 +252,84 @@ def score_windows(
     )
 
 
+#: Quantiles of the sampled h-day return kept on every forecast row.
+FORECAST_QUANTILES = (0.1, 0.5, 0.9)
+FORECAST_SCHEMA = {
+    "model": pl.String, "fold": pl.String, "date": pl.Datetime("us"), "ticker": pl.String,
+    "horizon": pl.Int64, "last_close": pl.Float64, "close_std": pl.Float64,
+    "pred_return_mean": pl.Float64, "pred_return_q10": pl.Float64,
+    "pred_return_q50": pl.Float64, "pred_return_q90": pl.Float64,
+    "sample_count": pl.Int64, "samples": pl.List(pl.Float64), "embedding": pl.List(pl.Float32),
+}  # fmt: skip
+
+
+def forecast_windows(
+    engine: Any,
+    inputs: ScoringWindows,
+    horizons: Sequence[int],
+    model: str,
+    fold_id: str,
+    *,
+    calendar: str = "XNYS",
+    sample_count: int = 1,
+    temperature: float = 1.0,
+    top_k: int = 1,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> pl.DataFrame:
+    """One row per (series, horizon): the sampled h-day price returns ``close_hat[t+h] /
+    close[t] - 1`` of every path (``samples``), their mean and 10/50/90 % quantiles, the
+    close and its window std (for the volatility-normalised score) and the series' embedding
+    (the predictor's mean final hidden state). A series' row depends on that series alone."""
+    if len(inputs) == 0:
+        return pl.DataFrame(schema=FORECAST_SCHEMA)
+    steps = max(horizons)
+    futures = future_sessions(inputs.keys["date"], steps, calendar)
+    result = engine.forecast(
+        inputs.windows, inputs.timestamps,
+        [futures[pd.Timestamp(d)] for d in inputs.keys["date"]],
+        pred_len=steps, temperature=temperature, top_k=top_k, top_p=top_p,
+        sample_count=sample_count,
+        seeds=[series_seed(seed, d, t) for d, t in inputs.keys.itertuples(index=False)],
+        return_embeddings=True,
+    )  # fmt: skip
+    closes = [w["close"].to_numpy(np.float64) for w in inputs.windows]
+    last = np.array([c[-1] for c in closes])
+    std = np.array([c.std() for c in closes])
+    paths = result.paths[:, :, :, CLOSE_INDEX].astype(np.float64)  # [n, samples, steps]
+    keys = inputs.keys.assign(date=pd.to_datetime(inputs.keys["date"]))
+    embeddings = [list(map(float, e)) for e in np.asarray(result.embeddings, np.float32)]
+    parts = []
+    for h in horizons:
+        rets = paths[:, :, h - 1] / last[:, None] - 1.0  # [n, samples]
+        q = np.quantile(rets, FORECAST_QUANTILES, axis=1)
+        parts.append(pl.DataFrame({
+            "model": model, "fold": fold_id, "date": keys["date"].to_numpy().astype("datetime64[us]"),
+            "ticker": keys["ticker"].to_numpy(), "horizon": int(h), "last_close": last,
+            "close_std": std, "pred_return_mean": rets.mean(axis=1),
+            "pred_return_q10": q[0], "pred_return_q50": q[1], "pred_return_q90": q[2],
+            "sample_count": rets.shape[1], "samples": [list(r) for r in rets],
+            "embedding": embeddings,
+        }, schema_overrides={"samples": pl.List(pl.Float64), "embedding": pl.List(pl.Float32)}))  # fmt: skip
+    return pl.concat(parts).cast(FORECAST_SCHEMA).sort("horizon", "date", "ticker")
+
+
+def forecasts_to_scores(forecasts: pl.DataFrame) -> pl.DataFrame:
+    """The scores a forecast implies, as :func:`paths_to_scores` defines them: ``model``
+    (mean predicted return) and ``model_volnorm`` (mean predicted move over the window's
+    close std), in the layout of ``baseline_scores``."""
+    f = forecasts
+    mean = f.select(
+        "model", "horizon", "date", "ticker", pl.col("pred_return_mean").alias("score"), "fold"
+    )
+    vol = f.select(
+        (pl.col("model") + VOLNORM_SUFFIX).alias("model"), "horizon", "date", "ticker",
+        (pl.col("pred_return_mean") * pl.col("last_close") / pl.col("close_std")).alias("score"),
+        "fold",
+    )  # fmt: skip
+    return pl.concat([mean, vol]).cast(SCORE_SCHEMA).sort("model", "horizon", "date", "ticker")
+
+
 def to_score_table(scores: pd.DataFrame) -> pl.DataFrame:
     """Scores as a polars frame with the dtypes of ``baseline_scores``."""
     frame = scores.assign(date=pd.to_datetime(scores["date"]))

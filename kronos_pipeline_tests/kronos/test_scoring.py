@@ -168,7 +168,7 @@ def test_score_table_has_the_dtypes_of_baseline_scores():
 # --------------------------------------------------------------------------------------
 
 FULL_RANGE = ("2017-03-01", "2018-06-29")
-FOLD = "2018-05"
+FOLD, LATER_FOLD = "2018-05", "2018-06"  # one refit period of 2 months
 ENV = {
     "KRONOS_DATA__SYNTHETIC_START": FULL_RANGE[0],
     "KRONOS_DATA__SYNTHETIC_END": FULL_RANGE[1],
@@ -176,7 +176,10 @@ ENV = {
     "KRONOS_UNIVERSE__MIN_HISTORY_DAYS": "253",
     "KRONOS_LABELS__HORIZONS": "[5, 10]",
     "KRONOS_FOLDS__FIRST_TEST_MONTH": FOLD,
-    "KRONOS_FOLDS__LAST_TEST_MONTH": FOLD,
+    "KRONOS_FOLDS__LAST_TEST_MONTH": LATER_FOLD,
+    "KRONOS_KRONOS__REFIT_MONTHS": "2",
+    "KRONOS_KRONOS__SAMPLE_COUNT": "4",
+    "KRONOS_KRONOS__TOP_K": "0",
     "KRONOS_KRONOS__LOOKBACK": "40",
     "KRONOS_KRONOS__DEVICE": "cpu",
     "KRONOS_KRONOS__TRAIN_MAX_MINUTES": "0.05",
@@ -210,8 +213,8 @@ def kronos_run(tmp_path_factory: pytest.TempPathFactory):
             data = defs.resolve_job_def("data_job").execute_in_process(
                 instance=instance,
                 tags={
-                    "dagster/asset_partition_range_start": FULL_RANGE[0],
-                    "dagster/asset_partition_range_end": FULL_RANGE[1],
+                    "dagster/asset_partition_range_start": FULL_RANGE[0][:7],
+                    "dagster/asset_partition_range_end": FULL_RANGE[1][:7],
                 },
             )
             assert data.success
@@ -219,13 +222,18 @@ def kronos_run(tmp_path_factory: pytest.TempPathFactory):
             result = dg.materialize(
                 KRONOS_ASSETS, partition_key=FOLD, resources=resources, instance=instance
             )
+            later = dg.materialize(
+                KRONOS_ASSETS, partition_key=LATER_FOLD, resources=resources, instance=instance
+            )
             db = Warehouse(db_path)
             out = {
                 "result": result,
-                "scores": db.read_table("kronos_scores"),
+                "later": later,
+                "scores": db.read("select * from kronos_scores where fold = ?", [FOLD]),
+                "forecasts": db.read_table("kronos_forecasts"),
                 "members": db.read(
                     "select u.date, u.ticker from universe u where u.in_universe and u.date in "
-                    "(select distinct date from kronos_scores)"
+                    "(select distinct date from kronos_scores where fold = '2018-05')"
                 ),
                 "folds": db.read("select * from folds"),
                 "checkpoint": checkpoint_dir(get_settings(), FOLD),
@@ -265,9 +273,49 @@ def test_every_universe_member_gets_a_score_for_every_horizon(kronos_run):
     checks = {e.check_name: e.passed for e in kronos_run["result"].get_asset_check_evaluations()}
     assert checks == {
         "train_cut_before_test": True,
-        "scores_valid": True,
+        "forecasts_valid": True,
         "member_coverage": True,
+        "scores_match_forecasts": True,
     }
+
+
+def test_forecasts_keep_quantiles_samples_and_embeddings_and_imply_the_scores(kronos_run):
+    f = kronos_run["forecasts"].filter(pl.col("fold") == FOLD)
+    assert f.height == kronos_run["scores"].height // 2
+    assert (f["sample_count"] == 4).all() and (f["samples"].list.len() == 4).all()
+    samples = np.array(f["samples"].to_list())
+    assert np.allclose(f["pred_return_mean"].to_numpy(), samples.mean(axis=1))
+    assert np.allclose(f["pred_return_q10"].to_numpy(), np.quantile(samples, 0.1, axis=1))
+    assert (f["pred_return_q10"] <= f["pred_return_q90"]).all()
+    assert (samples.std(axis=1) > 0).mean() > 0.5  # sampled paths differ (top_k = 0)
+    emb = np.array(f["embedding"].to_list())
+    assert emb.ndim == 2 and emb.shape[1] > 8 and np.isfinite(emb).all()
+    mean = kronos_run["scores"].filter(pl.col("model") == "kronos_walkforward")
+    joined = mean.join(f, on=["date", "ticker", "horizon"])
+    assert joined.height == mean.height
+    assert np.allclose(joined["score"].to_numpy(), joined["pred_return_mean"].to_numpy())
+
+
+def test_later_fold_of_a_refit_period_reuses_the_checkpoint_fitted_at_the_period_cut(kronos_run):
+    assert kronos_run["later"].success
+    mats = {
+        m.partition: m.metadata
+        for r in (kronos_run["result"], kronos_run["later"])
+        for m in r.asset_materializations_for_node("kronos_checkpoint")
+    }
+    assert mats[FOLD]["refit"].value is True and mats[LATER_FOLD]["refit"].value is False
+    assert mats[FOLD]["train_cut"].value == mats[LATER_FOLD]["train_cut"].value
+    assert mats[LATER_FOLD]["period"].value == FOLD
+    later_check = [
+        e for e in kronos_run["later"].get_asset_check_evaluations()
+        if e.check_name == "train_cut_before_test"
+    ][0]
+    assert later_check.passed
+    # The period's checkpoint was cut before the purged end of both of its folds.
+    manifest = scoring.read_manifest(kronos_run["checkpoint"])
+    for fold in (FOLD, LATER_FOLD):
+        end = kronos_run["folds"].filter((pl.col("fold_id") == fold) & (pl.col("horizon") == 10))
+        assert pd.Timestamp(manifest["last_bar"]) <= pd.Timestamp(end["train_end"][0])
 
 
 def test_validation_fraction_leaves_room_for_two_windows_with_default_history():

@@ -1,0 +1,138 @@
+"""The day's signal: per model and horizon, the ranked universe with its scores and, for
+Kronos, the forecast quantiles. A date-level asset on the fold's month; each date it covers
+goes to the ``signals`` table and to ``<data_dir>/signals/<date>.parquet`` (written to a
+temporary name and renamed), validated against the universe members of the date first."""
+
+import io
+
+import dagster as dg
+import polars as pl
+
+from kronos_pipeline.defs.common import blocking_failure
+from kronos_pipeline.defs.evaluation import get_fold
+from kronos_pipeline.defs.partitions import fold_partitions, partition_window
+from kronos_pipeline.defs.resources import WarehouseResource
+from kronos_pipeline.evaluation.baselines import CONTROL_MODELS
+from kronos_pipeline.kronos.hub import atomic_write_bytes
+from kronos_pipeline.settings import get_settings
+from kronos_pipeline.warehouse import WAREHOUSE_POOL, Warehouse
+
+SIGNAL_COLUMNS = [
+    "date", "model", "horizon", "rank", "ticker", "score", "pct_rank",
+    "pred_return_q10", "pred_return_q50", "pred_return_q90",
+]  # fmt: skip
+
+
+def signal_frame(db: Warehouse, start, end) -> pl.DataFrame:
+    """Every non-control model's scores of ``start..end``, ranked per (date, model, horizon)
+    (rank 1 = the highest score, ties broken by ticker), with Kronos quantiles where the
+    model has forecasts."""
+    parts = []
+    for table in ("baseline_scores", "kronos_scores"):
+        if table in db.tables():
+            parts.append(db.read(
+                f"select date, model, horizon, ticker, score from {table} "
+                "where date between ? and ? and model not in (select unnest(?))",
+                [start, end, list(CONTROL_MODELS)],
+            ))  # fmt: skip
+    if not parts:
+        return pl.DataFrame()
+    scores = pl.concat(parts).with_columns(pl.col("date").cast(pl.Date))
+    ranked = scores.sort("date", "model", "horizon", "score", "ticker",
+                         descending=[False, False, False, True, False]).with_columns(
+        pl.int_range(1, pl.len() + 1).over("date", "model", "horizon").alias("rank"),
+        (pl.col("score").rank("average").over("date", "model", "horizon")
+         / pl.len().over("date", "model", "horizon")).alias("pct_rank"),
+    )  # fmt: skip
+    if "kronos_forecasts" in db.tables():
+        q = db.read(
+            "select date, model, horizon, ticker, pred_return_q10, pred_return_q50, "
+            "pred_return_q90 from kronos_forecasts where date between ? and ?", [start, end],
+        ).with_columns(pl.col("date").cast(pl.Date))  # fmt: skip
+    else:
+        q = pl.DataFrame(schema={"date": pl.Date, "model": pl.String, "horizon": pl.Int64,
+                                 "ticker": pl.String, "pred_return_q10": pl.Float64,
+                                 "pred_return_q50": pl.Float64, "pred_return_q90": pl.Float64})  # fmt: skip
+    out = ranked.join(q, on=["date", "model", "horizon", "ticker"], how="left")
+    return out.select(SIGNAL_COLUMNS).sort("date", "model", "horizon", "rank")
+
+
+def signal_problems(signal: pl.DataFrame, members: pl.DataFrame) -> list[str]:
+    """What is wrong with a signal against the universe members of its dates: a member a
+    model did not rank, a ticker that is not a member, ranks that are not 1..n."""
+    problems = []
+    for (day, model, horizon), group in signal.group_by(["date", "model", "horizon"]):
+        names = set(members.filter(pl.col("date") == day)["ticker"])
+        got = set(group["ticker"])
+        if got - names:
+            problems.append(f"{day} {model} h{horizon}: not members {sorted(got - names)[:5]}")
+        if sorted(group["rank"]) != list(range(1, group.height + 1)):
+            problems.append(f"{day} {model} h{horizon}: ranks are not 1..{group.height}")
+        # LightGBM and random score every member; factors skip missing inputs and Kronos
+        # short histories (its member_coverage check warns about those).
+        if model in ("lightgbm", "random") and names - got:
+            problems.append(f"{day} {model} h{horizon}: unranked members {sorted(names - got)[:5]}")
+    return problems
+
+
+@dg.asset(
+    name="signals",
+    deps=[
+        dg.AssetDep(a, partition_mapping=dg.TimeWindowPartitionMapping())
+        for a in ("baseline_scores", "kronos_scores", "kronos_forecasts", "universe")
+    ],
+    partitions_def=fold_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    group_name="signals",
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb", "parquet"},
+    description="Per scored date: every model's ranked universe per horizon, with Kronos "
+    "quantiles; warehouse table signals and data/signals/<date>.parquet.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "signal_complete",
+            asset="signals",
+            blocking=True,
+            description="Every model ranks exactly the universe members of the date, 1..n",
+        )
+    ],  # fmt: skip
+)
+def signals_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    s, db = get_settings(), warehouse.get()
+    fold = get_fold(db, context.partition_key)
+    start, end = partition_window(context)
+    start, end = max(start, fold.test_start.date()), min(end, fold.test_end.date())
+    signal = signal_frame(db, start, end)
+    if signal.is_empty():
+        raise dg.Failure(f"no scores between {start} and {end}: run the scoring assets first")
+    days = sorted(signal["date"].unique())
+    members = db.read(
+        "select date, ticker from universe where in_universe and date in (select unnest(?::date[]))",
+        [days],
+    ).with_columns(pl.col("date").cast(pl.Date))
+    problems = signal_problems(signal, members)
+    check = dg.AssetCheckResult(
+        check_name="signal_complete", passed=not problems,
+        description="; ".join(problems[:10]) or f"{len(days)} dates, {signal.height} rows",
+        metadata={"dates": len(days), "rows": signal.height, "problems": len(problems)},
+    )  # fmt: skip
+    if problems:  # validate, then publish
+        yield check
+        raise blocking_failure([("signal_complete", check.description)], "signals")
+    db.replace_rows("signals", signal, "date between ? and ?", [start, end])
+    folder = s.warehouse.data_dir / "signals"
+    folder.mkdir(parents=True, exist_ok=True)
+    for day in days:
+        buffer = io.BytesIO()
+        signal.filter(pl.col("date") == day).write_parquet(buffer)
+        atomic_write_bytes(folder / f"{day}.parquet", buffer.getvalue())
+    yield dg.MaterializeResult(
+        metadata={
+            "dates": len(days),
+            "newest": str(days[-1]),
+            "rows": signal.height,
+            "models": ", ".join(sorted(signal["model"].unique())),
+            "file": dg.MetadataValue.path(str(folder / f"{days[-1]}.parquet")),
+        }
+    )
+    yield check
