@@ -169,6 +169,7 @@ def _needed_models(s, plan: baselines.ControlPlan) -> list[tuple[str, int]]:
         ],
     ],
     partitions_def=fold_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
     group_name=GROUP,
     pool=MODEL_POOL,
     kinds={"lightgbm"},

@@ -58,6 +58,7 @@ def _history_start(db: Warehouse, day, sessions: int):
     name="kronos_checkpoint",
     deps=["folds", *HISTORY_DEPS],
     partitions_def=fold_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
     group_name=GROUP,
     pool=MODEL_POOL,  # one model trains at a time (limit 1 in dagster_home/dagster.yaml)
     kinds={"pytorch", "safetensors"},

@@ -303,6 +303,7 @@ def finetune_config(settings: KronosSettings, val_fraction: float) -> T.TrainCon
         stride=settings.train_stride,
         epochs=settings.train_epochs,
         windows_per_epoch=settings.train_windows_per_epoch,
+        max_val_windows=settings.finetune_val_windows,
         batch_size=settings.train_batch_size,
         lr=settings.finetune_lr,
         max_minutes=settings.train_max_minutes,
@@ -420,6 +421,9 @@ def _finetune(
         "lora": result.metadata.get("lora"),
         "predictor_val_loss": result.best_val_loss,
         "predictor_start_val_loss": result.start_val_loss,
+        "training": {
+            k: result.metadata[k] for k in ("steps", "stopped_by", "tokens_per_s", "elapsed_s")
+        },
         "decision": {
             "accepted": accepted,
             "reason": reason,

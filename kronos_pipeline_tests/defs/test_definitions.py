@@ -20,7 +20,7 @@ EXPECTED_ASSETS = {
     "vendor_files": ("sources", None, [], []),
     "raw_bars": (
         "data",
-        "trading_day",
+        "month",
         ["vendor_files"],
         [
             "bars_complete",
@@ -33,52 +33,58 @@ EXPECTED_ASSETS = {
     ),
     "bars_quarantine": (
         "data",
-        "trading_day",
+        "month",
         ["vendor_files"],
         ["column_schema_change", "quarantine_schema", "quarantine_share"],
     ),
     "ticker_history": (
         "data",
-        "trading_day",
+        "month",
         ["vendor_files"],
         ["column_schema_change", "ticker_history_schema"],
     ),
     "sector_history": (
         "data",
-        "trading_day",
+        "month",
         ["vendor_files"],
         ["column_schema_change", "sector_history_schema", "sectors_known"],
     ),
     "prices_pit": (
         "data",
-        "trading_day",
+        "month",
         ["raw_bars"],
         ["adjustment_consistency", "column_schema_change", "history_complete", "prices_quality"],
     ),
     "universe": (
         "data",
-        "trading_day",
+        "month",
         ["prices_pit"],
         ["column_schema_change", "universe_breadth", "universe_quality", "universe_rules"],
     ),
     "features": (
         "features",
-        "trading_day",
+        "month",
         ["prices_pit", "raw_bars", "sector_history", "universe"],
         ["column_schema_change", "factor_coverage", "features_quality"],
     ),
     "labels_forward": (
         "features",
-        "trading_day",
+        "month",
         ["prices_pit", "universe"],
         ["column_schema_change", "label_availability", "labels_quality"],
     ),
     "folds": ("evaluation", None, ["features", "labels_forward"], ["folds_purged"]),
-    "baseline_scores": (
+    "lightgbm_models": (
         "evaluation",
         "fold",
         ["features", "folds", "labels_forward", "universe"],
         ["lightgbm_train_cut"],
+    ),
+    "baseline_scores": (
+        "evaluation",
+        "fold",
+        ["features", "labels_forward", "lightgbm_models", "universe"],
+        ["scores_complete"],
     ),
     "eval_rows": (
         "evaluation",
@@ -130,11 +136,18 @@ EXPECTED_ASSETS = {
         ["folds", "prices_pit", "universe"],
         ["train_cut_before_test"],
     ),
-    "kronos_scores": (
+    "kronos_forecasts": (
         "kronos",
         "fold",
-        ["folds", "kronos_checkpoint", "prices_pit", "universe"],
-        ["member_coverage", "scores_valid"],
+        ["kronos_checkpoint", "prices_pit", "universe"],
+        ["forecasts_valid", "member_coverage"],
+    ),
+    "kronos_scores": ("kronos", "fold", ["kronos_forecasts"], ["scores_match_forecasts"]),
+    "signals": (
+        "signals",
+        "fold",
+        ["baseline_scores", "kronos_forecasts", "kronos_scores", "universe"],
+        ["signal_complete"],
     ),
     "evaluation_report": (
         "evaluation",
@@ -152,7 +165,7 @@ EXPECTED_ASSETS = {
 }
 EXPECTED_JOBS = {
     "data_job": (
-        "trading_day",
+        "month",
         [
             "bars_quarantine",
             "features",
@@ -164,9 +177,21 @@ EXPECTED_JOBS = {
             "universe",
         ],
     ),
+    "labels_job": ("month", ["labels_forward"]),
     "folds_job": (None, ["folds"]),
-    "baseline_scores_job": ("fold", ["baseline_scores"]),
-    "kronos_job": ("fold", ["kronos_checkpoint", "kronos_scores"]),
+    "baseline_scores_job": ("fold", ["baseline_scores", "lightgbm_models"]),
+    "kronos_job": ("fold", ["kronos_checkpoint", "kronos_forecasts", "kronos_scores"]),
+    "scoring_job": (
+        "fold",
+        [
+            "baseline_scores",
+            "kronos_checkpoint",
+            "kronos_forecasts",
+            "kronos_scores",
+            "lightgbm_models",
+            "signals",
+        ],
+    ),
     "evaluation_job": (
         None,
         [
@@ -182,16 +207,23 @@ EXPECTED_JOBS = {
 }
 # schedule -> (cron, timezone, job)
 EXPECTED_SCHEDULES = {"nightly_schedule": ("30 22 * * 1-5", "America/New_York", "data_job")}
-EXPECTED_SENSORS = ["alert_on_check_failure", "alert_on_run_failure", "alert_on_stale_sessions"]
+EXPECTED_SENSORS = [
+    "alert_on_check_failure",
+    "alert_on_run_failure",
+    "alert_on_stale_sessions",
+    "nightly_chain",
+]
 EXPECTED_RESOURCES = ["settings", "warehouse"]
 
 
 def _partitioning(partitions_def: dg.PartitionsDefinition | None) -> str | None:
+    from kronos_pipeline.defs.partitions import fold_partitions, month_partitions
+
     if partitions_def is None:
         return None
-    if isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
-        return "trading_day"
-    if isinstance(partitions_def, dg.StaticPartitionsDefinition):
+    if partitions_def == month_partitions:
+        return "month"
+    if partitions_def == fold_partitions:
         return "fold"
     return type(partitions_def).__name__
 
@@ -276,15 +308,59 @@ def test_nightly_schedule_targets_the_partition_of_its_own_trading_day():
             )
             return schedule.evaluate_tick(ctx)
 
-        for day in ("2019-12-24", "2019-12-26", "2019-12-27", "2019-12-30"):  # bars there
-            instance.report_runless_asset_event(
-                dg.AssetMaterialization(
-                    "raw_bars", partition=day, metadata={"dagster/row_count": 9}
-                )
+        instance.report_runless_asset_event(  # bars through 2019-12-30 (the month's run)
+            dg.AssetMaterialization(
+                "raw_bars", partition="2019-12",
+                metadata={"dagster/row_count": 9, "window": "2019-12-02..2019-12-30"},
             )
+        )  # fmt: skip
         requests = tick(dt.datetime(2019, 12, 31, 22, 30)).run_requests
-        assert [r.partition_key for r in requests] == ["2019-12-31"]
+        assert [r.partition_key for r in requests] == ["2019-12"]
+        assert requests[0].tags["kronos/dates"] == "2019-12-31:2019-12-31"
+        assert requests[0].tags["kronos/nightly"] == "2019-12-31"
         assert requests[0].run_key.startswith("2019-12-31:")
         holiday = tick(dt.datetime(2019, 12, 25, 22, 30))
         assert not holiday.run_requests
         assert "2019-12-25 is not a trading day" in holiday.skip_message
+
+
+def test_date_level_assets_read_their_folds_model_through_a_partition_mapping():
+    """The mapping the asset graph shows: a month of scores reads the same month's models, and
+    a forecast month reads the checkpoint partition of its fold (which names its period)."""
+    graph = defs.resolve_asset_graph()
+    for child, parent in (
+        ("baseline_scores", "lightgbm_models"),
+        ("kronos_forecasts", "kronos_checkpoint"),
+        ("kronos_scores", "kronos_forecasts"),
+    ):
+        node = graph.get(dg.AssetKey(child))
+        mapping = graph.get_partition_mapping(dg.AssetKey(child), dg.AssetKey(parent))
+        assert isinstance(mapping, dg.TimeWindowPartitionMapping), (child, parent, mapping)
+        upstream = mapping.get_upstream_mapped_partitions_result_for_partitions(
+            node.partitions_def.subset_with_partition_keys(["2016-03"]),
+            node.partitions_def,
+            graph.get(dg.AssetKey(parent)).partitions_def,
+        ).partitions_subset
+        assert upstream.get_partition_keys() == ["2016-03"]
+
+
+def test_nightly_chain_fits_models_only_for_a_fold_that_has_none():
+    from kronos_pipeline.defs.automation import nightly_steps
+    from kronos_pipeline.settings import get_settings
+
+    with dg.instance_for_test() as instance:
+        steps = nightly_steps(dt.date(2019, 11, 1), get_settings(), instance)
+        assert [s.job for s in steps] == [
+            "data_job", "folds_job", "scoring_job", "labels_job", "evaluation_job"
+        ]  # fmt: skip
+        assert steps[0].partition_key == "2019-11" and steps[0].tags["kronos/dates"] == (
+            "2019-11-01:2019-11-01"
+        )
+        assert set(steps[2].assets) >= {"lightgbm_models", "kronos_checkpoint", "signals"}
+        # labels: the months from 90 sessions back, over exactly the days that may mature
+        assert steps[3].key_range == ("2019-06", "2019-11")
+        assert steps[3].tags["kronos/dates"] == "2019-06-26:2019-11-01"  # 90 sessions before
+        for asset in ("lightgbm_models", "kronos_checkpoint"):
+            instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition="2019-11"))
+        again = nightly_steps(dt.date(2019, 11, 1), get_settings(), instance)
+        assert not {"lightgbm_models", "kronos_checkpoint"} & set(again[2].assets)
