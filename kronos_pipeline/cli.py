@@ -435,11 +435,11 @@ def _fold_keys(spec: str | None) -> list[str]:
     return keys[keys.index(first) : keys.index(last) + 1]
 
 
-def _evaluate(instance, folds: list[str] | None) -> None:
-    """Folds, then per fold its models and the scores of its dates (LightGBM, then Kronos
-    when enabled), then the evaluation."""
+def _evaluate(instance, folds: str | None) -> None:
+    """Folds, then per fold (``YYYY-MM:YYYY-MM``, default: the mode's selection) its models
+    and the scores of its dates (LightGBM, then Kronos when enabled), then the evaluation."""
     _run("folds_job", instance)
-    for key in folds if folds is not None else _fold_keys(None):
+    for key in _fold_keys(folds):
         _run("baseline_scores_job", instance, partition_key=key)
         if get_settings().kronos.enabled:
             _run("kronos_job", instance, partition_key=key)
@@ -492,7 +492,7 @@ def cmd_backfill(args: argparse.Namespace) -> None:
         first, _, last = args.dates.partition(":")
         _run_days(instance, first, last or first)
     if args.folds:
-        _evaluate(instance, _fold_keys(args.folds))
+        _evaluate(instance, args.folds)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -153,7 +153,7 @@ def test_failed_fold_check_names_the_folds_backfill():
     [failure] = cli.check_failures("baseline_scores_job", "2019-11", events)
     assert failure.repair == "kronos-pipeline backfill --folds 2019-11:2019-11"
     [kronos] = cli.check_failures("kronos_job", "2019-11", events)
-    assert kronos.repair == "kronos-pipeline backfill --folds 2019-11:2019-11 --with-kronos"
+    assert kronos.repair == "kronos-pipeline backfill --folds 2019-11:2019-11"  # Kronos is on
 
 
 def test_a_failed_gate_is_a_verdict_not_a_backfill():

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 import polars as pl
 
@@ -413,6 +414,34 @@ def _pit_tripwire(db, scores: pd.DataFrame, s) -> dict:
     return data_tripwires.pit_chain_tripwire(raw, history, stored, dates, s)
 
 
+def forecast_accuracy(db, fold_ids: list[str], horizons) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Forecast accuracy (issue 12): Kronos and the two naive forecasts on the same (date,
+    ticker, horizon) keys, against realized h-day price returns; and the calibration table."""
+    from kronos_pipeline.evaluation import forecast_metrics as fm
+
+    empty = (pd.DataFrame(columns=list(fm.METRIC_COLUMNS)),
+             pd.DataFrame(columns=list(fm.CALIBRATION_COLUMNS)))  # fmt: skip
+    if "kronos_forecasts" not in db.tables():
+        return empty
+    kronos = _pd(db.read(
+        "select model, date, ticker, horizon, last_close, pred_return_mean, samples "
+        "from kronos_forecasts where fold in (select unnest(?))", [fold_ids]))  # fmt: skip
+    if kronos.empty:
+        return empty
+    kronos["samples"] = kronos["samples"].map(lambda v: np.asarray(v, dtype=float))
+    first, last = kronos["date"].min(), kronos["date"].max()
+    prices = _pd(db.read(
+        "select ticker, date, close, adj_close from prices_pit where date between ? and ? "
+        "and ticker in (select unnest(?))",
+        [(first - pd.Timedelta(days=550)).date(), (last + pd.Timedelta(days=200)).date(),
+         sorted(kronos["ticker"].unique())],
+    ))  # fmt: skip
+    naive = fm.naive_forecasts(prices, kronos[["date", "ticker"]].drop_duplicates(), horizons)
+    forecasts = pd.concat([kronos, naive], ignore_index=True)
+    realized = fm.realized_price_returns(prices, horizons)
+    return fm.forecast_metrics(forecasts, realized), fm.calibration_table(forecasts, realized)
+
+
 def _check_result(asset: str, name: str, result: dict) -> dg.AssetCheckResult:
     """A tripwire as a check: passes only on "pass"; "not evaluated" fails too (with why)."""
     return dg.AssetCheckResult(
@@ -475,7 +504,15 @@ def evaluation_tables(warehouse: WarehouseResource):
     scored on the folds of the current mode."""
     s = get_settings()
     db = warehouse.get()
-    scores = _read_scores(db, selected_fold_ids(db))
+    selected = selected_fold_ids(db)
+    scores = _read_scores(db, selected)
+    if _matured_pairs(db, selected) == 0:
+        raise dg.Failure(
+            f"nothing to evaluate yet: no scored (date, ticker) of folds {selected[0]}.."
+            f"{selected[-1]} has a matured label (the first {min(s.labels.horizons)}-session "
+            "labels mature that many sessions after the first scored date)",
+            allow_retries=False,
+        )
     labels = _pd(db.read("select * from labels_forward where date between ? and ?",
                          [scores["date"].min(), scores["date"].max()]))  # fmt: skip
     momentum = _pd(db.read("select date, ticker, mom_12_1 from features where date between ? and ?",
@@ -506,6 +543,7 @@ def evaluation_tables(warehouse: WarehouseResource):
     if broken:  # validate, then publish: inconsistent tables are never written
         raise dg.Failure("evaluation tables do not reconcile: " + "; ".join(broken))
     frames = (result.eval_rows, result.per_date, result.fold_summaries, result.comparison)
+    accuracy = forecast_accuracy(db, selected_fold_ids(db), s.labels.horizons)
     trip_json = json.dumps(report.clean_json(result.tripwires), default=report.json_default)
     # Validate, then publish: every table of the step lands in one transaction, or none.
     with db.transaction() as tx:
@@ -518,6 +556,11 @@ def evaluation_tables(warehouse: WarehouseResource):
         # Cross-model comparisons on common (date, ticker) pairs, rendered by the report.
         tx.replace_table("model_comparison_common", _pl(result.common))
         tx.replace_table("model_versus_lightgbm", _pl(result.versus_lightgbm))
+        for name, frame in zip(("forecast_metrics", "forecast_calibration"), accuracy, strict=True):
+            if frame.empty:  # no Kronos forecasts in these folds: no stale figures either
+                tx.con.execute(f"drop table if exists {name}")
+            else:
+                tx.replace_table(name, pl.from_pandas(frame))
     for name, frame in zip(TABLES, frames, strict=True):
         yield dg.MaterializeResult(asset_key=name, metadata={"rows": len(frame)})
     yield dg.MaterializeResult(
@@ -592,9 +635,17 @@ def _write_report_folder(db) -> tuple[Path, dict]:
         versus_lightgbm=_pd(db.read("select * from model_versus_lightgbm"))
         if "model_versus_lightgbm" in db.tables() else None,
         sectors_used=s.features.use_sector_relative,
+        forecast_accuracy=_stored_accuracy(db),
         run_info={
             "mode": s.mode,
-            "scoring cadence": s.folds.scoring_cadence,
+            "scoring cadence": f"baselines {s.folds.scoring_cadence}, Kronos "
+            f"{s.kronos.scoring_cadence}" + ("" if s.kronos.enabled else " (Kronos off)"),
+            "refit cadence": f"LightGBM every {s.lightgbm.refit_months} month(s), Kronos every "
+            f"{s.kronos.refit_months} month(s): fitted at the purged cut of the first fold of "
+            "each period and used by all of its folds",
+            "Kronos sampling": f"{s.kronos.sample_count} path(s) per series, temperature "
+            f"{s.kronos.temperature}, top_k {s.kronos.top_k}, top_p {s.kronos.top_p}; universe "
+            f"top {s.kronos.top_n or 'all'} by liquidity",
             "tripwire controls": (
                 f"LightGBM retrained on shuffled labels on up to "
                 f"{s.tripwires.shuffled_labels_max_folds or 'all'} folds and with a planted leak "
@@ -609,6 +660,15 @@ def _write_report_folder(db) -> tuple[Path, dict]:
         },
     )  # fmt: skip
     return out_dir, report.key_figures(t["model_comparison"], t["gate_verdicts"])
+
+
+def _stored_accuracy(db) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    if "forecast_metrics" not in db.tables():
+        return None
+    metrics = _pd(db.read("select * from forecast_metrics"))
+    if metrics.empty:
+        return None
+    return metrics, _pd(db.read("select * from forecast_calibration"))
 
 
 @dg.asset(

@@ -150,7 +150,9 @@ def kronos_checkpoint_asset(context: dg.AssetExecutionContext, warehouse: Wareho
     partitions_def=fold_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(1),
     group_name=GROUP,
-    pool=WAREHOUSE_POOL,
+    # Inference is the long part: it holds the compute pool, not the warehouse pool, which
+    # would block the nightly data job; its short write takes the warehouse's writer lock.
+    pool=MODEL_POOL,
     kinds={"duckdb", "pytorch"},
     description="Per scoring date, universe member and horizon: the sampled h-day returns of "
     "Kronos (sample_count paths), their mean and 10/50/90 % quantiles, and the series' "

@@ -145,7 +145,11 @@ def test_a_failed_post_is_retried_and_a_restart_misses_nothing(receiver):
 
 def _bars(instance, day: str, rows: int) -> None:
     instance.report_runless_asset_event(
-        dg.AssetMaterialization("raw_bars", partition=day, metadata={"dagster/row_count": rows})
+        dg.AssetMaterialization(  # a run of ``day`` alone, on its month's partition
+            "raw_bars",
+            partition=day[:7],
+            metadata={"dagster/row_count": rows, "window": f"{day}..{day}"},
+        )
     )
 
 
@@ -203,10 +207,9 @@ def test_the_schedule_retries_a_late_day_once_its_file_arrives(monkeypatch, tmp_
                 ctx = dg.build_schedule_context(
                     instance=instance, scheduled_execution_time=when, repository_def=repo
                 )
-                return [
-                    (r.partition_key, r.run_key)
-                    for r in nightly_schedule.evaluate_tick(ctx).run_requests
-                ]
+                requests = nightly_schedule.evaluate_tick(ctx).run_requests
+                assert all(r.partition_key == r.tags["kronos/nightly"][:7] for r in requests)
+                return [(r.tags["kronos/nightly"], r.run_key) for r in requests]
 
             first = keys(dt.datetime(2020, 1, 2, 22, 30))
             assert [p for p, _ in first] == [DAY, "2020-01-02"]  # the late day comes back

@@ -58,11 +58,13 @@ def _snapshot(db: Warehouse) -> dict[str, pl.DataFrame]:
 def _run(
     job: dg.JobDefinition, start: str, end: str, instance: dg.DagsterInstance, ok: bool = True
 ) -> dg.ExecuteInProcessResult:
+    # The months of start..end, cut to those days (the CLI's backfill --dates A:B).
     result = job.execute_in_process(
         instance=instance,
         tags={
-            "dagster/asset_partition_range_start": start,
-            "dagster/asset_partition_range_end": end,
+            "dagster/asset_partition_range_start": start[:7],
+            "dagster/asset_partition_range_end": end[:7],
+            "kronos/dates": f"{start}:{end}",
         },
         raise_on_error=False,
     )

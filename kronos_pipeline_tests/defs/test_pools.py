@@ -41,14 +41,15 @@ def test_model_fitting_has_its_own_pool_and_every_writer_shares_the_warehouse_po
         for k in graph.get_all_asset_keys()
         if graph.get(k).is_materializable
     }
-    assert {name for name, p in pools.items() if "model_fitting" in p} == {"kronos_checkpoint"}
-    assert pools["kronos_checkpoint"] == {"model_fitting"}
+    # Fitting and Kronos inference hold the compute pool (not the warehouse pool, which
+    # would block the nightly data job for as long as a model trains or forecasts).
+    compute = {"kronos_checkpoint", "lightgbm_models", "kronos_forecasts"}
+    assert {name for name, p in pools.items() if "model_fitting" in p} == compute
+    assert all(pools[name] == {"model_fitting"} for name in compute)
     writers = ["raw_bars", "prices_pit", "universe", "features", "labels_forward", "folds"]
-    writers += ["baseline_scores", "kronos_scores", "eval_rows", "gate_verdicts"]
+    writers += ["baseline_scores", "kronos_scores", "signals", "eval_rows", "gate_verdicts"]
     assert all(pools[name] == {"duckdb_warehouse"} for name in writers)
-    assert all(
-        p <= {"duckdb_warehouse"} for name, p in pools.items() if name != "kronos_checkpoint"
-    )
+    assert all(p <= {"duckdb_warehouse"} for name, p in pools.items() if name not in compute)
 
 
 @pytest.fixture
