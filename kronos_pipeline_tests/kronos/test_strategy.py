@@ -172,6 +172,7 @@ def tiny_settings(**overrides) -> KronosSettings:
         device="cpu", batch_size=64, train_horizon=12, train_stride=1, train_epochs=4,
         train_windows_per_epoch=512, train_batch_size=32, train_max_minutes=2.0,
         finetune_lr=1e-2, validation_sessions=40, validation_stride=2,
+        sample_count=1, top_k=1, top_p=1.0,  # greedy: the guard decodes as the scores do
     )  # fmt: skip
     values.update(overrides)
     return KronosSettings(**values)
@@ -353,3 +354,15 @@ def test_strategy_model_names_are_fixed_per_strategy():
     ]  # fmt: skip
     with pytest.raises(ValueError, match="unknown strategy"):
         S.strategy_model_name("distilled")
+
+
+def test_sampled_figures_are_reproducible(first, bars, cut):
+    # With sampled paths (the scores' default decoding) every series draws from its own seed,
+    # so a rerun, and the other model of a comparison, meet the same random numbers.
+    settings = tiny_settings(sample_count=2, top_k=0, top_p=0.9)
+    tokenizer = hub.load_tokenizer(first["tokenizer"], revision=first["tokenizer_revision"])
+    predictor = hub.load_predictor(first["predictor"])
+    a = S.validation_figures(tokenizer, predictor, bars, cut, HORIZONS, settings)
+    b = S.validation_figures(tokenizer, predictor, bars, cut, HORIZONS, settings)
+    assert a == b
+    assert a["mae"] != first["decision"]["new"]["mae"]  # sampled, not the greedy path
