@@ -471,7 +471,17 @@ def _check_result(asset: str, name: str, result: dict) -> dg.AssetCheckResult:
             asset="leak_tripwires",
             description="Published weights evaluated before their pre-training cutoff (warns)",
         ),
-        *[dg.AssetCheckSpec(n, asset="gate_verdicts", blocking=True) for n in GATE_CHECKS],
+        # A gate is a verdict on a model, not a fault of the pipeline: a failed (or not
+        # evaluable) gate warns, which alert_on_check_failure posts, and the run (the nightly
+        # chain, `smoke` in CI) carries on. The tripwires stay blocking: they judge the pipeline.
+        *[
+            dg.AssetCheckSpec(
+                n, asset="gate_verdicts",
+                description=f"{n} (SPEC section 6) for every candidate model; warns when one "
+                "fails or cannot be judged",
+            )
+            for n in GATE_CHECKS
+        ],
         dg.AssetCheckSpec(
             "rows_reconcile",
             asset="eval_rows",
@@ -588,12 +598,9 @@ def evaluation_tables(warehouse: WarehouseResource):
     )  # fmt: skip
     for name in GATE_CHECKS:
         check = gates.gate_check(result.verdicts, name)
-        no_candidate = check.status == tripwires.NOT_EVALUATED and not (
-            result.verdicts["candidate"].astype(bool).any()
-        )
         yield dg.AssetCheckResult(
             asset_key="gate_verdicts", check_name=name, passed=check.status == tripwires.PASS,
-            severity=dg.AssetCheckSeverity.WARN if no_candidate else dg.AssetCheckSeverity.ERROR,
+            severity=dg.AssetCheckSeverity.WARN,
             description=f"{check.status.upper()}: {check.description}",
         )  # fmt: skip
 

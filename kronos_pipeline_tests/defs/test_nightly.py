@@ -85,7 +85,8 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict:
             env, "nightly", "--date", str(day), "--vendor-dir", str(feed.target_dir)
         ).stdout
     out["labels"]["end"] = db.read("select date, horizon from labels_forward")
-    with dg.DagsterInstance.from_ref(dg.InstanceRef.from_dir(str(home))) as instance:
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
         out["runs"] = [
             (r.job_name, r.tags.get("kronos/nightly"), r.status.value)
             for r in instance.get_runs()
@@ -102,6 +103,8 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict:
         out["checkpoint_fits"] = [
             (m.partition, m.metadata["refit"].value) for m in materializations("kronos_checkpoint")
         ]
+    finally:
+        instance.dispose()
     return out
 
 

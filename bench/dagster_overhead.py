@@ -1,0 +1,92 @@
+"""Benchmark: what Dagster adds to the data chain on a persistent instance (issue 10, item 1).
+
+Runs, side by side in one invocation, each in a fresh process and a fresh temporary folder:
+
+1. the plain library chain, ``bench/data_chain.py`` (ingest, PIT prices, universe, features,
+   labels, written to DuckDB; no checks, no Dagster);
+2. ``kronos-pipeline backfill --dates A:B`` over the whole source: ``data_job`` over every month
+   partition in one run, recorded in a new SQLite ``DAGSTER_HOME`` (what ``smoke``/``full`` do).
+
+Prints a table: wall seconds of each, the run's step seconds (its steps run the chain plus the
+data checks), Dagster's bookkeeping (run wall minus step seconds), and the instance's size.
+
+    .venv/bin/python bench/dagster_overhead.py [--vendor-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STEP = re.compile(r"^\s+(ok|FAILED|skipped)\s+([\d.]+)s\s+(\S+)$")
+
+
+def _du_mib(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return wall, proc.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vendor-dir", default=str(REPO.parent / "shared/data/sp500_daily"))
+    args = parser.parse_args()
+    py = str(Path(sys.executable))
+    cli = str(Path(sys.executable).parent / "kronos-pipeline")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_")}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        chain_wall, _ = _timed([py, "bench/data_chain.py", "--vendor-dir", args.vendor_dir],
+                               {**base, "PYTHONPATH": str(REPO)})  # fmt: skip
+        home = root / "home"
+        home.mkdir()
+        shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+        env = {**base, "DAGSTER_HOME": str(home), "KRONOS_WAREHOUSE__DATA_DIR": str(root / "data"),
+               "KRONOS_DATA__VENDOR_DIR": args.vendor_dir}  # fmt: skip
+        sys.path.insert(0, str(REPO))
+        from kronos_pipeline.data.sources import load_source
+        from kronos_pipeline.settings import load_settings
+
+        bars = load_source(load_settings(environ=env).data).ingest.bars
+        first, last = bars["date"].min(), bars["date"].max()
+        run_wall, out = _timed([cli, "backfill", "--dates", f"{first}:{last}"], env)
+        steps = [(m.group(3), float(m.group(2))) for m in map(STEP.match, out.splitlines()) if m]
+        step_s = sum(s for _, s in steps)
+        instance_mib = _du_mib(home)
+        months = len({(d.year, d.month) for d in bars["date"].unique().to_list()})
+    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores; python {platform.python_version()}")  # fmt: skip
+    print(f"source: {args.vendor_dir}: {bars.height:,} bars, {first}..{last}, {months} months")
+    print()
+    print("| what | wall s |")
+    print("|---|---|")
+    print(f"| plain chain (bench/data_chain.py, with DuckDB writes, no checks) | {chain_wall:.1f} |")
+    print(f"| `kronos-pipeline backfill --dates {first}:{last}` (data_job, {months} month "
+          f"partitions, persistent SQLite instance) | {run_wall:.1f} |")  # fmt: skip
+    for name, seconds in steps:
+        print(f"| - step {name} | {seconds:.1f} |")
+    print(f"| steps together (chain + data checks) | {step_s:.1f} |")
+    print(f"| Dagster bookkeeping: run wall - steps (process start and imports included) | "
+          f"{run_wall - step_s:.1f} |")  # fmt: skip
+    print(f"| run wall - plain chain wall | {run_wall - chain_wall:.1f} |")
+    print(f"\ninstance size after the run: {instance_mib:.1f} MiB ({home.name}/, SQLite)")
+
+
+if __name__ == "__main__":
+    main()
