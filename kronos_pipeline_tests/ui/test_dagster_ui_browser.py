@@ -3,9 +3,16 @@
 ``dagster dev`` (webserver + daemon) is started on loopback against this repository's
 ``workspace.yaml``, with a temporary instance and warehouse. The browser checks what people
 use the UI for: the catalog lists every asset of the code location, an asset's checks are
-shown, the nightly schedule and the failure sensor are listed, and a partition of
-``raw_bars`` materialized from the asset page's dialog runs to success (through the queued
-run coordinator and the ``duckdb_warehouse`` pool of ``dagster_home/dagster.yaml``).
+shown, the nightly schedule and every sensor (the alerts and the ``nightly_chain``) are listed,
+the jobs page lists every job, and a partition of ``raw_bars`` materialized from the asset
+page's dialog runs to success (through the queued run coordinator and the
+``duckdb_warehouse`` pool of ``dagster_home/dagster.yaml``).
+
+The partition materialized is the newest *complete* month (``YYYY-MM``), typed into the
+dialog's partition selection: every trading day of it is due (its 22:30 New York close has
+passed), so the run never depends on the time of day. The current month ("Latest" in the
+dialog) holds no due session on its first day(s) before 22:30 New York, or when it starts on
+a weekend, and a run of it then fails on purpose.
 
 Chromium: ``KRONOS_TEST_CHROMIUM``, else ``/usr/bin/chromium`` (Debian: ``apt-get install
 chromium``), else ``chromium`` on PATH. Missing, the test fails and says how to install it.
@@ -28,10 +35,14 @@ from pathlib import Path
 
 import pytest
 
+from kronos_pipeline.data.calendar import trading_days
 from kronos_pipeline.definitions import defs
+from kronos_pipeline.defs.partitions import due_session, month_key
+from kronos_pipeline.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[2]
 LOCATION = "kronos_pipeline.definitions"
+SYNTHETIC_DAYS = 400  # the synthetic market of the UI instance: these many days up to today
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -101,10 +112,13 @@ def dagster_ui(tmp_path_factory):
         os.environ,
         DAGSTER_HOME=str(home),
         KRONOS_WAREHOUSE__DATA_DIR=str(tmp_path_factory.mktemp("warehouse")),
-        # A small synthetic market that runs to today, so the latest partition the UI offers
-        # holds every bar its completeness check expects.
+        # A small synthetic market that runs to today: it covers the newest complete month
+        # (at most ~62 days back, see _complete_month) and more than a year before it, so
+        # each session of that month has every bar its completeness check expects.
         KRONOS_DATA__SYNTHETIC_TICKERS="30",
-        KRONOS_DATA__SYNTHETIC_START=(dt.date.today() - dt.timedelta(days=400)).isoformat(),
+        KRONOS_DATA__SYNTHETIC_START=(
+            dt.date.today() - dt.timedelta(days=SYNTHETIC_DAYS)
+        ).isoformat(),
         KRONOS_DATA__SYNTHETIC_END=dt.date.today().isoformat(),
     )
     dagster = Path(sys.executable).with_name("dagster")
@@ -172,6 +186,37 @@ def _dismiss_welcome(page) -> None:
     skip.click()
 
 
+def _complete_month(now: dt.datetime | None = None) -> str:
+    """The newest month whose trading days are all due at ``now``: the month of the newest
+    due session when that session closes its month, else the month before it."""
+    calendar = get_settings().data.calendar
+    due = due_session(now, calendar)
+    first = due.replace(day=1)
+    last = (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
+    if trading_days(first, last, calendar)[-1].date() <= due:
+        return month_key(due)
+    return month_key(first - dt.timedelta(days=1))
+
+
+def test_complete_month_is_fully_due() -> None:
+    """The helper itself: examples around a month's end, and the market fixture covers it."""
+    ny = dt.timezone(dt.timedelta(hours=-5))  # EST; due_session converts to New York time
+    # Monday 2026-11-30 is November's last session: due at 22:30, not before.
+    assert _complete_month(dt.datetime(2026, 11, 30, 22, 0, tzinfo=ny)) == "2026-10"
+    assert _complete_month(dt.datetime(2026, 11, 30, 22, 45, tzinfo=ny)) == "2026-11"
+    assert _complete_month(dt.datetime(2026, 12, 1, 19, 0, tzinfo=ny)) == "2026-11"
+    # Friday 2025-10-31 closes October; a weekend start of November changes nothing.
+    assert _complete_month(dt.datetime(2025, 11, 2, 12, 0, tzinfo=ny)) == "2025-10"
+    # Now: every session of the month is due, and inside the fixture's synthetic market.
+    month = _complete_month()
+    first = dt.date.fromisoformat(month + "-01")
+    last = (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
+    sessions = trading_days(first, last, get_settings().data.calendar)
+    assert sessions[-1].date() <= due_session(calendar=get_settings().data.calendar)
+    assert dt.date.today() - dt.timedelta(days=SYNTHETIC_DAYS) < first
+    assert sessions[-1].date() <= dt.date.today()
+
+
 def _asset_names() -> list[str]:
     graph = defs.resolve_asset_graph()
     return sorted(key.to_user_string() for key in graph.get_all_asset_keys())
@@ -181,7 +226,10 @@ def test_catalog_lists_every_asset(dagster_ui, page) -> None:
     page.goto(dagster_ui + "/assets")
     _dismiss_welcome(page)
     names = _asset_names()
-    assert {"raw_bars", "prices_pit", "kronos_scores", "evaluation_report"} <= set(names)
+    assert {
+        "raw_bars", "prices_pit", "lightgbm_models", "baseline_scores", "kronos_forecasts",
+        "kronos_scores", "signals", "evaluation_report",
+    } <= set(names)  # fmt: skip
     page.set_viewport_size({"width": 1400, "height": 2400})  # the table renders visible rows
     try:
         for name in names:
@@ -201,22 +249,46 @@ def test_asset_page_shows_its_checks(dagster_ui, page) -> None:
         page.get_by_text(check, exact=True).first.wait_for()
 
 
-def test_automation_lists_the_schedule_and_the_alert_sensor(dagster_ui, page) -> None:
+def test_automation_lists_the_schedule_and_the_sensors(dagster_ui, page) -> None:
+    schedules = sorted(s.name for s in defs.schedules)
+    sensors = sorted(s.name for s in defs.sensors)
+    assert schedules == ["nightly_schedule"]
+    assert sensors == [
+        "alert_on_check_failure", "alert_on_run_failure", "alert_on_stale_sessions",
+        "nightly_chain",
+    ]  # fmt: skip
     page.goto(dagster_ui + "/automation")
     _dismiss_welcome(page)
-    page.get_by_text("nightly_schedule", exact=True).wait_for()
-    page.get_by_text("alert_on_run_failure", exact=True).wait_for()
+    for name in schedules + sensors:
+        page.get_by_text(name, exact=True).first.wait_for()
     page.get_by_text(re.compile(r"10:30 PM .*Monday through Friday")).first.wait_for()
 
 
+def test_jobs_page_lists_every_job(dagster_ui, page) -> None:
+    jobs = sorted(j.name for j in defs.jobs)
+    assert {"data_job", "labels_job", "folds_job", "scoring_job", "evaluation_job"} <= set(jobs)
+    page.goto(dagster_ui + "/jobs")
+    _dismiss_welcome(page)
+    for job in jobs:
+        page.get_by_text(job, exact=True).first.wait_for()
+
+
 def test_materialize_a_partition_from_the_asset_page(dagster_ui, page) -> None:
+    from playwright.sync_api import expect
+
+    month = _complete_month()
     page.goto(dagster_ui + "/assets/raw_bars")
     _dismiss_welcome(page)
     page.get_by_role("button", name="Materialize").first.click()
     # raw_bars and bars_quarantine come from one multi-asset: the UI asks to take both.
     page.get_by_role("button", name="Confirm").click()
     page.get_by_text("Partition selection").wait_for()
-    page.get_by_role("button", name="Latest", exact=True).click()
+    # The partition selection's text input (placeholder "ex: 1999-11, 1999-12, [...]"): type
+    # the newest complete month, Enter commits it as the selection.
+    selection = page.locator('input[placeholder^="ex: "]')
+    selection.fill(month)
+    selection.press("Enter")
+    expect(selection).to_have_value(month)
     page.get_by_role("button", name="Launch 1 run").click()
     toast = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}"))
     toast.wait_for()
@@ -229,13 +301,19 @@ def test_materialize_a_partition_from_the_asset_page(dagster_ui, page) -> None:
             dagster_ui,
             "{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }",
         )
-        runs = data["runsOrError"]["results"]
+        # Only the run launched here (a nightly schedule tick at 22:30 New York would add
+        # runs of its own, tagged with the schedule or the sensor that started them).
+        runs = [
+            r for r in data["runsOrError"]["results"]
+            if not {t["key"] for t in r["tags"]} & {"dagster/schedule_name", "dagster/sensor_name"}
+        ]  # fmt: skip
         assert [r["runId"][:8] for r in runs] == [short_id]
         if runs[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED") or time.monotonic() > deadline:
             break
         time.sleep(2)
     assert runs[0]["status"] == "SUCCESS", runs[0]["status"]
     partition = {t["key"]: t["value"] for t in runs[0]["tags"]}["dagster/partition"]
+    assert partition == month
 
     # ...and the UI shows it: the run as a success, the asset as materialized for it.
     run_id = runs[0]["runId"]
@@ -243,8 +321,11 @@ def test_materialize_a_partition_from_the_asset_page(dagster_ui, page) -> None:
     page.locator(f'a[href="/runs/{run_id}"]').first.wait_for()
     page.goto(dagster_ui + f"/runs/{run_id}")
     page.get_by_text("Success", exact=True).first.wait_for()
-    page.goto(dagster_ui + "/assets/raw_bars?view=partitions")
-    page.get_by_text(partition).first.wait_for()
+    page.goto(dagster_ui + f"/assets/raw_bars?view=partitions&partition={partition}")
+    # The partition's detail: its heading carries the "Materialized" tag, and its run is ours.
+    heading = page.locator(f'[data-tooltip="{partition}"]')
+    heading.get_by_text("Materialized", exact=True).wait_for()
+    page.locator(f'a[href^="/runs/{run_id}"]').first.wait_for()
     page.goto(dagster_ui + "/assets/raw_bars")
     page.get_by_text("Latest materialization").wait_for()
     assert page.get_by_text("Never materialized").count() == 0
