@@ -476,7 +476,8 @@ def _check_result(asset: str, name: str, result: dict) -> dg.AssetCheckResult:
         # chain, `smoke` in CI) carries on. The tripwires stay blocking: they judge the pipeline.
         *[
             dg.AssetCheckSpec(
-                n, asset="gate_verdicts",
+                n,
+                asset="gate_verdicts",
                 description=f"{n} (SPEC section 6) for every candidate model; warns when one "
                 "fails or cannot be judged",
             )
@@ -533,7 +534,7 @@ def evaluation_tables(warehouse: WarehouseResource):
         pit=_pit_tripwire(db, scores, s),
         adjustment=data_tripwires.adjustment_tripwire(prices, s.tripwires),
         pretrained_models=[m for m in gates.candidate_models(scores["model"].unique())
-                           if m.startswith("kronos") and "zero_shot" in m],
+                           if m.startswith("kronos") and ("zero_shot" in m or "finetune" in m)],
     )  # fmt: skip
     table_outcomes = {
         ("eval_rows", "rows_reconcile"): table_checks.eval_rows_reconcile(
@@ -666,6 +667,14 @@ def _write_report_folder(db) -> tuple[Path, dict]:
             ) or "none",
         },
     )  # fmt: skip
+    from kronos_pipeline.defs.kronos import checkpoint_decisions
+    from kronos_pipeline.kronos.hub import atomic_write_bytes
+
+    decisions = checkpoint_decisions(s)
+    if not decisions.empty:  # the fine-tuning guard's decisions, one row per refit period
+        atomic_write_bytes(
+            out_dir / "checkpoint_decisions.csv", decisions.to_csv(index=False).encode()
+        )
     return out_dir, report.key_figures(t["model_comparison"], t["gate_verdicts"])
 
 

@@ -16,7 +16,7 @@ from kronos_pipeline.defs.common import blocking_failure
 from kronos_pipeline.defs.evaluation import MODEL_POOL, get_fold, run_dates
 from kronos_pipeline.defs.partitions import fold_partitions, partition_window, refit_period
 from kronos_pipeline.defs.resources import WarehouseResource
-from kronos_pipeline.kronos import load_predictor, load_tokenizer, scoring
+from kronos_pipeline.kronos import load_predictor, load_tokenizer, scoring, strategy
 from kronos_pipeline.settings import Settings, get_settings
 from kronos_pipeline.warehouse import WAREHOUSE_POOL, Warehouse
 
@@ -39,15 +39,55 @@ HISTORY_START_SQL = (
 
 
 def zero_shot(s: Settings) -> bool:
-    """Published weights are used when ``kronos.predictor`` is an existing local directory."""
-    return Path(s.kronos.predictor).is_dir()
+    """Published weights, evaluated as they are (``kronos.strategy = published``)."""
+    return s.kronos.strategy == "published"
 
 
 def checkpoint_dir(s: Settings, fold_id: str) -> Path:
-    """``data/checkpoints/<model>_<period>/``: the manifest (and trained weights) of the refit
-    period the fold belongs to."""
+    """``data/checkpoints/<model>_<period>/``: the manifest (and weights) of the refit period
+    the fold belongs to, for the configured strategy."""
     period = refit_period(fold_id, s.folds.first_test_month, s.kronos.refit_months)
-    return s.warehouse.data_dir / "checkpoints" / f"{scoring.model_name(zero_shot(s))}_{period}"
+    name = strategy.strategy_model_name(s.kronos.strategy)
+    return s.warehouse.data_dir / "checkpoints" / f"{name}_{period}"
+
+
+def previous_manifest(s: Settings, period: str) -> dict | None:
+    """The accepted checkpoint of the period before ``period`` (``finetune`` warm-starts from
+    it and must beat it); None for the first period."""
+    before = str(pd.Period(period, "M") - s.kronos.refit_months)
+    if before < s.folds.first_test_month:
+        return None
+    directory = checkpoint_dir(s, before)
+    if not (directory / scoring.MANIFEST_NAME).is_file():
+        raise dg.Failure(
+            f"kronos_checkpoint of period {period} fine-tunes the previous period's checkpoint, "
+            f"which is not there ({directory}): materialize kronos_checkpoint for fold {before} "
+            f"first (kronos-pipeline backfill --folds {before}:{before})",
+            allow_retries=False,
+        )
+    return scoring.read_manifest(directory)
+
+
+def checkpoint_decisions(s: Settings) -> pd.DataFrame:
+    """Every fine-tuning decision of the regression guard, one row per refit period, with both
+    models' validation figures (``checkpoint_decisions.csv`` in the report)."""
+    rows = []
+    for path in sorted((s.warehouse.data_dir / "checkpoints").glob("*/" + scoring.MANIFEST_NAME)):
+        manifest = scoring.read_manifest(path.parent)
+        decision = manifest.get("decision")
+        if not decision:
+            continue
+        new, old = decision.get("new") or {}, decision.get("previous") or {}
+        rows.append({
+            "period": manifest.get("period", path.parent.name.rsplit("_", 1)[-1]),
+            "model": manifest.get("model"), "train_cut": manifest.get("train_cut"),
+            "accepted": bool(decision.get("accepted")), "reason": decision.get("reason"),
+            "new_rank_ic": new.get("rank_ic"), "new_mae": new.get("mae"),
+            "previous_rank_ic": old.get("rank_ic"), "previous_mae": old.get("mae"),
+            "min_ic_gain": decision.get("min_ic_gain"),
+            "predictor": manifest.get("predictor"),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
 
 
 def _history_start(db: Warehouse, day, sessions: int):
@@ -88,30 +128,27 @@ def kronos_checkpoint_asset(context: dg.AssetExecutionContext, warehouse: Wareho
             existing = None  # fitted for other folds or settings: fit again
     if existing is not None:  # later folds of a period reuse what its first fold fitted
         manifest, refit = existing, False
-    elif zero_shot(s):
-        manifest = {
-            "kind": "zero_shot", "model": scoring.ZERO_SHOT_MODEL, "predictor": k.predictor,
-            "tokenizer": k.tokenizer, "tokenizer_revision": k.tokenizer_revision,
-            "pretrain_cutoff": str(k.pretrain_cutoff), "last_bar": str(k.pretrain_cutoff),
-            "train_cut": str(cut), "period": period,
-        }  # fmt: skip
-        scoring.write_manifest(directory, manifest)
-        refit = True
     else:
-        tickers = db.read(
-            "select ticker from universe where in_universe and date = "
-            "(select max(date) from universe where in_universe and date <= ?) "
-            "order by liquidity_rank, ticker limit ?",
-            [cut, k.train_tickers if k.train_tickers is not None else 1_000_000],
-        )["ticker"].to_list()
-        prices = db.read(
-            f"select {PRICE_COLUMNS} from prices_pit where date between ? and ? "
-            "and ticker in (select unnest(?))",
-            [_history_start(db, cut, k.train_history_days), cut, tickers],
-        )
-        bars = scoring.pit_bars(prices, cut)
-        context.log.info(f"training on {bars.height} bars of {len(tickers)} tickers to {cut}")
-        manifest = scoring.train_checkpoint(bars, cut, directory, k, k.lookback)
+        bars = None
+        if k.strategy != "published":
+            tickers = db.read(
+                "select ticker from universe where in_universe and date = "
+                "(select max(date) from universe where in_universe and date <= ?) "
+                "order by liquidity_rank, ticker limit ?",
+                [cut, k.train_tickers if k.train_tickers is not None else 1_000_000],
+            )["ticker"].to_list()
+            prices = db.read(
+                f"select {PRICE_COLUMNS} from prices_pit where date between ? and ? "
+                "and ticker in (select unnest(?))",
+                [_history_start(db, cut, k.train_history_days), cut, tickers],
+            )
+            bars = scoring.pit_bars(prices, cut)
+            context.log.info(f"{k.strategy}: {bars.height} bars of {len(tickers)} tickers to {cut}")
+        previous = previous_manifest(s, period) if k.strategy == "finetune" else None
+        manifest = strategy.fit_period_checkpoint(
+            k.strategy, bars, cut, directory, k, previous,
+            horizons=s.labels.horizons, calendar=s.data.calendar,
+        )  # fmt: skip
         manifest = {**manifest, "train_cut": str(cut), "period": period}
         scoring.write_manifest(directory, manifest)
         refit = True
@@ -122,9 +159,12 @@ def kronos_checkpoint_asset(context: dg.AssetExecutionContext, warehouse: Wareho
             "refit_months": k.refit_months,
             "refit": refit,
             "train_cut": str(cut),
+            "strategy": k.strategy,
             "manifest": dg.MetadataValue.json(manifest),
+            **({"decision": dg.MetadataValue.json(manifest["decision"])}
+               if manifest.get("decision") else {}),
         }
-    )
+    )  # fmt: skip
     last_bar = pd.Timestamp(manifest["last_bar"])
     purged = fold.train_end[max(s.labels.horizons)]
     yield dg.AssetCheckResult(
@@ -179,6 +219,7 @@ def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: Warehou
     k = s.kronos
     fold = get_fold(db, fold_id)
     manifest = scoring.read_manifest(checkpoint_dir(s, fold_id))
+    strategy.verify_pointed_weights(manifest)  # a kept checkpoint points into an older folder
     sessions = db.read(
         "select distinct date from universe where date between ? and ? order by date",
         [fold.test_start.date(), fold.test_end.date()],
@@ -200,7 +241,7 @@ def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: Warehou
         inputs = scoring.build_windows(prices, members, k.lookback)
         engine = KronosEngine(
             load_tokenizer(manifest["tokenizer"], revision=manifest.get("tokenizer_revision")),
-            load_predictor(manifest["predictor"], revision=k.predictor_revision),
+            load_predictor(manifest["predictor"], revision=manifest.get("predictor_revision")),
             device=k.device, dtype=k.dtype, batch_size=k.batch_size, max_context=k.max_context,
             cuda_graphs=k.cuda_graphs,
         )  # fmt: skip

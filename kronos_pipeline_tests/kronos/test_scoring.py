@@ -238,10 +238,66 @@ def kronos_run(tmp_path_factory: pytest.TempPathFactory):
                 "folds": db.read("select * from folds"),
                 "checkpoint": checkpoint_dir(get_settings(), FOLD),
             }
+            out["strategies"] = _strategies(out["checkpoint"], folder, resources, instance, mp)
         finally:
             get_settings.cache_clear()
     get_settings.cache_clear()
     return out
+
+
+def _strategies(trained: Path, folder: Path, resources, instance, mp) -> dict:
+    """The other two strategies on the same warehouse, with the scratch checkpoint's folders
+    standing in for published weights (the published layout, loaded by the same code path):
+    ``published`` scores them zero-shot; ``finetune`` warm-starts 2018-05 from them and
+    2018-06 from 2018-05's accepted checkpoint, each judged by the regression guard."""
+    from kronos_pipeline.defs.kronos import KRONOS_ASSETS, checkpoint_dir
+    from kronos_pipeline.settings import get_settings
+    from kronos_pipeline.warehouse import Warehouse
+
+    out = {}
+    mp.setenv("KRONOS_KRONOS__PREDICTOR", str(trained / "predictor"))
+    mp.setenv("KRONOS_KRONOS__TOKENIZER", str(trained / "tokenizer"))
+    mp.setenv("KRONOS_KRONOS__REFIT_MONTHS", "1")
+    mp.setenv("KRONOS_KRONOS__VALIDATION_SESSIONS", "40")
+    mp.setenv("KRONOS_KRONOS__VALIDATION_STRIDE", "5")
+    for name in ("published", "finetune"):
+        mp.setenv("KRONOS_KRONOS__STRATEGY", name)
+        get_settings.cache_clear()
+        results = [
+            dg.materialize(KRONOS_ASSETS, partition_key=f, resources=resources, instance=instance)
+            for f in (FOLD, LATER_FOLD)
+        ]
+        out[name] = {
+            "results": results,
+            "manifests": [scoring.read_manifest(checkpoint_dir(get_settings(), f))
+                          for f in (FOLD, LATER_FOLD)],
+            "models": set(Warehouse(folder / "warehouse.duckdb").read(
+                "select distinct model from kronos_scores")["model"]),
+        }  # fmt: skip
+    return out
+
+
+def test_published_weights_by_local_folder_are_scored_zero_shot(kronos_run):
+    run = kronos_run["strategies"]["published"]
+    assert all(r.success for r in run["results"])
+    first = run["manifests"][0]
+    assert first["kind"] == "zero_shot" and first["model"] == "kronos_zero_shot"
+    assert first["predictor"] == str(kronos_run["checkpoint"] / "predictor")
+    assert "kronos_zero_shot" in run["models"]
+
+
+def test_finetune_warm_starts_each_period_and_records_the_guards_decision(kronos_run):
+    run = kronos_run["strategies"]["finetune"]
+    assert all(r.success for r in run["results"])
+    first, second = run["manifests"]
+    assert first["strategy"] == second["strategy"] == "finetune"
+    assert first["start"]["from"] != second["start"]["from"]  # published, then the previous
+    decision = second["decision"]
+    assert set(decision) >= {"accepted", "reason", "new", "previous"}
+    assert "RankIC" in decision["reason"]
+    assert "kronos_finetune" in run["models"]
+    meta = run["results"][1].asset_materializations_for_node("kronos_checkpoint")[0].metadata
+    assert "decision" in meta
 
 
 def test_fold_checkpoint_is_trained_before_the_purged_cut_and_saved_in_published_layout(
@@ -307,7 +363,8 @@ def test_later_fold_of_a_refit_period_reuses_the_checkpoint_fitted_at_the_period
     assert mats[FOLD]["train_cut"].value == mats[LATER_FOLD]["train_cut"].value
     assert mats[LATER_FOLD]["period"].value == FOLD
     later_check = [
-        e for e in kronos_run["later"].get_asset_check_evaluations()
+        e
+        for e in kronos_run["later"].get_asset_check_evaluations()
         if e.check_name == "train_cut_before_test"
     ][0]
     assert later_check.passed
