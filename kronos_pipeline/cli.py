@@ -48,6 +48,7 @@ def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
         ("device", "KRONOS_KRONOS__DEVICE"),
         ("batch_size", "KRONOS_KRONOS__BATCH_SIZE"),
         ("dtype", "KRONOS_KRONOS__DTYPE"),
+        ("strategy", "KRONOS_KRONOS__STRATEGY"),
     ):
         if getattr(args, flag, None) is not None:
             os.environ[variable] = str(getattr(args, flag))
@@ -557,6 +558,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="Kronos series per forward pass (KRONOS_KRONOS__BATCH_SIZE)",
         )
         p.add_argument("--dtype", choices=DTYPES, help="Kronos dtype (KRONOS_KRONOS__DTYPE)")
+        p.add_argument(
+            "--strategy",
+            choices=("published", "scratch", "finetune"),
+            help="Kronos checkpoint strategy (KRONOS_KRONOS__STRATEGY)",
+        )
 
     for name, help_text in (
         ("smoke", "last 3 folds, top-100 universe"),

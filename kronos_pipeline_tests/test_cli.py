@@ -14,14 +14,20 @@ import pytest
 from kronos_pipeline import cli
 from kronos_pipeline.settings import SettingsError, get_settings
 
-ENGINE_VARIABLES = ("KRONOS_KRONOS__DEVICE", "KRONOS_KRONOS__BATCH_SIZE", "KRONOS_KRONOS__DTYPE")
+ENGINE_VARIABLES = (
+    "KRONOS_KRONOS__DEVICE", "KRONOS_KRONOS__BATCH_SIZE", "KRONOS_KRONOS__DTYPE",
+    "KRONOS_KRONOS__STRATEGY", "KRONOS_KRONOS__ENABLED",
+)  # fmt: skip
 
 
 @pytest.fixture
 def cli_env(tmp_path, monkeypatch):
     """A clean environment: no engine variables, warehouse and instance under tmp_path."""
     for name in (*ENGINE_VARIABLES, "KRONOS_MODE", "KRONOS_REPORT__RUN_NAME"):
-        monkeypatch.delenv(name, raising=False)
+        # set, then delete: the CLI writes these to os.environ, and monkeypatch only restores
+        # (here: removes again at teardown) what it has recorded
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("KRONOS_WAREHOUSE__DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     get_settings.cache_clear()
@@ -32,11 +38,13 @@ def cli_env(tmp_path, monkeypatch):
 @pytest.mark.parametrize("command", ["smoke", "full", "backfill", "nightly"])
 def test_engine_flags_land_in_settings(cli_env, command):
     args = cli.build_parser().parse_args(
-        [command, "--device", "cpu", "--batch-size", "8", "--dtype", "bfloat16"]
-    )
+        [command, "--device", "cpu", "--batch-size", "8", "--dtype", "bfloat16",
+         "--strategy", "scratch", "--without-kronos"]
+    )  # fmt: skip
     cli._configure_env(args, None)
     kronos = get_settings().kronos
     assert (kronos.device, kronos.batch_size, kronos.dtype) == ("cpu", 8, "bfloat16")
+    assert (kronos.strategy, kronos.enabled) == ("scratch", False)
 
 
 def test_without_engine_flags_settings_keep_their_defaults(cli_env):

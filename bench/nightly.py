@@ -1,0 +1,97 @@
+"""Benchmark: one nightly production run on the real sample, top-100 universe (issue 10).
+
+In a fresh temporary folder: a copy of the vendor files cut at ``--end`` (the vendor's state
+the evening before), the history loaded (``backfill --dates``), the fold of the month so far
+(``backfill --folds``: its LightGBM models, Kronos checkpoint and scores), then the next
+session delivered and ``kronos-pipeline nightly --date <session>`` timed: ingest of the day,
+folds, every model's scores and the signal, the labels that matured, the rollups. Prints a
+table of wall seconds per command and per nightly step.
+
+    .venv/bin/python bench/nightly.py [--end 2019-10-29] [--top-n 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+STEP = re.compile(r"^\s+(ok|FAILED|skipped)\s+([\d.]+)s\s+(\S+)$")
+
+
+def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return wall, proc.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--end", default="2019-10-29", help="the vendor's last day before the night"
+    )
+    parser.add_argument("--top-n", type=int, default=100)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    from kronos_pipeline_tests.vendor_feed import SHARED_VENDOR_DIR, VendorFeed
+
+    end = dt.date.fromisoformat(args.end)
+    cli = str(Path(sys.executable).parent / "kronos-pipeline")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        tickers = sorted(
+            p.name.split("-")[1] for p in SHARED_VENDOR_DIR.glob("DA-*-T-*.csv.gz")
+            if p.stat().st_size > 1000
+        )  # fmt: skip
+        feed = VendorFeed.create(root / "vendor", tickers=tickers, end=end)
+        home = root / "home"
+        home.mkdir()
+        shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("KRONOS_")},
+            "DAGSTER_HOME": str(home),
+            "KRONOS_MODE": "full",
+            "KRONOS_DATA__VENDOR_DIR": str(feed.target_dir),
+            "KRONOS_WAREHOUSE__DATA_DIR": str(root / "data"),
+            "KRONOS_REPORT__OUTPUT_ROOT": str(root / "runs"),
+            "KRONOS_UNIVERSE__TOP_N": str(args.top_n),
+            "KRONOS_FOLDS__FIRST_TEST_MONTH": f"{end:%Y-%m}",
+        }
+        first = feed.read().bars["date"].min()
+        rows = []
+        wall, _ = _timed([cli, "backfill", "--dates", f"{first}:{end}"], env)
+        rows.append((f"history: backfill --dates {first}:{end}", wall))
+        wall, _ = _timed([cli, "backfill", "--folds", f"{end:%Y-%m}:{end:%Y-%m}"], env)
+        rows.append((f"the month so far: backfill --folds {end:%Y-%m} (models fitted)", wall))
+        (day,) = feed.sessions_after(end, 1)
+        feed.deliver(day)
+        wall, out = _timed([cli, "nightly", "--date", str(day)], env)
+        steps = [(m.group(3), float(m.group(2))) for m in map(STEP.match, out.splitlines()) if m]
+        signal = root / "data" / "signals" / f"{day}.parquet"
+        assert signal.is_file(), out[-2000:]
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f} at the end; python {platform.python_version()}")  # fmt: skip
+    print(f"source: {len(tickers)} vendor files cut at {end}; universe top {args.top_n}\n")
+    print("| what | wall s |")
+    print("|---|---|")
+    for name, seconds in rows:
+        print(f"| {name} | {seconds:.1f} |")
+    print(f"| **nightly --date {day}** (one session, every model, signal) | **{wall:.1f}** |")
+    for name, seconds in steps:
+        print(f"| - {name} | {seconds:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
