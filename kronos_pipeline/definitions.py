@@ -4,6 +4,7 @@ import dagster as dg
 
 from kronos_pipeline.defs import evaluation, features, ingest, kronos, prices, signals, universe
 from kronos_pipeline.defs.automation import jobs, schedules, sensors
+from kronos_pipeline.defs.heads import HEAD_ASSETS
 from kronos_pipeline.defs.resources import default_resources
 
 DATA_ASSETS = [
@@ -25,7 +26,7 @@ EVALUATION_ASSETS = [
     evaluation.evaluation_report_asset,
 ]
 
-KRONOS_ASSETS = kronos.KRONOS_ASSETS
+KRONOS_ASSETS = kronos.KRONOS_ASSETS + HEAD_ASSETS
 
 defs = dg.Definitions(
     assets=SOURCE_ASSETS

@@ -217,6 +217,9 @@ class KronosSettings(StrictModel):
     # Weibull quantile rule the 10-90 % interval of 8 draws covers 80 % on average; more paths
     # sharpen it at a proportional CPU cost. sample_count = 1 with top_k = 1 is greedy.
     sample_count: int = 8
+    # SMOKE decodes greedily (1 path, top_k 1): 8 paths of ~1,400 series do not fit a CI
+    # run on 2 CPU cores; its quantile metrics read "n/a (greedy)". FULL and nightly use 8.
+    smoke_sample_count: int = 1
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 0.9
@@ -270,7 +273,7 @@ class KronosSettings(StrictModel):
         "validation_stride",
     )(_positive)  # fmt: skip
     _positive_values = field_validator(
-        "refit_months", "top_n", "lookback", "max_context", "sample_count", "temperature", "top_p", "batch_size",
+        "refit_months", "top_n", "lookback", "max_context", "sample_count", "smoke_sample_count", "temperature", "top_p", "batch_size",
         "train_max_minutes", "train_tickers", "train_history_days", "train_horizon",
         "train_stride", "train_epochs", "train_windows_per_epoch", "train_batch_size",
     )(_positive)  # fmt: skip
@@ -431,6 +434,16 @@ class Settings(StrictModel):
     costs: CostSettings = Field(default_factory=CostSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
     alerts: AlertSettings = Field(default_factory=AlertSettings)
+
+    @property
+    def kronos_sampling(self) -> dict[str, Any]:
+        """The Kronos decode of this mode: ``sample_count``, ``temperature``, ``top_k``,
+        ``top_p`` (SMOKE: ``smoke_sample_count`` paths, greedy when 1)."""
+        k = self.kronos
+        count = k.smoke_sample_count if self.mode == "smoke" else k.sample_count
+        greedy = count == 1 and self.mode == "smoke"
+        return {"sample_count": count, "temperature": k.temperature,
+                "top_k": 1 if greedy else k.top_k, "top_p": 1.0 if greedy else k.top_p}  # fmt: skip
 
     @property
     def effective_top_n(self) -> int | None:

@@ -38,9 +38,21 @@ NIGHTLY_CRON = "30 22 * * 1-5"  # after the close and the vendor's end-of-day fi
 NIGHTLY_TZ = "America/New_York"
 NIGHTLY_TAG = "kronos/nightly"  # the session a nightly run (and each step after it) is for
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-MODEL_ASSETS = ("lightgbm_models", "kronos_checkpoint")
-SCORE_ASSETS = ("baseline_scores", "kronos_forecasts", "kronos_scores", "signals")
-KRONOS_ASSETS = ("kronos_checkpoint", "kronos_forecasts", "kronos_scores")
+MODEL_ASSETS = ("lightgbm_models", "kronos_checkpoint", "kronos_heads")
+SCORE_ASSETS = (
+    "baseline_scores",
+    "kronos_forecasts",
+    "kronos_scores",
+    "kronos_head_scores",
+    "signals",
+)
+KRONOS_ASSETS = (
+    "kronos_checkpoint",
+    "kronos_forecasts",
+    "kronos_scores",
+    "kronos_heads",
+    "kronos_head_scores",
+)
 
 data_job = dg.define_asset_job(
     "data_job",

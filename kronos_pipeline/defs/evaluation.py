@@ -36,8 +36,9 @@ from kronos_pipeline.settings import get_settings
 from kronos_pipeline.warehouse import WAREHOUSE_POOL
 
 GROUP = "evaluation"
-#: Every table of long scores the evaluation unions (Kronos writes the second one).
-SCORE_TABLES = ("baseline_scores", "kronos_scores")
+#: Every table of long scores the evaluation unions (Kronos writes the second, its heads the
+#: third).
+SCORE_TABLES = ("baseline_scores", "kronos_scores", "kronos_head_scores")
 TABLES = ("eval_rows", "per_date_metrics", "fold_summaries", "model_comparison")
 TRIPWIRE_CHECKS = tripwires.BLOCKING_TRIPWIRES
 GATE_CHECKS = ("gate1", "gate2", "gate3")
@@ -651,8 +652,8 @@ def _write_report_folder(db) -> tuple[Path, dict]:
             "refit cadence": f"LightGBM every {s.lightgbm.refit_months} month(s), Kronos every "
             f"{s.kronos.refit_months} month(s): fitted at the purged cut of the first fold of "
             "each period and used by all of its folds",
-            "Kronos sampling": f"{s.kronos.sample_count} path(s) per series, temperature "
-            f"{s.kronos.temperature}, top_k {s.kronos.top_k}, top_p {s.kronos.top_p}; universe "
+            "Kronos sampling": "{sample_count} path(s) per series, temperature {temperature}, "
+            "top_k {top_k}, top_p {top_p}".format(**s.kronos_sampling) + "; universe "
             f"top {s.kronos.top_n or 'all'} by liquidity",
             "tripwire controls": (
                 f"LightGBM retrained on shuffled labels on up to "

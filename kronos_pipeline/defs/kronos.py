@@ -247,8 +247,7 @@ def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: Warehou
         )  # fmt: skip
         table = scoring.forecast_windows(
             engine, inputs, s.labels.horizons, manifest["model"], fold_id,
-            calendar=s.data.calendar, sample_count=k.sample_count, temperature=k.temperature,
-            top_k=k.top_k, top_p=k.top_p, seed=k.seed,
+            calendar=s.data.calendar, seed=k.seed, **s.kronos_sampling,
         )  # fmt: skip
         skipped = inputs.skipped
     else:
@@ -260,7 +259,7 @@ def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: Warehou
     disorder = table.filter(
         (pl.col("pred_return_q10") > pl.col("pred_return_q50"))
         | (pl.col("pred_return_q50") > pl.col("pred_return_q90"))
-        | (pl.col("samples").list.len() != k.sample_count)
+        | (pl.col("samples").list.len() != s.kronos_sampling["sample_count"])
     ).height
     valid = dg.AssetCheckResult(
         check_name="forecasts_valid",
@@ -282,7 +281,7 @@ def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: Warehou
         metadata={"rows": table.height, "scoring_dates": len(days), "window": f"{start}..{end}",
                   "series": table.height // max(1, len(s.labels.horizons)),
                   "skipped": len(skipped), "model": manifest["model"],
-                  "sample_count": k.sample_count, "checkpoint_period": manifest.get("period", "")}
+                  "sample_count": s.kronos_sampling["sample_count"], "checkpoint_period": manifest.get("period", "")}
     )  # fmt: skip
     yield valid
     served = table.height // max(1, len(s.labels.horizons))

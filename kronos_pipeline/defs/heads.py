@@ -1,0 +1,333 @@
+"""Kronos heads: per-horizon regressions from the Kronos embedding of a series (alone, and
+fused with the PIT features) to its excess return, evaluated as candidates beside the others.
+
+Fold-level ``kronos_heads`` fits both variants at the fold's cut (its first test day) with the
+LightGBM purge (a training label matured strictly before the cut), on the embeddings the
+fold's checkpoint gives sampled training dates (one-step greedy decodes, the embedding only
+depends on the context window), and stores them under ``data/models/kronos_heads/<fold>/``.
+Date-level ``kronos_head_scores`` reads the embeddings ``kronos_forecasts`` stored for the
+fold's dates and scores them with the stored heads. Library work lives in
+``kronos_pipeline.evaluation.heads``."""
+
+import datetime as dt
+import json
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from kronos_pipeline.defs.common import blocking_failure
+from kronos_pipeline.defs.evaluation import MODEL_POOL, get_fold
+from kronos_pipeline.defs.kronos import (
+    GROUP,
+    HISTORY_SLACK,
+    HISTORY_START_SQL,
+    PRICE_COLUMNS,
+    checkpoint_dir,
+)
+from kronos_pipeline.defs.partitions import fold_partitions, partition_window
+from kronos_pipeline.defs.resources import WarehouseResource
+from kronos_pipeline.evaluation import baselines, folds, heads
+from kronos_pipeline.kronos import load_predictor, load_tokenizer, scoring, strategy
+from kronos_pipeline.kronos.hub import atomic_write_bytes, file_sha256
+from kronos_pipeline.settings import KronosSettings, Settings, get_settings
+from kronos_pipeline.warehouse import WAREHOUSE_POOL, Warehouse
+
+#: Sessions between sampled training dates (21: monthly), counted back from the last date
+#: whose shortest-horizon label can mature before the cut; a one-step decode per series
+#: keeps ~60 dates x top_n series per fold cheap next to the forecasts' decodes.
+HEADS_DATE_STRIDE = 21
+HEADS_FILE = "heads.pkl"
+MANIFEST = "manifest.json"
+SCORE_TABLE = "kronos_head_scores"
+#: What identifies the weights an embedding came from (the checkpoint manifest's fields).
+CHECKPOINT_KEYS = ("model", "period", "train_cut", "predictor", "predictor_sha256")
+
+
+def heads_dir(s: Settings, fold_id: str) -> Path:
+    """``<data_dir>/models/kronos_heads/<fold>/``: the fold's fitted heads and manifest."""
+    return s.warehouse.data_dir / "models" / "kronos_heads" / fold_id
+
+
+def training_dates(
+    sessions: Sequence[Any],
+    fold: folds.Fold,
+    horizons: Sequence[int],
+    history_days: int,
+    stride: int = HEADS_DATE_STRIDE,
+) -> list[pd.Timestamp]:
+    """Every ``stride``-th session (trading days) among the last ``history_days`` sessions
+    before the cut and not before ``fold.train_start``, counted back from the last one whose
+    shortest-horizon label can mature before the cut (``fold.train_end[min(horizons)]``);
+    later dates have no label usable at the cut."""
+    days = pd.DatetimeIndex(pd.to_datetime(list(sessions))).normalize().unique().sort_values()
+    before = days[days < fold.test_start][-history_days:]
+    usable = before[(before >= fold.train_start) & (before <= fold.train_end[min(horizons)])]
+    return list(usable[::-1][::stride][::-1])
+
+
+def kronos_engine(manifest: dict[str, Any], k: KronosSettings):
+    """The engine of a checkpoint manifest, with the engine settings of ``kronos_forecasts``."""
+    from kronos_pipeline.kronos.engine import KronosEngine
+
+    return KronosEngine(
+        load_tokenizer(manifest["tokenizer"], revision=manifest.get("tokenizer_revision")),
+        load_predictor(manifest["predictor"], revision=manifest.get("predictor_revision")),
+        device=k.device, dtype=k.dtype, batch_size=k.batch_size, max_context=k.max_context,
+        cuda_graphs=k.cuda_graphs,
+    )  # fmt: skip
+
+
+def member_windows(db: Warehouse, days: Sequence[pd.Timestamp], k: KronosSettings):
+    """PIT windows of the universe members (top ``k.top_n`` by liquidity) of each date, as
+    ``kronos_forecasts`` builds them."""
+    day_list = [pd.Timestamp(d).date() for d in days]
+    members = db.read(
+        "select date, ticker from universe where in_universe and date in (select unnest(?::date[])) "
+        "and liquidity_rank <= ?",
+        [day_list, k.top_n if k.top_n is not None else 1_000_000_000],
+    )
+    if not members.height:
+        return scoring.build_windows(pl.DataFrame(), members, k.lookback)
+    first = db.read(HISTORY_START_SQL, [min(day_list), HISTORY_SLACK * k.lookback]).item()
+    prices = db.read(
+        f"select {PRICE_COLUMNS} from prices_pit where date between ? and ? "
+        "and ticker in (select unnest(?))",
+        [first, max(day_list), members["ticker"].unique().to_list()],
+    )
+    return scoring.build_windows(prices, members, k.lookback)
+
+
+def embed_windows(engine: Any, inputs: scoring.ScoringWindows, calendar: str) -> pd.DataFrame:
+    """``date, ticker, embedding`` per window: the predictor's embedding of the context, from
+    a one-step greedy decode (the embedding does not depend on what is decoded after it)."""
+    if len(inputs) == 0:
+        return pd.DataFrame({"date": pd.Series(dtype="datetime64[ns]"), "ticker": [],
+                             "embedding": []})  # fmt: skip
+    futures = scoring.future_sessions(inputs.keys["date"], 1, calendar)
+    result = engine.forecast(
+        inputs.windows, inputs.timestamps, [futures[pd.Timestamp(d)] for d in inputs.keys["date"]],
+        pred_len=1, top_k=1, sample_count=1, return_embeddings=True,
+    )  # fmt: skip
+    return inputs.keys.assign(embedding=list(np.asarray(result.embeddings, np.float32)))
+
+
+def write_heads(directory: Path, fitted: heads.FittedHeads, header: dict[str, Any]) -> dict:
+    """Pickle ``fitted`` and write the manifest (``header``, the file's sha256, each head's
+    summary and the latest label maturity), each to a temporary name renamed over the old
+    one; the manifest last, so a folder is read only once both are complete."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / HEADS_FILE
+    atomic_write_bytes(path, pickle.dumps(fitted, protocol=pickle.HIGHEST_PROTOCOL))
+    latest = max(h.max_available_at for h in fitted.heads.values())
+    manifest = {
+        **header, "cut": str(fitted.cut_date.date()), "file": HEADS_FILE,
+        "sha256": file_sha256(path), "models": fitted.models,
+        "max_available_at": str(latest.date()), "heads": fitted.summary(),
+    }  # fmt: skip
+    atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=1, default=str).encode())
+    return manifest
+
+
+def read_heads(directory: Path) -> tuple[heads.FittedHeads, dict[str, Any]]:
+    """The fold's fitted heads and their manifest, verified against the recorded sha256."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise dg.Failure(
+            f"no fitted heads in {directory} ({MANIFEST} missing): materialize kronos_heads "
+            f"for fold {directory.name} first",
+            allow_retries=False,
+        )
+    manifest = json.loads(path.read_text())
+    weights = directory / manifest["file"]
+    if file_sha256(weights) != manifest["sha256"]:
+        raise dg.Failure(
+            f"{weights} does not match the sha256 in {path}: materialize kronos_heads for fold "
+            f"{directory.name} again",
+            allow_retries=False,
+        )
+    return pickle.loads(weights.read_bytes()), manifest  # noqa: S301 - our own file, verified
+
+
+def _features(db: Warehouse, days: list[dt.date], columns: list[str] | None, s: Settings):
+    """PIT features of ``days`` (``date, ticker`` and ``columns``, or every model input
+    column of the LightGBM baseline)."""
+    frame = db.read(
+        "select * from features where date in (select unnest(?::date[]))", [days]
+    ).to_pandas()
+    if columns is None:
+        columns = baselines.feature_columns(frame, s.features.use_sector_relative)
+    return frame[["date", "ticker", *columns]]
+
+
+@dg.asset(
+    name="kronos_heads",
+    deps=[
+        "folds",
+        dg.AssetDep("kronos_checkpoint", partition_mapping=dg.TimeWindowPartitionMapping()),
+        # The heads train on sampled dates of the whole daily history before the cut.
+        *[
+            dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping())
+            for a in ("prices_pit", "universe", "features", "labels_forward")
+        ],
+    ],  # fmt: skip
+    partitions_def=fold_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    group_name=GROUP,
+    pool=MODEL_POOL,
+    kinds={"pytorch", "lightgbm"},
+    description="The fold's Kronos heads (kronos_head: embeddings; kronos_head_fused: "
+    "embeddings + PIT features), fitted at the fold's cut on the fold checkpoint's embeddings "
+    f"of every {HEADS_DATE_STRIDE}th training session, labels matured before the cut only; "
+    "stored under data/models/kronos_heads/<fold>/.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "heads_train_cut",
+            asset="kronos_heads",
+            blocking=True,
+            description="Every head's training label matured before the fold's first test day",
+        )
+    ],  # fmt: skip
+)
+def kronos_heads_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    s, db, fold_id = get_settings(), warehouse.get(), context.partition_key
+    fold, directory = get_fold(db, fold_id), heads_dir(s, fold_id)
+    checkpoint = scoring.read_manifest(checkpoint_dir(s, fold_id))
+    strategy.verify_pointed_weights(checkpoint)
+    sessions = db.read("select distinct date from universe where date < ? order by date",
+                       [fold.test_start.date()])["date"].to_list()  # fmt: skip
+    days = training_dates(sessions, fold, s.labels.horizons, s.kronos.train_history_days)
+    inputs = member_windows(db, days, s.kronos)
+    context.log.info(
+        f"embedding {len(inputs)} series of {len(days)} dates before {fold.cut.date()}"
+    )
+    embeddings = embed_windows(kronos_engine(checkpoint, s.kronos), inputs, s.data.calendar)
+    day_list = [d.date() for d in days]
+    labels = db.read(
+        "select date, ticker, horizon, excess_return, available_at from labels_forward "
+        "where available_at < ? and date in (select unnest(?::date[]))",
+        [fold.test_start.date(), day_list],
+    ).to_pandas()  # fmt: skip
+    feats = _features(db, day_list, None, s)
+    try:
+        fitted = heads.fit_heads(
+            embeddings, labels, fold.test_start, s.labels.horizons, feats,
+            lightgbm=s.lightgbm, num_threads=s.lightgbm.num_threads,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise dg.Failure(f"kronos_heads of fold {fold_id}: {exc}", allow_retries=False) from exc
+    manifest = write_heads(directory, fitted, {
+        "fold": fold_id, "date_stride": HEADS_DATE_STRIDE,
+        "training_dates": [str(d) for d in day_list], "series": len(inputs),
+        "checkpoint": {key: checkpoint.get(key) for key in CHECKPOINT_KEYS},
+        "feature_columns": [c for c in feats.columns if c not in ("date", "ticker")],
+    })  # fmt: skip
+    yield dg.MaterializeResult(metadata={
+        "path": dg.MetadataValue.path(str(directory)), "cut": manifest["cut"],
+        "training_dates": len(days), "series": len(inputs),
+        "max_available_at": manifest["max_available_at"],
+        "heads": dg.MetadataValue.json(manifest["heads"]),
+    })  # fmt: skip
+    stored = json.loads((directory / MANIFEST).read_text())  # what the scores will read
+    late = [h for h in stored["heads"] if pd.Timestamp(h["max_available_at"]) >= fold.test_start]
+    yield dg.AssetCheckResult(
+        check_name="heads_train_cut",
+        passed=not late and pd.Timestamp(stored["max_available_at"]) < fold.test_start,
+        description=f"latest training label matured {stored['max_available_at']}, test starts "
+        f"{fold.test_start.date()}; {len(late)} head(s) saw a later one",
+        metadata={"violations": dg.MetadataValue.json(late)},
+    )
+
+
+def validate_head_scores(
+    scores: pd.DataFrame, series: int, n_heads: int, same_checkpoint: bool
+) -> tuple[bool, str, dict[str, Any]]:
+    """Every head scored every series once with a finite score, from embeddings of the
+    checkpoint the heads were fitted on: ``(passed, description, numbers)``."""
+    keys = ["model", "horizon", "date", "ticker"]
+    dupes = int(scores.duplicated(keys).sum()) if len(scores) else 0
+    bad = int((~np.isfinite(scores["score"].to_numpy(np.float64))).sum()) if len(scores) else 0
+    expected = series * n_heads
+    ok = dupes == 0 and bad == 0 and len(scores) == expected and same_checkpoint
+    description = (
+        f"{len(scores)} scores of {expected} expected ({series} series x {n_heads} heads), "
+        f"{dupes} duplicate keys, {bad} non-finite"
+        + ("" if same_checkpoint else "; the heads were fitted on another checkpoint's "
+           "embeddings: materialize kronos_heads for this fold again")
+    )  # fmt: skip
+    numbers = {"rows": len(scores), "expected": expected, "duplicates": dupes, "non_finite": bad,
+               "same_checkpoint": same_checkpoint}  # fmt: skip
+    return ok, description, numbers
+
+
+@dg.asset(
+    name="kronos_head_scores",
+    deps=[
+        dg.AssetDep(a, partition_mapping=dg.TimeWindowPartitionMapping())
+        for a in ("kronos_heads", "kronos_forecasts", "features")
+    ],
+    partitions_def=fold_partitions,
+    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    group_name=GROUP,
+    pool=WAREHOUSE_POOL,
+    kinds={"duckdb", "lightgbm"},
+    description="Scores of the fold's Kronos heads (kronos_head, kronos_head_fused) per "
+    "horizon, for every series kronos_forecasts holds in the run's window.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            "head_scores_valid",
+            asset="kronos_head_scores",
+            blocking=True,
+            description="Every head scored every forecast (date, ticker) once, every score "
+            "finite, from the checkpoint the heads were fitted on",
+        ),
+    ],  # fmt: skip
+)
+def kronos_head_scores_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
+    s, db, fold_id = get_settings(), warehouse.get(), context.partition_key
+    fold = get_fold(db, fold_id)
+    start, end = partition_window(context)
+    start, end = max(start, fold.test_start.date()), min(end, fold.test_end.date())
+    fitted, stored = read_heads(heads_dir(s, fold_id))
+    checkpoint = scoring.read_manifest(checkpoint_dir(s, fold_id))
+    same = all(stored["checkpoint"].get(k) == checkpoint.get(k) for k in CHECKPOINT_KEYS)
+    embeddings = db.read(
+        "select date, ticker, embedding from kronos_forecasts where fold = ? and date between ? "
+        "and ? qualify row_number() over (partition by date, ticker order by horizon) = 1",
+        [fold_id, start, end],
+    ).to_pandas() if "kronos_forecasts" in db.tables() else pd.DataFrame()  # fmt: skip
+    if len(embeddings):
+        days = sorted({pd.Timestamp(d).date() for d in embeddings["date"]})
+        feats = _features(db, days, stored["feature_columns"], s)
+        try:
+            scores = heads.predict_heads(fitted, embeddings, feats, fold_id)
+        except ValueError as exc:
+            raise dg.Failure(f"kronos_head_scores of fold {fold_id}: {exc}") from exc
+    else:
+        scores = pd.DataFrame(columns=baselines.SCORE_COLUMNS)
+    ok, description, numbers = validate_head_scores(
+        scores, len(embeddings), len(fitted.heads), same
+    )
+    check = dg.AssetCheckResult(
+        check_name="head_scores_valid", passed=ok, description=description, metadata=numbers
+    )
+    if not ok:  # validate, then publish
+        yield check
+        raise blocking_failure([("head_scores_valid", description)], SCORE_TABLE)
+    db.replace_rows(
+        SCORE_TABLE, baselines.score_table(scores), "fold = ? and date between ? and ?",
+        [fold_id, start, end],
+    )  # fmt: skip
+    yield dg.MaterializeResult(metadata={
+        "rows": len(scores), "window": f"{start}..{end}", "series": len(embeddings),
+        "heads_cut": stored["cut"], "models": ", ".join(fitted.models),
+    })  # fmt: skip
+    yield check
+
+
+HEAD_ASSETS = [kronos_heads_asset, kronos_head_scores_asset]
