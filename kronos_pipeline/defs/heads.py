@@ -183,7 +183,7 @@ def _features(db: Warehouse, days: list[dt.date], columns: list[str] | None, s: 
     kinds={"pytorch", "lightgbm"},
     description="The fold's Kronos heads (kronos_head: embeddings; kronos_head_fused: "
     "embeddings + PIT features), fitted at the fold's cut on the fold checkpoint's embeddings "
-    f"of every {HEADS_DATE_STRIDE}th training session, labels matured before the cut only; "
+    f"of training dates {HEADS_DATE_STRIDE} sessions apart, on labels matured before the cut; "
     "stored under data/models/kronos_heads/<fold>/.",
     check_specs=[
         dg.AssetCheckSpec(
@@ -307,7 +307,11 @@ def kronos_head_scores_asset(context: dg.AssetExecutionContext, warehouse: Wareh
         try:
             scores = heads.predict_heads(fitted, embeddings, feats, fold_id)
         except ValueError as exc:
-            raise dg.Failure(f"kronos_head_scores of fold {fold_id}: {exc}") from exc
+            raise dg.Failure(
+                f"kronos_head_scores of fold {fold_id}: {exc}; materialize kronos_heads for "
+                "this fold again",
+                allow_retries=False,
+            ) from exc
     else:
         scores = pd.DataFrame(columns=baselines.SCORE_COLUMNS)
     ok, description, numbers = validate_head_scores(

@@ -143,6 +143,18 @@ EXPECTED_ASSETS = {
         ["forecasts_valid", "member_coverage"],
     ),
     "kronos_scores": ("kronos", "fold", ["kronos_forecasts"], ["scores_match_forecasts"]),
+    "kronos_heads": (
+        "kronos",
+        "fold",
+        ["features", "folds", "kronos_checkpoint", "labels_forward", "prices_pit", "universe"],
+        ["heads_train_cut"],
+    ),
+    "kronos_head_scores": (
+        "kronos",
+        "fold",
+        ["features", "kronos_forecasts", "kronos_heads"],
+        ["head_scores_valid"],
+    ),
     "signals": (
         "signals",
         "fold",
@@ -180,13 +192,24 @@ EXPECTED_JOBS = {
     "labels_job": ("month", ["labels_forward"]),
     "folds_job": (None, ["folds"]),
     "baseline_scores_job": ("fold", ["baseline_scores", "lightgbm_models"]),
-    "kronos_job": ("fold", ["kronos_checkpoint", "kronos_forecasts", "kronos_scores"]),
+    "kronos_job": (
+        "fold",
+        [
+            "kronos_checkpoint",
+            "kronos_forecasts",
+            "kronos_head_scores",
+            "kronos_heads",
+            "kronos_scores",
+        ],
+    ),
     "scoring_job": (
         "fold",
         [
             "baseline_scores",
             "kronos_checkpoint",
             "kronos_forecasts",
+            "kronos_head_scores",
+            "kronos_heads",
             "kronos_scores",
             "lightgbm_models",
             "signals",

@@ -43,7 +43,7 @@ def test_model_fitting_has_its_own_pool_and_every_writer_shares_the_warehouse_po
     }
     # Fitting and Kronos inference hold the compute pool (not the warehouse pool, which
     # would block the nightly data job for as long as a model trains or forecasts).
-    compute = {"kronos_checkpoint", "lightgbm_models", "kronos_forecasts"}
+    compute = {"kronos_checkpoint", "lightgbm_models", "kronos_forecasts", "kronos_heads"}
     assert {name for name, p in pools.items() if "model_fitting" in p} == compute
     assert all(pools[name] == {"model_fitting"} for name in compute)
     writers = ["raw_bars", "prices_pit", "universe", "features", "labels_forward", "folds"]
