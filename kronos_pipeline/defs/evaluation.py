@@ -459,7 +459,13 @@ def _check_result(asset: str, name: str, result: dict) -> dg.AssetCheckResult:
     specs=[
         dg.AssetSpec(
             name,
-            deps=["baseline_scores", "kronos_scores", "labels_forward", "prices_pit"],
+            deps=[
+                "baseline_scores",
+                "kronos_scores",
+                "kronos_head_scores",
+                "labels_forward",
+                "prices_pit",
+            ],
             group_name=GROUP,
             kinds={"duckdb"},
         )
@@ -534,8 +540,11 @@ def evaluation_tables(warehouse: WarehouseResource):
         scores, labels, s, momentum=momentum, market=_pd(db.read(MARKET_SQL)),
         pit=_pit_tripwire(db, scores, s),
         adjustment=data_tripwires.adjustment_tripwire(prices, s.tripwires),
+        # Every Kronos model built on pre-trained weights (zero-shot, fine-tuned, and the heads
+        # on their embeddings) saw data up to the pre-training cutoff.
         pretrained_models=[m for m in gates.candidate_models(scores["model"].unique())
-                           if m.startswith("kronos") and ("zero_shot" in m or "finetune" in m)],
+                           if m.startswith("kronos") and ("zero_shot" in m or "finetune" in m
+                           or s.kronos.strategy != "scratch")],
     )  # fmt: skip
     table_outcomes = {
         ("eval_rows", "rows_reconcile"): table_checks.eval_rows_reconcile(

@@ -89,31 +89,31 @@ EXPECTED_ASSETS = {
     "eval_rows": (
         "evaluation",
         None,
-        ["baseline_scores", "kronos_scores", "labels_forward", "prices_pit"],
+        ["baseline_scores", "kronos_head_scores", "kronos_scores", "labels_forward", "prices_pit"],
         ["rows_reconcile"],
     ),
     "per_date_metrics": (
         "evaluation",
         None,
-        ["baseline_scores", "kronos_scores", "labels_forward", "prices_pit"],
+        ["baseline_scores", "kronos_head_scores", "kronos_scores", "labels_forward", "prices_pit"],
         ["one_row_per_date"],
     ),
     "fold_summaries": (
         "evaluation",
         None,
-        ["baseline_scores", "kronos_scores", "labels_forward", "prices_pit"],
+        ["baseline_scores", "kronos_head_scores", "kronos_scores", "labels_forward", "prices_pit"],
         ["one_row_per_fold"],
     ),
     "model_comparison": (
         "evaluation",
         None,
-        ["baseline_scores", "kronos_scores", "labels_forward", "prices_pit"],
+        ["baseline_scores", "kronos_head_scores", "kronos_scores", "labels_forward", "prices_pit"],
         ["one_row_per_model"],
     ),
     "leak_tripwires": (
         "evaluation",
         None,
-        ["baseline_scores", "kronos_scores", "labels_forward", "prices_pit"],
+        ["baseline_scores", "kronos_head_scores", "kronos_scores", "labels_forward", "prices_pit"],
         [
             "adjustment_consistency",
             "contamination",
@@ -127,7 +127,7 @@ EXPECTED_ASSETS = {
     "gate_verdicts": (
         "evaluation",
         None,
-        ["baseline_scores", "kronos_scores", "labels_forward", "prices_pit"],
+        ["baseline_scores", "kronos_head_scores", "kronos_scores", "labels_forward", "prices_pit"],
         ["gate1", "gate2", "gate3"],
     ),
     "kronos_checkpoint": (
