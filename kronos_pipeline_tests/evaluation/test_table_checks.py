@@ -68,3 +68,28 @@ def test_report_files_check_names_what_is_missing(tmp_path):
     (tmp_path / "fold_summaries.csv").write_text("")
     ok, description, _ = table_checks.report_files_present(tmp_path, REPORT_FILES)
     assert not ok and "turnover.png" in description and "fold_summaries.csv" in description
+
+
+def _scored(models=("random", "lightgbm"), horizons=(20,)):
+    members = pd.DataFrame({"date": pd.Timestamp("2019-06-03"), "ticker": ["A", "B", "C"]})
+    scores = pd.concat(
+        [members.assign(model=m, horizon=h, score=[0.1, 0.2, 0.3], fold="2019-06")
+         for m in models for h in horizons],
+        ignore_index=True,
+    )  # fmt: skip
+    return scores, members
+
+
+def test_scores_complete_fails_on_an_unscored_member_a_duplicate_or_a_nan():
+    scores, members = _scored()
+    args = (["random", "lightgbm"], [20])
+    assert table_checks.scores_complete(scores, members, *args, always_scored=args[0])[0]
+    missing = scores.drop(index=scores.index[(scores["model"] == "lightgbm")][:1])
+    ok, desc, numbers = table_checks.scores_complete(missing, members, *args, always_scored=args[0])
+    assert not ok and numbers["unscored"] == 1 and "lightgbm h20 2019-06-03 A" in desc
+    doubled = pd.concat([scores, scores.iloc[:1]], ignore_index=True)
+    assert table_checks.scores_complete(doubled, members, *args)[2]["duplicates"] == 1
+    nan = scores.assign(score=scores["score"].where(scores.index != 0))
+    assert table_checks.scores_complete(nan, members, *args)[2]["non_finite"] == 1
+    only_random = scores[scores["model"] == "random"]
+    assert not table_checks.scores_complete(only_random, members, *args)[0]  # a model absent
