@@ -18,29 +18,17 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-STEP = re.compile(r"^\s+(ok|FAILED|skipped)\s+([\d.]+)s\s+(\S+)$")
+from _runs import REPO, timed
+from _runs import steps as steps_of
 
 
 def _du_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
-
-
-def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return wall, proc.stdout
 
 
 def main() -> None:
@@ -52,7 +40,7 @@ def main() -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith("KRONOS_")}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        chain_wall, _ = _timed([py, "bench/data_chain.py", "--vendor-dir", args.vendor_dir],
+        chain_wall, _ = timed([py, "bench/data_chain.py", "--vendor-dir", args.vendor_dir],
                                {**base, "PYTHONPATH": str(REPO)})  # fmt: skip
         home = root / "home"
         home.mkdir()
@@ -65,10 +53,10 @@ def main() -> None:
 
         bars = load_source(load_settings(environ=env).data).ingest.bars
         first, last = bars["date"].min(), bars["date"].max()
-        run_wall, out = _timed([cli, "backfill", "--dates", f"{first}:{last}"], env)
-        imports_wall, _ = _timed([py, "-c", "import kronos_pipeline.cli, kronos_pipeline.definitions"],
+        run_wall, out = timed([cli, "backfill", "--dates", f"{first}:{last}"], env)
+        imports_wall, _ = timed([py, "-c", "import kronos_pipeline.cli, kronos_pipeline.definitions"],
                                  env)  # fmt: skip
-        steps = [(m.group(3), float(m.group(2))) for m in map(STEP.match, out.splitlines()) if m]
+        steps = steps_of(out)
         step_s = sum(s for _, s in steps)
         instance_mib = _du_mib(home)
         months = len({(d.year, d.month) for d in bars["date"].unique().to_list()})

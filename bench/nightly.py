@@ -16,25 +16,13 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-STEP = re.compile(r"^\s+(ok|FAILED|skipped)\s+([\d.]+)s\s+(\S+)$")
-
-
-def _timed(cmd: list[str], env: dict[str, str]) -> tuple[float, str]:
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return wall, proc.stdout
+from _runs import REPO, timed
+from _runs import steps as steps_of
 
 
 def main() -> None:
@@ -71,14 +59,14 @@ def main() -> None:
         }
         first = feed.read().bars["date"].min()
         rows = []
-        wall, _ = _timed([cli, "backfill", "--dates", f"{first}:{end}"], env)
+        wall, _ = timed([cli, "backfill", "--dates", f"{first}:{end}"], env)
         rows.append((f"history: backfill --dates {first}:{end}", wall))
-        wall, _ = _timed([cli, "backfill", "--folds", f"{end:%Y-%m}:{end:%Y-%m}"], env)
+        wall, _ = timed([cli, "backfill", "--folds", f"{end:%Y-%m}:{end:%Y-%m}"], env)
         rows.append((f"the month so far: backfill --folds {end:%Y-%m} (models fitted)", wall))
         (day,) = feed.sessions_after(end, 1)
         feed.deliver(day)
-        wall, out = _timed([cli, "nightly", "--date", str(day)], env)
-        steps = [(m.group(3), float(m.group(2))) for m in map(STEP.match, out.splitlines()) if m]
+        wall, out = timed([cli, "nightly", "--date", str(day)], env)
+        steps = steps_of(out)
         signal = root / "data" / "signals" / f"{day}.parquet"
         assert signal.is_file(), out[-2000:]
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
