@@ -1,10 +1,13 @@
 """Kronos heads: per-horizon regressions from the Kronos embedding of a series (alone, and
 fused with the PIT features) to its excess return, evaluated as candidates beside the others.
 
-Fold-level ``kronos_heads`` fits both variants at the fold's cut (its first test day) with the
-LightGBM purge (a training label matured strictly before the cut), on the embeddings the
-fold's checkpoint gives sampled training dates (one-step greedy decodes, the embedding only
-depends on the context window), and stores them under ``data/models/kronos_heads/<fold>/``.
+Fold-level ``kronos_heads`` follows the checkpoint's refit period (``kronos.refit_months``):
+both variants are fitted once per period, at the cut of the period's first fold (its first
+test day) with the LightGBM purge (a training label matured strictly before the cut), on the
+embeddings the period's checkpoint gives sampled training dates (one-step greedy decodes, the
+embedding only depends on the context window), stored under
+``data/models/kronos_heads/<checkpoint>_<period>/`` and reused by the period's later folds,
+whose cuts are later still.
 Date-level ``kronos_head_scores`` reads the embeddings ``kronos_forecasts`` stored for the
 fold's dates and scores them with the stored heads. Library work lives in
 ``kronos_pipeline.evaluation.heads``."""
@@ -30,7 +33,7 @@ from kronos_pipeline.defs.kronos import (
     PRICE_COLUMNS,
     checkpoint_dir,
 )
-from kronos_pipeline.defs.partitions import fold_partitions, partition_window
+from kronos_pipeline.defs.partitions import fold_partitions, partition_window, refit_period
 from kronos_pipeline.defs.resources import WarehouseResource
 from kronos_pipeline.evaluation import baselines, folds, heads
 from kronos_pipeline.kronos import load_predictor, load_tokenizer, scoring, strategy
@@ -50,8 +53,9 @@ CHECKPOINT_KEYS = ("model", "period", "train_cut", "predictor", "predictor_sha25
 
 
 def heads_dir(s: Settings, fold_id: str) -> Path:
-    """``<data_dir>/models/kronos_heads/<fold>/``: the fold's fitted heads and manifest."""
-    return s.warehouse.data_dir / "models" / "kronos_heads" / fold_id
+    """``<data_dir>/models/kronos_heads/<model>_<period>/``: the heads (and manifest) of the
+    refit period the fold belongs to, named like the period's checkpoint folder."""
+    return s.warehouse.data_dir / "models" / "kronos_heads" / checkpoint_dir(s, fold_id).name
 
 
 def training_dates(
@@ -134,13 +138,14 @@ def write_heads(directory: Path, fitted: heads.FittedHeads, header: dict[str, An
     return manifest
 
 
-def read_heads(directory: Path) -> tuple[heads.FittedHeads, dict[str, Any]]:
-    """The fold's fitted heads and their manifest, verified against the recorded sha256."""
+def read_heads(directory: Path, fold_id: str) -> tuple[heads.FittedHeads, dict[str, Any]]:
+    """The heads fold ``fold_id`` uses and their manifest, verified against the recorded
+    sha256."""
     path = directory / MANIFEST
     if not path.is_file():
         raise dg.Failure(
             f"no fitted heads in {directory} ({MANIFEST} missing): materialize kronos_heads "
-            f"for fold {directory.name} first",
+            f"for fold {fold_id} first (kronos-pipeline backfill --folds {fold_id}:{fold_id})",
             allow_retries=False,
         )
     manifest = json.loads(path.read_text())
@@ -148,7 +153,7 @@ def read_heads(directory: Path) -> tuple[heads.FittedHeads, dict[str, Any]]:
     if file_sha256(weights) != manifest["sha256"]:
         raise dg.Failure(
             f"{weights} does not match the sha256 in {path}: materialize kronos_heads for fold "
-            f"{directory.name} again",
+            f"{fold_id} again",
             allow_retries=False,
         )
     return pickle.loads(weights.read_bytes()), manifest  # noqa: S301 - our own file, verified
@@ -163,6 +168,59 @@ def _features(db: Warehouse, days: list[dt.date], columns: list[str] | None, s: 
     if columns is None:
         columns = baselines.feature_columns(frame, s.features.use_sector_relative)
     return frame[["date", "ticker", *columns]]
+
+
+def reusable_heads(
+    directory: Path, cut: pd.Timestamp, checkpoint: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The stored manifest when it holds heads fitted at ``cut`` on ``checkpoint``'s
+    embeddings, else None (another cut or checkpoint: fit again)."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = json.loads(path.read_text())
+    same = all(manifest.get("checkpoint", {}).get(k) == checkpoint.get(k) for k in CHECKPOINT_KEYS)
+    return manifest if same and manifest.get("cut") == str(cut.date()) else None
+
+
+def fit_period_heads(
+    context: dg.AssetExecutionContext,
+    db: Warehouse,
+    s: Settings,
+    at: folds.Fold,
+    checkpoint: dict[str, Any],
+    directory: Path,
+) -> dict[str, Any]:
+    """Fit both heads at the cut of fold ``at`` (the first of its refit period) on the
+    checkpoint's embeddings of sampled training dates, write them, return the manifest."""
+    sessions = db.read("select distinct date from universe where date < ? order by date",
+                       [at.test_start.date()])["date"].to_list()  # fmt: skip
+    days = training_dates(sessions, at, s.labels.horizons, s.kronos.train_history_days)
+    inputs = member_windows(db, days, s.kronos)
+    context.log.info(f"embedding {len(inputs)} series of {len(days)} dates before {at.cut.date()}")
+    embeddings = embed_windows(kronos_engine(checkpoint, s.kronos), inputs, s.data.calendar)
+    day_list = [d.date() for d in days]
+    labels = db.read(
+        "select date, ticker, horizon, excess_return, available_at from labels_forward "
+        "where available_at < ? and date in (select unnest(?::date[]))",
+        [at.test_start.date(), day_list],
+    ).to_pandas()  # fmt: skip
+    feats = _features(db, day_list, None, s)
+    try:
+        fitted = heads.fit_heads(
+            embeddings, labels, at.test_start, s.labels.horizons, feats,
+            lightgbm=s.lightgbm, num_threads=s.lightgbm.num_threads,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise dg.Failure(
+            f"kronos_heads of period {at.fold_id}: {exc}", allow_retries=False
+        ) from exc
+    return write_heads(directory, fitted, {
+        "period": at.fold_id, "date_stride": HEADS_DATE_STRIDE,
+        "training_dates": [str(d) for d in day_list], "series": len(inputs),
+        "checkpoint": {key: checkpoint.get(key) for key in CHECKPOINT_KEYS},
+        "feature_columns": [c for c in feats.columns if c not in ("date", "ticker")],
+    })  # fmt: skip
 
 
 @dg.asset(
@@ -181,10 +239,11 @@ def _features(db: Warehouse, days: list[dt.date], columns: list[str] | None, s: 
     group_name=GROUP,
     pool=MODEL_POOL,
     kinds={"pytorch", "lightgbm"},
-    description="The fold's Kronos heads (kronos_head: embeddings; kronos_head_fused: "
-    "embeddings + PIT features), fitted at the fold's cut on the fold checkpoint's embeddings "
-    f"of training dates {HEADS_DATE_STRIDE} sessions apart, on labels matured before the cut; "
-    "stored under data/models/kronos_heads/<fold>/.",
+    description="The Kronos heads of the fold's refit period (kronos_head: embeddings; "
+    "kronos_head_fused: embeddings + PIT features), fitted at the cut of the period's first "
+    f"fold on its checkpoint's embeddings of training dates {HEADS_DATE_STRIDE} sessions apart, "
+    "on labels matured before that cut, and reused by the period's later folds; stored under "
+    "data/models/kronos_heads/<checkpoint>_<period>/.",
     check_specs=[
         dg.AssetCheckSpec(
             "heads_train_cut",
@@ -199,37 +258,18 @@ def kronos_heads_asset(context: dg.AssetExecutionContext, warehouse: WarehouseRe
     fold, directory = get_fold(db, fold_id), heads_dir(s, fold_id)
     checkpoint = scoring.read_manifest(checkpoint_dir(s, fold_id))
     strategy.verify_pointed_weights(checkpoint)
-    sessions = db.read("select distinct date from universe where date < ? order by date",
-                       [fold.test_start.date()])["date"].to_list()  # fmt: skip
-    days = training_dates(sessions, fold, s.labels.horizons, s.kronos.train_history_days)
-    inputs = member_windows(db, days, s.kronos)
-    context.log.info(
-        f"embedding {len(inputs)} series of {len(days)} dates before {fold.cut.date()}"
-    )
-    embeddings = embed_windows(kronos_engine(checkpoint, s.kronos), inputs, s.data.calendar)
-    day_list = [d.date() for d in days]
-    labels = db.read(
-        "select date, ticker, horizon, excess_return, available_at from labels_forward "
-        "where available_at < ? and date in (select unnest(?::date[]))",
-        [fold.test_start.date(), day_list],
-    ).to_pandas()  # fmt: skip
-    feats = _features(db, day_list, None, s)
-    try:
-        fitted = heads.fit_heads(
-            embeddings, labels, fold.test_start, s.labels.horizons, feats,
-            lightgbm=s.lightgbm, num_threads=s.lightgbm.num_threads,
-        )  # fmt: skip
-    except ValueError as exc:
-        raise dg.Failure(f"kronos_heads of fold {fold_id}: {exc}", allow_retries=False) from exc
-    manifest = write_heads(directory, fitted, {
-        "fold": fold_id, "date_stride": HEADS_DATE_STRIDE,
-        "training_dates": [str(d) for d in day_list], "series": len(inputs),
-        "checkpoint": {key: checkpoint.get(key) for key in CHECKPOINT_KEYS},
-        "feature_columns": [c for c in feats.columns if c not in ("date", "ticker")],
-    })  # fmt: skip
+    period = refit_period(fold_id, s.folds.first_test_month, s.kronos.refit_months)
+    at = get_fold(db, period)  # the period's first fold: the heads are fitted at its cut
+    existing = reusable_heads(directory, at.test_start, checkpoint) if period != fold_id else None
+    if existing is not None:  # later folds of a period reuse what its first fold fitted
+        manifest, refit = existing, False
+        context.log.info(f"reusing the heads of period {period} fitted at {manifest['cut']}")
+    else:
+        manifest, refit = fit_period_heads(context, db, s, at, checkpoint, directory), True
     yield dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(directory)), "cut": manifest["cut"],
-        "training_dates": len(days), "series": len(inputs),
+        "period": period, "refit_months": s.kronos.refit_months, "refit": refit,
+        "training_dates": len(manifest["training_dates"]), "series": manifest["series"],
         "max_available_at": manifest["max_available_at"],
         "heads": dg.MetadataValue.json(manifest["heads"]),
     })  # fmt: skip
@@ -293,7 +333,7 @@ def kronos_head_scores_asset(context: dg.AssetExecutionContext, warehouse: Wareh
     fold = get_fold(db, fold_id)
     start, end = partition_window(context)
     start, end = max(start, fold.test_start.date()), min(end, fold.test_end.date())
-    fitted, stored = read_heads(heads_dir(s, fold_id))
+    fitted, stored = read_heads(heads_dir(s, fold_id), fold_id)
     checkpoint = scoring.read_manifest(checkpoint_dir(s, fold_id))
     same = all(stored["checkpoint"].get(k) == checkpoint.get(k) for k in CHECKPOINT_KEYS)
     embeddings = db.read(

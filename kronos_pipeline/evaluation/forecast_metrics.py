@@ -70,6 +70,9 @@ FORECAST_COLUMNS = (
     "samples",
 )
 REALIZED_COLUMNS = ("date", "ticker", "horizon", "realized_return")
+#: ``numpy.quantile`` method of every sample quantile: these metrics, the q10/q50/q90 that
+#: ``kronos_forecasts`` stores and the signal carries, and the engine's ``quantile``.
+QUANTILE_METHOD = "weibull"
 METRIC_COLUMNS = (
     "model",
     "horizon",
@@ -251,7 +254,7 @@ def sample_quantiles(samples: Sequence, levels: Sequence[float]) -> np.ndarray:
     out = np.full((len(counts), len(levels)), np.nan)
     for idx, x in groups:
         if x.shape[1] >= 2:
-            out[idx] = np.quantile(x, list(levels), axis=1, method="weibull").T
+            out[idx] = np.quantile(x, list(levels), axis=1, method=QUANTILE_METHOD).T
     return out
 
 

@@ -177,7 +177,9 @@ class ForecastResult:
 
     def quantile(self, q: float | Sequence[float]) -> np.ndarray:
         """Quantile(s) over sample paths: [n, pred_len, 6] (or [len(q), n, pred_len, 6])."""
-        return np.quantile(self.paths, q, axis=1).astype(np.float32)
+        from kronos_pipeline.evaluation.forecast_metrics import QUANTILE_METHOD
+
+        return np.quantile(self.paths, q, axis=1, method=QUANTILE_METHOD).astype(np.float32)
 
     def frames(self, stat: str = "mean") -> list[pd.DataFrame]:
         """One DataFrame per series (index: future timestamps) of ``"mean"`` or ``"median"``."""

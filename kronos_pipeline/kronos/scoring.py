@@ -29,6 +29,7 @@ import polars as pl
 
 from kronos_pipeline.data.calendar import trading_days
 from kronos_pipeline.data.pit import as_of_adjusted
+from kronos_pipeline.evaluation.forecast_metrics import QUANTILE_METHOD
 
 BAR_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume", "amount")
 CLOSE_INDEX = 3  # position of ``close`` in the engine's path columns
@@ -278,7 +279,8 @@ def forecast_windows(
     seed: int = 0,
 ) -> pl.DataFrame:
     """One row per (series, horizon): the sampled h-day price returns ``close_hat[t+h] /
-    close[t] - 1`` of every path (``samples``), their mean and 10/50/90 % quantiles, the
+    close[t] - 1`` of every path (``samples``), their mean and 10/50/90 % quantiles (the
+    Weibull rule of the forecast metrics), the
     close and its window std (for the volatility-normalised score) and the series' embedding
     (the predictor's mean final hidden state). A series' row depends on that series alone."""
     if len(inputs) == 0:
@@ -302,7 +304,7 @@ def forecast_windows(
     parts = []
     for h in horizons:
         rets = paths[:, :, h - 1] / last[:, None] - 1.0  # [n, samples]
-        q = np.quantile(rets, FORECAST_QUANTILES, axis=1)
+        q = np.quantile(rets, FORECAST_QUANTILES, axis=1, method=QUANTILE_METHOD)
         parts.append(pl.DataFrame({
             "model": model, "fold": fold_id, "date": keys["date"].to_numpy().astype("datetime64[us]"),
             "ticker": keys["ticker"].to_numpy(), "horizon": int(h), "last_close": last,

@@ -1,6 +1,7 @@
 """Kronos heads as Dagster assets, end to end on a tiny synthetic warehouse: the heads train at
-the fold's cut on labels matured before it, on the embeddings the scores later read, and both
-heads score every forecast of the fold at every horizon."""
+the cut of their refit period's first fold on labels matured before it, on the embeddings the
+scores later read; the period's later fold reuses them; both heads score every forecast of the
+fold at every horizon."""
 
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from kronos_pipeline.evaluation import folds, gates
 from kronos_pipeline.evaluation.heads import FUSED_MODEL, HEAD_MODEL
 
 FULL_RANGE = ("2017-03-01", "2018-06-29")
-FOLD = "2018-05"
+FOLD, LATER_FOLD = "2018-05", "2018-06"  # one refit period of 2 months
 HORIZONS = (5, 10)
 ENV = {
     "KRONOS_DATA__SYNTHETIC_START": FULL_RANGE[0],
@@ -24,8 +25,8 @@ ENV = {
     "KRONOS_UNIVERSE__MIN_HISTORY_DAYS": "60",
     "KRONOS_LABELS__HORIZONS": "[5, 10]",
     "KRONOS_FOLDS__FIRST_TEST_MONTH": FOLD,
-    "KRONOS_FOLDS__LAST_TEST_MONTH": FOLD,
-    "KRONOS_KRONOS__REFIT_MONTHS": "1",
+    "KRONOS_FOLDS__LAST_TEST_MONTH": LATER_FOLD,
+    "KRONOS_KRONOS__REFIT_MONTHS": "2",
     "KRONOS_KRONOS__SAMPLE_COUNT": "2",
     "KRONOS_KRONOS__TOP_K": "0",
     "KRONOS_KRONOS__LOOKBACK": "40",
@@ -90,6 +91,12 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory):
             rerun = dg.materialize(
                 HEAD_ASSETS[1:], partition_key=FOLD, resources=resources, instance=instance
             )
+            first_heads = (heads_dir(s, FOLD) / "heads.pkl").read_bytes()
+            later = [
+                dg.materialize(assets, partition_key=LATER_FOLD, resources=resources,
+                               instance=instance)
+                for assets in (KRONOS_ASSETS, HEAD_ASSETS)
+            ]  # fmt: skip
             forecasts = db.read("select * exclude (samples) from kronos_forecasts")
             day = forecasts["date"].min()
             # The training path's embeddings, recomputed for a scoring date the forecasts hold.
@@ -99,10 +106,17 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory):
                 member_windows(db, [pd.Timestamp(day)], s.kronos),
                 s.data.calendar,
             )
-            fitted, manifest = read_heads(heads_dir(s, FOLD))
+            fitted, manifest = read_heads(heads_dir(s, FOLD), FOLD)
             out = {
                 "result": result,
                 "rerun": rerun,
+                "later": later,
+                "same_file": heads_dir(s, LATER_FOLD) == heads_dir(s, FOLD)
+                and (heads_dir(s, LATER_FOLD) / "heads.pkl").read_bytes() == first_heads,
+                "later_fold": get_fold(db, LATER_FOLD),
+                "later_scores": db.read(
+                    "select * from kronos_head_scores where fold = ?", [LATER_FOLD]
+                ),
                 "fold": get_fold(db, FOLD),
                 "fitted": fitted,
                 "manifest": manifest,
@@ -110,7 +124,7 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory):
                     "select date, ticker, horizon, available_at from labels_forward"
                 ).to_pandas(),
                 "forecasts": forecasts,
-                "scores": db.read("select * from kronos_head_scores"),
+                "scores": db.read("select * from kronos_head_scores where fold = ?", [FOLD]),
                 "first_scores": first_scores,
                 "forecast_day": day,
                 "recomputed": recomputed,
@@ -149,6 +163,26 @@ def test_every_training_label_of_the_heads_matured_before_the_cut(heads_run):
             h for h in manifest["heads"] if (h["model"], h["horizon"]) == (model, horizon)
         )
         assert pd.Timestamp(record["max_available_at"]) == joined["available_at"].max()
+
+
+def test_the_later_fold_of_the_period_reuses_the_heads_fitted_at_the_period_cut(heads_run):
+    kronos, heads_result = heads_run["later"]
+    assert kronos.success and heads_result.success
+    (mat,) = heads_result.asset_materializations_for_node("kronos_heads")
+    assert mat.metadata["refit"].value is False and mat.metadata["period"].value == FOLD
+    assert mat.metadata["cut"].value == str(heads_run["fold"].test_start.date())
+    assert heads_run["same_file"]  # not refitted: the very file the first fold wrote
+    first_mat = heads_run["result"].asset_materializations_for_node("kronos_heads")[0]
+    assert first_mat.metadata["refit"].value is True
+    checks = {e.check_name: e.passed for e in heads_result.get_asset_check_evaluations()}
+    assert checks == {"heads_train_cut": True, "head_scores_valid": True}
+    # The period's heads saw only labels matured before the first fold's test start, which is
+    # before the later fold's as well; the later fold's dates are scored with them.
+    assert pd.Timestamp(heads_run["manifest"]["max_available_at"]) < heads_run["fold"].test_start
+    assert heads_run["fold"].test_start < heads_run["later_fold"].test_start
+    later = heads_run["later_scores"]
+    assert later.height > 0 and set(later["fold"]) == {LATER_FOLD}
+    assert pd.Timestamp(later["date"].min()) >= heads_run["later_fold"].test_start
 
 
 def test_both_heads_score_every_forecast_series_at_every_horizon(heads_run):

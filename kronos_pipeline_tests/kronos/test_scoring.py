@@ -342,7 +342,11 @@ def test_forecasts_keep_quantiles_samples_and_embeddings_and_imply_the_scores(kr
     assert (f["sample_count"] == 4).all() and (f["samples"].list.len() == 4).all()
     samples = np.array(f["samples"].to_list())
     assert np.allclose(f["pred_return_mean"].to_numpy(), samples.mean(axis=1))
-    assert np.allclose(f["pred_return_q10"].to_numpy(), np.quantile(samples, 0.1, axis=1))
+    # The Weibull rule of the forecast metrics (4 samples: q10 is the smallest, q90 the largest).
+    assert np.allclose(f["pred_return_q10"].to_numpy(), samples.min(axis=1))
+    assert np.allclose(f["pred_return_q90"].to_numpy(), samples.max(axis=1))
+    weibull = np.quantile(samples, 0.5, axis=1, method="weibull")
+    assert np.allclose(f["pred_return_q50"].to_numpy(), weibull)
     assert (f["pred_return_q10"] <= f["pred_return_q90"]).all()
     assert (samples.std(axis=1) > 0).mean() > 0.5  # sampled paths differ (top_k = 0)
     emb = np.array(f["embedding"].to_list())
