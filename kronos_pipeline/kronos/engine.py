@@ -558,6 +558,11 @@ class KronosEngine:
         return out, emb, toks
 
     def _free(self) -> None:
+        """Hand a finished micro-batch's memory back to an accelerator's allocator. On CPU
+        reference counting already freed it: a full ``gc.collect`` there walks the whole
+        heap (the pipeline's frames included) and cost 15 % of a one-step embedding pass."""
+        if self.device.type == "cpu":
+            return
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -36,16 +36,25 @@ def bars_array(df: pd.DataFrame, name: str = "window") -> np.ndarray:
     missing = [c for c in PRICE_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{name} lacks the price columns {missing}")
-    df = df.copy()
-    if VOLUME_COLUMN not in df.columns:
-        df[VOLUME_COLUMN] = 0.0
-        df[AMOUNT_COLUMN] = 0.0
-    if AMOUNT_COLUMN not in df.columns:
-        df[AMOUNT_COLUMN] = df[VOLUME_COLUMN] * df[list(PRICE_COLUMNS)].mean(axis=1)
-    values = df[list(FEATURE_COLUMNS)]
-    if values.isnull().values.any():
+    # Columns as arrays of their own precision (no copy of the frame: this runs once per
+    # series), so the derived amount has the bits pandas' row mean gives it.
+    dtype = np.result_type(*(df[c].dtype for c in PRICE_COLUMNS))
+    dtype = dtype if np.issubdtype(dtype, np.floating) else np.dtype(np.float64)
+    prices = np.stack([df[c].to_numpy(dtype) for c in PRICE_COLUMNS], axis=1)
+    if VOLUME_COLUMN in df.columns:
+        volume = df[VOLUME_COLUMN].to_numpy()
+        if AMOUNT_COLUMN in df.columns:
+            amount = df[AMOUNT_COLUMN].to_numpy()
+        else:  # the four prices summed left to right, then / 4: pandas' row mean
+            amount = volume * prices.mean(axis=1)
+    else:
+        volume = amount = np.zeros(len(df))
+    # Column-major [T, 6], as a frame's ``.values`` is: the normaliser's statistics over time
+    # then sum each column contiguously (pairwise), with the reference's rounding.
+    values = np.stack([*prices.T, volume, amount]).T
+    if np.isnan(values).any():
         raise ValueError(f"{name} contains NaN in {list(FEATURE_COLUMNS)}")
-    return values.values.astype(np.float32)
+    return values.astype(np.float32)
 
 
 def time_features(timestamps: pd.DatetimeIndex | pd.Series | Sequence) -> np.ndarray:

@@ -149,3 +149,17 @@ def test_constructible_from_config_kwargs_with_extra_keys() -> None:
     assert model.config.n_layers == 8 and model.head.vocab_s1 == 1024
     n_params = sum(p.numel() for p in model.parameters())
     assert 24_000_000 < n_params < 26_000_000  # published: 24.7M
+
+
+@pytest.mark.parametrize("positions", [1, 7, 64])
+def test_rope_half_by_half_has_the_bits_of_the_two_product_form(positions: int) -> None:
+    from kronos_pipeline.kronos.layers import apply_rope, rotate_half
+
+    gen = torch.Generator().manual_seed(positions)
+    x = torch.randn(5, 4, positions, 16, generator=gen)
+    # Per-row tables whose halves differ, so nothing relies on the duplicated-halves layout.
+    angles = torch.randn(5, 1, positions, 16, generator=gen)
+    cos, sin = angles.cos(), angles.sin()
+    assert torch.equal(apply_rope(x, cos, sin), x * cos + rotate_half(x) * sin)
+    shared = (cos[:1], sin[:1])  # one table broadcast over the rows
+    assert torch.equal(apply_rope(x, *shared), x * shared[0] + rotate_half(x) * shared[1])

@@ -36,10 +36,11 @@ def _reference_arrays(df: pd.DataFrame, ts: pd.DatetimeIndex, clip: float = 5.0)
     return probe.captured[0][0], probe.captured[1][0], stamps, out[0]
 
 
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("columns", ["ohlcv", "ohlcva", "ohlc"])
-def test_matches_reference_normalisation_and_fills(columns: str) -> None:
+def test_matches_reference_normalisation_and_fills(columns: str, dtype: str) -> None:
     windows, stamps, _ = make_bars(1, 80, 3, seed=3, with_amount=columns == "ohlcva")
-    df = windows[0]
+    df = windows[0].astype(dtype)  # the derived amount keeps the precision of the inputs
     if columns == "ohlc":
         df = df.drop(columns=["volume"])
     df.loc[5, "close"] *= 40  # an outlier that the clip must catch
