@@ -107,9 +107,10 @@ class Session:
     verbose: bool = False
     runs: list[RunOutcome] = field(default_factory=list)
     report_path: Path | None = None
+    skipped: list[str] = field(default_factory=list)  # steps not run, with why
 
     def summary(self) -> str:
-        if not self.runs and self.report_path is None:
+        if not self.runs and self.report_path is None and not self.skipped:
             return ""
         failed = [r for r in self.runs if not r.success]
         lines = [f"summary: {len(self.runs)} runs, {len(failed)} failed"]
@@ -119,6 +120,7 @@ class Session:
             f"(run {r.run_id[:8]}, log {r.log_path})"
             for r in self.runs
         ]
+        lines += [f"  skipped {line}" for line in self.skipped]
         checks = [c for r in self.runs for c in r.checks]
         if checks:
             lines.append(f"checks not passed: {len(checks)}")
@@ -436,19 +438,34 @@ def _fold_keys(spec: str | None) -> list[str]:
     return keys[keys.index(first) : keys.index(last) + 1]
 
 
-def _evaluate(instance, folds: str | None) -> None:
+def _evaluate(instance, folds: str | None, if_due: bool = False) -> None:
     """Folds, then per fold (``YYYY-MM:YYYY-MM``, default: the mode's selection) its models
-    and the scores of its dates (LightGBM, then Kronos when enabled), then the evaluation."""
+    and the scores of its dates (LightGBM, then Kronos when enabled), then the evaluation.
+    ``if_due``: skip the evaluation, saying why, while no scored pair has matured (a backfill
+    of a deployment's first month); otherwise that is the evaluation's failure."""
     _run("folds_job", instance)
     for key in _fold_keys(folds):
         _run("baseline_scores_job", instance, partition_key=key)
         if get_settings().kronos.enabled:
             _run("kronos_job", instance, partition_key=key)
+    if if_due and _skip_evaluation():
+        return
     try:
         _run("evaluation_job", instance)
     finally:
         # Written before the gate checks, so it is there when a gate fails the run too.
         _record_report_path()
+
+
+def _skip_evaluation() -> bool:
+    """Print and return True when the evaluation has nothing to judge yet."""
+    from kronos_pipeline.defs.evaluation import evaluation_pending
+
+    reason = evaluation_pending(_warehouse())
+    if reason:
+        print(f"-> evaluation_job skipped: {reason}", flush=True)
+        _session.skipped.append(f"evaluation_job: {reason}")
+    return reason is not None
 
 
 def _record_report_path() -> None:
@@ -479,6 +496,8 @@ def cmd_nightly(args: argparse.Namespace) -> None:
     if args.data_only:
         steps = steps[:1]
     for step in steps:
+        if step.job == "evaluation_job" and _skip_evaluation():
+            continue
         _run(step.job, instance, partition_key=step.partition_key, key_range=step.key_range,
              tags=step.run_tags(), assets=step.assets)  # fmt: skip
         if step.job == "evaluation_job":
@@ -493,7 +512,7 @@ def cmd_backfill(args: argparse.Namespace) -> None:
         first, _, last = args.dates.partition(":")
         _run_days(instance, first, last or first)
     if args.folds:
-        _evaluate(instance, args.folds)
+        _evaluate(instance, args.folds, if_due=True)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

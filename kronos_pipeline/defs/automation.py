@@ -286,7 +286,26 @@ def nightly_chain(context: dg.RunStatusSensorContext):
     if run.job_name not in jobs_in_order or run.job_name == jobs_in_order[-1]:
         return dg.SkipReason(f"nightly {day}: {run.job_name} ends the chain")
     nxt = steps[jobs_in_order.index(run.job_name) + 1]
+    if nxt.job == "evaluation_job" and (reason := _evaluation_pending()):
+        return dg.SkipReason(f"nightly {day}: evaluation_job skipped, {reason}")
     return step_request(nxt, f"nightly:{day}:{nxt.job}:{run.run_id}")
+
+
+#: Seconds a sensor tick waits for the warehouse's read lock before it stops asking.
+SENSOR_LOCK_TIMEOUT_S = 20.0
+
+
+def _evaluation_pending() -> str | None:
+    """:func:`evaluation_pending` on the configured warehouse; None (run the step, which then
+    judges for itself) when the warehouse is busy beyond :data:`SENSOR_LOCK_TIMEOUT_S`."""
+    from kronos_pipeline.defs.evaluation import evaluation_pending
+    from kronos_pipeline.warehouse import Warehouse, WarehouseLockTimeout
+
+    w = get_settings().warehouse
+    try:
+        return evaluation_pending(Warehouse(w.duckdb_path, SENSOR_LOCK_TIMEOUT_S))
+    except WarehouseLockTimeout:
+        return None
 
 
 def schedules() -> list:

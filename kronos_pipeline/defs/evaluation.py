@@ -415,6 +415,26 @@ def _pit_tripwire(db, scores: pd.DataFrame, s) -> dict:
     return data_tripwires.pit_chain_tripwire(raw, history, stored, dates, s)
 
 
+def evaluation_pending(db, selected: list[str] | None = None) -> str | None:
+    """Why the evaluation has nothing to judge yet (no folds, or no scored pair of the
+    mode's folds has a matured label), else None. ``evaluation_job`` fails with this
+    reason; the nightly chain and ``backfill --folds`` skip the step instead, since a
+    deployment's first sessions legitimately have no matured label."""
+    if "folds" not in db.tables():
+        return "nothing to evaluate yet: no folds (materialize folds first)"
+    selected = selected_fold_ids(db) if selected is None else selected
+    if not selected:
+        return "nothing to evaluate yet: no fold has data"
+    if _matured_pairs(db, selected) == 0:
+        h = min(get_settings().labels.horizons)
+        return (
+            f"nothing to evaluate yet: no scored (date, ticker) of folds {selected[0]}.."
+            f"{selected[-1]} has a matured label (the first {h}-session labels mature that "
+            "many sessions after the first scored date)"
+        )
+    return None
+
+
 def forecast_accuracy(db, fold_ids: list[str], horizons) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Forecast accuracy (issue 12): Kronos and the two naive forecasts on the same (date,
     ticker, horizon) keys, against realized h-day price returns; and the calibration table."""
@@ -523,14 +543,10 @@ def evaluation_tables(warehouse: WarehouseResource):
     s = get_settings()
     db = warehouse.get()
     selected = selected_fold_ids(db)
+    pending = evaluation_pending(db, selected)
+    if pending:
+        raise dg.Failure(pending, allow_retries=False)
     scores = _read_scores(db, selected)
-    if _matured_pairs(db, selected) == 0:
-        raise dg.Failure(
-            f"nothing to evaluate yet: no scored (date, ticker) of folds {selected[0]}.."
-            f"{selected[-1]} has a matured label (the first {min(s.labels.horizons)}-session "
-            "labels mature that many sessions after the first scored date)",
-            allow_retries=False,
-        )
     labels = _pd(db.read("select * from labels_forward where date between ? and ?",
                          [scores["date"].min(), scores["date"].max()]))  # fmt: skip
     momentum = _pd(db.read("select date, ticker, mom_12_1 from features where date between ? and ?",

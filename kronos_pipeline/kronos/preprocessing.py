@@ -60,9 +60,22 @@ def bars_array(df: pd.DataFrame, name: str = "window") -> np.ndarray:
 def time_features(timestamps: pd.DatetimeIndex | pd.Series | Sequence) -> np.ndarray:
     """Calendar features float32 [T, 5]: minute, hour, weekday (Mon=0), day, month."""
     index = pd.DatetimeIndex(timestamps)
-    return np.stack(
-        [index.minute, index.hour, index.weekday, index.day, index.month], axis=1
-    ).astype(np.float32)
+    if index.tz is not None:
+        index = index.tz_localize(None)  # the wall-clock fields, as pandas reports them
+    # Integer calendar arithmetic on datetime64 (the fields pandas computes, without its
+    # per-field overhead: this runs for every window and every forecast).
+    ns = index.to_numpy("datetime64[ns]")
+    days = ns.astype("datetime64[D]")
+    months = ns.astype("datetime64[M]")
+    since_midnight = (ns - days).astype("timedelta64[m]").astype(np.int64)
+    fields = (
+        since_midnight % 60,  # minute
+        since_midnight // 60,  # hour
+        (days.astype(np.int64) + 3) % 7,  # weekday, Monday = 0 (1970-01-01 was a Thursday)
+        (days - months.astype("datetime64[D]")).astype(np.int64) + 1,  # day of month
+        months.astype(np.int64) % 12 + 1,  # month
+    )
+    return np.stack(fields, axis=1).astype(np.float32)
 
 
 @dataclass(frozen=True)
