@@ -90,6 +90,59 @@ def checkpoint_decisions(s: Settings) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+FORECAST_KEYS = ["model", "horizon", "date", "ticker"]
+
+
+def forecast_problems(table: pl.DataFrame, sample_count: int) -> dict:
+    """``passed``, ``description`` and ``metadata`` of ``forecasts_valid``: one row per
+    (model, horizon, date, ticker); mean, quantiles, every sample path and the embedding
+    finite; q10 <= q50 <= q90; exactly ``sample_count`` paths per row."""
+    dupes = table.height - table.select(FORECAST_KEYS).unique().height  # rows beyond the first
+    values = table.select(
+        "pred_return_mean", "pred_return_q10", "pred_return_q50", "pred_return_q90"
+    ).to_numpy()
+    non_finite = (~np.isfinite(values)).any(axis=1) if table.height else np.zeros(0, bool)
+    for column in ("samples", "embedding"):  # lists: a row is bad if any element is
+        bad_list = table.select(
+            pl.col(column).list.eval(~pl.element().is_finite()).list.any().fill_null(True)
+        ).to_series()
+        non_finite = non_finite | bad_list.to_numpy()
+    disorder = table.filter(
+        (pl.col("pred_return_q10") > pl.col("pred_return_q50"))
+        | (pl.col("pred_return_q50") > pl.col("pred_return_q90"))
+    ).height
+    paths = table.filter(pl.col("samples").list.len() != sample_count).height
+    bad = int(non_finite.sum())
+    return {
+        "passed": dupes == bad == disorder == paths == 0,
+        "description": f"{table.height} rows, {dupes} duplicate keys, {bad} with a non-finite "
+        f"value, {disorder} with quantiles out of order, {paths} without {sample_count} paths",
+        "metadata": {"rows": table.height, "duplicates": dupes, "non_finite": bad,
+                     "quantiles_out_of_order": disorder, "paths_missing": paths},
+    }  # fmt: skip
+
+
+def score_problems(forecasts: pl.DataFrame, scores: pl.DataFrame) -> dict:
+    """``passed``, ``description`` and ``metadata`` of ``scores_match_forecasts``: exactly
+    the two scores (mean, volnorm) of every forecast row's key, each once and finite."""
+    bad = int((~np.isfinite(scores["score"].to_numpy())).sum()) if scores.height else 0
+    dupes = scores.height - scores.select(FORECAST_KEYS).unique().height
+    per_key = scores.group_by("horizon", "date", "ticker").len() if scores.height else None
+    keys = forecasts.select("horizon", "date", "ticker").unique()
+    matched = 0 if per_key is None else keys.join(
+        per_key.filter(pl.col("len") == 2), on=["horizon", "date", "ticker"]
+    ).height
+    ok = scores.height == 2 * forecasts.height and bad == dupes == 0 and matched == keys.height
+    return {
+        "passed": ok,
+        "description": f"{scores.height} scores for {forecasts.height} forecasts (2 each "
+        f"expected), {keys.height - matched} forecast keys without both, {dupes} duplicates, "
+        f"{bad} non-finite",
+        "metadata": {"forecasts": forecasts.height, "scores": scores.height, "non_finite": bad,
+                     "duplicates": dupes, "keys_without_both": keys.height - matched},
+    }  # fmt: skip
+
+
 def _history_start(db: Warehouse, day, sessions: int):
     return db.read(HISTORY_START_SQL, [day, sessions]).item()
 
@@ -202,8 +255,8 @@ def kronos_checkpoint_asset(context: dg.AssetExecutionContext, warehouse: Wareho
             "forecasts_valid",
             asset="kronos_forecasts",
             blocking=True,
-            description="Every forecast finite, q10 <= q50 <= q90, one row per (model, "
-            "horizon, date, ticker), sample_count paths each",
+            description="One row per (model, horizon, date, ticker); mean, quantiles, every "
+            "sample path and the embedding finite; q10 <= q50 <= q90; sample_count paths each",
         ),
         dg.AssetCheckSpec(
             "member_coverage",
@@ -252,28 +305,13 @@ def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: Warehou
         skipped = inputs.skipped
     else:
         table, skipped = pl.DataFrame(schema=scoring.FORECAST_SCHEMA), []
-    keys = ["model", "horizon", "date", "ticker"]
-    dupes = int(table.select(keys).is_duplicated().sum())
-    values = table.select("pred_return_mean", "pred_return_q10", "pred_return_q90").to_numpy()
-    bad = int((~np.isfinite(values)).any(axis=1).sum()) if table.height else 0
-    disorder = table.filter(
-        (pl.col("pred_return_q10") > pl.col("pred_return_q50"))
-        | (pl.col("pred_return_q50") > pl.col("pred_return_q90"))
-        | (pl.col("samples").list.len() != s.kronos_sampling["sample_count"])
-    ).height
     valid = dg.AssetCheckResult(
         check_name="forecasts_valid",
-        passed=bool(dupes == 0 and bad == 0 and disorder == 0),
-        metadata={"rows": table.height, "duplicates": dupes, "non_finite": bad,
-                  "quantiles_out_of_order_or_paths_missing": disorder},
-    )  # fmt: skip
+        **forecast_problems(table, s.kronos_sampling["sample_count"]),
+    )
     if not valid.passed:  # validate, then publish: bad forecasts are never written
         yield valid
-        raise blocking_failure(
-            [("forecasts_valid", f"{table.height} rows, {dupes} duplicates, {bad} non-finite, "
-                                 f"{disorder} with quantiles out of order or paths missing")],
-            "kronos_forecasts",
-        )  # fmt: skip
+        raise blocking_failure([("forecasts_valid", valid.description)], "kronos_forecasts")
     db.replace_rows(
         "kronos_forecasts", table, "fold = ? and date between ? and ?", [fold_id, start, end]
     )
@@ -313,7 +351,8 @@ def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: Warehou
             "scores_match_forecasts",
             asset="kronos_scores",
             blocking=True,
-            description="Two scores (mean, volnorm) per forecast row, every score finite",
+            description="Exactly two scores (mean, volnorm) per forecast key, each once and "
+            "finite",
         ),
     ],  # fmt: skip
 )
@@ -327,15 +366,12 @@ def kronos_scores_asset(context: dg.AssetExecutionContext, warehouse: WarehouseR
         "where fold = ? and date between ? and ?", [fold_id, start, end],
     ) if "kronos_forecasts" in db.tables() else pl.DataFrame(schema=scoring.FORECAST_SCHEMA)  # fmt: skip
     table = scoring.forecasts_to_scores(forecasts)
-    bad = int((~np.isfinite(table["score"].to_numpy())).sum()) if table.height else 0
-    ok = table.height == 2 * forecasts.height and bad == 0
     check = dg.AssetCheckResult(
-        check_name="scores_match_forecasts", passed=ok,
-        metadata={"forecasts": forecasts.height, "scores": table.height, "non_finite": bad},
-    )  # fmt: skip
-    if not ok:
+        check_name="scores_match_forecasts", **score_problems(forecasts, table)
+    )
+    if not check.passed:
         yield check
-        raise blocking_failure([("scores_match_forecasts", f"{bad} non-finite")], "kronos_scores")
+        raise blocking_failure([("scores_match_forecasts", check.description)], "kronos_scores")
     db.replace_rows(
         "kronos_scores", table, "fold = ? and date between ? and ?", [fold_id, start, end]
     )
