@@ -676,7 +676,9 @@ def _write_report_folder(db) -> tuple[Path, dict]:
             f"{s.kronos.scoring_cadence}" + ("" if s.kronos.enabled else " (Kronos off)"),
             "refit cadence": f"LightGBM every {s.lightgbm.refit_months} month(s), Kronos every "
             f"{s.kronos.refit_months} month(s): fitted at the purged cut of the first fold of "
-            "each period and used by all of its folds",
+            "each period and used by all of its folds"
+            + (f"; Kronos {s.kronos.strategy} fit budget {s.kronos_training.train_max_minutes:g} "
+               "min wall clock" if s.kronos.strategy != "published" else ""),
             "Kronos sampling": "{sample_count} path(s) per series, temperature {temperature}, "
             "top_k {top_k}, top_p {top_p}".format(**s.kronos_sampling) + "; universe "
             f"top {s.kronos.top_n or 'all'} by liquidity",

@@ -169,7 +169,7 @@ def _history_start(db: Warehouse, day, sessions: int):
 )
 def kronos_checkpoint_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     s, db, fold_id = get_settings(), warehouse.get(), context.partition_key
-    k, directory = s.kronos, checkpoint_dir(s, fold_id)
+    k, directory = s.kronos_training, checkpoint_dir(s, fold_id)
     fold = get_fold(db, fold_id)
     period = refit_period(fold_id, s.folds.first_test_month, k.refit_months)
     at = get_fold(db, period)  # the period's first fold: the checkpoint is fitted at its cut
@@ -177,8 +177,12 @@ def kronos_checkpoint_asset(context: dg.AssetExecutionContext, warehouse: Wareho
     existing = None
     if period != fold_id and (directory / scoring.MANIFEST_NAME).is_file():
         existing = scoring.read_manifest(directory)
-        if existing.get("train_cut") not in (None, str(cut)):
-            existing = None  # fitted for other folds or settings: fit again
+        same_cut = existing.get("train_cut") in (None, str(cut))
+        same_budget = k.strategy == "published" or (  # published weights are not fitted here
+            existing.get("train_max_minutes") == k.train_max_minutes
+        )
+        if not (same_cut and same_budget):
+            existing = None  # fitted for other folds or with another budget: fit again
     if existing is not None:  # later folds of a period reuse what its first fold fitted
         manifest, refit = existing, False
     else:
@@ -202,7 +206,8 @@ def kronos_checkpoint_asset(context: dg.AssetExecutionContext, warehouse: Wareho
             k.strategy, bars, cut, directory, k, previous,
             horizons=s.labels.horizons, calendar=s.data.calendar,
         )  # fmt: skip
-        manifest = {**manifest, "train_cut": str(cut), "period": period}
+        manifest = {**manifest, "train_cut": str(cut), "period": period,
+                    "train_max_minutes": k.train_max_minutes}  # fmt: skip
         scoring.write_manifest(directory, manifest)
         refit = True
     yield dg.MaterializeResult(

@@ -178,3 +178,15 @@ def test_a_run_records_its_settings_fingerprint_as_a_tag(tmp_path):
     assert logged and json.loads(logged[0].split(": ", 1)[1]) == json.loads(
         settings.model_dump_json()
     )
+
+
+def test_smoke_decodes_greedily_and_fits_kronos_within_its_own_budget():
+    smoke = load_settings(environ={"KRONOS_KRONOS__SMOKE_TRAIN_MAX_MINUTES": "0.5"})
+    full = load_settings(environ={"KRONOS_MODE": "full"})
+    assert smoke.mode == "smoke" and smoke.kronos_training.train_max_minutes == 0.5
+    assert smoke.kronos.train_max_minutes == 3.0  # the setting itself is untouched
+    assert smoke.kronos_sampling["sample_count"] == 1 and smoke.kronos_sampling["top_k"] == 1
+    assert full.kronos_training.train_max_minutes == full.kronos.train_max_minutes == 3.0
+    assert full.kronos_sampling["sample_count"] == 8
+    error = _error({"KRONOS_KRONOS__SMOKE_TRAIN_MAX_MINUTES": "0"})
+    assert "KRONOS_KRONOS__SMOKE_TRAIN_MAX_MINUTES='0'" in error and "must be > 0" in error

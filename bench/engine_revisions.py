@@ -1,0 +1,107 @@
+"""Benchmark: the Kronos engine at two git revisions, side by side in one run.
+
+Each revision is checked out into a temporary worktree; the same workloads then run in
+fresh subprocesses, alternating between the revisions (``--rounds`` times), so that a noisy
+shared machine slows both alike. Workloads, on the compact walk-forward models (random
+weights of ``COMPACT_*_CONFIG``) with lookback-252 windows, CPU, greedy:
+
+* ``embed``: one-step decodes of ``--series`` windows with embeddings (what ``kronos_heads``
+  runs on its training dates);
+* ``forecast``: 90-step decodes of ``--series`` // 4 windows (what ``kronos_forecasts`` runs).
+
+Prints the median wall seconds per workload and revision and their ratio, and checks that
+both revisions produced the same paths and embeddings, bit for bit.
+
+    .venv/bin/python bench/engine_revisions.py [--base cf89aee] [--head HEAD] [--series 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _runs import REPO
+
+WORKER = r"""
+import hashlib, json, sys, time
+import numpy as np, pandas as pd, torch
+from kronos_pipeline.kronos.engine import KronosEngine
+from kronos_pipeline.kronos.train import (COMPACT_PREDICTOR_CONFIG, COMPACT_TOKENIZER_CONFIG,
+                                          build_predictor, build_tokenizer)
+kind, n = sys.argv[1], int(sys.argv[2])
+torch.manual_seed(0)
+engine = KronosEngine(build_tokenizer(COMPACT_TOKENIZER_CONFIG),
+                      build_predictor(COMPACT_PREDICTOR_CONFIG), device="cpu")
+rng, length = np.random.default_rng(0), 252
+steps = 1 if kind == "embed" else 90
+n = n if kind == "embed" else max(1, n // 4)
+days = pd.bdate_range("2015-01-01", periods=length + steps)
+windows = []
+for _ in range(n):
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, length)))
+    windows.append(pd.DataFrame({"open": close, "high": close * 1.01, "low": close * 0.99,
+                                 "close": close, "volume": rng.uniform(1e5, 1e6, length)}))
+started = time.perf_counter()
+result = engine.forecast(windows, [days[:length]] * n, [days[length:]] * n, pred_len=steps,
+                         top_k=1, sample_count=1, return_embeddings=True)
+wall = time.perf_counter() - started
+digest = hashlib.sha256(result.paths.tobytes() + result.embeddings.tobytes()).hexdigest()
+import kronos_pipeline
+print(json.dumps({"wall": wall, "series": n, "digest": digest, "module": kronos_pipeline.__file__}))
+"""
+
+
+def worktree(rev: str, root: Path) -> Path:
+    path = root / rev.replace("/", "_")
+    subprocess.run(["git", "worktree", "add", "--detach", str(path), rev], cwd=REPO,
+                   check=True, capture_output=True)  # fmt: skip
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="cf89aee")
+    parser.add_argument("--head", default="HEAD")
+    parser.add_argument("--series", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        trees = {rev: worktree(rev, Path(tmp)) for rev in (args.base, args.head)}
+        results: dict[tuple[str, str], list[dict]] = {}
+        try:
+            for _ in range(args.rounds):
+                for kind in ("embed", "forecast"):
+                    for rev, tree in trees.items():
+                        env = {**os.environ, "PYTHONPATH": str(tree)}
+                        out = subprocess.run(
+                            [sys.executable, "-c", WORKER, kind, str(args.series)], env=env,
+                            check=True, capture_output=True, text=True,
+                        ).stdout.strip().splitlines()[-1]  # fmt: skip
+                        record = json.loads(out)
+                        assert record["module"].startswith(str(tree)), record  # not the checkout
+                        results.setdefault((kind, rev), []).append(record)
+        finally:
+            for tree in trees.values():
+                subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO,
+                               capture_output=True)  # fmt: skip
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, load "
+          f"average {os.getloadavg()[0]:.1f} at the end; {args.rounds} alternating rounds\n")
+    print(f"| workload | series | {args.base} s | {args.head} s | ratio | same bits |")
+    print("|---|---|---|---|---|---|")
+    for kind in ("embed", "forecast"):
+        base, head = results[(kind, args.base)], results[(kind, args.head)]
+        b = statistics.median(r["wall"] for r in base)
+        h = statistics.median(r["wall"] for r in head)
+        same = {r["digest"] for r in base} == {r["digest"] for r in head}
+        print(f"| {kind} | {base[0]['series']} | {b:.2f} | {h:.2f} | {b / h:.2f}x | {same} |")
+
+
+if __name__ == "__main__":
+    main()
