@@ -81,7 +81,7 @@ def main() -> None:
                     for rev, tree in trees.items():
                         env = {**os.environ, "PYTHONPATH": str(tree)}
                         out = subprocess.run(
-                            [sys.executable, "-c", WORKER, kind, str(args.series)], env=env,
+                            [sys.executable, "-c", WORKER, kind, str(args.series)], env=env, cwd=tree,
                             check=True, capture_output=True, text=True,
                         ).stdout.strip().splitlines()[-1]  # fmt: skip
                         record = json.loads(out)
@@ -91,8 +91,10 @@ def main() -> None:
             for tree in trees.values():
                 subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO,
                                capture_output=True)  # fmt: skip
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, load "
-          f"average {os.getloadavg()[0]:.1f} at the end; {args.rounds} alternating rounds\n")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, load "
+        f"average {os.getloadavg()[0]:.1f} at the end; {args.rounds} alternating rounds\n"
+    )
     print(f"| workload | series | {args.base} s | {args.head} s | ratio | same bits |")
     print("|---|---|---|---|---|---|")
     for kind in ("embed", "forecast"):

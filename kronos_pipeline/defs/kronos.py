@@ -129,9 +129,11 @@ def score_problems(forecasts: pl.DataFrame, scores: pl.DataFrame) -> dict:
     dupes = scores.height - scores.select(FORECAST_KEYS).unique().height
     per_key = scores.group_by("horizon", "date", "ticker").len() if scores.height else None
     keys = forecasts.select("horizon", "date", "ticker").unique()
-    matched = 0 if per_key is None else keys.join(
-        per_key.filter(pl.col("len") == 2), on=["horizon", "date", "ticker"]
-    ).height
+    matched = (
+        0
+        if per_key is None
+        else keys.join(per_key.filter(pl.col("len") == 2), on=["horizon", "date", "ticker"]).height
+    )
     ok = scores.height == 2 * forecasts.height and bad == dupes == 0 and matched == keys.height
     return {
         "passed": ok,
@@ -356,8 +358,7 @@ def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: Warehou
             "scores_match_forecasts",
             asset="kronos_scores",
             blocking=True,
-            description="Exactly two scores (mean, volnorm) per forecast key, each once and "
-            "finite",
+            description="Exactly two scores (mean, volnorm) per forecast key, each once and finite",
         ),
     ],  # fmt: skip
 )
