@@ -173,14 +173,16 @@ def _features(db: Warehouse, days: list[dt.date], columns: list[str] | None, s: 
 def reusable_heads(
     directory: Path, cut: pd.Timestamp, checkpoint: dict[str, Any]
 ) -> dict[str, Any] | None:
-    """The stored manifest when it holds heads fitted at ``cut`` on ``checkpoint``'s
-    embeddings, else None (another cut or checkpoint: fit again)."""
+    """The stored manifest when it holds intact heads (the file matches its sha256) fitted at
+    ``cut`` on ``checkpoint``'s embeddings, else None (fit again)."""
     path = directory / MANIFEST
     if not path.is_file():
         return None
     manifest = json.loads(path.read_text())
     same = all(manifest.get("checkpoint", {}).get(k) == checkpoint.get(k) for k in CHECKPOINT_KEYS)
-    return manifest if same and manifest.get("cut") == str(cut.date()) else None
+    weights = directory / str(manifest.get("file", HEADS_FILE))
+    intact = weights.is_file() and file_sha256(weights) == manifest.get("sha256")
+    return manifest if same and intact and manifest.get("cut") == str(cut.date()) else None
 
 
 def fit_period_heads(

@@ -3,6 +3,7 @@ the cut of their refit period's first fold on labels matured before it, on the e
 scores later read; the period's later fold reuses them; both heads score every forecast of the
 fold at every horizon."""
 
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -267,3 +268,21 @@ def test_head_scores_of_another_checkpoint_or_with_gaps_are_refused():
     assert validate_head_scores(gap, 2, 1, True)[2]["non_finite"] == 1
     twice = pd.concat([scores.iloc[:1], scores.iloc[:1]])
     assert validate_head_scores(twice, 2, 1, True)[2]["duplicates"] == 1
+
+
+def test_stored_heads_are_reused_only_intact_at_the_same_cut_and_checkpoint(tmp_path):
+    from kronos_pipeline.defs.heads import HEADS_FILE, MANIFEST, reusable_heads
+    from kronos_pipeline.kronos.hub import file_sha256
+
+    checkpoint = {"model": "kronos_walkforward", "period": FOLD, "train_cut": "2018-04-16",
+                  "predictor": "p", "predictor_sha256": "abc"}  # fmt: skip
+    (tmp_path / HEADS_FILE).write_bytes(b"fitted heads")
+    manifest = {"cut": "2018-05-01", "file": HEADS_FILE, "checkpoint": checkpoint,
+                "sha256": file_sha256(tmp_path / HEADS_FILE)}  # fmt: skip
+    (tmp_path / MANIFEST).write_text(json.dumps(manifest))
+    cut = pd.Timestamp("2018-05-01")
+    assert reusable_heads(tmp_path, cut, checkpoint) == manifest
+    assert reusable_heads(tmp_path, pd.Timestamp("2018-06-01"), checkpoint) is None
+    assert reusable_heads(tmp_path, cut, {**checkpoint, "predictor_sha256": "other"}) is None
+    (tmp_path / HEADS_FILE).write_bytes(b"corrupted")
+    assert reusable_heads(tmp_path, cut, checkpoint) is None
