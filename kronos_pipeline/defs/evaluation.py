@@ -564,7 +564,7 @@ def evaluation_tables(warehouse: WarehouseResource):
     )  # fmt: skip
     table_outcomes = {
         ("eval_rows", "rows_reconcile"): table_checks.eval_rows_reconcile(
-            result.eval_rows, _matured_pairs(db, selected_fold_ids(db))
+            result.eval_rows, _matured_pairs(db, selected)
         ),
         ("per_date_metrics", "one_row_per_date"): table_checks.per_date_complete(
             result.per_date, result.eval_rows
@@ -580,7 +580,7 @@ def evaluation_tables(warehouse: WarehouseResource):
     if broken:  # validate, then publish: inconsistent tables are never written
         raise dg.Failure("evaluation tables do not reconcile: " + "; ".join(broken))
     frames = (result.eval_rows, result.per_date, result.fold_summaries, result.comparison)
-    accuracy = forecast_accuracy(db, selected_fold_ids(db), s.labels.horizons)
+    accuracy = forecast_accuracy(db, selected, s.labels.horizons)
     trip_json = json.dumps(report.clean_json(result.tripwires), default=report.json_default)
     # Validate, then publish: every table of the step lands in one transaction, or none.
     with db.transaction() as tx:
