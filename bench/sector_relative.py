@@ -5,7 +5,7 @@ Reads folds, features, universe and labels from the warehouse (run `kronos-pipel
 trains LightGBM per fold and horizon twice, identical but for the ``sector_rel_*`` inputs, scores
 the fold's scoring dates and prints the median RankIC over all scored dates of each variant.
 
-    .venv/bin/python bench/sector_relative.py --warehouse data/warehouse.duckdb [--folds 12]
+    .venv/bin/python bench/sector_relative.py --warehouse data/warehouse.duckdb [--folds 12] [--threads 1]
 """
 
 from __future__ import annotations
@@ -27,8 +27,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--warehouse", required=True)
     parser.add_argument("--folds", type=int, default=None, help="spread over all (default: all)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="LightGBM threads (default: the settings')"
+    )
     args = parser.parse_args()
     s = load_settings(environ={}, mode="full")
+    threads = args.threads or s.lightgbm.num_threads
     db = Warehouse(args.warehouse, 600.0)
     all_folds = folds.folds_from_frame(db.read("select * from folds").to_pandas())
     ids = tripwires.control_fold_ids([f.fold_id for f in all_folds], args.folds)
@@ -53,7 +57,7 @@ def main() -> None:
         for use in (True, False):
             for h in s.labels.horizons:
                 fit = baselines.train_lightgbm(
-                    feats, labels, fold, h, on_dates, s.lightgbm, s.lightgbm.num_threads,
+                    feats, labels, fold, h, on_dates, s.lightgbm, threads,
                     use_sector_relative=use,
                 )  # fmt: skip
                 rows[use].append(fit.scores)
@@ -62,7 +66,7 @@ def main() -> None:
     labels = pd.concat(rows.pop("labels"), ignore_index=True)
     print(f"\n# {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
           f"{len(chosen)} folds ({chosen[0].fold_id}..{chosen[-1].fold_id}), "
-          f"{time.perf_counter() - started:.0f} s")  # fmt: skip
+          f"{time.perf_counter() - started:.0f} s, LightGBM threads {threads}")  # fmt: skip
     print("| horizon | LightGBM median RankIC, with sector_rel_* | without | difference | dates |")
     print("|---|---|---|---|---|")
     per = {}

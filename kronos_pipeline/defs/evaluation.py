@@ -204,8 +204,11 @@ def lightgbm_models_asset(context: dg.AssetExecutionContext, warehouse: Warehous
             "where u.in_universe and f.date between ? and ?",
             [at.train_start.date(), max(at.train_end.values()).date()],
         ))  # fmt: skip
+        # Only labels a training row can join: in the universe, inside the training window
+        # (the shuffled control permutes this pool), matured before the cut.
         labels = _pd(db.read(
-            "select * from labels_forward where available_at < ?", [at.test_start.date()]
+            "select * from labels_forward where in_universe and date >= ? and available_at < ?",
+            [at.train_start.date(), at.test_start.date()],
         ))  # fmt: skip
         wanted = {m for m, _ in missing}
         fit_plan = _control_plan(db, at, s, force=wanted)
@@ -353,9 +356,10 @@ def _control_plan(
     future = None
     if planted:
         first = fold.test_start if scoring else fold.train_start
+        # Universe rows only: the leak is planted on (in-universe) feature rows.
         future = _pd(db.read(
             "select date, ticker, horizon, excess_return from labels_forward "
-            "where date between ? and ?", [first.date(), fold.test_end.date()]))  # fmt: skip
+            "where in_universe and date between ? and ?", [first.date(), fold.test_end.date()]))  # fmt: skip
     return baselines.ControlPlan(
         shuffled_labels=shuffled, future_labels=future, noise=t.planted_leak_noise, seed=t.seed
     )

@@ -187,7 +187,8 @@ def feature_columns(features: pd.DataFrame, use_sector_relative: bool = True) ->
 
 def permute_labels(labels: pd.DataFrame, seed: int, fold_id: str) -> pd.DataFrame:
     """The shuffled-label control's training labels: per horizon, ``excess_return`` permuted
-    across all (date, ticker) rows, seeded by ``(seed, fold_id, horizon)``. Everything else
+    across all (date, ticker) rows given (the pipeline gives the fold's training pool: universe
+    rows of its training window), seeded by ``(seed, fold_id, horizon)``. Everything else
     (dates, tickers, ``available_at``) is kept, so the purge is unchanged."""
     # Sorted first: the warehouse returns rows in no fixed order, and the draw must not depend on it.
     out = labels.sort_values(["horizon", "date", "ticker"], ignore_index=True)

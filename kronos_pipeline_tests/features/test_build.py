@@ -120,3 +120,34 @@ def test_a_bar_whose_high_equals_its_low_passes_the_declared_feature_schema(hand
     assert table["close_location_1d"].null_count() == 2
     report = quality.validate(table, "features", quality.features_suite(table.height))
     assert report.success, report.failures
+
+
+def test_the_feature_suite_names_each_broken_rule_in_suite_order(hand_made):
+    # quality.validate runs each column expectation on the columns it reads alone: a null key,
+    # a duplicated key, an out-of-range value, a missing column and a wrong row count must each
+    # still fail on their own expectation, counted on the right rows, in the suite's order.
+    from kronos_pipeline import quality
+
+    prices, _ = hand_made
+    table = features(prices)
+    n = table.height
+    broken = pl.concat([table, table.head(1)]).with_columns(
+        ticker=pl.when(pl.int_range(pl.len()) == 3).then(None).otherwise(pl.col("ticker")),
+        rsi_14d=pl.when(pl.int_range(pl.len()) < 2).then(150.0).otherwise(pl.col("rsi_14d")),
+    ).drop("log_price")
+    suite = quality.features_suite(n)
+    report = quality.validate(broken, "features", suite, quality.FEATURES)
+    assert [r["expectation"] for r in report.results[1:]] == [
+        e.expectation_type for e in suite
+    ]
+    failed = {(r["expectation"], r["column"]): r["unexpected_count"] for r in report.failures}
+    names = ",".join(quality.FEATURES.names)
+    assert failed[("declared_schema", names)] == 0
+    assert failed[("expect_table_columns_to_match_ordered_list", names)] == 0
+    assert failed[("expect_column_values_to_not_be_null", "ticker")] == 1
+    assert failed[("expect_column_values_to_not_be_null", "log_price")] == 0  # no such column
+    assert failed[("expect_compound_columns_to_be_unique", "date,ticker")] == 2
+    assert failed[("expect_column_values_to_be_between", "rsi_14d")] == 2
+    assert ("expect_table_row_count_to_equal", "table") in failed
+    assert len(failed) == 7
+    assert quality.validate(table, "features", suite, quality.FEATURES).success
