@@ -121,9 +121,14 @@ def pit_chain_tripwire(
         )  # fmt: skip
         sectors = sector_segments(sector_history, day, day)[0][2]
         feats = features(prices, sectors).filter(pl.col("date") == day).to_pandas()
-        labels = labels_forward(prices.select("ticker", "date", "tri"), members, horizons)
-        labels = labels.filter(pl.col("available_at") <= day).to_pandas()
         window_start = label_window_start(t, horizons)
+        # A label dated d reads the bars from d to d+h alone (and the universe on d), so the
+        # labels from window_start on come out the same from the bars from window_start on.
+        since = pl.col("date") >= window_start.date()
+        labels = labels_forward(
+            prices.select("ticker", "date", "tri").filter(since), members.filter(since), horizons
+        )
+        labels = labels.filter(pl.col("available_at") <= day).to_pandas()
         stored_labels = stored.labels[
             (pd.to_datetime(stored.labels["available_at"]) <= t)
             & (pd.to_datetime(stored.labels["date"]) >= window_start)

@@ -119,3 +119,24 @@ def test_a_universe_chosen_with_tomorrows_volume_trips_it(market, monkeypatch):
     result = _run(*market)
     assert result["status"] == "fail"
     assert "universe" in {c["table"] for c in result["checks"] if not c["passed"]}
+
+
+def test_labels_from_a_date_on_need_only_the_bars_from_that_date_on(market):
+    # The tripwire recomputes labels from the bars after its comparison window's start only
+    # (a label of d reads the bars d..d+h and the universe on d): that must change nothing.
+    bars, _ = market
+    u = SETTINGS.universe
+    prices = prices_pit(bars)
+    members = data_tripwires.universe(
+        prices.select("ticker", "date", "close", "dollar_volume", "bar_index"),
+        u.min_history_days, u.min_price, u.min_median_dollar_volume, u.liquidity_window_days,
+        SETTINGS.effective_top_n,
+    )  # fmt: skip
+    tri = prices.select("ticker", "date", "tri")
+    horizons = SETTINGS.labels.horizons
+    full = data_tripwires.labels_forward(tri, members, horizons)
+    for start in (dt.date(2015, 9, 1), dt.date(2016, 3, 15)):
+        since = pl.col("date") >= start
+        part = data_tripwires.labels_forward(tri.filter(since), members.filter(since), horizons)
+        assert part.height > 0
+        assert part.equals(full.filter(since))
