@@ -11,12 +11,16 @@ names.
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 DEFAULT_TARGET_MODULES: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -49,6 +53,8 @@ def apply_lora(
     if rank < 1:
         raise ValueError("LoRA rank must be >= 1")
     base = copy.deepcopy(model) if copy_model else model
+    from peft import LoraConfig, get_peft_model  # imported on use: ~1 s at every start-up
+
     config = LoraConfig(
         r=rank,
         lora_alpha=alpha,
@@ -92,6 +98,8 @@ def load_adapter(
         A ``PeftModel`` (``merge=False``) or the merged plain module (``merge=True``).
     """
     base = copy.deepcopy(base_model) if copy_model else base_model
+    from peft import PeftModel
+
     peft_model = PeftModel.from_pretrained(base, str(directory), is_trainable=trainable)
     if merge:
         return merge_adapter(peft_model, copy_model=False)
@@ -111,10 +119,16 @@ def merge_adapter(model: PeftModel, copy_model: bool = True) -> nn.Module:
     return merged
 
 
+def _is_peft(model: nn.Module) -> bool:
+    # A PeftModel exists only once peft was imported (by wrap_lora or load_adapter).
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
+
+
 def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The base-model weights of a module, with or without LoRA wrapping, under the plain
     checkpoint names (adapter tensors left out). Tensors are detached clones."""
-    if isinstance(model, PeftModel):
+    if _is_peft(model):
         inner = model.get_base_model()
         out: dict[str, torch.Tensor] = {}
         for name, tensor in inner.state_dict().items():
@@ -129,4 +143,4 @@ def base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def is_lora(model: nn.Module) -> bool:
     """Whether ``model`` is a peft-wrapped module."""
-    return isinstance(model, PeftModel)
+    return _is_peft(model)

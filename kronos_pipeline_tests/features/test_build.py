@@ -131,15 +131,17 @@ def test_the_feature_suite_names_each_broken_rule_in_suite_order(hand_made):
     prices, _ = hand_made
     table = features(prices)
     n = table.height
-    broken = pl.concat([table, table.head(1)]).with_columns(
-        ticker=pl.when(pl.int_range(pl.len()) == 3).then(None).otherwise(pl.col("ticker")),
-        rsi_14d=pl.when(pl.int_range(pl.len()) < 2).then(150.0).otherwise(pl.col("rsi_14d")),
-    ).drop("log_price")
+    broken = (
+        pl.concat([table, table.head(1)])
+        .with_columns(
+            ticker=pl.when(pl.int_range(pl.len()) == 3).then(None).otherwise(pl.col("ticker")),
+            rsi_14d=pl.when(pl.int_range(pl.len()) < 2).then(150.0).otherwise(pl.col("rsi_14d")),
+        )
+        .drop("log_price")
+    )
     suite = quality.features_suite(n)
     report = quality.validate(broken, "features", suite, quality.FEATURES)
-    assert [r["expectation"] for r in report.results[1:]] == [
-        e.expectation_type for e in suite
-    ]
+    assert [r["expectation"] for r in report.results[1:]] == [e.expectation_type for e in suite]
     failed = {(r["expectation"], r["column"]): r["unexpected_count"] for r in report.failures}
     names = ",".join(quality.FEATURES.names)
     assert failed[("declared_schema", names)] == 0
