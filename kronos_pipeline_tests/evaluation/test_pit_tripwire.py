@@ -27,15 +27,19 @@ def market():
     return validate_lines(m.lines).bars, m.constituents.select("ticker", "sector")
 
 
-def _stored(bars: pl.DataFrame, sectors: pl.DataFrame, dates) -> data_tripwires.StoredAsOf:
-    """The warehouse as the pipeline builds it: every table from all the data."""
+def _members(prices: pl.DataFrame) -> pl.DataFrame:
     u = SETTINGS.universe
-    prices = prices_pit(bars)
-    members = data_tripwires.universe(
+    return data_tripwires.universe(
         prices.select("ticker", "date", "close", "dollar_volume", "bar_index"),
         u.min_history_days, u.min_price, u.min_median_dollar_volume, u.liquidity_window_days,
         SETTINGS.effective_top_n,
     )  # fmt: skip
+
+
+def _stored(bars: pl.DataFrame, sectors: pl.DataFrame, dates) -> data_tripwires.StoredAsOf:
+    """The warehouse as the pipeline builds it: every table from all the data."""
+    prices = prices_pit(bars)
+    members = _members(prices)
     feats = data_tripwires.features(prices, sectors).to_pandas()
     labs = data_tripwires.labels_forward(
         prices.select("ticker", "date", "tri"), members, SETTINGS.labels.horizons
@@ -125,13 +129,8 @@ def test_labels_from_a_date_on_need_only_the_bars_from_that_date_on(market):
     # The tripwire recomputes labels from the bars after its comparison window's start only
     # (a label of d reads the bars d..d+h and the universe on d): that must change nothing.
     bars, _ = market
-    u = SETTINGS.universe
     prices = prices_pit(bars)
-    members = data_tripwires.universe(
-        prices.select("ticker", "date", "close", "dollar_volume", "bar_index"),
-        u.min_history_days, u.min_price, u.min_median_dollar_volume, u.liquidity_window_days,
-        SETTINGS.effective_top_n,
-    )  # fmt: skip
+    members = _members(prices)
     tri = prices.select("ticker", "date", "tri")
     horizons = SETTINGS.labels.horizons
     full = data_tripwires.labels_forward(tri, members, horizons)
