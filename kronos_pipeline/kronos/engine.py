@@ -83,6 +83,7 @@ import torch
 
 from kronos_pipeline.kronos.hub import resolve_device
 from kronos_pipeline.kronos.inference import prepare_for_inference
+from kronos_pipeline.kronos.layers import apply_rope, shared_prefix_attention
 from kronos_pipeline.kronos.predictor import Kronos
 from kronos_pipeline.kronos.preprocessing import (
     FEATURE_COLUMNS,
@@ -287,19 +288,38 @@ class MicroBatch:
 
 
 @dataclass
-class _StaticDecode:
-    """Fixed-shape decoding state (static cache, token buffers, position tensors)."""
+class _SharedDecode:
+    """Decoding state of one micro-batch of ``N`` series x ``S`` sample paths (rows are
+    series-major: row ``j * S + p``) whose context of ``L`` slots is shared by its paths.
 
-    cache: object
-    s1: torch.Tensor
-    s2: torch.Tensor
-    stamp: torch.Tensor
-    pads: torch.Tensor
-    key_bias: torch.Tensor
-    positions: torch.Tensor
-    pos: torch.Tensor
-    step: torch.Tensor
+    ``prefix``: the context's keys/values, one copy per series (prefilled once);
+    ``own_k``/``own_v`` (per block) and ``own_dep_k``/``own_dep_v``: each path's generated
+    positions [N, H, S, G, Dh]; ``tokens``: generated ids [rows, P, 2]; ``fed``: the slot of
+    the generated token fed at the next step and ``next``: the index of the token it
+    produces (device tensors [1], so that a step has no host-side state); ``u_next``: the
+    same index where the uniforms live (the host on MPS). ``forced``: teacher forcing, the
+    ids to choose instead of sampling [rows, P, 2], with the logits recorded in
+    ``logits`` ([rows, P, V1], [rows, P, V2]).
+    """
+
+    prefix: object
+    own_k: list[torch.Tensor]
+    own_v: list[torch.Tensor]
+    own_dep_k: torch.Tensor
+    own_dep_v: torch.Tensor
+    prefix_bias: torch.Tensor
+    slots: torch.Tensor
+    open_bias: torch.Tensor
+    base: torch.Tensor
+    future_te: torch.Tensor
+    tokens: torch.Tensor
+    fed: torch.Tensor
+    next: torch.Tensor
+    u_next: torch.Tensor
     uniforms: torch.Tensor | None
+    sample_count: int
+    forced: torch.Tensor | None = None
+    logits: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 class KronosEngine:
@@ -335,16 +355,26 @@ class KronosEngine:
         batch_size: int | None = None,
         max_context: int = 512,
         clip: float = 5.0,
-        tokenizer_dtype: str = "float32",
+        tokenizer_dtype: str | None = None,
         fast_linear: bool = True,
         block_tokens: int | None = None,
         length_bucket: int = 64,
         cuda_graphs: bool = False,
+        own_bucket: int = 16,
     ) -> None:
+        if tokenizer_dtype is None:
+            tokenizer_dtype = dtype
         if dtype not in _DTYPES or tokenizer_dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}")
-        if (batch_size is not None and batch_size < 1) or max_context < 1 or length_bucket < 1:
-            raise ValueError("batch_size, max_context and length_bucket must be positive")
+        if (
+            (batch_size is not None and batch_size < 1)
+            or max_context < 1
+            or length_bucket < 1
+            or own_bucket < 1
+        ):
+            raise ValueError(
+                "batch_size, max_context, length_bucket and own_bucket must be positive"
+            )
         self.device = resolve_device(device)
         self.rules = device_rules(self.device.type)
         self.dtype = _DTYPES[dtype]
@@ -352,6 +382,10 @@ class KronosEngine:
         self.max_context = max_context
         self.clip = clip
         self.length_bucket = length_bucket
+        self.own_bucket = own_bucket
+        self._graph_states: dict[tuple, _SharedDecode] = {}
+        self._graphs: dict[tuple, object] = {}
+        self.last_logits: list[tuple[np.ndarray, np.ndarray]] = []
         if block_tokens is None:
             block_tokens = self.rules.block_tokens
         if block_tokens < 1:
@@ -524,14 +558,21 @@ class KronosEngine:
         return (True, length)
 
     def _generate(
-        self, xs, stamps, future_stamps, pred_len, temperature, top_k, top_p, sample_count, seeds
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self, xs, stamps, future_stamps, pred_len, temperature, top_k, top_p, sample_count,
+        seeds, forced=None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
         n = len(xs)
         d_in = self.tokenizer.d_in
         out = np.zeros((n, sample_count, pred_len, d_in), dtype=np.float32)
         emb = np.zeros((n, self.predictor.d_model), dtype=np.float32)
         toks = np.zeros((n, sample_count, pred_len, 2), dtype=np.int64)
-        self.last_batches = []
+        self.last_batches, self.last_logits = [], []
+        logits = None
+        if forced is not None:
+            logits = (
+                np.zeros((n, pred_len, 2**self.predictor.s1_bits), np.float32),
+                np.zeros((n, pred_len, 2**self.predictor.s2_bits), np.float32),
+            )
         for chunk in self.plan([x.shape[0] for x in xs], pred_len, sample_count):
             slides, length = self._group_key(xs[chunk[0]].shape[0], pred_len)
             with torch.inference_mode():
@@ -546,16 +587,54 @@ class KronosEngine:
                     top_p,
                     sample_count,
                     [seeds[i] for i in chunk],
+                    forced=None if forced is None else forced[chunk],
                 )
             out[chunk] = paths
             emb[chunk] = pooled
             toks[chunk] = ids
+            if logits is not None:
+                l1, l2 = self.last_logits.pop()
+                logits[0][chunk], logits[1][chunk] = l1[: len(chunk)], l2[: len(chunk)]
             self.last_batches.append(
                 MicroBatch(length, len(chunk), self._series_rows(sample_count) * sample_count,
                            not slides)
             )  # fmt: skip
             self._free()
+        if logits is not None:
+            self.last_logits = [logits]
         return out, emb, toks
+
+    def teacher_forced_logits(
+        self,
+        windows: Sequence[pd.DataFrame],
+        timestamps: Sequence[pd.DatetimeIndex | pd.Series],
+        future_timestamps: Sequence[pd.DatetimeIndex | pd.Series],
+        tokens: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The engine's own decode with its choices forced to ``tokens`` (int [n, P, 2],
+        e.g. the reference's path): the s1 and s2 logits it computes at every step,
+        float32 [n, P, 2**s1_bits] and [n, P, 2**s2_bits]. Step ``i``'s s1 logits follow
+        the forced tokens 0..i-1; its s2 logits also follow the forced s1 token ``i``. This
+        runs the same decode as :meth:`forecast` (prefill, shared-prefix steps), so it is
+        how parity with the reference is judged: a free greedy path may part at a float
+        near-tie, forced logits may not. Only for contexts that do not slide."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        n, pred_len = tokens.shape[0], tokens.shape[1]
+        xs, stamps, futures = [], [], []
+        for i in range(n):
+            x, st, _ = prepare_window(windows[i], timestamps[i], self.clip, f"window {i}")
+            if x.shape[0] + pred_len > self.max_context:
+                raise ValueError(
+                    f"window {i}: teacher forcing needs context + steps <= max_context"
+                )
+            xs.append(x)
+            stamps.append(st)
+            futures.append(time_features(future_timestamps[i]))
+        self._generate(
+            xs, stamps, futures, pred_len, 1.0, 1, 1.0, 1, list(range(n)),
+            forced=tokens[:, None],
+        )  # fmt: skip
+        return self.last_logits[0]
 
     def _free(self) -> None:
         """Hand a finished micro-batch's memory back to an accelerator's allocator. On CPU
@@ -765,19 +844,20 @@ class KronosEngine:
         top_p: float,
         sample_count: int,
         seeds: Sequence[int],
+        forced: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Generate for up to ``_series_rows`` series whose contexts fit in ``length``
         buffer slots (left-padded); returns paths [b, S, P, 6], pooled [b, D], ids.
 
         Every kernel sees the same shapes whatever ``b`` is: the series are padded to the
-        fixed row count with inert zero rows."""
-        dev, model = self.device, self.predictor
+        fixed row count with inert zero rows. ``forced`` (teacher forcing, [b, S, P, 2]):
+        choose these ids instead of sampling and keep the logits in ``last_logits``."""
+        dev = self.device
         b, S, P = len(xs), sample_count, pred_len
         n_series = self._series_rows(S)
         rows = n_series * S
         total = length + P
-        max_ctx = self.max_context
-        slides = total > max_ctx
+        slides = total > self.max_context
 
         x = np.zeros((n_series, length, xs[0].shape[1]), np.float32)
         stamp_np = np.zeros((n_series, total, x_stamps[0].shape[1]), np.float32)
@@ -796,92 +876,26 @@ class KronosEngine:
             lambda lo, hi: self._encode(x_t[lo:hi], pads[lo:hi]), n_series, length
         )
         stamp = torch.from_numpy(stamp_np).to(dev)
-        s1 = torch.zeros(n_series, total, dtype=torch.long, device=dev)
-        s2 = torch.zeros(n_series, total, dtype=torch.long, device=dev)
-        s1[:, :length], s2[:, :length] = s1_ctx, s2_ctx
-        uniforms = None if top_k == 1 else self._uniforms(seeds, S, P, rows)
+        uniforms = None if top_k == 1 or forced is not None else self._uniforms(seeds, S, P, rows)
         sampling = (temperature, top_k, top_p)
-        rotary = model.transformer[0].self_attn.rotary
-
-        def prefill(cache, ids1, ids2, stamps, row_pads):
-            """Fill an empty cache with tokens [n, T] (row blocks); returns the last
-            position's context [n, D] and the context averaged over real positions."""
-            t = ids1.shape[1]
-
-            def block(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
-                p = row_pads[lo:hi]
-                rope = self._rope(rotary, self._positions(p, t), max(t, total), self.dtype)
-                bias = self._causal_bias(p, t, self.cache_dtype)
-                context = self._extend(
-                    cache.rows(lo, hi), ids1[lo:hi], ids2[lo:hi], stamps[lo:hi], rope, bias
-                )
-                real = (torch.arange(t, device=dev)[None, :] >= p[:, None]).float()
-                pooled = (context.float() * real[..., None]).sum(dim=1) / real.sum(1)[:, None]
-                return context[:, -1].clone(), pooled
-
-            last, pooled = self._in_row_blocks(block, ids1.shape[0], t)
-            cache.set_length(t)
-            return last, pooled
-
-        # Prefill the context once per series, then copy its cache to every sample path.
-        start = max(0, length - max_ctx)
-        capacity = min(total, max_ctx) if slides else total
-        cache = model.new_cache(n_series, capacity, dev, self.cache_dtype)
-        if self.cuda_graphs and not slides:
-            for layer in cache.layers:  # whole-buffer attention reads unwritten slots
-                layer.k.zero_(), layer.v.zero_()
-            cache.dep_k.zero_(), cache.dep_v.zero_()
-        last, pooled = prefill(
-            cache, s1[:, start:length], s2[:, start:length], stamp[:, start:length], pads
-        )
+        if slides:
+            s1, s2, pooled = self._decode_sliding(
+                s1_ctx, s2_ctx, stamp, pads, length, P, S, sampling, uniforms
+            )
+            generated = torch.stack([s1[:, length:], s2[:, length:]], dim=-1)
+        else:
+            forced_t = None
+            if forced is not None:
+                forced_t = torch.zeros(rows, P, 2, dtype=torch.long, device=dev)
+                forced_t[: b * S] = torch.from_numpy(forced.reshape(b * S, P, 2)).to(dev)
+            generated, pooled = self._decode_shared(
+                s1_ctx, s2_ctx, stamp, pads, length, P, S, sampling, uniforms, forced_t
+            )
+            s1 = torch.cat([s1_ctx.repeat_interleave(S, dim=0), generated[..., 0]], dim=1)
+            s2 = torch.cat([s2_ctx.repeat_interleave(S, dim=0), generated[..., 1]], dim=1)
         pooled = pooled[:b].cpu().numpy()
-        s1 = s1.repeat_interleave(S, dim=0)
-        s2 = s2.repeat_interleave(S, dim=0)
-        stamp = stamp.repeat_interleave(S, dim=0)
-        if S > 1:
-            cache = cache.repeat_rows(S)
-            last = last.repeat_interleave(S, dim=0)
-        key_bias = self._key_bias(pads_rows, cache.dep_k.shape[2], self.cache_dtype)
 
-        n = cache.length
-        tok1, tok2 = self._next_tokens(
-            cache.dep_k[:, :, :n], cache.dep_v[:, :, :n], key_bias[..., :n], last, sampling,
-            *self._step_uniforms(uniforms, 0),
-        )  # fmt: skip
-        s1[:, length], s2[:, length] = tok1, tok2
-        static = self.cuda_graphs and not slides
-        if static and P > 1:
-            state = _StaticDecode(
-                cache=cache, s1=s1, s2=s2, stamp=stamp, pads=pads_rows, key_bias=key_bias,
-                positions=torch.arange(capacity, device=dev),
-                pos=torch.full((1,), length, dtype=torch.long, device=dev),
-                step=torch.ones(1, dtype=torch.long,
-                                device=dev if uniforms is None else uniforms.device),
-                uniforms=uniforms,
-            )  # fmt: skip
-            self._decode_static(state, P - 1, sampling, total)
-        for i in range(1, 1 if static else P):
-            cur = length + i  # slot of the token generated at this step
-            if cur <= max_ctx or not slides:
-                pos = cur - 1
-                rope = self._rope(rotary, (pos - pads_rows)[:, None], total, self.dtype)
-                last = self._extend(
-                    cache, s1[:, pos : pos + 1], s2[:, pos : pos + 1], stamp[:, pos : pos + 1],
-                    rope, key_bias[..., : pos + 1],
-                )[:, -1]  # fmt: skip
-            else:
-                cache.reset()
-                w = slice(cur - max_ctx, cur)
-                last, _ = prefill(cache, s1[:, w], s2[:, w], stamp[:, w], pads_rows)
-            n = cache.length
-            tok1, tok2 = self._next_tokens(
-                cache.dep_k[:, :, :n], cache.dep_v[:, :, :n], key_bias[..., :n], last,
-                sampling, *self._step_uniforms(uniforms, i),
-            )  # fmt: skip
-            s1[:, cur], s2[:, cur] = tok1, tok2
-        del cache
-
-        dec_start = max(0, total - max_ctx) if slides else 0
+        dec_start = max(0, total - self.max_context) if slides else 0
         (decoded,) = self._in_row_blocks(
             lambda lo, hi: (
                 self._decode(s1[lo:hi, dec_start:], s2[lo:hi, dec_start:], pads_rows[lo:hi])[
@@ -893,63 +907,255 @@ class KronosEngine:
         )
         keep = b * S
         paths = decoded[:keep].float().cpu().numpy()
-        ids = torch.stack([s1[:keep, length:], s2[:keep, length:]], dim=-1).cpu().numpy()
-        return (
-            paths.reshape(b, S, P, -1),
-            pooled,
-            ids.reshape(b, S, P, 2),
+        ids = generated[:keep].cpu().numpy()
+        return paths.reshape(b, S, P, -1), pooled, ids.reshape(b, S, P, 2)
+
+    def _prefill(self, cache, ids1, ids2, stamps, row_pads, span: int):
+        """Fill an empty cache with tokens [n, T] (row blocks); returns the last
+        position's context [n, D] and the context averaged over real positions [n, D]."""
+        dev, t = self.device, ids1.shape[1]
+        rotary = self.predictor.transformer[0].self_attn.rotary
+
+        def block(lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+            p = row_pads[lo:hi]
+            rope = self._rope(rotary, self._positions(p, t), max(t, span), self.dtype)
+            bias = self._causal_bias(p, t, self.cache_dtype)
+            context = self._extend(
+                cache.rows(lo, hi), ids1[lo:hi], ids2[lo:hi], stamps[lo:hi], rope, bias
+            )
+            real = (torch.arange(t, device=dev)[None, :] >= p[:, None]).float()
+            pooled = (context.float() * real[..., None]).sum(dim=1) / real.sum(1)[:, None]
+            return context[:, -1].clone(), pooled
+
+        last, pooled = self._in_row_blocks(block, ids1.shape[0], t)
+        cache.set_length(t)
+        return last, pooled
+
+    # -- internals: windows that slide past max_context ---------------------------------
+
+    def _decode_sliding(self, s1_ctx, s2_ctx, stamp, pads, length, P, S, sampling, uniforms):
+        """Series whose context plus forecast exceed ``max_context``: the reference slides
+        its window and re-encodes it at each step past the limit, so these rows run one
+        cache per path (the context is copied to every path) and re-prefill once the
+        window slides. Returns the full ids [rows, length + P] (twice) and pooled [n, D]."""
+        dev, model = self.device, self.predictor
+        n_series, total, max_ctx = s1_ctx.shape[0], length + P, self.max_context
+        s1 = torch.zeros(n_series, total, dtype=torch.long, device=dev)
+        s2 = torch.zeros(n_series, total, dtype=torch.long, device=dev)
+        s1[:, :length], s2[:, :length] = s1_ctx, s2_ctx
+        pads_rows = pads.repeat_interleave(S)
+        rotary = model.transformer[0].self_attn.rotary
+        start = max(0, length - max_ctx)
+        capacity = min(total, max_ctx)
+        cache = model.new_cache(n_series, capacity, dev, self.cache_dtype)
+        w = slice(start, length)
+        last, pooled = self._prefill(cache, s1[:, w], s2[:, w], stamp[:, w], pads, total)
+        s1 = s1.repeat_interleave(S, dim=0)
+        s2 = s2.repeat_interleave(S, dim=0)
+        stamp = stamp.repeat_interleave(S, dim=0)
+        if S > 1:
+            cache = cache.repeat_rows(S)
+            last = last.repeat_interleave(S, dim=0)
+        key_bias = self._key_bias(pads_rows, cache.dep_k.shape[2], self.cache_dtype)
+        for i in range(P):
+            cur = length + i  # slot of the token generated at this step
+            if i > 0 and cur <= max_ctx:
+                pos = cur - 1
+                rope = self._rope(rotary, (pos - pads_rows)[:, None], total, self.dtype)
+                last = self._extend(
+                    cache, s1[:, pos : pos + 1], s2[:, pos : pos + 1], stamp[:, pos : pos + 1],
+                    rope, key_bias[..., : pos + 1],
+                )[:, -1]  # fmt: skip
+            elif i > 0:
+                cache.reset()
+                w = slice(cur - max_ctx, cur)
+                last, _ = self._prefill(cache, s1[:, w], s2[:, w], stamp[:, w], pads_rows, total)
+            n = cache.length
+            tok1, tok2 = self._next_tokens(
+                cache.dep_k[:, :, :n], cache.dep_v[:, :, :n], key_bias[..., :n], last,
+                sampling, *self._step_uniforms(uniforms, i),
+            )  # fmt: skip
+            s1[:, cur], s2[:, cur] = tok1, tok2
+        return s1, s2, pooled
+
+    # -- internals: shared-prefix decoding ----------------------------------------------
+
+    def _own_slots(self, pred_len: int) -> int:
+        """Slots of a path's own cache: the P - 1 tokens fed back, rounded up to the bucket."""
+        return max(1, _round_up(max(pred_len - 1, 1), self.own_bucket))
+
+    def _new_shared_state(self, n_series, S, length, P, uniforms, forced) -> _SharedDecode:
+        """Allocate the decoding state of one micro-batch shape (own caches zeroed: slots
+        not written yet are masked, and zeros keep them finite)."""
+        dev, model, cd = self.device, self.predictor, self.cache_dtype
+        G = self._own_slots(P)
+        attn = model.transformer[0].self_attn
+        cross = model.dep_layer.cross_attn
+        own = (n_series, attn.n_heads, S, G, attn.head_dim)
+        own_dep = (n_series, cross.n_heads, S, G, cross.head_dim)
+        rows = n_series * S
+        u_dev = dev if uniforms is None else uniforms.device
+        logits = None
+        if forced is not None:
+            logits = (
+                torch.zeros(rows, P, 2**model.s1_bits, device=dev),
+                torch.zeros(rows, P, 2**model.s2_bits, device=dev),
+            )
+        return _SharedDecode(
+            prefix=model.new_cache(n_series, length, dev, cd),
+            own_k=[torch.zeros(own, device=dev, dtype=cd) for _ in model.transformer],
+            own_v=[torch.zeros(own, device=dev, dtype=cd) for _ in model.transformer],
+            own_dep_k=torch.zeros(own_dep, device=dev, dtype=cd),
+            own_dep_v=torch.zeros(own_dep, device=dev, dtype=cd),
+            prefix_bias=torch.zeros(n_series, 1, 1, length, device=dev, dtype=cd),
+            slots=torch.arange(G, device=dev),
+            open_bias=torch.zeros(G, device=dev, dtype=cd),
+            base=torch.zeros(n_series, dtype=torch.long, device=dev),
+            future_te=torch.zeros(n_series, P, model.d_model, device=dev, dtype=self.dtype),
+            tokens=torch.zeros(rows, P, 2, dtype=torch.long, device=dev),
+            fed=torch.zeros(1, dtype=torch.long, device=dev),
+            next=torch.zeros(1, dtype=torch.long, device=dev),
+            u_next=torch.zeros(1, dtype=torch.long, device=u_dev),
+            uniforms=uniforms,
+            sample_count=S,
+            forced=forced,
+            logits=logits,
         )
 
-    # -- internals: static decoding (CUDA graphs) --------------------------------------
+    def _decode_shared(self, s1_ctx, s2_ctx, stamp, pads, length, P, S, sampling, uniforms, forced):
+        """Prefill each series' context once, then decode its S paths together over that
+        one copy (:func:`shared_prefix_attention`). Returns generated ids [rows, P, 2] and
+        the pooled context [n, D].
 
-    def _static_step(self, st: _StaticDecode, sampling, span: int) -> None:
-        """One decoding step at fixed shapes with no host-side state: feed the token at
-        slot ``st.pos``, write its keys/values there, attend over the whole buffer under
-        the mask, sample the token of slot ``pos + 1``; then advance ``pos`` and
-        ``step`` (device tensors). Capturable in a CUDA graph."""
-        model, pos = self.predictor, st.pos
-        for layer in st.cache.layers:
-            layer.index = pos
-        rope = self._rope(
-            model.transformer[0].self_attn.rotary, (pos - st.pads)[:, None], span, self.dtype
-        )
-        visible = st.key_bias.masked_fill((st.positions > pos)[None, None, None, :],
-                                          float("-inf"))  # fmt: skip
-        last = self._extend(
-            st.cache, st.s1.index_select(1, pos), st.s2.index_select(1, pos),
-            st.stamp.index_select(1, pos), rope, visible, index=pos,
-        )[:, -1]  # fmt: skip
-        tok1, tok2 = self._next_tokens(
-            st.cache.dep_k, st.cache.dep_v, visible, last, sampling,
-            *self._step_uniforms(st.uniforms, st.step),
-        )  # fmt: skip
-        nxt = pos + 1
-        st.s1.index_copy_(1, nxt, tok1[:, None])
-        st.s2.index_copy_(1, nxt, tok2[:, None])
-        pos.add_(1)
-        st.step.add_(1)
+        The decode loop touches no host data: positions, the slot written and the uniforms
+        read are device tensors advanced in place, tokens stay on the device, and the only
+        host-side variable of a step is its own-cache width (the step index rounded up to
+        ``own_bucket``), which the loop counter gives. With ``cuda_graphs`` on CUDA each
+        width's step is captured once per shape in a CUDA graph and replayed, across
+        micro-batches and ``forecast`` calls."""
+        model = self.predictor
+        n_series = s1_ctx.shape[0]
+        graphs = self.cuda_graphs and self.device.type == "cuda" and forced is None
+        key = (n_series, S, length, P, sampling, uniforms is None)
+        st = self._graph_states.get(key) if graphs else None
+        if st is None:
+            st = self._new_shared_state(n_series, S, length, P, uniforms, forced)
+            if graphs:
+                self._graph_states[key] = st
+        st.prefix.reset()
+        last, pooled = self._prefill(st.prefix, s1_ctx, s2_ctx, stamp[:, :length], pads, length + P)
+        st.prefix_bias.copy_(self._key_bias(pads, length, self.cache_dtype))
+        st.base.copy_(length - pads)
+        st.future_te.copy_(model.time_emb(stamp[:, length:]).to(self.dtype))
+        if st.uniforms is not uniforms and uniforms is not None:
+            st.uniforms.copy_(uniforms)  # a captured state reads its own buffer (CUDA only)
+        st.fed.zero_(), st.next.zero_(), st.u_next.zero_()
+        self._choose_next(st, last.repeat_interleave(S, dim=0), 0, sampling)
+        self._decode_loop(st, P, sampling, graphs, key)
+        if forced is not None:
+            self.last_logits.append(tuple(t.float().cpu().numpy() for t in st.logits))
+        return st.tokens.clone(), pooled
 
-    def _decode_static(self, st: _StaticDecode, steps: int, sampling, span: int) -> None:
-        """Run ``steps`` static steps: on CUDA with ``cuda_graphs`` the first runs eagerly
-        on a side stream (warm-up; it is a real step), the step is captured once and the
-        graph replayed for the rest; elsewhere every step runs eagerly."""
-        try:
-            if self.device.type != "cuda":
-                for _ in range(steps):
-                    self._static_step(st, sampling, span)
-                return
+    def _decode_loop(self, st: _SharedDecode, P: int, sampling, graphs: bool, key) -> None:
+        """Steps 1..P-1 (see :meth:`_decode_shared`)."""
+        for j in range(1, P):
+            width = _round_up(j, self.own_bucket)
+            if not graphs:
+                self._shared_step(st, width, sampling)
+                continue
+            graph = self._graphs.get((key, width))
+            if graph is not None:
+                graph.replay()
+                continue
+            # First use of this shape: a real step on a side stream (warm-up), then capture.
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(stream):
-                self._static_step(st, sampling, span)
+                self._shared_step(st, width, sampling)
             torch.cuda.current_stream(self.device).wait_stream(stream)
-            if steps > 1:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    self._static_step(st, sampling, span)
-                for _ in range(steps - 1):
-                    graph.replay()
-                del graph
-        finally:
-            for layer in st.cache.layers:
-                layer.index = None
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._shared_step(st, width, sampling)
+            self._graphs[(key, width)] = graph
+
+    def _paths(self, t: torch.Tensor, S: int) -> torch.Tensor:
+        """[rows, H, 1, Dh] (rows series-major) -> [N, H, S, Dh]."""
+        rows, h, _, dh = t.shape
+        return t.transpose(1, 2).reshape(rows // S, S, h, dh).transpose(1, 2)
+
+    def _shared_step(self, st: _SharedDecode, width: int, sampling) -> None:
+        """Feed the generated token at slot ``st.fed`` of every path, write its keys and
+        values there, attend over the shared prefix and the first ``width`` own slots
+        (those past ``fed`` masked), and choose the next token. Fixed shapes, no host
+        data: capturable in a CUDA graph."""
+        model, S, cd = self.predictor, st.sample_count, self.cache_dtype
+        n_series = st.base.shape[0]
+        rows, d = n_series * S, model.d_model
+        fed = st.fed
+        ids = st.tokens.index_select(1, fed)  # [rows, 1, 2]
+        x = model.embedding([ids[..., 0], ids[..., 1]])
+        x = (x.view(n_series, S, d) + st.future_te.index_select(1, fed)).view(rows, 1, d)
+        rotary = model.transformer[0].self_attn.rotary
+        cos_t, sin_t = self._rope_table(rotary, self._rope_span(st), self.dtype)
+        at = st.base + fed + self._rope_span(st)
+        cos = cos_t.index_select(0, at)[:, None, None, :]
+        sin = sin_t.index_select(0, at)[:, None, None, :]
+        own_bias = st.open_bias[:width].masked_fill(st.slots[:width] > fed, float("-inf"))
+        for i, block in enumerate(model.transformer):
+            attn = block.self_attn
+            q, k, v = attn._project_qkv(block.norm1(x))
+            q = apply_rope(self._paths(q, S), cos, sin)
+            k = apply_rope(self._paths(k, S), cos, sin)
+            st.own_k[i].index_copy_(3, fed, k.to(cd).unsqueeze(3))
+            st.own_v[i].index_copy_(3, fed, self._paths(v, S).to(cd).unsqueeze(3))
+            layer = st.prefix.layers[i]
+            out = shared_prefix_attention(
+                q.to(cd), layer.k, layer.v, st.prefix_bias,
+                st.own_k[i][:, :, :, :width], st.own_v[i][:, :, :, :width], own_bias,
+            )  # fmt: skip
+            out = out.to(x.dtype).transpose(1, 2).reshape(rows, 1, d)
+            x = x + attn.out_proj(out)
+            x = x + block.ffn(block.norm2(x))
+        x = model.norm(x)
+        dep_k, dep_v = model.dep_layer.cross_attn.project_kv(x)
+        st.own_dep_k.index_copy_(3, fed, self._paths(dep_k, S).to(cd).unsqueeze(3))
+        st.own_dep_v.index_copy_(3, fed, self._paths(dep_v, S).to(cd).unsqueeze(3))
+        self._choose_next(st, x[:, 0], width, sampling, own_bias)
+        fed.add_(1)
+
+    def _rope_span(self, st: _SharedDecode) -> int:
+        """Half-width of the rotary table the decode gathers from (context + forecast)."""
+        return st.prefix.layers[0].k.shape[2] + st.tokens.shape[1]
+
+    def _choose_next(self, st: _SharedDecode, last, width: int, sampling, own_bias=None):
+        """Choose token ``st.next`` of every path from the context ``last`` [rows, D] of
+        the position before it: s1 from the s1 head, then s2 from the dependency layer
+        over the prefix and the first ``width`` own slots (none for the first token)."""
+        model, S, cd = self.predictor, st.sample_count, self.cache_dtype
+        rows = last.shape[0]
+        u1, u2 = self._step_uniforms(st.uniforms, st.u_next)
+        tok1 = self._choose(st, model.s1_logits(last).float(), sampling, u1, 0)
+        cross = model.dep_layer.cross_attn
+        sibling = model.embedding.emb_s1(tok1)[:, None, :]
+        q = self._paths(cross._heads(cross.q_proj(sibling)), S).to(cd)
+        prefix = st.prefix
+        if width == 0:
+            out = shared_prefix_attention(q, prefix.dep_k, prefix.dep_v, st.prefix_bias)
+        else:
+            out = shared_prefix_attention(
+                q, prefix.dep_k, prefix.dep_v, st.prefix_bias,
+                st.own_dep_k[:, :, :, :width], st.own_dep_v[:, :, :, :width], own_bias,
+            )  # fmt: skip
+        out = out.to(last.dtype).transpose(1, 2).reshape(rows, 1, model.d_model)
+        x2 = model.dep_layer.norm(last[:, None, :] + cross.out_proj(out))
+        tok2 = self._choose(st, model.head.cond_forward(x2[:, 0]).float(), sampling, u2, 1)
+        st.tokens.index_copy_(1, st.next, torch.stack([tok1, tok2], dim=-1)[:, None])
+        st.next.add_(1)
+        st.u_next.add_(1)
+
+    def _choose(self, st: _SharedDecode, logits, sampling, uniforms, which: int):
+        """Sampled ids [rows]; under teacher forcing the forced ids, logits recorded."""
+        if st.forced is None:
+            return self._sample(logits, *sampling, uniforms)
+        st.logits[which].index_copy_(1, st.next, logits[:, None])
+        return st.forced[:, :, which].index_select(1, st.next)[:, 0]

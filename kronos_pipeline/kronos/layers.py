@@ -148,6 +148,42 @@ def single_query_attention(
     return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
+def shared_prefix_attention(
+    q: torch.Tensor,
+    prefix_k: torch.Tensor,
+    prefix_v: torch.Tensor,
+    prefix_bias: torch.Tensor,
+    own_k: torch.Tensor | None = None,
+    own_v: torch.Tensor | None = None,
+    own_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One new query for each of the ``S`` sample paths of ``N`` series, attending to the
+    series' context (one copy, shared by its paths) and to the path's own generated tokens.
+
+    ``q`` [N, H, S, Dh]; ``prefix_k``/``prefix_v`` [N, H, L, Dh] with ``prefix_bias``
+    [N, 1, 1, L] (additive 0 / ``-inf``: left padding); ``own_k``/``own_v`` [N, H, S, W, Dh]
+    (``None``: no generated token yet) with ``own_bias`` broadcastable to [N, H, S, W]
+    (``-inf`` on slots not written yet). Returns [N, H, S, Dh]:
+
+        softmax([q K_prefix^T, q K_own^T] / sqrt(Dh) + bias) [V_prefix; V_own]
+
+    one softmax over all L + W keys of a query (in float32), so the result is what one
+    concatenated cache gives, up to rounding. The prefix is read once per series: its S
+    queries form one small matrix product, not S matrix-vector products over S copies.
+    """
+    qs = q * q.shape[-1] ** -0.5
+    scores = torch.matmul(qs, prefix_k.transpose(-1, -2)) + prefix_bias
+    if own_k is None:
+        weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(prefix_v.dtype)
+        return torch.matmul(weights, prefix_v)
+    own = torch.matmul(qs.unsqueeze(-2), own_k.transpose(-1, -2)).squeeze(-2) + own_bias
+    weights = torch.softmax(torch.cat((scores, own), dim=-1), dim=-1, dtype=torch.float32)
+    weights = weights.to(prefix_v.dtype)
+    split = prefix_k.shape[2]
+    out = torch.matmul(weights[..., :split], prefix_v)
+    return out + torch.matmul(weights[..., split:].unsqueeze(-2), own_v).squeeze(-2)
+
+
 class KVCache:
     """Preallocated keys and values of one attention layer.
 
