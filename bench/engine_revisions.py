@@ -7,7 +7,14 @@ weights of ``COMPACT_*_CONFIG``) with lookback-252 windows, CPU, greedy:
 
 * ``embed``: one-step decodes of ``--series`` windows with embeddings (what ``kronos_heads``
   runs on its training dates);
-* ``forecast``: 90-step decodes of ``--series`` // 4 windows (what ``kronos_forecasts`` runs).
+* ``forecast``: 90-step greedy decodes of ``--series`` // 4 windows;
+* ``date``: one scoring date as ``kronos_forecasts`` runs it: 100 windows, 8 sampled paths
+  (top_p 0.9), 90 steps;
+* ``small``: Kronos-small shapes (random weights, 8 layers, width 512) with the
+  Tokenizer-base shapes, 16 windows, 90 greedy steps: the CPU throughput of the large model.
+
+``--workloads`` picks some of them. Bits are compared per workload: a revision that changes
+the decode's arithmetic (another summation order) gives other bits, and says so.
 
 Prints the median wall seconds per workload and revision and their ratio, and checks that
 both revisions produced the same paths and embeddings, bit for bit.
@@ -37,11 +44,18 @@ from kronos_pipeline.kronos.train import (COMPACT_PREDICTOR_CONFIG, COMPACT_TOKE
                                           build_predictor, build_tokenizer)
 kind, n = sys.argv[1], int(sys.argv[2])
 torch.manual_seed(0)
-engine = KronosEngine(build_tokenizer(COMPACT_TOKENIZER_CONFIG),
-                      build_predictor(COMPACT_PREDICTOR_CONFIG), device="cpu")
+tok_cfg, pred_cfg = COMPACT_TOKENIZER_CONFIG, COMPACT_PREDICTOR_CONFIG
+if kind == "small":
+    tok_cfg = dict(tok_cfg, d_model=256, ff_dim=512, n_enc_layers=4, n_dec_layers=4,
+                   s1_bits=10, s2_bits=10)
+    pred_cfg = dict(pred_cfg, s1_bits=10, s2_bits=10, n_layers=8, d_model=512, n_heads=8,
+                    ff_dim=1024)
+engine = KronosEngine(build_tokenizer(tok_cfg), build_predictor(pred_cfg), device="cpu")
 rng, length = np.random.default_rng(0), 252
 steps = 1 if kind == "embed" else 90
-n = n if kind == "embed" else max(1, n // 4)
+n = {"embed": n, "forecast": max(1, n // 4), "date": 100, "small": 16}[kind]
+sampling = (dict(top_k=0, top_p=0.9, sample_count=8) if kind == "date"
+            else dict(top_k=1, sample_count=1))
 days = pd.bdate_range("2015-01-01", periods=length + steps)
 windows = []
 for _ in range(n):
@@ -50,7 +64,7 @@ for _ in range(n):
                                  "close": close, "volume": rng.uniform(1e5, 1e6, length)}))
 started = time.perf_counter()
 result = engine.forecast(windows, [days[:length]] * n, [days[length:]] * n, pred_len=steps,
-                         top_k=1, sample_count=1, return_embeddings=True)
+                         return_embeddings=True, **sampling)
 wall = time.perf_counter() - started
 digest = hashlib.sha256(result.paths.tobytes() + result.embeddings.tobytes()).hexdigest()
 import kronos_pipeline
@@ -71,13 +85,15 @@ def main() -> None:
     parser.add_argument("--head", default="HEAD")
     parser.add_argument("--series", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workloads", default="embed,forecast,date,small")
     args = parser.parse_args()
+    kinds = args.workloads.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         trees = {rev: worktree(rev, Path(tmp)) for rev in (args.base, args.head)}
         results: dict[tuple[str, str], list[dict]] = {}
         try:
             for _ in range(args.rounds):
-                for kind in ("embed", "forecast"):
+                for kind in kinds:
                     for rev, tree in trees.items():
                         env = {**os.environ, "PYTHONPATH": str(tree)}
                         out = subprocess.run(
@@ -97,7 +113,7 @@ def main() -> None:
     )
     print(f"| workload | series | {args.base} s | {args.head} s | ratio | same bits |")
     print("|---|---|---|---|---|---|")
-    for kind in ("embed", "forecast"):
+    for kind in kinds:
         base, head = results[(kind, args.base)], results[(kind, args.head)]
         b = statistics.median(r["wall"] for r in base)
         h = statistics.median(r["wall"] for r in head)

@@ -383,6 +383,8 @@ class KronosEngine:
         self.clip = clip
         self.length_bucket = length_bucket
         self.own_bucket = own_bucket
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.last_batches: list[MicroBatch] = []
         self._graph_states: dict[tuple, _SharedDecode] = {}
         self._graphs: dict[tuple, object] = {}
         self.last_logits: list[tuple[np.ndarray, np.ndarray]] = []
@@ -403,23 +405,30 @@ class KronosEngine:
         self.predictor = copy.deepcopy(predictor).to(self.device, self.dtype).eval()
         for p in [*self.tokenizer.parameters(), *self.predictor.parameters()]:
             p.requires_grad_(False)
+        if fast_linear:
+            rows_hint = batch_size or 64
+            prepare_for_inference(self.tokenizer, rows_hint=rows_hint)
+            prepare_for_inference(self.predictor, rows_hint=rows_hint)
+        # On CPU, single-query attention is much faster in float32 than in bf16/fp16, so
+        # the KV cache stays float32 there; on accelerators it uses the model dtype.
+        self.cache_dtype = torch.float32 if self.rules.float32_cache else self.dtype
+        #: Bytes one row costs (measured on CUDA, estimated elsewhere), when ``batch_size``
+        #: was chosen from free memory; ``row_bytes_measured`` says which.
+        self.row_bytes: int | None = None
+        self.row_bytes_measured = False
         if batch_size is None:
             free = free_device_memory(self.device)
             if free is None:
                 batch_size = 64
             else:
-                itemsize = torch.empty((), dtype=self.dtype).element_size()
-                row = bytes_per_row(self.predictor, self.tokenizer, itemsize, max_context)
+                row = self._measured_row_bytes()
+                self.row_bytes_measured = row is not None
+                if row is None:
+                    itemsize = torch.empty((), dtype=self.dtype).element_size()
+                    row = bytes_per_row(self.predictor, self.tokenizer, itemsize, max_context)
+                self.row_bytes = row
                 batch_size = batch_size_for_memory(free, row)
         self.batch_size = batch_size
-        if fast_linear:
-            prepare_for_inference(self.tokenizer, rows_hint=batch_size)
-            prepare_for_inference(self.predictor, rows_hint=batch_size)
-        # On CPU, single-query attention is much faster in float32 than in bf16/fp16, so
-        # the KV cache stays float32 there; on accelerators it uses the model dtype.
-        self.cache_dtype = torch.float32 if self.rules.float32_cache else self.dtype
-        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.last_batches: list[MicroBatch] = []
         self.row_invariant = self._probe_row_invariance()
         if not self.row_invariant:
             warnings.warn(
@@ -647,6 +656,36 @@ class KronosEngine:
             torch.cuda.empty_cache()
         elif self.device.type == "mps":
             torch.mps.empty_cache()
+
+    def _measured_row_bytes(self, rows: int = 16, steps: int = 96) -> int | None:
+        """Device bytes one micro-batch row costs, measured (CUDA only, else ``None``): the
+        allocator's peak over a sampled forecast of ``rows`` rows (2 series x 8 paths) at
+        the largest shape that does not slide (context ``max_context - steps`` bars,
+        ``steps`` steps), divided by the rows, plus a quarter for what the probe's shape
+        does not show (allocator rounding, other sampling settings). Everything the
+        probe allocates is freed before the real row count is chosen."""
+        length = (self.max_context - steps) // self.length_bucket * self.length_bucket
+        if self.device.type != "cuda" or length < 1:
+            return None
+        paths = 8
+        xs = [np.zeros((length, self.tokenizer.d_in), np.float32)] * (rows // paths)
+        stamps = [np.zeros((length, 5), np.float32)] * len(xs)
+        futures = [np.zeros((steps, 5), np.float32)] * len(xs)
+        saved, graphs = getattr(self, "batch_size", None), self.cuda_graphs
+        self.batch_size, self.cuda_graphs = rows, False
+        torch.cuda.synchronize(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        try:
+            with torch.inference_mode():
+                self._run_chunk(xs, stamps, futures, length, steps, 1.0, 0, 0.9, paths,
+                                list(range(len(xs))))  # fmt: skip
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device) - base
+        finally:
+            self.batch_size, self.cuda_graphs = saved, graphs
+            self._free()
+        return int(peak * 1.25) // rows + 1
 
     def _probe_row_invariance(self) -> bool:
         """Does a row keep its bits at another position of a fixed-shape batch? One
