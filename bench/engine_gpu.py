@@ -193,6 +193,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--series", type=int, default=4096)
     parser.add_argument("--batch-sizes", default="auto")
+    parser.add_argument("--date-batch-sizes", default="auto,1024")
     parser.add_argument("--graphs", default="both", choices=["off", "on", "both"])
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--compact", action="store_true", help="the walk-forward compact models")
@@ -234,15 +235,20 @@ def main() -> None:
             for bs in sizes:
                 fp32_close = None
                 for dtype in dtypes:
-                    engine = engine_for(dtype, bs, graphs)
-                    n = engine.batch_size
-                    engine.forecast(w[:n], s[:n], f[:n], pred_len=STEPS, top_k=1)  # warm-up
-                    if device.type == "cuda":
-                        torch.cuda.reset_peak_memory_stats(device)
-                    with no_sync_in_decode(engine):
-                        sec, res = timed(
-                            device, lambda e=engine: e.forecast(w, s, f, pred_len=STEPS, top_k=1)
-                        )
+                    try:
+                        engine = engine_for(dtype, bs, graphs)
+                        n = engine.batch_size
+                        engine.forecast(w[:n], s[:n], f[:n], pred_len=STEPS, top_k=1)  # warm-up
+                        if device.type == "cuda":
+                            torch.cuda.reset_peak_memory_stats(device)
+                        with no_sync_in_decode(engine):
+                            sec, res = timed(
+                                device,
+                                lambda e=engine: e.forecast(w, s, f, pred_len=STEPS, top_k=1),
+                            )
+                    except Exception as exc:  # noqa: BLE001 - report and go on
+                        print(f"| throughput | {dtype} | {graphs} | {bs} | FAILED: {exc!r} |")
+                        continue
                     peak = (
                         torch.cuda.max_memory_allocated(device) / 2**30
                         if device.type == "cuda"
@@ -255,7 +261,13 @@ def main() -> None:
                     elif fp32_close is not None:
                         rel = np.abs(close - fp32_close) / np.abs(fp32_close)
                         dev = f"median {np.median(rel):.1e}, p99 {np.quantile(rel, 0.99):.1e}"
-                    print(f"| throughput | {dtype} | {graphs} | {n} | {len(w)} | {sec:.2f} | "
+                    extra = (
+                        f" ({engine.row_bytes / 2**20:.1f} MiB/row"
+                        + (" measured)" if engine.row_bytes_measured else " estimated)")
+                        if engine.row_bytes
+                        else ""
+                    )
+                    print(f"| throughput | {dtype} | {graphs} | {n}{extra} | {len(w)} | {sec:.2f} | "
                           f"{len(w) / sec:.0f} | {peak:.1f} | {dev} |", flush=True)  # fmt: skip
                     del engine
 
@@ -264,16 +276,24 @@ def main() -> None:
         print("|---|---|---|---|---|---|")
         w, s, f = make_windows(100, STEPS, seed=2, mixed=True)
         kw = dict(pred_len=STEPS, top_k=0, top_p=0.9, sample_count=8)
+        date_sizes = [None if b == "auto" else int(b) for b in args.date_batch_sizes.split(",")]
+        if device.type != "cuda":
+            date_sizes = sizes
         for graphs in graph_modes:
             for dtype in dtypes:
-                engine = engine_for(dtype, sizes[0], graphs)
-                with no_sync_in_decode(engine):
-                    first, _ = timed(device, lambda e=engine: e.forecast(w, s, f, **kw))
-                    nxt = [timed(device, lambda e=engine: e.forecast(w, s, f, **kw))[0]
-                           for _ in range(3)]  # fmt: skip
-                print(f"| date | {dtype} | {graphs} | {engine.batch_size} | {first:.2f} | "
-                      f"{statistics.median(nxt):.2f} |", flush=True)  # fmt: skip
-                del engine
+                for bs in date_sizes:
+                    try:
+                        engine = engine_for(dtype, bs, graphs)
+                        with no_sync_in_decode(engine):
+                            first, _ = timed(device, lambda e=engine: e.forecast(w, s, f, **kw))
+                            nxt = [timed(device, lambda e=engine: e.forecast(w, s, f, **kw))[0]
+                                   for _ in range(3)]  # fmt: skip
+                    except Exception as exc:  # noqa: BLE001 - report and go on
+                        print(f"| date | {dtype} | {graphs} | {bs} | FAILED: {exc!r} | |")
+                        continue
+                    print(f"| date | {dtype} | {graphs} | {engine.batch_size} | {first:.2f} | "
+                          f"{statistics.median(nxt):.2f} |", flush=True)  # fmt: skip
+                    del engine
 
     if "profile" not in skip:
         print("\n| table | dtype | graphs | rows | aten ops/step | launches/step | memcpy/step "
@@ -282,8 +302,12 @@ def main() -> None:
         tables = []
         for graphs in graph_modes:
             for dtype in dtypes:
-                engine = engine_for(dtype, sizes[0], graphs)
-                p = step_profile(engine)
+                try:
+                    engine = engine_for(dtype, sizes[0], graphs)
+                    p = step_profile(engine)
+                except Exception as exc:  # noqa: BLE001 - report and go on
+                    print(f"| profile | {dtype} | {graphs} | FAILED: {exc!r} |")
+                    continue
                 print(
                     f"| profile | {dtype} | {graphs} | {p['rows']} | {p['aten_ops_per_step']:.0f} | "
                     f"{p.get('launches_per_step', float('nan')):.1f} | "
