@@ -12,7 +12,7 @@ Public API (what the pipeline calls)::
         dtype="float32",      # or "bfloat16" / "float16" for the predictor
         batch_size=None,      # rows per micro-batch; None: 64 on CPU, from free memory
         max_context=512,      # on accelerators
-        cuda_graphs=False,    # static decode step, captured in CUDA graphs on CUDA
+        cuda_graphs=None,     # None: capture the decode steps in CUDA graphs on CUDA
     )
     result = engine.forecast(
         windows,              # list[DataFrame]: open, high, low, close[, volume[, amount]]
@@ -33,8 +33,17 @@ Public API (what the pipeline calls)::
 What it computes is the reference ``KronosPredictor.predict_batch`` (same preprocessing,
 context window, sampling rules and decoding), but
 
-* the context is run once (prefill) and each generated token is fed alone through a
-  key/value cache; the s2 token uses cached keys/values of the dependency layer;
+* the context is run once per series (prefill) and each generated token is fed alone
+  through a key/value cache; the s2 token uses cached keys/values of the dependency layer;
+* shared prefix: a series' sample paths share one copy of its context's keys and values.
+  A decode step attends each path's new query to that copy (read once per series: its S
+  queries form one small matrix product) and to the path's own generated tokens, with one
+  softmax over both (:func:`~kronos_pipeline.kronos.layers.shared_prefix_attention`). The
+  own part is read up to the step rounded up to ``own_bucket`` slots, never the whole
+  buffer, and nothing is copied per step but the new token's keys and values;
+* the decode loop never waits for the host: tokens stay on the device, positions and the
+  slot written are device tensors advanced in place, and results are copied back once per
+  micro-batch (a test runs the loop under a guard that fails on any host read);
 * while the sequence is longer than ``max_context`` the reference slides its window and
   re-encodes it each step (positions restart at the window start), so the engine does the
   same for those steps (exact, not cached);
@@ -56,10 +65,13 @@ context window, sampling rules and decoding), but
 * series whose context plus forecast exceed ``max_context`` (the window slides) are
   grouped by exact length instead; on out-of-memory the row count is halved and the call
   starts over (warned);
-* ``cuda_graphs=True`` decodes with a static cache and a fixed-shape step (attention over
-  the whole buffer under a mask, positions in device tensors), captured once per
-  micro-batch in a CUDA graph and replayed, so that Python and kernel launches do not
-  dominate a step; elsewhere the same step runs eagerly.
+* with ``cuda_graphs`` (the default on CUDA) each step shape (one per own-cache width) is
+  captured once in a CUDA graph, sampling and the s2 pass included, and replayed for every
+  later step, micro-batch and ``forecast`` call of the same shape: a scoring date pays no
+  capture after the first. The captured and the eager step are the same code;
+* parity with the reference is judged on teacher-forced logits
+  (:meth:`KronosEngine.teacher_forced_logits`): a free greedy path can part from the
+  reference's at a float near-tie, and what follows then says nothing about correctness.
 
 Sampling rules (as the reference): logits / temperature; if ``top_k > 0`` keep the
 ``top_k`` largest (``top_p`` is then ignored); else if ``top_p < 1`` nucleus filtering;
@@ -327,10 +339,12 @@ class KronosEngine:
 
     ``device``: ``"auto"`` (cuda > mps > cpu) or a torch device string. ``dtype``: the
     predictor's compute dtype (``"float32"``, ``"bfloat16"``, ``"float16"``);
-    ``tokenizer_dtype`` likewise for the tokenizer (float32 by default, so the tokens of
-    the context do not depend on ``dtype``). ``batch_size``: rows (series x sample paths)
-    in every kernel call; ``None``: 64 on CPU, on accelerators the power of two that fits
-    half the free device memory (:func:`batch_size_for_memory`, read once here).
+    ``tokenizer_dtype`` likewise for the tokenizer (``None``: the predictor's ``dtype``,
+    so ``bfloat16`` runs in bf16 all the way; ``"float32"`` keeps the context's tokens
+    independent of ``dtype``). ``batch_size``: rows (series x sample paths) in every kernel
+    call; ``None``: 64 on CPU, on accelerators the power of two that fits half the free
+    device memory at the bytes a row was measured to cost (:meth:`_measured_row_bytes` on
+    CUDA; an estimate on MPS), read once here.
     ``max_context``: longest window the predictor sees (512 for Kronos-small/base, 2048
     for Kronos-mini). ``clip``: normalised values are clipped to ``[-clip, clip]``.
     ``length_bucket``: contexts are left-padded up to a multiple of this many bars, and
@@ -338,8 +352,9 @@ class KronosEngine:
     through oneDNN with packed and fused weights (see :mod:`kronos_pipeline.kronos.inference`).
     ``block_tokens``: the tokenizer and the prefill run over at most this many rows x
     positions at a time (default 4096 on CPU, unlimited elsewhere). ``cuda_graphs``:
-    decode through the fixed-shape static step (whole-buffer attention under a mask),
-    captured once per micro-batch in a CUDA graph on CUDA and run eagerly elsewhere.
+    capture the decode steps in CUDA graphs (``None``: on CUDA only; ``True`` elsewhere
+    warns and runs the same steps eagerly). ``own_bucket``: a path's generated positions
+    are read in multiples of this many slots.
     The models are copied, not modified.
 
     At start-up the engine checks that its device's kernels give a row the same bits
@@ -359,7 +374,7 @@ class KronosEngine:
         fast_linear: bool = True,
         block_tokens: int | None = None,
         length_bucket: int = 64,
-        cuda_graphs: bool = False,
+        cuda_graphs: bool | None = None,
         own_bucket: int = 16,
     ) -> None:
         if tokenizer_dtype is None:
@@ -393,6 +408,8 @@ class KronosEngine:
         if block_tokens < 1:
             raise ValueError("block_tokens must be positive")
         self.block_tokens = block_tokens
+        if cuda_graphs is None:
+            cuda_graphs = self.device.type == "cuda"
         self.cuda_graphs = cuda_graphs
         if cuda_graphs and self.device.type != "cuda":
             warnings.warn(

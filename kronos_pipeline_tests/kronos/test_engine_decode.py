@@ -130,12 +130,19 @@ def test_the_decode_loop_reads_nothing_back_on_the_host(
     for kw in (SAMPLING, dict(top_k=1)):
         engine.forecast(windows, stamps, futures, pred_len=9, seeds=[1, 2, 3], **kw)
     assert guard.seen == []
-    if device == "cuda":  # CUDA's own detector agrees
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            engine.forecast(windows, stamps, futures, pred_len=9, seeds=[1, 2, 3], **SAMPLING)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+    if device == "cuda":  # CUDA's own detector agrees, inside the loop (the copies of the
+        # inputs to the device before it and of the results back after it are not in it)
+        original = engine._decode_loop
+
+        def strict(*args, **kwargs):
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return original(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+        monkeypatch.setattr(engine, "_decode_loop", strict)
+        engine.forecast(windows, stamps, futures, pred_len=9, seeds=[1, 2, 3], **SAMPLING)
 
 
 def test_the_host_read_guard_catches_a_planted_read(tiny_models, monkeypatch) -> None:
