@@ -673,7 +673,7 @@ def _write_report_folder(db) -> tuple[Path, dict]:
         versus_lightgbm=_pd(db.read("select * from model_versus_lightgbm"))
         if "model_versus_lightgbm" in db.tables() else None,
         sectors_used=s.features.use_sector_relative,
-        forecast_accuracy=_stored_accuracy(db),
+        forecast_accuracy=_stored_accuracy(db), gates=s.gates,
         run_info={
             "mode": s.mode,
             "scoring cadence": f"baselines {s.folds.scoring_cadence}, Kronos "

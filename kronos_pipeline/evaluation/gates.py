@@ -182,7 +182,7 @@ def gate2(row: pd.Series, versus: pd.Series | None, gates: GateSettings) -> tupl
     tol = gates.gate2_max_gap_to_lightgbm
     diff = float(_get(versus, "diff", np.nan)) if versus is not None else np.nan
     if not np.isfinite(diff):
-        return FAIL, f"{why}; no LightGBM baseline on common pairs"
+        return FAIL, f"{why}; no LightGBM tolerance (LightGBM itself, or none on common pairs)"
     own, own_why = rankic_leg(row, 0.0, gates, strict=True)
     if own != PASS:
         return FAIL, (
@@ -191,12 +191,9 @@ def gate2(row: pd.Series, versus: pd.Series | None, gates: GateSettings) -> tupl
         )
     n_common, need = int(versus["n_common_dates"]), required_dates(row, gates)
     if n_common < need:
-        return NOT_EVALUATED, (
-            f"{why}; model - LightGBM on {n_common} common dates, {need} needed"
-        )
+        return NOT_EVALUATED, f"{why}; model - LightGBM on {n_common} common dates, {need} needed"
     return (PASS if diff >= -tol else FAIL), (
-        f"{why}; model - LightGBM median RankIC {diff:+.4f} on {n_common} common dates "
-        f"(>= -{tol}?)"
+        f"{why}; model - LightGBM median RankIC {diff:+.4f} on {n_common} common dates (>= -{tol}?)"
     )
 
 
@@ -253,9 +250,7 @@ def gate3(rows: pd.DataFrame, gates: GateSettings) -> tuple[str, str]:
                 f"{gates.gate3_min_regime_median_rankic}"
             )
         elif int(_get(r, "n_regimes_judged", 0)) < len(REGIME_LABELS):
-            counts = "/".join(
-                str(int(_get(r, f"regime_n_dates_{x}", 0))) for x in REGIME_LABELS
-            )
+            counts = "/".join(str(int(_get(r, f"regime_n_dates_{x}", 0))) for x in REGIME_LABELS)
             missing.append(
                 f"volatility regimes at {h}d: {counts} dates (low/mid/high), {floor} needed each"
             )

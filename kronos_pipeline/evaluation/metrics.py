@@ -734,11 +734,11 @@ def common_comparison(
     """Per ``model, horizon``, RankIC statistics over the pairs all ``models`` scored.
 
     Columns: ``model, horizon, n_common_dates, n_common_pairs, median_rank_ic, mean_rank_ic,
-    nw_t`` (as :func:`newey_west_t`, lag from the common dates' spacing).
+    nw_lag, nw_min_dates, nw_t`` (as :func:`newey_west_t`, lag from the common dates' spacing).
     """
     c = common_pairs(rows, models)
     columns = ["model", "horizon", "n_common_dates", "n_common_pairs", "median_rank_ic",
-               "mean_rank_ic", "nw_t"]  # fmt: skip
+               "mean_rank_ic", "nw_lag", "nw_min_dates", "nw_t"]  # fmt: skip
     if c.empty:
         return _typed_empty(columns)
     ic = _grouped_spearman(c, KEYS, "score", "excess_return").rename("rank_ic").reset_index()
@@ -755,6 +755,7 @@ def common_comparison(
             "n_common_pairs": int(((c["model"] == model) & (c["horizon"] == horizon)).sum()),
             "median_rank_ic": float(np.nanmedian(x)) if finite.any() else float("nan"),
             "mean_rank_ic": float(np.nanmean(x)) if finite.any() else float("nan"),
+            "nw_lag": lag, "nw_min_dates": min_dates_for_hac(lag),
             "nw_t": newey_west_t(x, lag),
         })  # fmt: skip
     return pd.DataFrame(out, columns=columns)
@@ -793,5 +794,5 @@ def versus_reference(
 def _typed_empty(columns: Sequence[str]) -> pd.DataFrame:
     """An empty table whose columns have the types a filled one has (so it can be stored)."""
     kinds = {"model": "object", "horizon": "int64", "n_common_dates": "int64",
-             "n_common_pairs": "int64"}  # fmt: skip
+             "n_common_pairs": "int64", "nw_lag": "int64", "nw_min_dates": "int64"}  # fmt: skip
     return pd.DataFrame({c: pd.Series(dtype=kinds.get(c, "float64")) for c in columns})

@@ -85,9 +85,8 @@ def within_noise_at_horizon(row: pd.Series, cfg: TripwireSettings) -> dict[str, 
     elif small_median:
         status, why = PASS, f"{h}d |median| {abs(med):.4f} < {cfg.max_abs_median_rankic}"
     elif not np.isfinite(t):
-        status, why = NOT_EVALUATED, (
-            f"{h}d median {med:+.4f} and NW t n/a ({n} dates, {need} needed at lag {lag})"
-        )
+        status = NOT_EVALUATED
+        why = f"{h}d median {med:+.4f} and NW t n/a ({n} dates, {need} needed at lag {lag})"
     else:
         ok = abs(t) < cfg.max_abs_t
         status = PASS if ok else FAIL
