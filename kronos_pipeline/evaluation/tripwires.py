@@ -97,7 +97,9 @@ def within_noise_at_horizon(row: pd.Series, cfg: TripwireSettings) -> dict[str, 
 def _within_noise(model: str, comparison: pd.DataFrame, cfg: TripwireSettings) -> dict[str, Any]:
     """A negative control passes when it is within noise of 0 at every horizon
     (:func:`within_noise_at_horizon`), fails when it is not at one, and is not evaluated when
-    it was not scored or a horizon could not be judged (and none failed)."""
+    it was not scored or a horizon could not be judged (and none failed). ``too_few_dates`` is
+    True when only the dates the NW t needs were missing (a SMOKE-sized run), not the control
+    itself or its figures."""
     rows = comparison[comparison["model"] == model]
     if rows.empty:
         return not_evaluated(f"{model} was not scored in this run")
@@ -111,8 +113,13 @@ def _within_noise(model: str, comparison: pd.DataFrame, cfg: TripwireSettings) -
         return verdict(FAIL, f"{model} is not noise ({limits}): " + "; ".join(failed),
                        model=model, by_horizon=by_horizon)  # fmt: skip
     if unjudged:
+        short = all(
+            np.isfinite(r["median_rank_ic"]) and r["n_dates"] < r["nw_min_dates"]
+            for r in by_horizon if r["status"] == NOT_EVALUATED
+        )  # fmt: skip
         return verdict(NOT_EVALUATED, f"{model} could not be judged ({limits}): "
-                       + "; ".join(unjudged), model=model, by_horizon=by_horizon)  # fmt: skip
+                       + "; ".join(unjudged), model=model, by_horizon=by_horizon,
+                       too_few_dates=short)  # fmt: skip
     return verdict(PASS, f"{model} within noise of 0 at every horizon ({limits})",
                    model=model, by_horizon=by_horizon)  # fmt: skip
 

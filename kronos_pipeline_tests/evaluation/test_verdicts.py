@@ -171,6 +171,10 @@ def test_a_degenerate_t_never_passes_a_tripwire():
     assert result["status"] == "not evaluated" and result["passed"] is None
     assert "90d median" in result["reason"] and "63 dates, 360 needed at lag 89" in result["reason"]
     assert ev.tripwires["passed"] is False
+    # only the dates were missing (the run warns, and carries on); a control that did not run
+    # is not "too few dates"
+    assert result["too_few_dates"] is True
+    assert "too_few_dates" not in ev.tripwires["shuffled_labels"]
 
 
 def test_a_negative_control_is_judged_by_its_median_or_its_nw_t_only():
