@@ -275,3 +275,11 @@ def test_twelve_models_get_twelve_distinguishable_styles():
     styles = report.model_styles([f"model_{i:02d}" for i in range(12)])
     assert len({(s["color"], s["linestyle"]) for s in styles.values()}) == 12
     assert len({(s["color"], s["linestyle"], s["marker"]) for s in styles.values()}) == 12
+
+
+def test_the_stop_rule_waits_for_enough_dates():
+    g = GateSettings()
+    comp = pd.DataFrame({"model": "kronos_zero_shot", "horizon": [20, 60, 90],
+                         "median_rank_ic": [0.005, -0.01, 0.009], "n_dates": 64})  # fmt: skip
+    assert gates.stop_rule(comp, g)[0]["decision"] == "stop: no zero-shot signal"
+    assert gates.stop_rule(comp.assign(n_dates=14), g)[0]["decision"] == "not evaluated"
