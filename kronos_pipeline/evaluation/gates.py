@@ -67,10 +67,6 @@ def _fmt(x: float | None) -> str:
     return "nan" if x is None or not np.isfinite(x) else f"{x:.4f}"
 
 
-def _finite(x: object) -> bool:
-    return x is not None and bool(np.isfinite(float(x)))
-
-
 def _get(row: pd.Series | object, name: str, default: object = None) -> object:
     value = row.get(name, default) if isinstance(row, pd.Series) else getattr(row, name, default)
     return default if value is None or (isinstance(value, float) and np.isnan(value)) else value
