@@ -343,10 +343,21 @@ class GateSettings(StrictModel):
     gate2_strict_min_median_rankic: dict[int, float] = Field(
         default_factory=lambda: {20: 0.08, 60: 0.10, 90: 0.15}
     )  # informational column only
-    # A model and horizon scored on fewer dates is not judged (and the report prints "n/a").
-    min_scoring_dates: int = 5
+    # No verdict on noise (SPEC section 6). A figure a gate reads (a median, churn, a share,
+    # a volatility regime's or a fold's figure) needs at least min_scoring_dates scoring dates,
+    # else the gate is not evaluated and the report prints "n/a (N of 15 dates)". 15 is the
+    # fewest sessions of any complete test month (2001-09; 19-23 otherwise), so a fold scored
+    # daily always counts and a month of weekly dates (4-5) never does, and a median of 15
+    # dates has a standard error of ~1.25 sd / sqrt(15) = 0.32 sd, against 0.56 sd on the
+    # 4-5 dates of a weekly SMOKE regime. A "RankIC >= x" leg also needs its NW t to be a
+    # number, i.e. 4 x (lag + 1) dates (metrics.min_dates_for_hac: 80 / 240 / 360 daily,
+    # 16 / 48 / 72 weekly at 20 / 60 / 90 days), and NW t >= min_nw_t (one-sided).
+    min_scoring_dates: int = 15
+    min_nw_t: float = 2.0
     # Research plan's stop rule: a zero-shot model below this median RankIC at every horizon.
     stop_min_zero_shot_median_rankic: float = 0.01
+
+    _positive_values = field_validator("min_scoring_dates", "min_nw_t")(_positive)
 
 
 class TripwireSettings(StrictModel):

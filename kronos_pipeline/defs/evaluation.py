@@ -468,10 +468,12 @@ def forecast_accuracy(db, fold_ids: list[str], horizons) -> tuple[pd.DataFrame, 
 
 
 def _check_result(asset: str, name: str, result: dict) -> dg.AssetCheckResult:
-    """A tripwire as a check: passes only on "pass"; "not evaluated" fails too (with why)."""
+    """A tripwire as a check: passes only on "pass"; "not evaluated" fails too (with why), as
+    a warning when only too few dates for the NW t kept a control from being judged."""
     return dg.AssetCheckResult(
         asset_key=asset, check_name=name, passed=result.get("status") == tripwires.PASS,
-        severity=dg.AssetCheckSeverity.ERROR,
+        severity=dg.AssetCheckSeverity.WARN if result.get("too_few_dates")
+        else dg.AssetCheckSeverity.ERROR,
         description=f"{str(result.get('status', '')).upper()}: {result.get('reason', '')}",
         metadata={"result": dg.MetadataValue.json(report.clean_json(result)),
                   **({"worst_column": str(result["worst_column"])}
@@ -673,7 +675,7 @@ def _write_report_folder(db) -> tuple[Path, dict]:
         versus_lightgbm=_pd(db.read("select * from model_versus_lightgbm"))
         if "model_versus_lightgbm" in db.tables() else None,
         sectors_used=s.features.use_sector_relative,
-        forecast_accuracy=_stored_accuracy(db),
+        forecast_accuracy=_stored_accuracy(db), gates=s.gates,
         run_info={
             "mode": s.mode,
             "scoring cadence": f"baselines {s.folds.scoring_cadence}, Kronos "

@@ -2,6 +2,12 @@
 
 Verdicts are computed for every model in the comparison table so the report can mark them;
 only candidate models (anything that is not a baseline) block promotion.
+
+No verdict on noise: every figure a gate reads rests on at least ``gates.min_scoring_dates``
+scoring dates (inside each fold and volatility regime too), and every "median RankIC >= x"
+claim also needs its NW t to be a number (``4 (lag + 1)`` dates) and at least
+``gates.min_nw_t`` (:func:`rankic_leg`). What cannot be judged is "not evaluated", with the
+dates it had and needed, and never counts as passed.
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ from kronos_pipeline.evaluation.baselines import (
     COMPOSITE_MODEL,
     CONTROL_MODELS,
     LIGHTGBM_MODEL,
+)
+from kronos_pipeline.evaluation.metrics import (
+    MAX_IMPUTED_HOLD_SHARE,
+    REGIME_LABELS,
+    min_dates_for_hac,
 )
 from kronos_pipeline.evaluation.tripwires import FAIL, NOT_EVALUATED, PASS
 from kronos_pipeline.settings import GateSettings, ReportSettings
@@ -56,100 +67,188 @@ def _fmt(x: float | None) -> str:
     return "nan" if x is None or not np.isfinite(x) else f"{x:.4f}"
 
 
-def _finite(x: object) -> bool:
-    return x is not None and bool(np.isfinite(float(x)))
+def _get(row: pd.Series | object, name: str, default: object = None) -> object:
+    value = row.get(name, default) if isinstance(row, pd.Series) else getattr(row, name, default)
+    return default if value is None or (isinstance(value, float) and np.isnan(value)) else value
+
+
+def nw_needed_dates(row: pd.Series) -> int:
+    """Fewest scoring dates for which the row's NW t is a number: ``4 (nw_lag + 1)``
+    (:func:`metrics.min_dates_for_hac`; SPEC section 5)."""
+    need = _get(row, "nw_min_dates")
+    return int(need) if need is not None else min_dates_for_hac(int(_get(row, "nw_lag", 0)))
+
+
+def required_dates(row: pd.Series, gates: GateSettings) -> int:
+    """Fewest scoring dates a "median RankIC >= x" leg needs at the row's horizon and cadence:
+    ``max(gates.min_scoring_dates, 4 (nw_lag + 1))``, so that the median rests on enough
+    dates and the NW t of SPEC section 5 is a number (80 / 240 / 360 daily and 16 / 48 / 72
+    weekly dates at 20 / 60 / 90 days with the default floor of 15)."""
+    return max(gates.min_scoring_dates, nw_needed_dates(row))
+
+
+def rankic_leg(
+    row: pd.Series, bar: float, gates: GateSettings, strict: bool = False
+) -> tuple[str, str]:
+    """One "median RankIC >= bar" leg for one model and horizon (SPEC section 6, "no verdict
+    on noise"): a claim that the model ranks better than ``bar`` must be significant.
+
+    - not evaluated: fewer than :func:`required_dates` scoring dates, or no NW t (a constant
+      series): the claim cannot be judged;
+    - pass: ``median_rank_ic >= bar`` (``> bar`` when ``strict``) and ``nw_t >=
+      gates.min_nw_t`` (one-sided: the mean RankIC is positive and significant);
+    - fail: the median is below the bar, or the NW t, a number, is below ``min_nw_t``.
+    """
+    n, h = int(_get(row, "n_dates", 0)), int(row["horizon"])
+    need = required_dates(row, gates)
+    med, t = float(_get(row, "median_rank_ic", np.nan)), float(_get(row, "nw_t", np.nan))
+    if n < need:
+        return NOT_EVALUATED, (
+            f"{n} dates, {need} needed (NW t at {h}d, lag {int(_get(row, 'nw_lag', 0))})"
+        )
+    if not np.isfinite(med) or not np.isfinite(t):
+        return NOT_EVALUATED, f"no median RankIC or NW t on {n} dates"
+    above = med > bar if strict else med >= bar
+    sign = ">" if strict else ">="
+    why = f"median RankIC {_fmt(med)} ({sign} {bar}?), NW t {t:+.2f} (>= {gates.min_nw_t}?)"
+    return (PASS if above and t >= gates.min_nw_t else FAIL), why
+
+
+def _enough_dates(row: pd.Series, gates: GateSettings) -> tuple[bool, str]:
+    """Whether a figure without a t (momentum correlation, churn, cost survival, regimes) rests
+    on at least ``gates.min_scoring_dates`` dates at this row's horizon."""
+    n = int(_get(row, "n_dates", 0))
+    return n >= gates.min_scoring_dates, f"{n} dates, {gates.min_scoring_dates} needed"
 
 
 def gate1(rows: pd.DataFrame, gates: GateSettings) -> tuple[str, str]:
-    """Zero-shot signal: ``median_rank_ic >= gate1_min_median_rankic`` for at least
-    ``gate1_min_horizons`` horizons, and ``median_momentum_corr < gate1_max_momentum_corr`` at every
-    horizon. ``rows``: one model's comparison rows. A NaN median RankIC or momentum correlation
-    at any horizon is "not evaluated" unless the horizons that were evaluated already fail."""
-    med = rows["median_rank_ic"].to_numpy(float)
-    mom = rows["median_momentum_corr"].to_numpy(float)
-    horizons = rows["horizon"].astype(int).tolist()
-    ok_h = [
-        h
-        for h, v in zip(horizons, med, strict=True)
-        if np.isfinite(v) and v >= gates.gate1_min_median_rankic
-    ]
-    missing = [
-        h
-        for h, a, b in zip(horizons, med, mom, strict=True)
-        if not (np.isfinite(a) and np.isfinite(b))
-    ]
-    mom_bad = [
-        h
-        for h, v in zip(horizons, mom, strict=True)
-        if np.isfinite(v) and v >= gates.gate1_max_momentum_corr
-    ]
-    reason = (
-        f"median RankIC >= {gates.gate1_min_median_rankic} at horizons {ok_h} "
-        f"(need {gates.gate1_min_horizons}); max median momentum corr "
-        f"{_fmt(float(np.nanmax(mom)) if np.isfinite(mom).any() else None)} "
-        f"(< {gates.gate1_max_momentum_corr} needed)"
-    )
-    if mom_bad:
+    """Zero-shot signal: :func:`rankic_leg` with ``gate1_min_median_rankic`` passes at
+    ``gate1_min_horizons`` horizons or more, and ``median_momentum_corr <
+    gate1_max_momentum_corr`` at every horizon (each on at least ``min_scoring_dates`` dates).
+
+    Fails when the momentum correlation is too high somewhere, or when even the horizons that
+    could not be judged would not make up ``gate1_min_horizons``; passes when enough horizons
+    pass and every momentum correlation was judged; otherwise not evaluated. ``rows``: one
+    model's comparison rows.
+    """
+    passed, unjudged, mom_bad, mom_unjudged, parts = [], [], [], [], []
+    for _, r in rows.sort_values("horizon").iterrows():
+        h = int(r["horizon"])
+        status, why = rankic_leg(r, gates.gate1_min_median_rankic, gates)
+        if status == PASS:
+            passed.append(h)
+        elif status == NOT_EVALUATED:
+            unjudged.append(h)
+        parts.append(f"{h}d {status.upper()}: {why}")
+        enough, few = _enough_dates(r, gates)
+        mom = float(_get(r, "median_momentum_corr", np.nan))
+        if not enough or not np.isfinite(mom):
+            mom_unjudged.append(h)
+            parts.append(f"{h}d momentum corr not evaluated ({few if not enough else 'nan'})")
+        elif mom >= gates.gate1_max_momentum_corr:
+            mom_bad.append(h)
+            parts.append(f"{h}d momentum corr {_fmt(mom)} >= {gates.gate1_max_momentum_corr}")
+    need = gates.gate1_min_horizons
+    reason = f"RankIC legs passed at {passed} (need {need}); " + "; ".join(parts)
+    if mom_bad or len(passed) + len(unjudged) < need:
         return FAIL, reason
-    if missing or rows.empty:
-        if len(ok_h) + len(missing) < gates.gate1_min_horizons:
-            return FAIL, reason
-        return (
-            NOT_EVALUATED,
-            f"no median RankIC or momentum correlation at horizons {missing}; {reason}",
-        )
-    return (PASS if len(ok_h) >= gates.gate1_min_horizons else FAIL), reason
+    if len(passed) >= need and not mom_unjudged:
+        return PASS, reason
+    return NOT_EVALUATED, reason
 
 
 def gate2(row: pd.Series, versus: pd.Series | None, gates: GateSettings) -> tuple[str, str]:
-    """ML comparison at one horizon: ``median_rank_ic >= gate2_min_median_rankic`` (over the
-    model's own dates), or within ``gate2_max_gap_to_lightgbm`` of the LightGBM baseline, the
-    gap taken on the (date, ticker) pairs both scored (``versus``: a row of
-    :func:`metrics.versus_reference`; None without a LightGBM baseline). A NaN median is "not
-    evaluated"."""
-    med = float(row["median_rank_ic"])
-    if not np.isfinite(med):
-        return NOT_EVALUATED, "no median RankIC (no scored date with a matured label)"
-    abs_ok = med >= gates.gate2_min_median_rankic
-    gap = float(versus["gap"]) if versus is not None else float("nan")
-    if not np.isfinite(gap):
-        return (PASS if abs_ok else FAIL), (
-            f"median RankIC {_fmt(med)} vs {gates.gate2_min_median_rankic}; no LightGBM "
-            "baseline on common pairs"
+    """ML comparison at one horizon: passes on either leg.
+
+    - absolute: :func:`rankic_leg` with ``gate2_min_median_rankic`` (median over the model's
+      own dates, NW t >= ``min_nw_t``);
+    - tolerance: ``diff >= -gate2_max_gap_to_lightgbm``, ``diff`` being the model's median
+      RankIC minus LightGBM's on the (date, ticker) pairs both scored (``versus``: a row of
+      :func:`metrics.versus_reference`; None without a LightGBM baseline, when only the
+      absolute leg applies), on at least :func:`required_dates` common dates, and only for a
+      model whose own median RankIC is positive with NW t >= ``min_nw_t``: being as poor as
+      LightGBM is no signal.
+
+    Not evaluated when the model's own dates cannot carry the absolute leg, or when the
+    tolerance leg is the only one left and cannot be judged.
+    """
+    status, why = rankic_leg(row, gates.gate2_min_median_rankic, gates)
+    if status != FAIL:
+        return status, why
+    tol = gates.gate2_max_gap_to_lightgbm
+    diff = float(_get(versus, "diff", np.nan)) if versus is not None else np.nan
+    if not np.isfinite(diff):
+        return FAIL, f"{why}; no LightGBM tolerance (LightGBM itself, or none on common pairs)"
+    own, own_why = rankic_leg(row, 0.0, gates, strict=True)
+    if own != PASS:
+        return FAIL, (
+            f"{why}; the LightGBM tolerance needs a positive, significant own median RankIC: "
+            f"{own_why}"
         )
-    passed = abs_ok or gap <= gates.gate2_max_gap_to_lightgbm
-    return (PASS if passed else FAIL), (
-        f"median RankIC {_fmt(med)} (>= {gates.gate2_min_median_rankic}?) or gap to LightGBM "
-        f"{_fmt(gap)} on {int(versus['n_common_dates'])} common dates "
-        f"(<= {gates.gate2_max_gap_to_lightgbm}?)"
+    n_common, need = int(versus["n_common_dates"]), required_dates(row, gates)
+    if n_common < need:
+        return NOT_EVALUATED, f"{why}; model - LightGBM on {n_common} common dates, {need} needed"
+    return (PASS if diff >= -tol else FAIL), (
+        f"{why}; model - LightGBM median RankIC {diff:+.4f} on {n_common} common dates (>= -{tol}?)"
     )
 
 
 def gate3(rows: pd.DataFrame, gates: GateSettings) -> tuple[str, str]:
-    """Practical: ``churn <= gate3_max_churn`` at every horizon; ``positive_fold_share >=
-    gate3_min_positive_fold_share`` at each of ``gate3_cost_horizons``; every volatility regime's
-    median RankIC ``>= gate3_min_regime_median_rankic``. A failure anywhere fails the gate;
-    otherwise a NaN figure or a missing cost horizon makes it "not evaluated"."""
+    """Practical, every figure on at least ``gates.min_scoring_dates`` dates:
+
+    - ``churn <= gate3_max_churn`` at every horizon (top-decile turnover over the same 5
+      sessions for every cadence, over ``n_churn_dates`` dates);
+    - ``positive_fold_share >= gate3_min_positive_fold_share`` at each of
+      ``gate3_cost_horizons``, over the folds of at least ``min_scoring_dates`` dates; "n/a
+      (imputed)" (not evaluated) when more than half the hold turnovers are imputed;
+    - every volatility regime's median RankIC ``>= gate3_min_regime_median_rankic``, each
+      regime on at least ``min_scoring_dates`` dates.
+
+    A failure anywhere fails the gate; otherwise a figure that could not be judged makes it
+    not evaluated.
+    """
+    floor = gates.min_scoring_dates
     failures, missing = [], []
-    for r in rows.itertuples():
-        if not _finite(r.churn):
-            missing.append(f"churn at {r.horizon}d")
-        elif r.churn > gates.gate3_max_churn:
-            failures.append(f"churn {_fmt(r.churn)} at {r.horizon}d > {gates.gate3_max_churn}")
-        if r.horizon in gates.gate3_cost_horizons:
-            if not _finite(r.positive_fold_share):
-                missing.append(f"positive net folds at {r.horizon}d")
-            elif r.positive_fold_share < gates.gate3_min_positive_fold_share:
-                failures.append(
-                    f"positive net folds {_fmt(r.positive_fold_share)} at {r.horizon}d < "
-                    f"{gates.gate3_min_positive_fold_share}"
+    for _, r in rows.sort_values("horizon").iterrows():
+        h = int(r["horizon"])
+        enough, few = _enough_dates(r, gates)
+        if not enough:
+            missing.append(f"{h}d: {few}")
+            continue
+        churn, n_churn = float(_get(r, "churn", np.nan)), int(_get(r, "n_churn_dates", 0))
+        if not np.isfinite(churn) or n_churn < floor:
+            missing.append(f"churn at {h}d on {n_churn} dates 5 sessions apart, {floor} needed")
+        elif churn > gates.gate3_max_churn:
+            failures.append(f"churn {_fmt(churn)} at {h}d > {gates.gate3_max_churn}")
+        if h in gates.gate3_cost_horizons:
+            share = float(_get(r, "positive_fold_share", np.nan))
+            imputed = float(_get(r, "hold_imputed_share", 0.0))
+            if imputed > MAX_IMPUTED_HOLD_SHARE:
+                missing.append(
+                    f"positive net folds at {h}d n/a (imputed): {imputed:.0%} of hold "
+                    "turnovers imputed"
                 )
-        if not _finite(r.min_regime_median_rank_ic):
-            missing.append(f"volatility regimes at {r.horizon}d")
-        elif r.min_regime_median_rank_ic < gates.gate3_min_regime_median_rankic:
+            elif not np.isfinite(share):
+                missing.append(
+                    f"positive net folds at {h}d: no fold with {floor} dates and a measured "
+                    f"net spread ({int(_get(r, 'n_folds', 0))} folds)"
+                )
+            elif share < gates.gate3_min_positive_fold_share:
+                failures.append(
+                    f"positive net folds {_fmt(share)} at {h}d < "
+                    f"{gates.gate3_min_positive_fold_share} "
+                    f"({int(_get(r, 'n_folds_judged', 0))} folds)"
+                )
+        worst = float(_get(r, "min_regime_median_rank_ic", np.nan))
+        if np.isfinite(worst) and worst < gates.gate3_min_regime_median_rankic:
             failures.append(
-                f"worst volatility regime median RankIC {_fmt(r.min_regime_median_rank_ic)} at "
-                f"{r.horizon}d < {gates.gate3_min_regime_median_rankic}"
+                f"worst volatility regime median RankIC {_fmt(worst)} at {h}d < "
+                f"{gates.gate3_min_regime_median_rankic}"
+            )
+        elif int(_get(r, "n_regimes_judged", 0)) < len(REGIME_LABELS):
+            counts = "/".join(str(int(_get(r, f"regime_n_dates_{x}", 0))) for x in REGIME_LABELS)
+            missing.append(
+                f"volatility regimes at {h}d: {counts} dates (low/mid/high), {floor} needed each"
             )
     absent = [h for h in gates.gate3_cost_horizons if h not in set(rows["horizon"])]
     if absent:
@@ -162,29 +261,12 @@ def gate3(rows: pd.DataFrame, gates: GateSettings) -> tuple[str, str]:
 
 
 def gate2_strict(row: pd.Series, gates: GateSettings) -> str:
-    """Informational: the research plan's stricter per-horizon bar for gate 2 (pass / fail /
-    not evaluated)."""
+    """Informational: the research plan's stricter per-horizon bar for gate 2, judged as
+    :func:`rankic_leg` (pass / fail / not evaluated)."""
     bar = gates.gate2_strict_min_median_rankic.get(int(row["horizon"]))
-    med = float(row["median_rank_ic"])
-    if bar is None or not np.isfinite(med):
+    if bar is None:
         return NOT_EVALUATED
-    return PASS if med >= bar else FAIL
-
-
-#: Comparison figures a gate reads; blanked (NaN: "not evaluated") on too few scoring dates.
-JUDGED_FIGURES = ("median_rank_ic", "median_momentum_corr", "churn", "positive_fold_share",
-                  "min_regime_median_rank_ic")  # fmt: skip
-
-
-def _too_few_dates_unjudged(comparison: pd.DataFrame, gates: GateSettings) -> pd.DataFrame:
-    """Rows scored on fewer than ``gates.min_scoring_dates`` dates lose the figures the gates
-    read, so their verdicts are "not evaluated" instead of decided by a handful of dates."""
-    out = comparison.copy()
-    few = out["n_dates"] < gates.min_scoring_dates
-    for col in JUDGED_FIGURES:
-        if col in out:
-            out.loc[few, col] = np.nan
-    return out
+    return rankic_leg(row, bar, gates)[0]
 
 
 def evaluate_gates(
@@ -195,9 +277,9 @@ def evaluate_gates(
 ) -> pd.DataFrame:
     """Gate 1-3 verdicts for every model of the comparison table (tripwire controls excluded).
 
-    ``versus_lightgbm`` (:func:`metrics.versus_reference` against LightGBM) gives gate 2 its gap
-    on common (date, ticker) pairs; without it, each model's own median is compared with
-    LightGBM's own median (same dates by construction only when both score the same pairs).
+    ``versus_lightgbm`` (:func:`metrics.versus_reference` against LightGBM) gives gate 2 its
+    difference on common (date, ticker) pairs; without it (hand-made tables), each model's own
+    median is compared with LightGBM's own median, on the fewer of the two date counts.
 
     A model flagged by the leak scan (``leak_models``) fails every gate with the reason
     "leak tripwire fired". Columns: ``gate, model, horizon, status, passed, candidate, reason``
@@ -206,14 +288,15 @@ def evaluate_gates(
     results: list[dict[str, object]] = []
     if versus_lightgbm is None:
         lgbm = comparison[comparison["model"] == LIGHTGBM_MODEL].set_index("horizon")
-        own = comparison.set_index(["model", "horizon"])["median_rank_ic"]
+        own = comparison.set_index(["model", "horizon"])
         versus_lightgbm = pd.DataFrame([
-            {"model": m, "horizon": h, "n_common_dates": 0,
-             "gap": float(lgbm.loc[h, "median_rank_ic"]) - float(own[(m, h)])}
+            {"model": m, "horizon": h,
+             "n_common_dates": int(min(own.loc[(m, h), "n_dates"], lgbm.loc[h, "n_dates"])),
+             "diff": float(own.loc[(m, h), "median_rank_ic"]) - float(lgbm.loc[h, "median_rank_ic"])}
             for m, h in own.index if m != LIGHTGBM_MODEL and h in lgbm.index
-        ], columns=["model", "horizon", "n_common_dates", "gap"])  # fmt: skip
+        ], columns=["model", "horizon", "n_common_dates", "diff"])  # fmt: skip
     versus = versus_lightgbm.set_index(["model", "horizon"])
-    judged = _too_few_dates_unjudged(comparison[~comparison["model"].isin(CONTROL_MODELS)], gates)
+    judged = comparison[~comparison["model"].isin(CONTROL_MODELS)]
     candidates = set(candidate_models(judged["model"]))
     leak_reason = "leak tripwire fired: median RankIC implausibly high"
 
@@ -224,12 +307,12 @@ def evaluate_gates(
 
     for model, rows in judged.groupby("model", sort=True):
         add("gate1", model, None, gate1(rows, gates))
-        for r in rows.sort_values("horizon").itertuples(index=False):
-            row = pd.Series(r._asdict())
-            key = (model, r.horizon)
+        for _, row in rows.sort_values("horizon").iterrows():
+            key = (model, row["horizon"])
             ref = versus.loc[key] if key in versus.index and model != LIGHTGBM_MODEL else None
             verdict = gate2(row, ref, gates)
-            add("gate2", model, int(r.horizon), verdict, gate2_strict=gate2_strict(row, gates))
+            add("gate2", model, int(row["horizon"]), verdict,
+                gate2_strict=gate2_strict(row, gates))  # fmt: skip
         add("gate3", model, None, gate3(rows, gates))
     columns = [
         "gate",
@@ -248,11 +331,14 @@ def stop_rule(comparison: pd.DataFrame, gates: GateSettings) -> list[dict[str, o
     """The research plan's stop rule, per zero-shot model (published weights, model name with
     ``zero_shot``): "stop: no zero-shot signal" when its median RankIC is below
     ``stop_min_zero_shot_median_rankic`` at every horizon; "continue" when it reaches it at one;
-    "not evaluated" when a horizon has no median."""
+    "not evaluated" when a horizon has no median, or one on fewer than ``min_scoring_dates``
+    dates (``n_dates``)."""
     out = []
     bar = gates.stop_min_zero_shot_median_rankic
     for model, rows in comparison[comparison["model"].str.contains("zero_shot")].groupby("model"):
         med = rows["median_rank_ic"].to_numpy(float)
+        if "n_dates" in rows:
+            med = np.where(rows["n_dates"].to_numpy() >= gates.min_scoring_dates, med, np.nan)
         if (med[np.isfinite(med)] >= bar).any():
             verdict = "continue"
         elif not np.isfinite(med).all() or not len(med):

@@ -21,6 +21,8 @@ import pandas as pd
 import statsmodels.api as sm
 from scipy import stats
 
+from kronos_pipeline.settings import GateSettings
+
 N_QUANTILES = 10  # deciles
 TRADING_DAYS_PER_YEAR = 252  # annualisation of daily volatility
 REGIME_VOL_WINDOW_DAYS = 20  # SPEC 5: realised 20-day volatility of the equal-weight market
@@ -28,9 +30,14 @@ REGIME_LABELS = ("low", "mid", "high")
 MIN_NAMES_PER_DATE = 3  # fewer names than this: no cross-sectional statistic that date
 HAC_MIN_BLOCKS = 4  # SPEC 5: a HAC t needs about 4 x (lag + 1) scoring dates, else "n/a"
 NON_OVERLAP_MIN_DATES = 6  # fewest non-overlapping dates for their t-stat, else "n/a"
+CHURN_INTERVAL_SESSIONS = 5  # SPEC 6: churn over the same 5 sessions whatever the cadence
+MAX_IMPUTED_HOLD_SHARE = 0.5  # SPEC 6: above it, net figures read "n/a (imputed)"
 Z_975 = 1.959963984540054  # two-sided 5 % normal critical value
 
 KEYS = ["model", "horizon", "date"]
+#: Fewest scoring dates inside a fold or a volatility regime for it to be judged: the default
+#: of ``gates.min_scoring_dates`` (settings is the source of truth; callers pass theirs).
+MIN_JUDGED_DATES = GateSettings().min_scoring_dates
 MOMENTUM_MODEL = "factor_momentum_12_1"
 
 
@@ -372,11 +379,11 @@ def _basket_replacement(
 ) -> pd.Series:
     """Share of the names in a quantile basket at ``later`` that were not in it at ``date``.
 
-    ``pairs`` has ``model, horizon, date, later`` (``later`` NaT: no pair). The result is indexed
-    by ``model, horizon`` and ``index_on`` (``"date"`` or ``"later"``); NaN where no pair.
+    ``pairs`` has ``model, horizon, date, later`` (NaT on either side: no pair). The result is
+    indexed by ``model, horizon`` and ``index_on`` (``"date"`` or ``"later"``); NaN where no pair.
     """
     basket = df.loc[df["quantile"] == bucket, ["model", "horizon", "date", "ticker"]]
-    p = pairs.dropna(subset=["later"])[["model", "horizon", "date", "later"]]
+    p = pairs.dropna(subset=["date", "later"])[["model", "horizon", "date", "later"]]
     new = p.merge(basket.rename(columns={"date": "later"}), on=["model", "horizon", "later"])
     new = new.merge(basket.assign(_was=True), on=["model", "horizon", "date", "ticker"], how="left")
     new["_was"] = new["_was"].fillna(False).astype(bool)
@@ -389,6 +396,31 @@ def _consecutive_pairs(dates: pd.DataFrame) -> pd.DataFrame:
     """``model, horizon, date, later``: each scoring date and the model's next one."""
     d = dates[KEYS].drop_duplicates().sort_values(KEYS)
     return d.assign(later=d.groupby(["model", "horizon"])["date"].shift(-1))
+
+
+def churn_pairs(
+    dates: pd.DataFrame, calendar: str = "XNYS", interval: int = CHURN_INTERVAL_SESSIONS
+) -> pd.DataFrame:
+    """``model, horizon, date, later``: each scoring date ``later`` and the same model's
+    scoring date exactly ``interval`` sessions before it (``date``), so churn covers the same
+    calendar interval for a daily, a weekly and a monthly model. Dates without such an earlier
+    scoring date (the first ``interval`` sessions, a weekly date after a holiday or across a
+    month boundary, every monthly date) have no pair and no churn.
+    """
+    d = dates[KEYS].drop_duplicates().sort_values(KEYS).reset_index(drop=True)
+    unique = np.sort(d["date"].unique())
+    pos = pd.Series(session_positions(unique, calendar), index=pd.DatetimeIndex(unique))
+    earlier = pd.Series(pd.NaT, index=d.index, dtype="datetime64[ns]")
+    for _, g in d.groupby(["model", "horizon"], sort=False):
+        p = pos.reindex(pd.DatetimeIndex(g["date"])).to_numpy()
+        j = np.clip(np.searchsorted(p, p - int(interval), side="left"), 0, len(p) - 1)
+        ok = p[j] == p - int(interval)
+        vals = np.full(len(g), np.datetime64("NaT"), dtype="datetime64[ns]")
+        vals[ok] = g["date"].to_numpy()[j[ok]]
+        earlier.loc[g.index] = vals
+    return pd.DataFrame(
+        {"model": d["model"], "horizon": d["horizon"], "date": earlier, "later": d["date"]}
+    )
 
 
 def hold_pairs(dates: pd.DataFrame, calendar: str = "XNYS") -> pd.DataFrame:
@@ -436,11 +468,16 @@ def per_date_metrics(
     ``rank_ic`` (Spearman of score vs ``excess_return``);
     ``top_return, bottom_return`` (equal-weight mean ``fwd_return`` of the top / bottom decile) and
     ``spread_return = top_return - bottom_return`` (fraction over ``h`` trading days);
-    ``top_turnover, bottom_turnover`` (churn vs the previous scoring date, fraction; NaN on the
-    first date; churn, not a cost); ``ls_turnover = top_turnover + bottom_turnover``;
+    ``top_turnover, bottom_turnover`` (share of the decile replaced since the previous scoring
+    date, fraction; NaN on the first date; not a cost); ``ls_turnover = top_turnover +
+    bottom_turnover``; ``churn`` (SPEC 5-6: share of the top decile at ``t`` that was not in it
+    at the model's scoring date :data:`CHURN_INTERVAL_SESSIONS` sessions earlier, see
+    :func:`churn_pairs`; NaN where the model scored no date exactly that far back, so every
+    cadence is measured over the same interval);
     ``hold_top_turnover, hold_bottom_turnover`` (share of each leg replaced when the portfolio
     formed at ``t`` is rolled into the one formed ``h`` sessions later, see :func:`hold_pairs`;
-    1 per leg, with ``hold_cost_bounded`` True, where the model scored no date that late; the
+    1 per leg, imputed, with ``hold_cost_bounded`` True, where the model scored no date that
+    late; the
     portfolios come from ``book_scores``, every score of the models including dates whose labels
     have not matured, when given, else from the eval rows);
     ``hold_turnover`` (their sum);
@@ -459,7 +496,7 @@ def per_date_metrics(
             columns=[
                 "model", "horizon", "fold", "date", "n_names", "rank_ic", "top_return",
                 "bottom_return", "spread_return", "top_turnover", "bottom_turnover",
-                "ls_turnover", "hold_top_turnover", "hold_bottom_turnover",
+                "ls_turnover", "churn", "hold_top_turnover", "hold_bottom_turnover",
                 "hold_cost_bounded", "hold_turnover", "net_spread_return", "rank_autocorr",
                 "momentum_corr", "session", "mkt_vol_20d", "vol_regime",
             ]
@@ -476,6 +513,7 @@ def per_date_metrics(
     out["top_turnover"] = _basket_replacement(df, n_quantiles, consecutive, "later")
     out["bottom_turnover"] = _basket_replacement(df, 1, consecutive, "later")
     out["ls_turnover"] = out["top_turnover"] + out["bottom_turnover"]
+    out["churn"] = _basket_replacement(df, n_quantiles, churn_pairs(df, calendar), "later")
     # Portfolios are formed from the scores alone, so the one that replaces a hold exists even
     # where its own labels have not matured yet (the last h sessions of the data).
     book = df
@@ -538,14 +576,26 @@ def hac_inputs(g: pd.DataFrame, horizon: int) -> tuple[float, int]:
     return spacing, newey_west_lag(horizon, spacing)
 
 
+def hold_imputed_share(hold_cost_bounded: pd.Series) -> float:
+    """Share of dates whose hold turnover was imputed (1 per leg: no later book to roll into),
+    fraction; NaN for no dates."""
+    x = hold_cost_bounded.astype(bool)
+    return float(x.mean()) if len(x) else float("nan")
+
+
 def _summary(g: pd.DataFrame, horizon: int) -> dict[str, float]:
-    """Summary of one model and horizon's per-date rows ``g`` (sorted by date)."""
+    """Summary of one model and horizon's per-date rows ``g`` (sorted by date). Net spread and
+    break-even are NaN when more than :data:`MAX_IMPUTED_HOLD_SHARE` of the hold turnovers are
+    imputed: they would be the gross spread minus a constant, not a measurement."""
     ic = g["rank_ic"].to_numpy(dtype=float)
     gross = float(g["spread_return"].mean())
     hold = float(g["hold_turnover"].mean())
+    imputed = hold_imputed_share(g["hold_cost_bounded"])
+    measured = bool(imputed <= MAX_IMPUTED_HOLD_SHARE)
     spacing, lag = hac_inputs(g, horizon)
     finite = g[np.isfinite(ic)]
     apart = non_overlapping_positions(finite["session"].to_numpy(), horizon)
+    churn = g["churn"].dropna() if "churn" in g else pd.Series(dtype=float)
     return {
         "n_dates": int(np.isfinite(ic).sum()),
         "mean_rank_ic": float(np.nanmean(ic)) if np.isfinite(ic).any() else float("nan"),
@@ -555,17 +605,20 @@ def _summary(g: pd.DataFrame, horizon: int) -> dict[str, float]:
         "hit_rate": hit_rate(ic),
         "scoring_spacing_sessions": spacing,
         "nw_lag": lag,
+        "nw_min_dates": min_dates_for_hac(lag),
         "nw_t": newey_west_t(ic, lag),
         "n_dates_non_overlapping": int(len(apart)),
         "t_non_overlapping": non_overlapping_t(finite["rank_ic"].to_numpy(float)[apart]),
-        "churn": float(g["top_turnover"].mean()),
+        "churn": float(churn.mean()) if len(churn) else float("nan"),
+        "n_churn_dates": int(len(churn)),
         "rank_autocorr": float(g["rank_autocorr"].mean()),
         "mean_spread_return": gross,
-        "mean_net_spread_return": float(g["net_spread_return"].mean()),
+        "mean_net_spread_return": float(g["net_spread_return"].mean()) if measured else np.nan,
         "mean_ls_turnover": float(g["ls_turnover"].mean()),
         "mean_hold_turnover": hold,
         "n_dates_hold_cost_bounded": int(g["hold_cost_bounded"].astype(bool).sum()),
-        "break_even_cost_bps": break_even_cost_bps(gross, hold),
+        "hold_imputed_share": imputed,
+        "break_even_cost_bps": break_even_cost_bps(gross, hold) if measured else np.nan,
         "median_momentum_corr": float(g["momentum_corr"].median()),
     }
 
@@ -575,15 +628,18 @@ def fold_summaries(per_date: pd.DataFrame) -> pd.DataFrame:
 
     ``median_rank_ic, mean_rank_ic, std_rank_ic``; ``ic_ir = mean / std``; ``hit_rate`` (share of
     dates with RankIC > 0); ``scoring_spacing_sessions`` (median sessions between scoring dates),
-    ``nw_lag`` (:func:`newey_west_lag`) and ``nw_t`` (:func:`newey_west_t`, NaN = "n/a" when too
-    few dates remain); ``n_dates_non_overlapping`` and ``t_non_overlapping`` (over dates at least
-    ``h`` sessions apart, :func:`non_overlapping_t`); ``churn`` (mean top-decile turnover between
-    consecutive scoring dates); ``rank_autocorr`` (mean); ``mean_spread_return`` and
-    ``mean_net_spread_return`` (mean over dates of the top-minus-bottom decile ``h``-day return,
-    gross and net of the cost of the hold); ``mean_ls_turnover`` (consecutive-date churn of both
-    legs); ``mean_hold_turnover`` and ``n_dates_hold_cost_bounded`` (see
-    :func:`per_date_metrics`); ``break_even_cost_bps`` (from the hold turnover);
-    ``median_momentum_corr``.
+    ``nw_lag`` (:func:`newey_west_lag`), ``nw_min_dates`` (:func:`min_dates_for_hac`) and ``nw_t``
+    (:func:`newey_west_t`, NaN = "n/a" when fewer than ``nw_min_dates`` dates remain);
+    ``n_dates_non_overlapping`` and ``t_non_overlapping`` (over dates at least ``h`` sessions
+    apart, :func:`non_overlapping_t`); ``churn`` (mean top-decile turnover over
+    :data:`CHURN_INTERVAL_SESSIONS` sessions) over ``n_churn_dates`` dates; ``rank_autocorr``
+    (mean); ``mean_spread_return`` and ``mean_net_spread_return`` (mean over dates of the
+    top-minus-bottom decile ``h``-day return, gross and net of the cost of the hold);
+    ``mean_ls_turnover`` (consecutive-date turnover of both legs); ``mean_hold_turnover``,
+    ``n_dates_hold_cost_bounded`` and ``hold_imputed_share`` (dates whose hold turnover was
+    imputed, count and share, see :func:`per_date_metrics`); ``break_even_cost_bps`` (from the
+    hold turnover); ``median_momentum_corr``. Net spread and break-even are NaN ("n/a
+    (imputed)") where ``hold_imputed_share > MAX_IMPUTED_HOLD_SHARE``.
     """
     rows = []
     for (model, horizon, fold), g in per_date.sort_values(["date"]).groupby(
@@ -595,31 +651,62 @@ def fold_summaries(per_date: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def model_comparison(per_date: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
+def positive_fold_share(folds: pd.DataFrame, min_dates: int) -> tuple[float, int]:
+    """Share of folds with ``mean_net_spread_return > 0`` among the folds that can be judged:
+    at least ``min_dates`` scoring dates and a measured net spread (NaN when more than
+    :data:`MAX_IMPUTED_HOLD_SHARE` of the fold's hold turnovers are imputed). Returns
+    ``(share, n_folds_judged)``; the share is NaN when no fold can be judged."""
+    judged = folds[(folds["n_dates"] >= min_dates) & folds["mean_net_spread_return"].notna()]
+    net = judged["mean_net_spread_return"]
+    return (float((net > 0).mean()) if len(net) else float("nan")), int(len(net))
+
+
+def regime_medians(g: pd.DataFrame, min_dates: int) -> dict[str, float]:
+    """Median RankIC and date count per market volatility tercile of one model and horizon.
+
+    ``regime_median_rank_ic_{low,mid,high}``, ``regime_n_dates_{low,mid,high}``;
+    ``min_regime_median_rank_ic`` is the lowest median over the regimes with at least
+    ``min_dates`` dates (NaN when none has), ``n_regimes_judged`` how many those are.
+    """
+    out: dict[str, float] = {}
+    judged = []
+    for label in REGIME_LABELS:
+        ic = g.loc[g["vol_regime"] == label, "rank_ic"].dropna()
+        value = float(ic.median()) if len(ic) else float("nan")
+        out[f"regime_median_rank_ic_{label}"] = value
+        out[f"regime_n_dates_{label}"] = int(len(ic))
+        if len(ic) >= min_dates:
+            judged.append(value)
+    out["min_regime_median_rank_ic"] = min(judged) if judged else float("nan")
+    out["n_regimes_judged"] = len(judged)
+    return out
+
+
+def model_comparison(
+    per_date: pd.DataFrame, folds: pd.DataFrame, min_dates: int = MIN_JUDGED_DATES
+) -> pd.DataFrame:
     """Overall comparison per ``model, horizon``, over every scoring date of every fold.
 
     The :func:`fold_summaries` columns computed on all dates at once (``nw_t`` on the full date
-    series), plus ``n_folds``; ``positive_fold_share`` (share of folds whose
-    ``mean_net_spread_return > 0``); ``median_fold_rank_ic`` (median of the folds' median
-    RankIC); ``regime_median_rank_ic_{low,mid,high}`` (median RankIC over the dates of each market
-    volatility tercile); ``min_regime_median_rank_ic``.
+    series), plus ``n_folds``; ``positive_fold_share`` and ``n_folds_judged``
+    (:func:`positive_fold_share` over folds of at least ``min_dates`` dates; NaN when more than
+    :data:`MAX_IMPUTED_HOLD_SHARE` of the row's hold turnovers are imputed);
+    ``median_fold_rank_ic`` (median of the folds' median RankIC); the volatility-regime columns
+    of :func:`regime_medians` (regimes of at least ``min_dates`` dates judged).
+    ``min_dates``: ``gates.min_scoring_dates``, the fewest dates inside a fold or a regime.
     """
     rows = []
     for (model, horizon), g in per_date.sort_values("date").groupby(["model", "horizon"]):
         f = folds[(folds["model"] == model) & (folds["horizon"] == horizon)]
         row = {"model": model, "horizon": int(horizon), **_summary(g, int(horizon))}
-        net = f["mean_net_spread_return"].dropna()
+        share, judged = positive_fold_share(f, min_dates)
+        if row["hold_imputed_share"] > MAX_IMPUTED_HOLD_SHARE:
+            share = float("nan")
         row["n_folds"] = int(len(f))
-        row["positive_fold_share"] = float((net > 0).mean()) if len(net) else float("nan")
+        row["n_folds_judged"] = judged
+        row["positive_fold_share"] = share
         row["median_fold_rank_ic"] = float(f["median_rank_ic"].median())
-        regime_medians = []
-        for label in REGIME_LABELS:
-            ic = g.loc[g["vol_regime"] == label, "rank_ic"].dropna()
-            value = float(ic.median()) if len(ic) else float("nan")
-            row[f"regime_median_rank_ic_{label}"] = value
-            regime_medians.append(value)
-        finite = [v for v in regime_medians if np.isfinite(v)]
-        row["min_regime_median_rank_ic"] = min(finite) if finite else float("nan")
+        row.update(regime_medians(g, min_dates))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -647,11 +734,11 @@ def common_comparison(
     """Per ``model, horizon``, RankIC statistics over the pairs all ``models`` scored.
 
     Columns: ``model, horizon, n_common_dates, n_common_pairs, median_rank_ic, mean_rank_ic,
-    nw_t`` (as :func:`newey_west_t`, lag from the common dates' spacing).
+    nw_lag, nw_min_dates, nw_t`` (as :func:`newey_west_t`, lag from the common dates' spacing).
     """
     c = common_pairs(rows, models)
     columns = ["model", "horizon", "n_common_dates", "n_common_pairs", "median_rank_ic",
-               "mean_rank_ic", "nw_t"]  # fmt: skip
+               "mean_rank_ic", "nw_lag", "nw_min_dates", "nw_t"]  # fmt: skip
     if c.empty:
         return _typed_empty(columns)
     ic = _grouped_spearman(c, KEYS, "score", "excess_return").rename("rank_ic").reset_index()
@@ -668,6 +755,7 @@ def common_comparison(
             "n_common_pairs": int(((c["model"] == model) & (c["horizon"] == horizon)).sum()),
             "median_rank_ic": float(np.nanmedian(x)) if finite.any() else float("nan"),
             "mean_rank_ic": float(np.nanmean(x)) if finite.any() else float("nan"),
+            "nw_lag": lag, "nw_min_dates": min_dates_for_hac(lag),
             "nw_t": newey_west_t(x, lag),
         })  # fmt: skip
     return pd.DataFrame(out, columns=columns)
@@ -680,7 +768,8 @@ def versus_reference(
 
     Columns: ``model, horizon, n_common_dates, median_rank_ic`` (the model's, on the common
     pairs), ``reference_median_rank_ic`` (the reference's, on the same pairs) and
-    ``gap = reference_median_rank_ic - median_rank_ic``.
+    ``diff = median_rank_ic - reference_median_rank_ic`` (the report's one sign convention:
+    this model minus its comparator, negative = behind).
     """
     out = []
     for model in models:
@@ -695,15 +784,15 @@ def versus_reference(
                 "model": model, "horizon": int(h), "n_common_dates": int(mine["n_common_dates"]),
                 "median_rank_ic": float(mine["median_rank_ic"]),
                 "reference_median_rank_ic": float(ref["median_rank_ic"]),
-                "gap": float(ref["median_rank_ic"] - mine["median_rank_ic"]),
+                "diff": float(mine["median_rank_ic"] - ref["median_rank_ic"]),
             })  # fmt: skip
     columns = ["model", "horizon", "n_common_dates", "median_rank_ic",
-               "reference_median_rank_ic", "gap"]  # fmt: skip
+               "reference_median_rank_ic", "diff"]  # fmt: skip
     return pd.DataFrame(out, columns=columns) if out else _typed_empty(columns)
 
 
 def _typed_empty(columns: Sequence[str]) -> pd.DataFrame:
     """An empty table whose columns have the types a filled one has (so it can be stored)."""
     kinds = {"model": "object", "horizon": "int64", "n_common_dates": "int64",
-             "n_common_pairs": "int64"}  # fmt: skip
+             "n_common_pairs": "int64", "nw_lag": "int64", "nw_min_dates": "int64"}  # fmt: skip
     return pd.DataFrame({c: pd.Series(dtype=kinds.get(c, "float64")) for c in columns})

@@ -59,7 +59,7 @@ def evaluate_scores(
         book_scores=scores,
     )  # fmt: skip
     folds = metrics.fold_summaries(per_date)
-    comparison = metrics.model_comparison(per_date, folds)
+    comparison = metrics.model_comparison(per_date, folds, settings.gates.min_scoring_dates)
     trip = tripwires.run_tripwires(
         per_date, comparison, settings.tripwires,
         pretrained_models=pretrained_models,

@@ -24,6 +24,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from kronos_pipeline.evaluation.baselines import CONTROL_MODELS  # noqa: E402
+from kronos_pipeline.evaluation.metrics import (  # noqa: E402
+    CHURN_INTERVAL_SESSIONS,
+    MAX_IMPUTED_HOLD_SHARE,
+    NON_OVERLAP_MIN_DATES,
+    REGIME_LABELS,
+)
 from kronos_pipeline.settings import GateSettings  # noqa: E402
 
 REPORT_FILES = (
@@ -100,6 +107,48 @@ def _horizon_axes(horizons: Sequence[int]):
     return fig, dict(zip(horizons, axes[0], strict=True))
 
 
+_LINE_STYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "v", "D", "x", "+", "*", "P", "<", ">")
+
+
+def model_styles(models: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A colour, line style and marker per model, the same in every plot of a report: model
+    ``i`` (sorted) gets colour ``i mod 10``, line style ``i mod 4`` and marker ``i mod 11``,
+    so no two of the first 20 models share colour and line style, and none of the first 110
+    all three."""
+    colours = plt.get_cmap("tab10").colors
+    return {
+        m: {"color": colours[i % 10], "linestyle": _LINE_STYLES[i % 4],
+            "marker": _MARKERS[i % len(_MARKERS)]}
+        for i, m in enumerate(sorted(set(models)))
+    }  # fmt: skip
+
+
+def cadence_of(spacing: float) -> str:
+    """Name of a scoring cadence from the median number of sessions between scoring dates:
+    ``daily`` (1), ``weekly`` (3-7), ``monthly`` (15-25), else ``every N sessions``."""
+    if not np.isfinite(spacing) or spacing <= 1.5:
+        return "daily"
+    if 3 <= spacing <= 7:
+        return "weekly"
+    if 15 <= spacing <= 25:
+        return "monthly"
+    return f"every {spacing:g} sessions"
+
+
+def model_cadences(per_date: pd.DataFrame) -> dict[str, str]:
+    """Cadence of each model (:func:`cadence_of` of its median session spacing over all
+    horizons)."""
+    out = {}
+    for model, g in per_date.groupby("model"):
+        gaps = [
+            np.diff(np.sort(x["session"].dropna().to_numpy(float))) for _, x in g.groupby("horizon")
+        ]
+        gaps = np.concatenate(gaps) if gaps else np.zeros(0)
+        out[model] = cadence_of(float(np.median(gaps)) if len(gaps) else float("nan"))
+    return out
+
+
 def _verdict_rows(verdicts: pd.DataFrame) -> pd.DataFrame:
     """Gate verdicts for the report: horizons as whole trading days ("all" for cross-horizon
     gates), statuses in capitals."""
@@ -121,27 +170,53 @@ def _date_axis(ax) -> None:
 
 
 def plot_cumulative_rank_ic(per_date: pd.DataFrame, path: Path) -> None:
-    """Cumulative sum of daily RankIC per model, one panel per horizon."""
-    horizons = sorted(per_date["horizon"].unique())
-    fig, axes = _horizon_axes(horizons)
-    for (model, h), g in per_date.sort_values("date").groupby(["model", "horizon"]):
-        axes[h].plot(g["date"], g["rank_ic"].fillna(0).cumsum(), label=model)
-    for h, ax in axes.items():
-        ax.set_title(f"Cumulative RankIC, {int(h)}d")
-        ax.axhline(0, color="grey", lw=0.5)
-        _date_axis(ax)
-    axes[horizons[0]].legend(fontsize=7)
-    fig.tight_layout()
+    """:func:`cumulative_rank_ic_figure` saved as a PNG at ``path``."""
+    fig = cumulative_rank_ic_figure(per_date)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def cumulative_rank_ic_figure(per_date: pd.DataFrame):
+    """Cumulative sum of RankIC over scoring dates, one row of panels per scoring cadence (a
+    weekly model's sum is not comparable with a daily one's) and one for the tripwire
+    controls (whose planted leak would flatten every other line), one column per horizon.
+    Every model keeps its :func:`model_styles` style in every panel."""
+    horizons = sorted(per_date["horizon"].unique())
+    cadence = model_cadences(per_date)
+    rows = [*sorted({c for m, c in cadence.items() if m not in CONTROL_MODELS})]
+    if set(per_date["model"]) & set(CONTROL_MODELS):
+        rows.append("controls")
+    rows = rows or ["none"]
+    fig, axes = plt.subplots(
+        len(rows), len(horizons), figsize=(5.5 * len(horizons), 3.8 * len(rows)), squeeze=False
+    )
+    styles = model_styles(per_date["model"].unique())
+    for (model, h), g in per_date.sort_values("date").groupby(["model", "horizon"]):
+        row = "controls" if model in CONTROL_MODELS else cadence[model]
+        ax = axes[rows.index(row), horizons.index(h)]
+        ax.plot(g["date"], g["rank_ic"].fillna(0).cumsum(), label=model, lw=1.2, ms=3,
+                markevery=max(1, len(g) // 8), **styles[model])  # fmt: skip
+    for i, row in enumerate(rows):
+        for j, h in enumerate(horizons):
+            ax = axes[i, j]
+            ax.set_title(f"Cumulative RankIC, {int(h)}d, {row}")
+            ax.axhline(0, color="grey", lw=0.5)
+            _date_axis(ax)
+        handles = {t: hd for a in axes[i] for hd, t in zip(*a.get_legend_handles_labels(),
+                                                            strict=True)}  # fmt: skip
+        if handles:
+            axes[i, 0].legend(handles.values(), handles.keys(), fontsize=7)
+    fig.tight_layout()
+    return fig
 
 
 def plot_rank_ic_by_fold(fold_summaries: pd.DataFrame, path: Path) -> None:
     """Median RankIC of each fold per model, one panel per horizon."""
     horizons = sorted(fold_summaries["horizon"].unique())
     fig, axes = _horizon_axes(horizons)
+    styles = model_styles(fold_summaries["model"].unique())
     for (model, h), g in fold_summaries.sort_values("fold").groupby(["model", "horizon"]):
-        axes[h].plot(g["fold"], g["median_rank_ic"], marker="o", ms=3, label=model)
+        axes[h].plot(g["fold"], g["median_rank_ic"], ms=3, label=model, **styles[model])
     for h, ax in axes.items():
         ax.set_title(f"Median RankIC by fold, {int(h)}d")
         ax.axhline(0, color="grey", lw=0.5)
@@ -156,8 +231,10 @@ def plot_decile_returns(deciles: pd.DataFrame, path: Path) -> None:
     """Mean forward return (%) per score decile per model, one panel per horizon."""
     horizons = sorted(deciles["horizon"].unique())
     fig, axes = _horizon_axes(horizons)
+    styles = model_styles(deciles["model"].unique())
     for (model, h), g in deciles.groupby(["model", "horizon"]):
-        axes[h].plot(g["quantile"], 100 * g["mean_fwd_return"], marker="o", ms=3, label=model)
+        axes[h].plot(g["quantile"], 100 * g["mean_fwd_return"], ms=3, label=model,
+                     **styles[model])  # fmt: skip
     for h, ax in axes.items():
         ax.set_title(f"Mean {int(h)}d return by score decile (%)")
         ax.set_xticks(range(1, 11))
@@ -168,11 +245,11 @@ def plot_decile_returns(deciles: pd.DataFrame, path: Path) -> None:
 
 
 def plot_turnover(comparison: pd.DataFrame, path: Path) -> None:
-    """Top-decile churn per model and horizon (bars)."""
+    """Top-decile churn over 5 sessions per model and horizon (bars)."""
     pivot = comparison.pivot(index="model", columns="horizon", values="churn")
     fig, ax = plt.subplots(figsize=(8, 4))
     pivot.plot.bar(ax=ax)
-    ax.set_title("Top-decile turnover between scoring dates")
+    ax.set_title(f"Top-decile churn over {CHURN_INTERVAL_SESSIONS} sessions (every cadence)")
     ax.set_ylabel("share of names replaced")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -213,45 +290,88 @@ def _gate_status(verdicts: pd.DataFrame, gate: str, model: str, horizon: int | N
     return str(v["status"].iloc[0]).upper() if len(v) == 1 else "n/a"
 
 
-#: Fewest scoring dates for a median, mean, ratio or hit rate in the report: below it, the
-#: cell says "n/a (N dates)" instead of a number that a few dates decide (the gates use the
-#: same bar, ``gates.min_scoring_dates``).
-REPORT_MIN_DATES = GateSettings().min_scoring_dates
+IMPUTED = "n/a (imputed)"
 
 
-def _with_dates(values: pd.Series, n_dates: pd.Series, minimum: int = REPORT_MIN_DATES) -> list:
-    """Numbers where they stand on at least ``minimum`` dates (and are finite), else
-    "n/a (N dates)"."""
+def _finite(v: Any) -> bool:
+    return v is not None and not isinstance(v, str) and bool(np.isfinite(float(v)))
+
+
+def _with_dates(values: pd.Series, have: pd.Series, need: pd.Series | int) -> list:
+    """Numbers where they stand on at least ``need`` dates (and are finite), else
+    "n/a (N of M dates)": how many dates there were and how many were needed."""
+    need = pd.Series(need, index=values.index) if np.isscalar(need) else need
     return [
-        v if n >= minimum and v is not None and np.isfinite(float(v)) else f"n/a ({int(n)} dates)"
-        for v, n in zip(values, n_dates, strict=True)
+        v if n >= m and _finite(v) else f"n/a ({int(n)} of {int(m)} dates)"
+        for v, n, m in zip(values, have, need, strict=True)
     ]
 
 
+def _measured(values: pd.Series, imputed: pd.Series, otherwise: list | None = None) -> list:
+    """Cost figures where at most half of the hold turnovers were measured, else
+    "n/a (imputed)" (SPEC section 6); ``otherwise``: the cell to show where the figure is
+    missing for another reason."""
+    otherwise = otherwise if otherwise is not None else ["n/a"] * len(values)
+    return [
+        IMPUTED if share > MAX_IMPUTED_HOLD_SHARE else (v if _finite(v) else other)
+        for v, share, other in zip(values, imputed, otherwise, strict=True)
+    ]
+
+
+def _regime_cells(c: pd.DataFrame, floor: int) -> list:
+    """Worst volatility regime's median RankIC over the regimes of at least ``floor`` dates;
+    says how many regimes that is when not all three, and their dates when none."""
+    out = []
+    for r in c.itertuples():
+        judged = int(getattr(r, "n_regimes_judged", 0))
+        worst = getattr(r, "min_regime_median_rank_ic", np.nan)
+        if judged == len(REGIME_LABELS) and _finite(worst):
+            out.append(worst)
+        elif judged and _finite(worst):
+            out.append(f"{float(worst):.4f} ({judged} of {len(REGIME_LABELS)} regimes)")
+        else:
+            counts = "/".join(str(int(getattr(r, f"regime_n_dates_{x}", 0))) for x in REGIME_LABELS)
+            out.append(f"n/a ({counts} of {floor} dates)")
+    return out
+
+
 def comparison_table(
-    comparison: pd.DataFrame, verdicts: pd.DataFrame, horizon: int
+    comparison: pd.DataFrame,
+    verdicts: pd.DataFrame,
+    horizon: int,
+    gates: GateSettings | None = None,
 ) -> pd.DataFrame:
-    """The markdown comparison table of one horizon, gates marked (PASS / FAIL / NOT EVALUATED;
-    n/a for tripwire controls, which are never judged)."""
+    """The markdown comparison table of the given rows at one horizon (call it once per
+    cadence), gates marked (PASS / FAIL / NOT EVALUATED; n/a for tripwire controls, which are
+    never judged). Every "n/a" says why: dates had and needed, or "(imputed)"."""
+    floor = (gates or GateSettings()).min_scoring_dates
     c = comparison[comparison["horizon"] == horizon].sort_values("median_rank_ic", ascending=False)
     n = c["n_dates"].astype(int)
+    imputed = c["hold_imputed_share"]
+    folds = [
+        f"n/a ({int(j)} of {int(k)} folds with {floor} dates)"
+        for j, k in zip(c["n_folds_judged"], c["n_folds"], strict=True)
+    ]
     out = pd.DataFrame(
         {
             "model": c["model"],
             "dates": n,
-            "median RankIC": _with_dates(c["median_rank_ic"], n),
-            "mean RankIC": _with_dates(c["mean_rank_ic"], n),
-            "IC-IR": _with_dates(c["ic_ir"], n),
-            "hit rate": _with_dates(c["hit_rate"], n),
-            "NW t": _with_dates(c["nw_t"], n, minimum=0),
-            "t non-overlap": _with_dates(c["t_non_overlapping"], c["n_dates_non_overlapping"], 0),
-            "churn": c["churn"],
+            "median RankIC": _with_dates(c["median_rank_ic"], n, floor),
+            "mean RankIC": _with_dates(c["mean_rank_ic"], n, floor),
+            "IC-IR": _with_dates(c["ic_ir"], n, floor),
+            "hit rate": _with_dates(c["hit_rate"], n, floor),
+            "NW t": _with_dates(c["nw_t"], n, c["nw_min_dates"]),
+            "t non-overlap": _with_dates(
+                c["t_non_overlapping"], c["n_dates_non_overlapping"], NON_OVERLAP_MIN_DATES
+            ),
+            "churn 5 sessions": _with_dates(c["churn"], c["n_churn_dates"], floor),
             "hold turnover": c["mean_hold_turnover"],
-            "net spread": c["mean_net_spread_return"],
-            "positive folds": c["positive_fold_share"],
-            "break-even bps": c["break_even_cost_bps"],
-            "corr mom 12-1": c["median_momentum_corr"],
-            "worst regime": c["min_regime_median_rank_ic"],
+            "hold imputed": imputed,
+            "net spread": _measured(c["mean_net_spread_return"], imputed),
+            "positive folds": _measured(c["positive_fold_share"], imputed, folds),
+            "break-even bps": _measured(c["break_even_cost_bps"], imputed),
+            "corr mom 12-1": _with_dates(c["median_momentum_corr"], n, floor),
+            "worst regime": _regime_cells(c, floor),
         }
     )
     out["gate 1"] = [_gate_status(verdicts, "gate1", m) for m in c["model"]]
@@ -263,6 +383,39 @@ def comparison_table(
     return out
 
 
+def horizon_section(
+    comparison: pd.DataFrame,
+    verdicts: pd.DataFrame,
+    horizon: int,
+    cadences: dict[str, str],
+    gates: GateSettings | None = None,
+) -> list[str]:
+    """One comparison table per scoring cadence at ``horizon`` (a 14-date weekly row and a
+    64-date daily row are not ranked together), then the tripwire controls in their own
+    table."""
+    c = comparison[comparison["horizon"] == horizon]
+    controls = c["model"].isin(CONTROL_MODELS)
+    lines: list[str] = []
+    kinds = c.loc[~controls, "model"].map(lambda m: cadences.get(m, "daily"))
+    for kind in sorted(set(kinds)):
+        rows = c.loc[~controls][kinds == kind]
+        lines += [
+            f"Scored {kind}: each model over all of its own scoring dates (`dates`):",
+            "",
+            markdown_table(comparison_table(rows, verdicts, horizon, gates)),
+            "",
+        ]
+    if controls.any():
+        table = comparison_table(c[controls], verdicts, horizon, gates)
+        lines += [
+            "Tripwire controls (never judged by the gates; see Leak tripwires):",
+            "",
+            markdown_table(table.drop(columns=["gate 1", "gate 2", "gate 3", "gate2_strict"])),
+            "",
+        ]
+    return lines
+
+
 def common_section(
     common: pd.DataFrame | None, versus: pd.DataFrame | None, horizon: int
 ) -> list[str]:
@@ -272,9 +425,12 @@ def common_section(
     c = common[common["horizon"] == horizon].sort_values("median_rank_ic", ascending=False)
     if c.empty:
         return []
+    n = c["n_common_dates"].astype(int)
+    need = c["nw_min_dates"] if "nw_min_dates" in c else pd.Series(0, index=c.index)
     table = pd.DataFrame({
-        "model": c["model"], "common dates": c["n_common_dates"].astype(int),
-        "median RankIC": c["median_rank_ic"], "mean RankIC": c["mean_rank_ic"], "NW t": c["nw_t"],
+        "model": c["model"], "common dates": n,
+        "median RankIC": c["median_rank_ic"], "mean RankIC": c["mean_rank_ic"],
+        "NW t": _with_dates(c["nw_t"], n, need),
     })  # fmt: skip
     lines = [
         "Cross-model comparison on the (date, ticker) pairs that every compared model scored "
@@ -288,10 +444,10 @@ def common_section(
         vs = pd.DataFrame({
             "model": v["model"], "common dates": v["n_common_dates"].astype(int),
             "median RankIC": v["median_rank_ic"], "LightGBM on the same pairs":
-            v["reference_median_rank_ic"], "gap to LightGBM": v["gap"],
+            v["reference_median_rank_ic"], "model - LightGBM": v["diff"],
         })  # fmt: skip
-        lines += ["Versus LightGBM, each model on the pairs both scored (the gate 2 gap):", "",
-                  markdown_table(vs), ""]  # fmt: skip
+        lines += ["Versus LightGBM, each model on the pairs both scored (gate 2's tolerance "
+                  "reads `model - LightGBM`):", "", markdown_table(vs), ""]  # fmt: skip
     return lines
 
 
@@ -448,6 +604,7 @@ def write_report(
     stop_rules: Sequence[dict[str, Any]] = (),
     frozen: tuple[str, pd.DataFrame] | None = None,
     forecast_accuracy: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    gates: GateSettings | None = None,
 ) -> dict[str, Path]:
     """Write the SPEC section 8 folder as ``out_dir``: every file goes to a staging folder
     beside it, which then replaces the previous report in one rename (see :func:`_publish`).
@@ -464,6 +621,8 @@ def write_report(
         forecast_accuracy: (:func:`forecast_metrics.forecast_metrics`,
             :func:`forecast_metrics.calibration_table`) of the run's forecasts; adds
             :data:`FORECAST_FILES`. None: the section says the run has no forecasts.
+        gates: the gate settings the verdicts were judged with (the dates each "n/a" needed);
+            None: the defaults.
 
     Returns: file name -> path of everything written.
     """
@@ -489,30 +648,41 @@ def write_report(
     for key, value in (run_info or {}).items():
         lines.append(f"- {key}: {value}")
     lines += ["", *limitations(data_source, tripwires, sector_features, sectors_used)]
+    g = gates or GateSettings()
     lines += [
         "Metrics: RankIC = Spearman(score, excess return) per scoring date; medians over dates. "
         "NW t = HAC t of the mean RankIC (truncated kernel, lag = ceil(h / spacing) - 1 scoring "
         "dates, small-sample corrected so that |t| > 1.96 is a 5 % test); n/a with fewer than "
         "4 x (lag + 1) dates. t non-overlap = t over dates at least h sessions apart (n/a with "
-        "fewer than 6). Churn = share of top-decile names new since the previous scoring date "
-        "(not a cost). Hold turnover = top plus bottom decile share replaced when the portfolio "
-        "formed at t is rolled into the one formed h sessions later (1 per leg where no later "
-        "portfolio exists). Net spread = top-minus-bottom decile h-day return minus cost_bps x 2 "
-        "x hold turnover; positive folds and break-even cost use it. Gates: SPEC section 6; only "
-        "candidate models block promotion, and a gate that could not be judged is NOT EVALUATED, "
-        "never PASS. gate2_strict (informational): median RankIC >= 0.08 / 0.10 / 0.15 at "
-        "20 / 60 / 90 days.",
+        f"fewer than {NON_OVERLAP_MIN_DATES}). Churn = share of top-decile names new since the "
+        f"model's scoring date {CHURN_INTERVAL_SESSIONS} sessions earlier, the same interval "
+        "for every cadence (not a cost). Hold turnover = top plus bottom decile share replaced "
+        "when the portfolio formed at t is rolled into the one formed h sessions later; where "
+        "no later portfolio exists it is imputed as 1 per leg, and `hold imputed` is the share "
+        "of dates imputed. Net spread = top-minus-bottom decile h-day return minus cost_bps x 2 "
+        "x hold turnover; positive folds and break-even cost use it; all three read "
+        f'"{IMPUTED}" when more than {MAX_IMPUTED_HOLD_SHARE:.0%} of the dates are imputed.',
+        "",
+        f"No verdict on noise (SPEC section 6): a figure a gate reads needs at least "
+        f"{g.min_scoring_dates} scoring dates (`gates.min_scoring_dates`), inside each fold and "
+        'volatility regime too; a "median RankIC >= x" claim also needs its NW t to be a '
+        f"number and >= {g.min_nw_t} (one-sided), and gate 2's LightGBM tolerance passes only a "
+        "model whose own median RankIC is positive with that t. A gate that cannot be judged is "
+        'NOT EVALUATED, never PASS; "n/a (N of M dates)" says how many dates a cell had and '
+        "needed. Only candidate models block promotion. gate2_strict (informational): the "
+        "same leg at 0.08 / 0.10 / 0.15 at 20 / 60 / 90 days.",
+        "",
+        "Sign convention: every difference in this report is this model (or this run) minus "
+        "its comparator (LightGBM, the reference study, the last freeze); negative = behind.",
+        "",
+        "Tables are split by scoring cadence: a model scored weekly is ranked only against "
+        "models scored weekly.",
         "",
     ]
+    cadences = model_cadences(per_date)
     for h in sorted(comparison["horizon"].unique()):
-        lines += [
-            f"## Horizon {int(h)} trading days",
-            "",
-            "Each model over all of its own scoring dates (`dates`):",
-            "",
-            markdown_table(comparison_table(comparison, verdicts, h)),
-            "",
-        ]
+        lines += [f"## Horizon {int(h)} trading days", ""]
+        lines += horizon_section(comparison, verdicts, int(h), cadences, g)
         lines += common_section(common, versus_lightgbm, int(h))
     lines += [forecast_section(*(forecast_accuracy or (None, None))), ""]
     if frozen is not None:

@@ -30,7 +30,7 @@ from kronos_pipeline.evaluation.baselines import (
     RANDOM_MODEL,
     SHUFFLED_MODEL,
 )
-from kronos_pipeline.evaluation.metrics import hac_inputs
+from kronos_pipeline.evaluation.metrics import min_dates_for_hac
 from kronos_pipeline.settings import TripwireSettings
 
 PASS, FAIL, NOT_EVALUATED = "pass", "fail", "not evaluated"
@@ -63,64 +63,77 @@ def control_fold_ids(fold_ids: Sequence[str], max_folds: int | None) -> list[str
     return [ids[i] for i in picks]
 
 
-def noise_t(per_date: pd.DataFrame, horizon: int, hac_t: float) -> tuple[float, str]:
-    """t of a control's mean RankIC: the report's HAC t where it is a number, else the mean over
-    the standard error under the worst-case overlap, ``sd * sqrt((lag + 1) / n)``, which a slow
-    score with overlapping labels attains (so the control is never called signal by overlap)."""
-    if np.isfinite(hac_t):
-        return float(hac_t), "HAC t"
-    ic = per_date["rank_ic"].dropna().to_numpy(float)
-    if len(ic) < 2 or ic.std(ddof=1) == 0:
-        return float("nan"), "too few dates"
-    _, lag = hac_inputs(per_date, horizon)
-    se = ic.std(ddof=1) * np.sqrt(min(1.0, (lag + 1) / len(ic)))
-    return float(ic.mean() / se), f"worst-case-overlap t (lag {lag})"
+def within_noise_at_horizon(row: pd.Series, cfg: TripwireSettings) -> dict[str, Any]:
+    """A negative control at one horizon (SPEC section 7): within noise of 0 when
+    ``|median RankIC| < max_abs_median_rankic`` or ``|NW t| < max_abs_t``, the NW t being the
+    one of SPEC section 5 (the comparison's ``nw_t``, lag ``ceil(h / spacing) - 1``).
+
+    Where that t is n/a (fewer than ``4 (lag + 1)`` dates) and the median is not small, the
+    control is "not evaluated": no other statistic stands in for the t. A missing median is
+    "not evaluated" too. Returns ``horizon, median_rank_ic, nw_t, n_dates, nw_min_dates,
+    n_folds, status, reason``.
+    """
+    h, n = int(row["horizon"]), int(row["n_dates"])
+    med, t = float(row["median_rank_ic"]), float(row["nw_t"])
+    lag = int(row.get("nw_lag", 0))
+    need = int(row.get("nw_min_dates", min_dates_for_hac(lag)))
+    numbers = {"horizon": h, "median_rank_ic": med, "nw_t": t, "n_dates": n,
+               "nw_min_dates": need, "n_folds": int(row.get("n_folds", 0))}  # fmt: skip
+    small_median = np.isfinite(med) and abs(med) < cfg.max_abs_median_rankic
+    if not np.isfinite(med):
+        status, why = NOT_EVALUATED, f"{h}d no median RankIC"
+    elif small_median:
+        status, why = PASS, f"{h}d |median| {abs(med):.4f} < {cfg.max_abs_median_rankic}"
+    elif not np.isfinite(t):
+        status = NOT_EVALUATED
+        why = f"{h}d median {med:+.4f} and NW t n/a ({n} dates, {need} needed at lag {lag})"
+    else:
+        ok = abs(t) < cfg.max_abs_t
+        status = PASS if ok else FAIL
+        why = f"{h}d median {med:+.4f}, NW t {t:+.2f}"
+    return {**numbers, "status": status, "passed": status == PASS, "reason": why}
 
 
-def _within_noise(
-    model: str, per_date: pd.DataFrame, comparison: pd.DataFrame, cfg: TripwireSettings
-) -> dict[str, Any]:
-    """A negative control passes at a horizon when ``|median| < max_abs_median_rankic`` or
-    ``|t| < max_abs_t`` (SPEC section 7); not evaluated when the model was not scored."""
+def _within_noise(model: str, comparison: pd.DataFrame, cfg: TripwireSettings) -> dict[str, Any]:
+    """A negative control passes when it is within noise of 0 at every horizon
+    (:func:`within_noise_at_horizon`), fails when it is not at one, and is not evaluated when
+    it was not scored or a horizon could not be judged (and none failed). ``too_few_dates`` is
+    True when only the dates the NW t needs were missing (a SMOKE-sized run), not the control
+    itself or its figures."""
     rows = comparison[comparison["model"] == model]
     if rows.empty:
         return not_evaluated(f"{model} was not scored in this run")
-    by_horizon, failed = [], []
-    for r in rows.sort_values("horizon").itertuples():
-        g = per_date[(per_date["model"] == model) & (per_date["horizon"] == r.horizon)]
-        t, t_kind = noise_t(g, int(r.horizon), float(r.nw_t))
-        med = float(r.median_rank_ic)
-        ok = np.isfinite(med) and (
-            abs(med) < cfg.max_abs_median_rankic or (np.isfinite(t) and abs(t) < cfg.max_abs_t)
-        )
-        by_horizon.append(
-            {"horizon": int(r.horizon), "median_rank_ic": med, "t": t, "t_kind": t_kind,
-             "n_dates": int(r.n_dates), "n_folds": int(r.n_folds), "passed": bool(ok)}
-        )  # fmt: skip
-        if not ok:
-            failed.append(f"{r.horizon}d median {med:+.4f}, {t_kind} {t:+.2f}")
-    limits = f"|median| < {cfg.max_abs_median_rankic} or |t| < {cfg.max_abs_t}"
+    by_horizon = [
+        within_noise_at_horizon(r, cfg) for _, r in rows.sort_values("horizon").iterrows()
+    ]
+    limits = f"|median| < {cfg.max_abs_median_rankic} or |NW t| < {cfg.max_abs_t}"
+    failed = [r["reason"] for r in by_horizon if r["status"] == FAIL]
+    unjudged = [r["reason"] for r in by_horizon if r["status"] == NOT_EVALUATED]
     if failed:
         return verdict(FAIL, f"{model} is not noise ({limits}): " + "; ".join(failed),
                        model=model, by_horizon=by_horizon)  # fmt: skip
+    if unjudged:
+        short = all(
+            np.isfinite(r["median_rank_ic"]) and r["n_dates"] < r["nw_min_dates"]
+            for r in by_horizon if r["status"] == NOT_EVALUATED
+        )  # fmt: skip
+        return verdict(NOT_EVALUATED, f"{model} could not be judged ({limits}): "
+                       + "; ".join(unjudged), model=model, by_horizon=by_horizon,
+                       too_few_dates=short)  # fmt: skip
     return verdict(PASS, f"{model} within noise of 0 at every horizon ({limits})",
                    model=model, by_horizon=by_horizon)  # fmt: skip
 
 
-def shuffled_labels(
-    per_date: pd.DataFrame, comparison: pd.DataFrame, cfg: TripwireSettings
-) -> dict[str, Any]:
+def shuffled_labels(comparison: pd.DataFrame, cfg: TripwireSettings) -> dict[str, Any]:
     """LightGBM retrained on permuted training labels (``lightgbm_shuffled_labels``) must be
     within noise of 0 on the test months; a leak that does not go through the training labels
     survives the permutation and trips it."""
-    return _within_noise(SHUFFLED_MODEL, per_date, comparison, cfg)
+    return _within_noise(SHUFFLED_MODEL, comparison, cfg)
 
 
-def random_scores_control(
-    per_date: pd.DataFrame, comparison: pd.DataFrame, cfg: TripwireSettings
-) -> dict[str, Any]:
+def random_scores_control(comparison: pd.DataFrame, cfg: TripwireSettings) -> dict[str, Any]:
     """The pipeline's own ``random`` baseline must be within noise of 0."""
-    return _within_noise(RANDOM_MODEL, per_date, comparison, cfg)
+    return _within_noise(RANDOM_MODEL, comparison, cfg)
 
 
 def leak_scan(comparison: pd.DataFrame, cfg: TripwireSettings) -> dict[str, Any]:
@@ -266,8 +279,8 @@ def run_tripwires(
     """
     scan = leak_scan(comparison, cfg)
     result: dict[str, Any] = {
-        "shuffled_labels": shuffled_labels(per_date, comparison, cfg),
-        "random_scores": random_scores_control(per_date, comparison, cfg),
+        "shuffled_labels": shuffled_labels(comparison, cfg),
+        "random_scores": random_scores_control(comparison, cfg),
         "planted_leak": planted_leak(comparison, scan),
         "leak_scan": scan,
         "pit_recomputation": pit or not_evaluated("PIT recomputation did not run"),

@@ -218,7 +218,83 @@ def test_spread_net_of_the_cost_of_the_hold_and_summaries(grid):
     assert comp["break_even_cost_bps"] == pytest.approx(
         1e4 * per_date["spread_return"].mean() / (2 * per_date["hold_turnover"].mean())
     )
-    assert comp["churn"] == pytest.approx(per_date["top_turnover"].mean())
+    assert comp["hold_imputed_share"] == pytest.approx(20 / len(dates))
+    assert comp["n_dates_hold_cost_bounded"] == 20
+    # churn: the top decile at a date against the one 5 sessions earlier, whatever the cadence
+    i = 12
+    now, before = set(np.argsort(score[i])[-5:]), set(np.argsort(score[i - 5])[-5:])
+    assert per_date["churn"].iloc[i] == pytest.approx(len(now - before) / 5)
+    assert per_date["churn"].iloc[:5].isna().all() and per_date["churn"].iloc[5:].notna().all()
+    assert comp["churn"] == pytest.approx(per_date["churn"].mean())
+    assert comp["n_churn_dates"] == len(dates) - 5
+
+
+def test_churn_is_measured_over_five_sessions_for_every_cadence(grid):
+    dates, tickers, score, label, _ = grid
+    daily = _rows(score, label, dates, tickers, model="daily")
+    weekly_dates = dates[::5]  # every 5th session: a weekly model on the same scores
+    weekly = daily[daily["date"].isin(weekly_dates)].assign(model="weekly")
+    monthly = daily[daily["date"] == dates[0]].assign(model="monthly")
+    both = pd.concat([daily, weekly, monthly, daily[daily["date"] == dates[30]].assign(
+        model="monthly")], ignore_index=True)  # fmt: skip
+    per_date = m.per_date_metrics(both, 10.0).set_index(["model", "date"])
+    on_weekly = weekly_dates[1:]
+    np.testing.assert_allclose(
+        per_date.loc["weekly", "churn"].loc[on_weekly],
+        per_date.loc["daily", "churn"].loc[on_weekly],
+        atol=1e-15,
+    )
+    # consecutive-date turnover is a different number for the two cadences...
+    assert not np.allclose(
+        per_date.loc["weekly", "top_turnover"].loc[on_weekly],
+        per_date.loc["daily", "top_turnover"].loc[on_weekly],
+    )
+    # ...and a monthly model has no date 5 sessions earlier: no churn, not a month's churn
+    assert per_date.loc["monthly", "churn"].isna().all()
+    comp = m.model_comparison(per_date.reset_index(), m.fold_summaries(per_date.reset_index()))
+    monthly_row = comp.set_index("model").loc["monthly"]
+    assert np.isnan(monthly_row["churn"]) and monthly_row["n_churn_dates"] == 0
+
+
+def test_net_figures_are_na_when_more_than_half_of_the_hold_turnovers_are_imputed(grid):
+    dates, tickers, score, label, fwd = grid
+    # 60-session holds on 61 dates: only the first date has a book 60 sessions later
+    per_date = m.per_date_metrics(_rows(score, label, dates, tickers, horizon=60, fwd=fwd), 10.0)
+    assert per_date["hold_cost_bounded"].sum() == len(dates) - 1
+    comp = m.model_comparison(per_date, m.fold_summaries(per_date)).iloc[0]
+    assert comp["hold_imputed_share"] == pytest.approx((len(dates) - 1) / len(dates))
+    for column in ("mean_net_spread_return", "break_even_cost_bps", "positive_fold_share"):
+        assert np.isnan(comp[column]), column
+    # the gross figures are still measurements and stay
+    assert comp["mean_spread_return"] == pytest.approx(per_date["spread_return"].mean())
+    assert comp["mean_hold_turnover"] == pytest.approx(per_date["hold_turnover"].mean())
+
+
+def test_folds_and_regimes_below_the_minimum_of_dates_are_not_judged(grid):
+    dates, tickers, score, label, fwd = grid
+    rng = np.random.default_rng(2)
+    mkt_dates = nyse_dates("2018-10-01", "2019-03-29")
+    market = pd.DataFrame({"date": mkt_dates, "mkt_ret": rng.standard_normal(len(mkt_dates))})
+    rows = _rows(score, label, dates, tickers, fwd=fwd)
+    per_date = m.per_date_metrics(rows, 10.0, market=market)
+    per_date["fold"] = per_date["date"].dt.strftime("%Y-%m")  # 21 / 19 / 21 dates
+    folds = m.fold_summaries(per_date)
+    assert folds["n_dates"].tolist() == [21, 19, 21]
+    regime_dates = per_date["vol_regime"].value_counts()
+    assert regime_dates.min() >= 20 and regime_dates.max() <= 21
+    comp = m.model_comparison(per_date, folds, min_dates=20).iloc[0]
+    # February (19 dates) is too short and March's net spread is 20 of 21 dates imputed, so
+    # only January counts; every regime has its 20 dates
+    assert np.isnan(folds.set_index("fold").loc["2019-03", "mean_net_spread_return"])
+    assert comp["n_folds"] == 3 and comp["n_folds_judged"] == 1
+    jan = folds.set_index("fold").loc["2019-01", "mean_net_spread_return"]
+    assert comp["positive_fold_share"] == float(jan > 0)
+    assert comp["n_regimes_judged"] == 3
+    assert m.model_comparison(per_date, folds, min_dates=19).iloc[0]["n_folds_judged"] == 2
+    few = m.model_comparison(per_date, folds, min_dates=22).iloc[0]
+    assert few["n_folds_judged"] == 0 and np.isnan(few["positive_fold_share"])
+    assert few["n_regimes_judged"] == 0 and np.isnan(few["min_regime_median_rank_ic"])
+    assert few["regime_n_dates_low"] == regime_dates["low"]
 
 
 def test_a_persistent_signal_costs_more_over_the_hold_than_consecutive_churn_says():
