@@ -11,6 +11,7 @@ server does not answer stops the CLI with one line naming its host and port.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -99,6 +100,17 @@ def test_the_postgres_example_is_the_default_instance_plus_postgres_storage():
     db = postgres["storage"]["postgres"]["postgres_db"]
     assert {v["env"] for v in db.values() if isinstance(v, dict)} == set(PG_VARIABLES)
     assert db["scheme"] == "postgresql+psycopg2"
+
+
+def test_the_readme_shows_both_dagster_yamls_as_shipped():
+    readme = (REPO_ROOT / "README.md").read_text()
+    deployment = readme[readme.index("\n## Deployment\n") :]
+    deployment = deployment[: deployment.index("\n## ", 1)]
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", deployment, re.S)]
+    assert blocks == [
+        yaml.safe_load(SQLITE_YAML.read_text()),
+        yaml.safe_load(POSTGRES_YAML.read_text()),
+    ]
 
 
 def test_the_run_is_stored_in_postgres(backfill):
