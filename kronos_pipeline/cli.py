@@ -61,10 +61,13 @@ def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
 
 
 def _instance():
-    import dagster as dg
+    from kronos_pipeline.instance import InstanceStorageError, open_instance
 
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.get()
+    try:
+        return open_instance()
+    except InstanceStorageError as exc:  # e.g. Postgres unreachable: one line, no traceback
+        raise SystemExit(f"kronos-pipeline: {exc}") from None
 
 
 @dataclass
