@@ -97,7 +97,11 @@ def rankic_leg(
       series): the claim cannot be judged;
     - pass: ``median_rank_ic >= bar`` (``> bar`` when ``strict``) and ``nw_t >=
       gates.min_nw_t`` (one-sided: the mean RankIC is positive and significant);
-    - fail: the median is below the bar, or the NW t, a number, is below ``min_nw_t``.
+    - fail: the median is below the bar (the claim is false whatever the noise), or the
+      mean RankIC is significantly negative (``nw_t <= -min_nw_t``);
+    - not evaluated: the median reaches the bar but ``|nw_t| < min_nw_t`` (SPEC section 6:
+      a leg is judged only where its t reaches the bar; an insignificant median says
+      nothing either way).
     """
     n, h = int(_get(row, "n_dates", 0)), int(row["horizon"])
     need = required_dates(row, gates)
@@ -111,7 +115,9 @@ def rankic_leg(
     above = med > bar if strict else med >= bar
     sign = ">" if strict else ">="
     why = f"median RankIC {_fmt(med)} ({sign} {bar}?), NW t {t:+.2f} (>= {gates.min_nw_t}?)"
-    return (PASS if above and t >= gates.min_nw_t else FAIL), why
+    if not above or t <= -gates.min_nw_t:
+        return FAIL, why
+    return (PASS if t >= gates.min_nw_t else NOT_EVALUATED), why
 
 
 def _enough_dates(row: pd.Series, gates: GateSettings) -> tuple[bool, str]:
