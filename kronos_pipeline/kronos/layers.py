@@ -14,10 +14,9 @@ computes for the same tokens, unless the caller passes its own (cos, sin) tables
 For padded batches (the generation engine left-pads series of different lengths to one
 length) the attention layers accept ``attn_bias``: an additive mask (0 or ``-inf``)
 broadcastable to [B, H, T_q, T_k] that replaces the causal flag, so the caller decides what
-each query sees. A cache may also be *static* (``KVCache.index`` set): it then writes the
-new keys/values at a position held in a device tensor and attention runs over the whole
-buffer under ``attn_bias``, so every step has the same shapes and no host-side state (what
-CUDA-graph capture needs).
+each query sees. The generation engine's decode steps use
+:func:`shared_prefix_attention` instead: a series' sample paths share one copy of its
+context's keys and values.
 """
 
 from __future__ import annotations
@@ -190,13 +189,7 @@ class KVCache:
     ``k`` and ``v`` are [B, H, capacity, Dh]; ``length`` is the number of filled positions.
     The cache dtype may be wider than the model's (e.g. float32 under a bf16 model, which
     is faster for single-query attention on CPU); attention then runs in the cache dtype.
-
-    ``index``: ``None`` (default) or, for a static cache, an int64 device tensor [1]
-    holding the position the next single token is written at; :meth:`append` then returns
-    the whole buffers and the caller masks what is not yet written.
     """
-
-    index: torch.Tensor | None = None
 
     def __init__(
         self,
@@ -217,7 +210,6 @@ class KVCache:
         """A cache over existing ``k``/``v`` buffers [B, H, capacity, Dh] (views allowed)."""
         cache = cls.__new__(cls)
         cache.k, cache.v, cache.length = k, v, length
-        cache.index = None
         return cache
 
     @property
@@ -226,13 +218,7 @@ class KVCache:
         return self.k.shape[2]
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``k``/``v`` [B, H, t, Dh] after the filled part; return all [B, H, T, Dh].
-
-        Static cache: store one position at ``index`` and return the whole buffers."""
-        if self.index is not None:
-            self.k.index_copy_(2, self.index, k.to(self.k.dtype))
-            self.v.index_copy_(2, self.index, v.to(self.v.dtype))
-            return self.k, self.v
+        """Store ``k``/``v`` [B, H, t, Dh] after the filled part; return all [B, H, T, Dh]."""
         start, stop = self.length, self.length + k.shape[2]
         if stop > self.capacity:
             raise ValueError(f"KV cache overflow: {stop} positions > capacity {self.capacity}")
