@@ -12,13 +12,17 @@ import pandas as pd
 import polars as pl
 
 from kronos_pipeline.defs.common import blocking_failure
-from kronos_pipeline.defs.partitions import (
-    DATES_TAG,
-    fold_partitions,
-    partition_window,
-    refit_period,
-)
+from kronos_pipeline.defs.kronos import checkpoint_decisions
+from kronos_pipeline.defs.partitions import fold_partitions, refit_period
 from kronos_pipeline.defs.resources import WarehouseResource
+from kronos_pipeline.defs.walkforward import (  # noqa: F401 - also this stage's public names
+    MODEL_POOL,
+    SCORE_TABLES,
+    fold_table,
+    get_fold,
+    run_dates,
+    selected_fold_ids,
+)
 from kronos_pipeline.evaluation import (
     baselines,
     data_tripwires,
@@ -36,9 +40,6 @@ from kronos_pipeline.settings import get_settings
 from kronos_pipeline.warehouse import WAREHOUSE_POOL
 
 GROUP = "evaluation"
-#: Every table of long scores the evaluation unions (Kronos writes the second, its heads the
-#: third).
-SCORE_TABLES = ("baseline_scores", "kronos_scores", "kronos_head_scores")
 TABLES = ("eval_rows", "per_date_metrics", "fold_summaries", "model_comparison")
 TRIPWIRE_CHECKS = tripwires.BLOCKING_TRIPWIRES
 GATE_CHECKS = ("gate1", "gate2", "gate3")
@@ -50,42 +51,6 @@ join universe u on u.date = p.date and u.ticker = p.ticker
 where u.in_universe and p.ret is not null
 group by p.date order by p.date
 """
-
-
-MODEL_POOL = "model_fitting"  # one model fits at a time (limit 1 in dagster_home/dagster.yaml)
-
-
-def fold_table(db) -> list[folds.Fold]:
-    frame = (
-        db.read("select * from folds order by fold_id").to_pandas()
-        if "folds" in db.tables()
-        else None
-    )
-    if frame is None or frame.empty:
-        raise dg.Failure("the folds table is empty: materialize folds first (folds_job)")
-    return folds.folds_from_frame(frame)
-
-
-def selected_fold_ids(db) -> list[str]:
-    """The folds the current mode evaluates: FULL every fold; SMOKE the last
-    ``folds.smoke_folds`` whose labels have matured at every horizon (the longest included)."""
-    s = get_settings()
-    dates = db.read("select distinct date from features order by date").to_pandas()["date"]
-    chosen = folds.select_folds(
-        fold_table(db), s.mode, s.folds.smoke_folds, dates, max(s.labels.horizons)
-    )
-    return [f.fold_id for f in chosen]
-
-
-def get_fold(db, fold_id: str) -> folds.Fold:
-    frame = db.read("select * from folds where fold_id = ?", [fold_id]).to_pandas()
-    if frame.empty:
-        raise dg.Failure(
-            f"fold {fold_id} is not in the folds table: its month holds no data yet, or folds "
-            "has not been materialized since the data arrived (folds_job)",
-            allow_retries=False,
-        )
-    return folds.folds_from_frame(frame)[0]
 
 
 def _pd(frame: pl.DataFrame) -> pd.DataFrame:
@@ -245,20 +210,6 @@ def lightgbm_models_asset(context: dg.AssetExecutionContext, warehouse: Warehous
         }
     )
     yield train_cut
-
-
-def run_dates(context: dg.AssetExecutionContext, fold: folds.Fold, cadence: str, sessions):
-    """The dates a date-level score step scores: the fold's scoring dates (``cadence``) inside
-    the run's window; an explicit one-day window (``kronos/dates`` = ``D:D``, e.g. the nightly
-    run or a one-date rerun) scores that session whatever the cadence."""
-    start, end = partition_window(context)
-    inside = [d for d in sessions if start <= pd.Timestamp(d).date() <= end]
-    days = folds.scoring_dates(fold, sessions, cadence)
-    chosen = [d for d in days if start <= d.date() <= end]
-    tag = context.run.tags.get(DATES_TAG, "")
-    if tag and start == end and inside and not chosen:
-        chosen = [pd.Timestamp(inside[0])]
-    return start, end, pd.DatetimeIndex(chosen)
 
 
 @dg.asset(
@@ -699,7 +650,6 @@ def _write_report_folder(db) -> tuple[Path, dict]:
             ) or "none",
         },
     )  # fmt: skip
-    from kronos_pipeline.defs.kronos import checkpoint_decisions
     from kronos_pipeline.kronos.hub import atomic_write_bytes
 
     decisions = checkpoint_decisions(s)
