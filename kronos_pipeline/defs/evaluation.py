@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from kronos_pipeline.defs.common import blocking_failure
+from kronos_pipeline.defs.common import blocking_failure, failed_blocking
 from kronos_pipeline.defs.kronos import checkpoint_decisions
 from kronos_pipeline.defs.partitions import fold_partitions, refit_period
 from kronos_pipeline.defs.resources import WarehouseResource
@@ -492,7 +492,7 @@ def _check_result(asset: str, name: str, result: dict) -> dg.AssetCheckResult:
     ],  # fmt: skip
     pool=WAREHOUSE_POOL,
 )
-def evaluation_tables(warehouse: WarehouseResource):
+def evaluation_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     """Eval rows, per-date metrics, fold summaries, comparison, tripwires and gates of every model
     scored on the folds of the current mode."""
     s = get_settings()
@@ -531,13 +531,27 @@ def evaluation_tables(warehouse: WarehouseResource):
             result.comparison, result.per_date
         ),
     }
-    broken = [f"{a}:{c}: {d}" for (a, c), (ok, d, _) in table_outcomes.items() if not ok]
-    if broken:  # validate, then publish: inconsistent tables are never written
-        raise dg.Failure("evaluation tables do not reconcile: " + "; ".join(broken))
+    checks = [
+        *[
+            dg.AssetCheckResult(
+                asset_key=asset, check_name=check, passed=ok, description=description,
+                metadata=numbers,
+            )
+            for (asset, check), (ok, description, numbers) in table_outcomes.items()
+        ],
+        *[_check_result("leak_tripwires", name, result.tripwires[name]) for name in TRIPWIRE_CHECKS],
+        _contamination_check(result.tripwires["contamination"]),
+        *[_gate_check(result.verdicts, name) for name in GATE_CHECKS],
+    ]  # fmt: skip
+    # Validate, then publish: with a failed blocking check (a table that does not reconcile,
+    # a leak tripwire) nothing is written, neither tables nor report; the checks say why.
+    if failed := failed_blocking(checks, context.assets_def.check_specs):
+        yield from checks
+        raise blocking_failure(failed, "the evaluation")
     frames = (result.eval_rows, result.per_date, result.fold_summaries, result.comparison)
     accuracy = forecast_accuracy(db, selected, s.labels.horizons)
     trip_json = json.dumps(report.clean_json(result.tripwires), default=report.json_default)
-    # Validate, then publish: every table of the step lands in one transaction, or none.
+    # Every table of the step lands in one transaction, or none.
     with db.transaction() as tx:
         for name, frame in zip(TABLES, frames, strict=True):
             tx.replace_table(name, _pl(frame))
@@ -562,29 +576,28 @@ def evaluation_tables(warehouse: WarehouseResource):
         asset_key="gate_verdicts",
         metadata={k: v for k, v in report.key_figures(result.comparison, result.verdicts).items()},
     )
-    for (asset, check), (ok, description, numbers) in table_outcomes.items():
-        yield dg.AssetCheckResult(
-            asset_key=asset, check_name=check, passed=ok, description=description, metadata=numbers
-        )
-    # The report is the evidence a failed gate needs: write it before the blocking checks,
-    # which would otherwise skip evaluation_report in the same run.
-    _write_report_folder(db)
-    for name in TRIPWIRE_CHECKS:
-        yield _check_result("leak_tripwires", name, result.tripwires[name])
-    contamination = result.tripwires["contamination"]
-    yield dg.AssetCheckResult(
+    # The report is rendered once, by evaluation_report, which these blocking checks guard.
+    yield from checks
+
+
+def _contamination_check(contamination: dict) -> dg.AssetCheckResult:
+    """Published weights evaluated before their pre-training cutoff: a warning."""
+    return dg.AssetCheckResult(
         asset_key="leak_tripwires", check_name="contamination",
         passed=not contamination.get("contaminated_models"),
         severity=dg.AssetCheckSeverity.WARN, description=contamination.get("reason", ""),
         metadata={"result": dg.MetadataValue.json(report.clean_json(contamination))},
     )  # fmt: skip
-    for name in GATE_CHECKS:
-        check = gates.gate_check(result.verdicts, name)
-        yield dg.AssetCheckResult(
-            asset_key="gate_verdicts", check_name=name, passed=check.status == tripwires.PASS,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=f"{check.status.upper()}: {check.description}",
-        )  # fmt: skip
+
+
+def _gate_check(verdicts: pd.DataFrame, name: str) -> dg.AssetCheckResult:
+    """A gate over every candidate: a verdict on the models, so a warning, never blocking."""
+    check = gates.gate_check(verdicts, name)
+    return dg.AssetCheckResult(
+        asset_key="gate_verdicts", check_name=name, passed=check.status == tripwires.PASS,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{check.status.upper()}: {check.description}",
+    )  # fmt: skip
 
 
 def freeze_dir(s) -> Path:
@@ -684,7 +697,8 @@ def _stored_accuracy(db) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     ],  # fmt: skip
 )
 def evaluation_report_asset(warehouse: WarehouseResource):
-    """Re-render the report folder (the evaluation step writes it too, before its gate checks)."""
+    """Render the report folder once, from the tables the evaluation published: it runs only
+    when no blocking check of the evaluation failed (which then wrote nothing either)."""
     out_dir, figures = _write_report_folder(warehouse.get())
     yield dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out_dir)), **figures})
     ok, description, numbers = table_checks.report_files_present(out_dir, report.REPORT_FILES)
