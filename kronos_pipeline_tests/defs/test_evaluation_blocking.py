@@ -190,3 +190,32 @@ def test_a_later_failed_blocking_check_leaves_the_earlier_tables_and_report_unto
     assert planted["runs_root"] == clean["runs_root"]
     assert [n for n in clean["runs_root"] if not n.startswith(".")] == ["latest"]
     assert len(clean["runs_root"]) == 2
+
+
+def test_a_check_blocks_by_its_name_not_its_position():
+    from kronos_pipeline.defs.common import failed_blocking
+    from kronos_pipeline.defs.prices import prices_pit_asset
+
+    specs = (
+        prices_pit_asset.check_specs
+    )  # quality (blocking), adjustment (warns), history (blocking)
+    assert [s.name for s in specs if s.blocking] == ["prices_quality", "history_complete"]
+
+    def result(name: str, passed: bool, severity=dg.AssetCheckSeverity.ERROR):
+        return dg.AssetCheckResult(
+            asset_key="prices_pit", check_name=name, passed=passed, severity=severity,
+            description=f"{name} planted",
+        )  # fmt: skip
+
+    # The blocking history check listed last, a warning first: only the blocking one counts.
+    results = [
+        result("adjustment_consistency", False, dg.AssetCheckSeverity.WARN),
+        result("prices_quality", True),
+        result("history_complete", False),
+    ]
+    assert failed_blocking(results, specs) == [("history_complete", "history_complete planted")]
+    assert failed_blocking(list(reversed(results)), specs) == [
+        ("history_complete", "history_complete planted")
+    ]
+    # a non-blocking check never blocks, whatever its severity or position
+    assert failed_blocking([result("adjustment_consistency", False)], specs) == []
