@@ -222,6 +222,8 @@ def test_verbose_streams_the_event_log_too(cli_env, capsys):
 def test_failed_evaluation_exits_non_zero_and_says_it_wrote_no_report(cli_env, capsys, monkeypatch):
     import kronos_pipeline.definitions as definitions
 
+    monkeypatch.setenv("KRONOS_REPORT__OUTPUT_ROOT", str(cli_env / "runs"))
+    get_settings.cache_clear()
     monkeypatch.setattr(definitions, "defs", SimpleNamespace(resolve_job_def=lambda name: tiny_job))
     monkeypatch.setattr(cli, "_session", cli.Session())
     with pytest.raises(SystemExit, match="evaluation_job failed"):
@@ -231,11 +233,18 @@ def test_failed_evaluation_exits_non_zero_and_says_it_wrote_no_report(cli_env, c
     summary = cli._session.summary()
     assert "summary: 1 runs, 1 failed" in summary
     assert "FAILED tiny:tiny_complete" in summary
-    report = get_settings().report
-    path = report.output_root / report.run_name / "REPORT_SUMMARY.md"
+    path = cli_env / "runs" / "latest" / "REPORT_SUMMARY.md"
     assert summary.splitlines()[-1] == (
         f"report: not written, the evaluation failed (no report yet: {path})"
     )
+    path.parent.mkdir(parents=True)
+    path.write_text("an earlier evaluation's report")
+    with pytest.raises(SystemExit, match="evaluation_job failed"):
+        cli._run_evaluation(dg.DagsterInstance.ephemeral())
+    assert cli._session.summary().splitlines()[-1] == (
+        f"report: not written, the evaluation failed (earlier report kept: {path})"
+    )
+    assert path.read_text() == "an earlier evaluation's report"
 
 
 def test_smoke_applies_its_preset_and_tags_its_runs(cli_env, monkeypatch):
