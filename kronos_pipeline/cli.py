@@ -20,7 +20,15 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kronos_pipeline.settings import REPO_ROOT, KronosSettings, SettingsError, get_settings
+from kronos_pipeline.settings import (
+    PRESETS,
+    REPO_ROOT,
+    KronosSettings,
+    SettingsError,
+    active_preset,
+    get_settings,
+    use_preset,
+)
 
 # The choices of the engine flags are the settings' own literals: one source of truth.
 DEVICES = typing.get_args(KronosSettings.model_fields["device"].annotation)
@@ -34,8 +42,16 @@ FOLD_JOBS = {"baseline_scores_job": "", "kronos_job": "", "scoring_job": ""}
 
 
 def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
-    """Settings are read from the environment by the code location: set them before import."""
-    if mode:
+    """Settings are read from the environment by the code location: set them before import.
+
+    ``mode``: ``smoke`` applies the SMOKE preset (``settings.PRESETS``) over the environment,
+    and every run this command starts is tagged with it; ``full`` sets production explicitly
+    (``KRONOS_MODE=full``); None keeps the environment's settings, production by default.
+    """
+    if mode in PRESETS:
+        use_preset(mode)
+    elif mode:
+        use_preset(None)
         os.environ["KRONOS_MODE"] = mode
     if getattr(args, "vendor_dir", None):
         os.environ["KRONOS_DATA__VENDOR_DIR"] = str(Path(args.vendor_dir).resolve())
@@ -110,6 +126,7 @@ class Session:
     verbose: bool = False
     runs: list[RunOutcome] = field(default_factory=list)
     report_path: Path | None = None
+    report_updated: bool = True  # False: the evaluation failed, so it wrote no report
     skipped: list[str] = field(default_factory=list)  # steps not run, with why
 
     def summary(self) -> str:
@@ -128,8 +145,14 @@ class Session:
         if checks:
             lines.append(f"checks not passed: {len(checks)}")
             lines += [f"  {c.line()}" for c in checks]
-        if self.report_path is not None:
+        if self.report_path is not None and self.report_updated:
             lines.append(f"report: {self.report_path}")
+        elif self.report_path is not None:
+            # A failed blocking check writes nothing: what is there is an earlier evaluation's.
+            before = "earlier report kept" if self.report_path.exists() else "no report yet"
+            lines.append(
+                f"report: not written, the evaluation failed ({before}: {self.report_path})"
+            )
         return "\n".join(lines)
 
 
@@ -368,6 +391,10 @@ def _run(
     from kronos_pipeline.definitions import defs
 
     tags = dict(tags or {})
+    if active_preset() is not None:  # the UI shows which runs ran a preset, and reruns keep it
+        from kronos_pipeline.defs.resources import PRESET_TAG
+
+        tags[PRESET_TAG] = active_preset()
     if key_range is not None:
         tags.update({
             "dagster/asset_partition_range_start": key_range[0],
@@ -453,11 +480,18 @@ def _evaluate(instance, folds: str | None, if_due: bool = False) -> None:
             _run("kronos_job", instance, partition_key=key)
     if if_due and _skip_evaluation():
         return
+    _run_evaluation(instance)
+
+
+def _run_evaluation(instance, **kwargs) -> None:
+    """``evaluation_job``, then the report's path in the summary (saying so when the
+    evaluation failed and therefore wrote no report)."""
     try:
-        _run("evaluation_job", instance)
-    finally:
-        # Written before the gate checks, so it is there when a gate fails the run too.
-        _record_report_path()
+        _run("evaluation_job", instance, **kwargs)
+    except SystemExit:
+        _record_report_path(updated=False)
+        raise
+    _record_report_path()
 
 
 def _skip_evaluation() -> bool:
@@ -471,10 +505,12 @@ def _skip_evaluation() -> bool:
     return reason is not None
 
 
-def _record_report_path() -> None:
-    """The summary ends with the report's path, also when the evaluation failed."""
+def _record_report_path(updated: bool = True) -> None:
+    """The summary ends with the report's path; ``updated=False``: the evaluation failed, so
+    the summary says the report was not written (an earlier one, if any, is untouched)."""
     report = get_settings().report
     _session.report_path = report.output_root / report.run_name / "REPORT_SUMMARY.md"
+    _session.report_updated = updated
 
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
@@ -499,12 +535,12 @@ def cmd_nightly(args: argparse.Namespace) -> None:
     if args.data_only:
         steps = steps[:1]
     for step in steps:
-        if step.job == "evaluation_job" and _skip_evaluation():
+        if step.job == "evaluation_job":
+            if not _skip_evaluation():
+                _run_evaluation(instance, tags=step.run_tags())
             continue
         _run(step.job, instance, partition_key=step.partition_key, key_range=step.key_range,
              tags=step.run_tags(), assets=step.assets)  # fmt: skip
-        if step.job == "evaluation_job":
-            _record_report_path()
 
 
 def cmd_backfill(args: argparse.Namespace) -> None:
@@ -521,11 +557,7 @@ def cmd_backfill(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     """Recompute metrics, tripwires, gates and the report from the scores in the warehouse."""
     _configure_env(args, None)
-    instance = _instance()
-    try:
-        _run("evaluation_job", instance)
-    finally:
-        _record_report_path()
+    _run_evaluation(_instance())
 
 
 def cmd_freeze(args: argparse.Namespace) -> None:
@@ -587,7 +619,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     for name, help_text in (
-        ("smoke", "last 3 folds, top-100 universe"),
+        (
+            "smoke",
+            "the SMOKE preset: last 3 folds, top-100 universe, Kronos greedy (1 path) "
+            "fitted on a 1-minute budget",
+        ),
         ("full", "every fold, full universe"),
     ):
         p = sub.add_parser(name, help=help_text)

@@ -434,8 +434,19 @@ class AlertSettings(StrictModel):
         return value
 
 
+#: Named presets: settings overrides applied over the environment. Production is the default
+#: (``mode`` full: every fold, the configured universe, ``kronos.sample_count`` sampled paths,
+#: the full training budget). SMOKE checks the chain end to end on a 2-core CI machine in a
+#: few minutes: the last ``folds.smoke_folds`` folds, the top ``universe.smoke_top_n`` names,
+#: ``kronos.smoke_sample_count`` greedy path(s), the ``kronos.smoke_train_max_minutes``
+#: budget. ``kronos-pipeline smoke`` applies it; a run tagged ``kronos/preset=smoke`` (the
+#: Launchpad's tags) runs it too.
+PRESETS: dict[str, dict[str, Any]] = {"smoke": {"mode": "smoke"}}
+
+
 class Settings(StrictModel):
-    mode: Literal["smoke", "full"] = "smoke"
+    # "full" is production; "smoke" is what the SMOKE preset sets (see PRESETS).
+    mode: Literal["smoke", "full"] = "full"
     data: DataSettings = Field(default_factory=DataSettings)
     warehouse: WarehouseSettings = Field(default_factory=WarehouseSettings)
     universe: UniverseSettings = Field(default_factory=UniverseSettings)
@@ -581,7 +592,25 @@ def settings_fingerprint(settings: Settings) -> str:
     return hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]
 
 
+_active_preset: str | None = None
+
+
+def use_preset(name: str | None) -> None:
+    """Apply the named preset of :data:`PRESETS` over the environment in this process's
+    :func:`get_settings` (``None``: the environment alone, i.e. production by default)."""
+    global _active_preset
+    if name is not None and name not in PRESETS:
+        raise SettingsError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+    _active_preset = name
+    get_settings.cache_clear()
+
+
+def active_preset() -> str | None:
+    """The preset :func:`use_preset` applied in this process, if any."""
+    return _active_preset
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment."""
-    return load_settings()
+    """The process-wide settings, read once from the environment (and the active preset)."""
+    return load_settings(**(PRESETS[_active_preset] if _active_preset else {}))

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from kronos_pipeline import cli
-from kronos_pipeline.settings import SettingsError, get_settings
+from kronos_pipeline.settings import SettingsError, active_preset, get_settings, use_preset
 
 ENGINE_VARIABLES = (
     "KRONOS_KRONOS__DEVICE", "KRONOS_KRONOS__BATCH_SIZE", "KRONOS_KRONOS__DTYPE",
@@ -30,9 +30,9 @@ def cli_env(tmp_path, monkeypatch):
         monkeypatch.delenv(name)
     monkeypatch.setenv("KRONOS_WAREHOUSE__DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    get_settings.cache_clear()
+    use_preset(None)
     yield tmp_path
-    get_settings.cache_clear()
+    use_preset(None)  # `smoke` applies its preset to the whole process
 
 
 @pytest.mark.parametrize("command", ["smoke", "full", "backfill", "nightly"])
@@ -219,19 +219,56 @@ def test_verbose_streams_the_event_log_too(cli_env, capsys):
     assert "tiny debug line" in outcome.log_path.read_text()
 
 
-def test_failed_run_exits_non_zero_and_summary_keeps_check_and_report(cli_env, capsys, monkeypatch):
+def test_failed_evaluation_exits_non_zero_and_says_it_wrote_no_report(cli_env, capsys, monkeypatch):
     import kronos_pipeline.definitions as definitions
 
+    monkeypatch.setenv("KRONOS_REPORT__OUTPUT_ROOT", str(cli_env / "runs"))
+    get_settings.cache_clear()
     monkeypatch.setattr(definitions, "defs", SimpleNamespace(resolve_job_def=lambda name: tiny_job))
     monkeypatch.setattr(cli, "_session", cli.Session())
-    with pytest.raises(SystemExit, match="tiny_job failed"):
-        try:
-            cli._run("tiny_job", dg.DagsterInstance.ephemeral(), partition_key=None)
-        finally:
-            cli._record_report_path()
+    with pytest.raises(SystemExit, match="evaluation_job failed"):
+        cli._run_evaluation(dg.DagsterInstance.ephemeral())
     err = capsys.readouterr().err
     assert "FAILED tiny:tiny_complete: TINY missing 2019-12-31" in err
     summary = cli._session.summary()
     assert "summary: 1 runs, 1 failed" in summary
     assert "FAILED tiny:tiny_complete" in summary
-    assert summary.splitlines()[-1].endswith("REPORT_SUMMARY.md")
+    path = cli_env / "runs" / "latest" / "REPORT_SUMMARY.md"
+    assert summary.splitlines()[-1] == (
+        f"report: not written, the evaluation failed (no report yet: {path})"
+    )
+    path.parent.mkdir(parents=True)
+    path.write_text("an earlier evaluation's report")
+    with pytest.raises(SystemExit, match="evaluation_job failed"):
+        cli._run_evaluation(dg.DagsterInstance.ephemeral())
+    assert cli._session.summary().splitlines()[-1] == (
+        f"report: not written, the evaluation failed (earlier report kept: {path})"
+    )
+    assert path.read_text() == "an earlier evaluation's report"
+
+
+def test_smoke_applies_its_preset_and_tags_its_runs(cli_env, monkeypatch):
+    import kronos_pipeline.definitions as definitions
+
+    cli._configure_env(cli.build_parser().parse_args(["smoke"]), "smoke")
+    s = get_settings()
+    assert active_preset() == "smoke" and s.mode == "smoke"
+    assert s.kronos_sampling["sample_count"] == 1 and s.kronos_sampling["top_k"] == 1
+    assert s.kronos_training.train_max_minutes == 1.0 and s.effective_top_n == 100
+    monkeypatch.setattr(definitions, "defs", SimpleNamespace(resolve_job_def=lambda name: tiny_job))
+    monkeypatch.setattr(cli, "_session", cli.Session())
+    instance = dg.DagsterInstance.ephemeral()
+    with pytest.raises(SystemExit):
+        cli._run("tiny_job", instance)
+    (outcome,) = cli._session.runs
+    assert instance.get_run_by_id(outcome.run_id).tags["kronos/preset"] == "smoke"
+
+
+@pytest.mark.parametrize("command", ["full", "nightly", "backfill", "report"])
+def test_every_other_command_runs_production_settings(cli_env, command):
+    args = cli.build_parser().parse_args([command])
+    cli._configure_env(args, command if command == "full" else None)
+    s = get_settings()
+    assert active_preset() is None and s.mode == "full"
+    assert s.kronos_sampling == {"sample_count": 8, "temperature": 1.0, "top_k": 0, "top_p": 0.9}
+    assert s.kronos_training.train_max_minutes == 3.0 and s.effective_top_n is None

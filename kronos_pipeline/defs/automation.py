@@ -4,9 +4,11 @@ Alerts (all posted as JSON to ``settings.alerts.webhook_url``):
 
 - ``alert_on_run_failure``: every failed run.
 - ``alert_on_check_failure``: every failed asset check evaluation, blocking or not, ERROR or
-  WARN, exactly once. Its cursor is the event log storage id of the last evaluation handled,
-  kept by the instance, so a daemon restart neither repeats nor skips one; a post that fails
-  leaves the cursor before it, and the next tick retries it.
+  WARN, exactly once, when its run has ended. Built on public instance APIs only (run-status
+  changes, then each ended run's check evaluations). Its cursor, kept by the instance, is the
+  last run end handled (and the last check posted within the next run), so a daemon restart
+  neither repeats nor skips one; a post that fails leaves the cursor before it, and the next
+  tick retries it.
 - ``alert_on_stale_sessions``: the newest session with bars in ``raw_bars`` is
   ``alerts.stale_after_sessions`` trading days old or more (once per newest session).
 
@@ -19,7 +21,6 @@ import json
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from functools import partial
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -354,8 +355,14 @@ def alert_on_run_failure(context: dg.RunFailureSensorContext):
     )
 
 
-CHECK_BATCH = 200  # check evaluations read per tick
+RUN_BATCH = 50  # ended runs read per tick
 POST_BUDGET_S = 30.0  # stop posting within a tick after this long (sensor ticks time out at 60 s)
+#: A run's check evaluations are all stored once it has ended in one of these.
+RUN_END_EVENTS = (
+    dg.DagsterEventType.RUN_SUCCESS,
+    dg.DagsterEventType.RUN_FAILURE,
+    dg.DagsterEventType.RUN_CANCELED,
+)
 
 
 def _jsonable(value: object) -> object:
@@ -364,32 +371,71 @@ def _jsonable(value: object) -> object:
     return json.loads(json.dumps(raw, default=str))
 
 
-def check_evaluations(
-    instance: dg.DagsterInstance, after: int | None, limit: int = CHECK_BATCH
-) -> list[dg.EventLogRecord]:
-    """ASSET_CHECK_EVALUATION records with a storage id above ``after``, oldest first
-    (``after=None``: the newest one only, descending)."""
-    from dagster._core.storage.event_log import SqlEventLogStorage, SqliteEventLogStorage
+@dataclass(frozen=True)
+class CheckAlertCursor:
+    """Where ``alert_on_check_failure`` stands: ``run_end`` is the storage id of the last
+    run-end event whose failed checks were all handled; ``run_id`` and ``posted``, the run
+    after it whose failed checks were posted up to check event ``posted`` (a post failed)."""
 
-    records_filter = dg.EventRecordsFilter(
-        event_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION, after_cursor=after
-    )
-    storage = instance.event_log_storage
-    # The default SQLite storage is sharded by run, with no global id across runs, and its
-    # get_event_records refuses an integer cursor for check events; it mirrors every check
-    # evaluation, with a global id, into its index shard, which the SQL base class queries.
-    # Postgres and consolidated SQLite storages answer the same query directly.
-    get = (
-        partial(SqlEventLogStorage.get_event_records, storage)
-        if isinstance(storage, SqliteEventLogStorage)
-        else storage.get_event_records
-    )
-    return list(get(records_filter, limit if after is not None else 1, after is not None))
+    run_end: int
+    run_id: str | None = None
+    posted: int | None = None
+
+    def dump(self) -> str:
+        return json.dumps({"run_end": self.run_end, "run_id": self.run_id, "posted": self.posted})
+
+    @classmethod
+    def parse(cls, text: str | None) -> "CheckAlertCursor | None":
+        """None for no cursor, or one this version did not write (start afresh)."""
+        try:
+            data = json.loads(text or "")
+            return cls(int(data["run_end"]), data.get("run_id"), data.get("posted"))
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def ended_runs(
+    instance: dg.DagsterInstance, after: int, limit: int = RUN_BATCH
+) -> list[dg.EventLogRecord]:
+    """Run-end events (success, failure, cancellation) with a storage id above ``after``,
+    oldest first: public ``fetch_run_status_changes``, one query per kind of end."""
+    records = [
+        record
+        for event_type in RUN_END_EVENTS
+        for record in instance.fetch_run_status_changes(
+            dg.RunStatusChangeRecordsFilter(event_type, after_storage_id=after),
+            limit=limit,
+            ascending=True,
+        ).records
+    ]
+    return sorted(records, key=lambda r: r.storage_id)[:limit]
+
+
+def newest_run_end(instance: dg.DagsterInstance) -> int:
+    """The storage id of the newest run-end event (0 when no run has ended)."""
+    newest = [
+        record.storage_id
+        for event_type in RUN_END_EVENTS
+        for record in instance.fetch_run_status_changes(event_type, limit=1).records
+    ]
+    return max(newest, default=0)
+
+
+def failed_check_evaluations(instance: dg.DagsterInstance, run_id: str) -> list[dg.EventLogRecord]:
+    """The run's check evaluations that did not pass (any severity), in the order stored."""
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ).records
+    return [r for r in records if not check_evaluation(r).passed]
+
+
+def check_evaluation(record: dg.EventLogRecord) -> dg.AssetCheckEvaluation:
+    return record.event_log_entry.dagster_event.event_specific_data
 
 
 def check_failure_payload(instance: dg.DagsterInstance, record: dg.EventLogRecord) -> dict:
     """The alert for one failed check evaluation: asset, partition, check, severity, metadata."""
-    evaluation = record.event_log_entry.dagster_event.event_specific_data
+    evaluation = check_evaluation(record)
     partition = evaluation.partition
     if partition is None and record.run_id:
         run = instance.get_run_by_id(record.run_id)
@@ -404,7 +450,9 @@ def check_failure_payload(instance: dg.DagsterInstance, record: dg.EventLogRecor
         "description": evaluation.description,
         "metadata": {k: _jsonable(v) for k, v in evaluation.metadata.items()},
         "run_id": record.run_id,
-        "storage_id": record.storage_id,  # unique per evaluation: a receiver can deduplicate
+        # The event's id within its run: (run_id, storage_id) is unique per evaluation, so a
+        # receiver can deduplicate.
+        "storage_id": record.storage_id,
         "at": dt.datetime.fromtimestamp(record.timestamp, dt.UTC).isoformat(),
     }
 
@@ -415,33 +463,46 @@ def check_failure_payload(instance: dg.DagsterInstance, record: dg.EventLogRecor
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def alert_on_check_failure(context: dg.SensorEvaluationContext):
-    """Post every failed asset check evaluation (any severity, blocking or not) once.
+    """Post every failed asset check evaluation (any severity, blocking or not) once, when
+    its run has ended (succeeded, failed or was canceled).
 
-    The cursor is the storage id of the last evaluation handled. On the first tick it starts
-    at the newest evaluation already stored: history before the sensor existed is not sent.
+    Public instance APIs only: the runs that ended come from ``fetch_run_status_changes``,
+    each run's check evaluations from ``get_records_for_run``. The cursor
+    (:class:`CheckAlertCursor`) is the last run-end event handled, and within the next run
+    the last check posted, so a failed post is retried from there on the next tick and a
+    daemon restart neither repeats nor skips one. On the first tick it starts at the newest
+    run end: runs that ended before the sensor existed are not sent.
     """
     instance = context.instance
-    if context.cursor is None:
-        newest = check_evaluations(instance, after=None)
-        context.update_cursor(str(newest[0].storage_id if newest else 0))
-        return dg.SkipReason("started: failed checks from now on are posted")
-    cursor = int(context.cursor)
+    cursor = CheckAlertCursor.parse(context.cursor)
+    if cursor is None:
+        context.update_cursor(CheckAlertCursor(newest_run_end(instance)).dump())
+        return dg.SkipReason("started: failed checks of runs that end from now on are posted")
     url = get_settings().alerts.webhook_url
-    started, posted, failed = time.monotonic(), 0, 0
-    for record in check_evaluations(instance, after=cursor):
-        if not record.event_log_entry.dagster_event.event_specific_data.passed:
+    started, posted, failed, stopped = time.monotonic(), 0, 0, False
+    for run_end in ended_runs(instance, cursor.run_end):
+        done = cursor.posted if cursor.run_id == run_end.run_id else None
+        for record in failed_check_evaluations(instance, run_end.run_id):
+            if done is not None and record.storage_id <= done:
+                continue  # posted on an earlier tick
             failed += 1
-            if url:
-                if time.monotonic() - started > POST_BUDGET_S:
-                    break
-                try:
-                    post_alert(url, check_failure_payload(instance, record))
-                except OSError as exc:  # retried from this record on the next tick
-                    context.log.warning(f"alert webhook failed ({exc}); retrying next tick")
-                    break
-                posted += 1
-        cursor = record.storage_id
-    context.update_cursor(str(cursor))
+            if not url:
+                continue
+            if time.monotonic() - started > POST_BUDGET_S:
+                stopped = True
+                break
+            try:
+                post_alert(url, check_failure_payload(instance, record))
+            except OSError as exc:  # retried from this record on the next tick
+                context.log.warning(f"alert webhook failed ({exc}); retrying next tick")
+                stopped = True
+                break
+            posted += 1
+            cursor = CheckAlertCursor(cursor.run_end, run_end.run_id, record.storage_id)
+        if stopped:
+            break
+        cursor = CheckAlertCursor(run_end.storage_id)
+    context.update_cursor(cursor.dump())
     if not url and failed:
         return dg.SkipReason(f"{failed} failed checks, no alert webhook configured")
     return dg.SkipReason(f"{posted} failed checks posted" if posted else "no new failed check")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import dagster as dg
 import polars as pl
 
@@ -74,6 +76,22 @@ def blocking_failure(failed: list[tuple[str, str]], what: str) -> dg.Failure:
         + " | ".join(f"{name}: {desc}" for name, desc in failed),
         allow_retries=False,
     )
+
+
+def failed_blocking(
+    results: list[dg.AssetCheckResult], specs: Iterable[dg.AssetCheckSpec]
+) -> list[tuple[str, str]]:
+    """``(check name, description)`` of every result that failed with ERROR severity and whose
+    spec (looked up by asset and check name, e.g. in ``context.assets_def.check_specs``) is
+    blocking: a check blocks by its name, never by its position in a list."""
+    blocking = {s.key for s in specs if s.blocking}
+    return [
+        (r.check_name, r.description or "")
+        for r in results
+        if not r.passed
+        and r.severity == dg.AssetCheckSeverity.ERROR
+        and dg.AssetCheckKey(r.asset_key, r.check_name) in blocking
+    ]
 
 
 def spec(asset: str, name: str, description: str, blocking: bool = False) -> dg.AssetCheckSpec:

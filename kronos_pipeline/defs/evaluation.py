@@ -11,14 +11,18 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from kronos_pipeline.defs.common import blocking_failure
-from kronos_pipeline.defs.partitions import (
-    DATES_TAG,
-    fold_partitions,
-    partition_window,
-    refit_period,
-)
+from kronos_pipeline.defs.common import blocking_failure, failed_blocking
+from kronos_pipeline.defs.kronos import checkpoint_decisions
+from kronos_pipeline.defs.partitions import fold_partitions, refit_period
 from kronos_pipeline.defs.resources import WarehouseResource
+from kronos_pipeline.defs.walkforward import (  # noqa: F401 - also this stage's public names
+    MODEL_POOL,
+    SCORE_TABLES,
+    fold_table,
+    get_fold,
+    run_dates,
+    selected_fold_ids,
+)
 from kronos_pipeline.evaluation import (
     baselines,
     data_tripwires,
@@ -36,9 +40,6 @@ from kronos_pipeline.settings import get_settings
 from kronos_pipeline.warehouse import WAREHOUSE_POOL
 
 GROUP = "evaluation"
-#: Every table of long scores the evaluation unions (Kronos writes the second, its heads the
-#: third).
-SCORE_TABLES = ("baseline_scores", "kronos_scores", "kronos_head_scores")
 TABLES = ("eval_rows", "per_date_metrics", "fold_summaries", "model_comparison")
 TRIPWIRE_CHECKS = tripwires.BLOCKING_TRIPWIRES
 GATE_CHECKS = ("gate1", "gate2", "gate3")
@@ -50,42 +51,6 @@ join universe u on u.date = p.date and u.ticker = p.ticker
 where u.in_universe and p.ret is not null
 group by p.date order by p.date
 """
-
-
-MODEL_POOL = "model_fitting"  # one model fits at a time (limit 1 in dagster_home/dagster.yaml)
-
-
-def fold_table(db) -> list[folds.Fold]:
-    frame = (
-        db.read("select * from folds order by fold_id").to_pandas()
-        if "folds" in db.tables()
-        else None
-    )
-    if frame is None or frame.empty:
-        raise dg.Failure("the folds table is empty: materialize folds first (folds_job)")
-    return folds.folds_from_frame(frame)
-
-
-def selected_fold_ids(db) -> list[str]:
-    """The folds the current mode evaluates: FULL every fold; SMOKE the last
-    ``folds.smoke_folds`` whose labels have matured at every horizon (the longest included)."""
-    s = get_settings()
-    dates = db.read("select distinct date from features order by date").to_pandas()["date"]
-    chosen = folds.select_folds(
-        fold_table(db), s.mode, s.folds.smoke_folds, dates, max(s.labels.horizons)
-    )
-    return [f.fold_id for f in chosen]
-
-
-def get_fold(db, fold_id: str) -> folds.Fold:
-    frame = db.read("select * from folds where fold_id = ?", [fold_id]).to_pandas()
-    if frame.empty:
-        raise dg.Failure(
-            f"fold {fold_id} is not in the folds table: its month holds no data yet, or folds "
-            "has not been materialized since the data arrived (folds_job)",
-            allow_retries=False,
-        )
-    return folds.folds_from_frame(frame)[0]
 
 
 def _pd(frame: pl.DataFrame) -> pd.DataFrame:
@@ -245,20 +210,6 @@ def lightgbm_models_asset(context: dg.AssetExecutionContext, warehouse: Warehous
         }
     )
     yield train_cut
-
-
-def run_dates(context: dg.AssetExecutionContext, fold: folds.Fold, cadence: str, sessions):
-    """The dates a date-level score step scores: the fold's scoring dates (``cadence``) inside
-    the run's window; an explicit one-day window (``kronos/dates`` = ``D:D``, e.g. the nightly
-    run or a one-date rerun) scores that session whatever the cadence."""
-    start, end = partition_window(context)
-    inside = [d for d in sessions if start <= pd.Timestamp(d).date() <= end]
-    days = folds.scoring_dates(fold, sessions, cadence)
-    chosen = [d for d in days if start <= d.date() <= end]
-    tag = context.run.tags.get(DATES_TAG, "")
-    if tag and start == end and inside and not chosen:
-        chosen = [pd.Timestamp(inside[0])]
-    return start, end, pd.DatetimeIndex(chosen)
 
 
 @dg.asset(
@@ -543,7 +494,7 @@ def _check_result(asset: str, name: str, result: dict) -> dg.AssetCheckResult:
     ],  # fmt: skip
     pool=WAREHOUSE_POOL,
 )
-def evaluation_tables(warehouse: WarehouseResource):
+def evaluation_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     """Eval rows, per-date metrics, fold summaries, comparison, tripwires and gates of every model
     scored on the folds of the current mode."""
     s = get_settings()
@@ -582,13 +533,27 @@ def evaluation_tables(warehouse: WarehouseResource):
             result.comparison, result.per_date
         ),
     }
-    broken = [f"{a}:{c}: {d}" for (a, c), (ok, d, _) in table_outcomes.items() if not ok]
-    if broken:  # validate, then publish: inconsistent tables are never written
-        raise dg.Failure("evaluation tables do not reconcile: " + "; ".join(broken))
+    checks = [
+        *[
+            dg.AssetCheckResult(
+                asset_key=asset, check_name=check, passed=ok, description=description,
+                metadata=numbers,
+            )
+            for (asset, check), (ok, description, numbers) in table_outcomes.items()
+        ],
+        *[_check_result("leak_tripwires", name, result.tripwires[name]) for name in TRIPWIRE_CHECKS],
+        _contamination_check(result.tripwires["contamination"]),
+        *[_gate_check(result.verdicts, name) for name in GATE_CHECKS],
+    ]  # fmt: skip
+    # Validate, then publish: with a failed blocking check (a table that does not reconcile,
+    # a leak tripwire) nothing is written, neither tables nor report; the checks say why.
+    if failed := failed_blocking(checks, context.assets_def.check_specs):
+        yield from checks
+        raise blocking_failure(failed, "the evaluation")
     frames = (result.eval_rows, result.per_date, result.fold_summaries, result.comparison)
     accuracy = forecast_accuracy(db, selected, s.labels.horizons)
     trip_json = json.dumps(report.clean_json(result.tripwires), default=report.json_default)
-    # Validate, then publish: every table of the step lands in one transaction, or none.
+    # Every table of the step lands in one transaction, or none.
     with db.transaction() as tx:
         for name, frame in zip(TABLES, frames, strict=True):
             tx.replace_table(name, _pl(frame))
@@ -613,29 +578,28 @@ def evaluation_tables(warehouse: WarehouseResource):
         asset_key="gate_verdicts",
         metadata={k: v for k, v in report.key_figures(result.comparison, result.verdicts).items()},
     )
-    for (asset, check), (ok, description, numbers) in table_outcomes.items():
-        yield dg.AssetCheckResult(
-            asset_key=asset, check_name=check, passed=ok, description=description, metadata=numbers
-        )
-    # The report is the evidence a failed gate needs: write it before the blocking checks,
-    # which would otherwise skip evaluation_report in the same run.
-    _write_report_folder(db)
-    for name in TRIPWIRE_CHECKS:
-        yield _check_result("leak_tripwires", name, result.tripwires[name])
-    contamination = result.tripwires["contamination"]
-    yield dg.AssetCheckResult(
+    # The report is rendered once, by evaluation_report, which these blocking checks guard.
+    yield from checks
+
+
+def _contamination_check(contamination: dict) -> dg.AssetCheckResult:
+    """Published weights evaluated before their pre-training cutoff: a warning."""
+    return dg.AssetCheckResult(
         asset_key="leak_tripwires", check_name="contamination",
         passed=not contamination.get("contaminated_models"),
         severity=dg.AssetCheckSeverity.WARN, description=contamination.get("reason", ""),
         metadata={"result": dg.MetadataValue.json(report.clean_json(contamination))},
     )  # fmt: skip
-    for name in GATE_CHECKS:
-        check = gates.gate_check(result.verdicts, name)
-        yield dg.AssetCheckResult(
-            asset_key="gate_verdicts", check_name=name, passed=check.status == tripwires.PASS,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=f"{check.status.upper()}: {check.description}",
-        )  # fmt: skip
+
+
+def _gate_check(verdicts: pd.DataFrame, name: str) -> dg.AssetCheckResult:
+    """A gate over every candidate: a verdict on the models, so a warning, never blocking."""
+    check = gates.gate_check(verdicts, name)
+    return dg.AssetCheckResult(
+        asset_key="gate_verdicts", check_name=name, passed=check.status == tripwires.PASS,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"{check.status.upper()}: {check.description}",
+    )  # fmt: skip
 
 
 def freeze_dir(s) -> Path:
@@ -701,7 +665,6 @@ def _write_report_folder(db) -> tuple[Path, dict]:
             ) or "none",
         },
     )  # fmt: skip
-    from kronos_pipeline.defs.kronos import checkpoint_decisions
     from kronos_pipeline.kronos.hub import atomic_write_bytes
 
     decisions = checkpoint_decisions(s)
@@ -736,7 +699,8 @@ def _stored_accuracy(db) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     ],  # fmt: skip
 )
 def evaluation_report_asset(warehouse: WarehouseResource):
-    """Re-render the report folder (the evaluation step writes it too, before its gate checks)."""
+    """Render the report folder once, from the tables the evaluation published: it runs only
+    when no blocking check of the evaluation failed (which then wrote nothing either)."""
     out_dir, figures = _write_report_folder(warehouse.get())
     yield dg.MaterializeResult(metadata={"path": dg.MetadataValue.path(str(out_dir)), **figures})
     ok, description, numbers = table_checks.report_files_present(out_dir, report.REPORT_FILES)

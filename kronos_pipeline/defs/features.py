@@ -8,6 +8,7 @@ from kronos_pipeline.data.side_tables import sector_segments
 from kronos_pipeline.defs.common import (
     DAILY_ASSET_OPTIONS,
     blocking_failure,
+    failed_blocking,
     quality_result,
     spec,
     table_metadata,
@@ -90,15 +91,16 @@ def features_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
         + " of universe rows non-null",
         metadata=coverage,
     )
-    if not quality_check.passed:
-        yield from (quality_check, coverage_check)
-        raise blocking_failure([("features_quality", quality_check.description)], "features")
+    results = [quality_check, coverage_check]
+    if failed := failed_blocking(results, context.assets_def.check_specs):
+        yield from results
+        raise blocking_failure(failed, "features")
     db.replace_window("features", table, start, end, order_by=("date", "ticker"))
     yield dg.MaterializeResult(
         asset_key="features",
         metadata={**table_metadata(quality.FEATURES, table), "features": len(names)},
     )
-    yield from (quality_check, coverage_check)
+    yield from results
 
 
 @dg.asset(
@@ -160,9 +162,10 @@ def labels_forward_asset(context: dg.AssetExecutionContext, warehouse: Warehouse
         description=f"{missing.height} universe rows not yet matured, {matured_missing.height} matured but missing",
         metadata={"immature": missing.height - matured_missing.height},
     )
-    if not quality_check.passed:
-        yield from (quality_check, availability_check)
-        raise blocking_failure([("labels_quality", quality_check.description)], "labels_forward")
+    results = [quality_check, availability_check]
+    if failed := failed_blocking(results, context.assets_def.check_specs):
+        yield from results
+        raise blocking_failure(failed, "labels_forward")
     db.replace_window("labels_forward", labels, start, end, order_by=("date", "ticker", "horizon"))
     yield dg.MaterializeResult(
         asset_key="labels_forward",
@@ -172,4 +175,4 @@ def labels_forward_asset(context: dg.AssetExecutionContext, warehouse: Warehouse
             "delisted_inside_horizon": int((labels["end_date"] < labels["available_at"]).sum()),
         },
     )
-    yield from (quality_check, availability_check)
+    yield from results

@@ -25,7 +25,6 @@ import pandas as pd
 import polars as pl
 
 from kronos_pipeline.defs.common import blocking_failure
-from kronos_pipeline.defs.evaluation import MODEL_POOL, get_fold
 from kronos_pipeline.defs.kronos import (
     GROUP,
     HISTORY_SLACK,
@@ -35,6 +34,7 @@ from kronos_pipeline.defs.kronos import (
 )
 from kronos_pipeline.defs.partitions import fold_partitions, partition_window, refit_period
 from kronos_pipeline.defs.resources import WarehouseResource
+from kronos_pipeline.defs.walkforward import MODEL_POOL, get_fold
 from kronos_pipeline.evaluation import baselines, folds, heads
 from kronos_pipeline.kronos import load_predictor, load_tokenizer, scoring, strategy
 from kronos_pipeline.kronos.hub import atomic_write_bytes, file_sha256

@@ -13,9 +13,9 @@ import pandas as pd
 import polars as pl
 
 from kronos_pipeline.defs.common import blocking_failure
-from kronos_pipeline.defs.evaluation import MODEL_POOL, get_fold, run_dates
 from kronos_pipeline.defs.partitions import fold_partitions, partition_window, refit_period
 from kronos_pipeline.defs.resources import WarehouseResource
+from kronos_pipeline.defs.walkforward import MODEL_POOL, get_fold, run_dates
 from kronos_pipeline.kronos import load_predictor, load_tokenizer, scoring, strategy
 from kronos_pipeline.settings import Settings, get_settings
 from kronos_pipeline.warehouse import WAREHOUSE_POOL, Warehouse

@@ -8,6 +8,7 @@ from kronos_pipeline.data.pit import adjustment_agreement, missing_history, pric
 from kronos_pipeline.defs.common import (
     DAILY_ASSET_OPTIONS,
     blocking_failure,
+    failed_blocking,
     quality_result,
     spec,
     table_metadata,
@@ -89,7 +90,7 @@ def prices_pit_asset(context: dg.AssetExecutionContext, warehouse: WarehouseReso
         ),
     ]
     # Validate, then publish: a failed blocking check leaves the warehouse untouched.
-    failed = [(r.check_name, r.description) for r in results[:2] if not r.passed]
+    failed = failed_blocking(results, context.assets_def.check_specs)
     if failed:
         yield from results
         raise blocking_failure(failed, f"prices_pit {start}..{end}")

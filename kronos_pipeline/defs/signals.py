@@ -1,5 +1,6 @@
-"""The day's signal: per model and horizon, the ranked universe with its scores and, for
-Kronos, the forecast quantiles. A date-level asset on the fold's month; each date it covers
+"""The day's signal: per model and horizon (every candidate, the Kronos heads included, and
+the baselines), the ranked universe with its scores and, for every Kronos-derived model, the
+quantiles of its forecast's sampled paths. A date-level asset on the fold's month; each date it covers
 goes to the ``signals`` table and to ``<data_dir>/signals/<date>.parquet`` (written to a
 temporary name and renamed), validated against the universe members of the date first."""
 
@@ -9,9 +10,9 @@ import dagster as dg
 import polars as pl
 
 from kronos_pipeline.defs.common import blocking_failure
-from kronos_pipeline.defs.evaluation import get_fold
 from kronos_pipeline.defs.partitions import fold_partitions, partition_window
 from kronos_pipeline.defs.resources import WarehouseResource
+from kronos_pipeline.defs.walkforward import KRONOS_SCORE_TABLES, SCORE_TABLES, get_fold
 from kronos_pipeline.evaluation.baselines import CONTROL_MODELS
 from kronos_pipeline.kronos.hub import atomic_write_bytes
 from kronos_pipeline.settings import get_settings
@@ -23,15 +24,21 @@ SIGNAL_COLUMNS = [
 ]  # fmt: skip
 
 
+QUANTILE_COLUMNS = ["pred_return_q10", "pred_return_q50", "pred_return_q90"]
+
+
 def signal_frame(db: Warehouse, start, end) -> pl.DataFrame:
-    """Every non-control model's scores of ``start..end``, ranked per (date, model, horizon)
-    (rank 1 = the highest score, ties broken by ticker), with Kronos quantiles where the
-    model has forecasts."""
+    """Every non-control model's scores of ``start..end`` (baselines, Kronos and its volnorm
+    variant, the Kronos heads), ranked per (date, model, horizon) (rank 1 = the highest score,
+    ties broken by ticker). Every Kronos-derived model's row carries the 10/50/90 % quantiles
+    of the h-day return over the sampled paths of its (date, ticker, horizon), from the fold's
+    ``kronos_forecasts``, the forecast its score was derived from; other models' are null."""
     parts = []
-    for table in ("baseline_scores", "kronos_scores"):
+    for table in SCORE_TABLES:
         if table in db.tables():
             parts.append(db.read(
-                f"select date, model, horizon, ticker, score from {table} "
+                f"select date, model, horizon, ticker, score, fold, "
+                f"{table in KRONOS_SCORE_TABLES} as kronos_derived from {table} "
                 "where date between ? and ? and model not in (select unnest(?))",
                 [start, end, list(CONTROL_MODELS)],
             ))  # fmt: skip
@@ -44,24 +51,49 @@ def signal_frame(db: Warehouse, start, end) -> pl.DataFrame:
         (pl.col("score").rank("average").over("date", "model", "horizon")
          / pl.len().over("date", "model", "horizon")).alias("pct_rank"),
     )  # fmt: skip
+    keys = ["fold", "date", "horizon", "ticker"]
     if "kronos_forecasts" in db.tables():
+        # One forecast model per fold (its checkpoint's), so the fold pins the forecast.
         q = db.read(
-            "select date, model, horizon, ticker, pred_return_q10, pred_return_q50, "
-            "pred_return_q90 from kronos_forecasts where date between ? and ?", [start, end],
-        ).with_columns(pl.col("date").cast(pl.Date))  # fmt: skip
+            f"select {', '.join(keys + QUANTILE_COLUMNS)} from kronos_forecasts "
+            "where date between ? and ?", [start, end],
+        ).with_columns(pl.col("date").cast(pl.Date), pl.lit(True).alias("kronos_derived"))  # fmt: skip
     else:
-        q = pl.DataFrame(schema={"date": pl.Date, "model": pl.String, "horizon": pl.Int64,
-                                 "ticker": pl.String, "pred_return_q10": pl.Float64,
-                                 "pred_return_q50": pl.Float64, "pred_return_q90": pl.Float64})  # fmt: skip
-    out = ranked.join(q, on=["date", "model", "horizon", "ticker"], how="left")
+        q = pl.DataFrame(schema={"fold": pl.String, "date": pl.Date, "horizon": pl.Int64,
+                                 "ticker": pl.String, **dict.fromkeys(QUANTILE_COLUMNS, pl.Float64),
+                                 "kronos_derived": pl.Boolean})  # fmt: skip
+    out = ranked.join(
+        q.cast({"horizon": ranked.schema["horizon"]}), on=[*keys, "kronos_derived"], how="left"
+    )
     return out.select(SIGNAL_COLUMNS).sort("date", "model", "horizon", "rank")
 
 
-def signal_problems(signal: pl.DataFrame, members: pl.DataFrame) -> list[str]:
+def kronos_models(db: Warehouse, start, end) -> set[str]:
+    """The Kronos-derived models scored in ``start..end`` (their rows need quantiles)."""
+    models: set[str] = set()
+    for table in KRONOS_SCORE_TABLES:
+        if table in db.tables():
+            models |= set(db.read(f"select distinct model from {table} where date between ? "
+                                  "and ?", [start, end])["model"])  # fmt: skip
+    return models
+
+
+def signal_problems(
+    signal: pl.DataFrame, members: pl.DataFrame, kronos_derived: set[str] | frozenset = frozenset()
+) -> list[str]:
     """What is wrong with a signal against the universe members of its dates: a member a
-    model did not rank, a ticker that is not a member, ranks that are not 1..n."""
+    model did not rank, a ticker that is not a member, ranks that are not 1..n, a row of a
+    Kronos-derived model (``kronos_derived``) without finite, ordered quantiles."""
     problems = []
     for (day, model, horizon), group in signal.group_by(["date", "model", "horizon"]):
+        if model in kronos_derived:
+            q10, q50, q90 = (group[c] for c in QUANTILE_COLUMNS)
+            finite = q10.is_finite() & q50.is_finite() & q90.is_finite()
+            bad = group.height - int((finite.fill_null(False) & (q10 <= q50) & (q50 <= q90))
+                                     .fill_null(False).sum())  # fmt: skip
+            if bad:
+                problems.append(f"{day} {model} h{horizon}: {bad} rows without their forecast "
+                                "quantiles (q10 <= q50 <= q90)")  # fmt: skip
         names = set(members.filter(pl.col("date") == day)["ticker"])
         got = set(group["ticker"])
         if got - names:
@@ -79,21 +111,24 @@ def signal_problems(signal: pl.DataFrame, members: pl.DataFrame) -> list[str]:
     name="signals",
     deps=[
         dg.AssetDep(a, partition_mapping=dg.TimeWindowPartitionMapping())
-        for a in ("baseline_scores", "kronos_scores", "kronos_forecasts", "universe")
+        for a in (*SCORE_TABLES, "kronos_forecasts", "universe")
     ],
     partitions_def=fold_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(1),
     group_name="signals",
     pool=WAREHOUSE_POOL,
     kinds={"duckdb", "parquet"},
-    description="Per scored date: every model's ranked universe per horizon, with Kronos "
-    "quantiles; warehouse table signals and data/signals/<date>.parquet.",
+    description="Per scored date: every candidate and baseline model's ranked universe per "
+    "horizon (Kronos, its volnorm variant and both heads included), with the forecast "
+    "quantiles of every Kronos-derived model; warehouse table signals and "
+    "data/signals/<date>.parquet.",
     check_specs=[
         dg.AssetCheckSpec(
             "signal_complete",
             asset="signals",
             blocking=True,
-            description="Every model ranks exactly the universe members of the date, 1..n",
+            description="Every model ranks exactly the universe members of the date, 1..n; "
+            "every Kronos-derived row carries finite, ordered forecast quantiles",
         )
     ],  # fmt: skip
 )
@@ -110,7 +145,7 @@ def signals_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         "select date, ticker from universe where in_universe and date in (select unnest(?::date[]))",
         [days],
     ).with_columns(pl.col("date").cast(pl.Date))
-    problems = signal_problems(signal, members)
+    problems = signal_problems(signal, members, kronos_models(db, start, end))
     check = dg.AssetCheckResult(
         check_name="signal_complete", passed=not problems,
         description="; ".join(problems[:10]) or f"{len(days)} dates, {signal.height} rows",

@@ -7,6 +7,7 @@ from kronos_pipeline import quality
 from kronos_pipeline.defs.common import (
     DAILY_ASSET_OPTIONS,
     blocking_failure,
+    failed_blocking,
     quality_result,
     spec,
     table_metadata,
@@ -97,7 +98,7 @@ def universe_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
             metadata={"first_thin_dates": [str(d) for d in thin["date"].head(10)]},
         ),
     ]
-    failed = [(r.check_name, r.description) for r in results[:2] if not r.passed]
+    failed = failed_blocking(results, context.assets_def.check_specs)
     if failed:
         yield from results
         raise blocking_failure(failed, f"universe {start}..{end}")

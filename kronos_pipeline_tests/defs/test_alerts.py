@@ -124,7 +124,7 @@ def test_each_failed_check_is_posted_once_with_its_fields(receiver):
             ("rules", "ERROR", True),
         ]
         assert {p["partition"] for p in new} == {"2020-01-02"}
-        assert len({p["storage_id"] for p in receiver.posts}) == 3
+        assert len({(p["run_id"], p["storage_id"]) for p in receiver.posts}) == 3
 
 
 def test_a_failed_post_is_retried_and_a_restart_misses_nothing(receiver):

@@ -158,7 +158,7 @@ EXPECTED_ASSETS = {
     "signals": (
         "signals",
         "fold",
-        ["baseline_scores", "kronos_forecasts", "kronos_scores", "universe"],
+        ["baseline_scores", "kronos_forecasts", "kronos_head_scores", "kronos_scores", "universe"],
         ["signal_complete"],
     ),
     "evaluation_report": (

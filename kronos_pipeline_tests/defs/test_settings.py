@@ -13,14 +13,22 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from kronos_pipeline.defs.resources import SETTINGS_FINGERPRINT_TAG, SettingsResource
+from kronos_pipeline.defs.resources import (
+    PRESET_TAG,
+    SETTINGS_FINGERPRINT_TAG,
+    SettingsResource,
+    WarehouseResource,
+)
 from kronos_pipeline.settings import (
+    PRESETS,
     Settings,
     SettingsError,
     StrictModel,
+    active_preset,
     get_settings,
     load_settings,
     settings_fingerprint,
+    use_preset,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -180,13 +188,76 @@ def test_a_run_records_its_settings_fingerprint_as_a_tag(tmp_path):
     )
 
 
+def test_with_nothing_set_settings_are_production():
+    s = load_settings(environ={})
+    assert s.mode == "full"
+    assert s.kronos_sampling == {"sample_count": 8, "temperature": 1.0, "top_k": 0, "top_p": 0.9}
+    assert s.kronos_training.train_max_minutes == s.kronos.train_max_minutes == 3.0
+    assert s.effective_top_n is None  # the configured universe (universe.top_n), not SMOKE's
+
+
+def test_the_process_settings_are_production_until_the_smoke_preset_is_applied(monkeypatch):
+    monkeypatch.delenv("KRONOS_MODE", raising=False)
+    use_preset(None)
+    try:
+        assert get_settings().mode == "full" and get_settings().kronos_sampling["sample_count"] == 8
+        use_preset("smoke")
+        assert (
+            get_settings().mode == "smoke" and get_settings().kronos_sampling["sample_count"] == 1
+        )
+        with pytest.raises(SettingsError, match="unknown preset 'fast'; known presets: smoke"):
+            use_preset("fast")
+    finally:
+        use_preset(None)
+    assert get_settings().mode == "full"
+
+
 def test_smoke_decodes_greedily_and_fits_kronos_within_its_own_budget():
-    smoke = load_settings(environ={"KRONOS_KRONOS__SMOKE_TRAIN_MAX_MINUTES": "0.5"})
-    full = load_settings(environ={"KRONOS_MODE": "full"})
+    smoke = load_settings(
+        environ={"KRONOS_KRONOS__SMOKE_TRAIN_MAX_MINUTES": "0.5"}, **PRESETS["smoke"]
+    )
+    full = load_settings(environ={})
     assert smoke.mode == "smoke" and smoke.kronos_training.train_max_minutes == 0.5
     assert smoke.kronos.train_max_minutes == 3.0  # the setting itself is untouched
     assert smoke.kronos_sampling["sample_count"] == 1 and smoke.kronos_sampling["top_k"] == 1
+    assert smoke.effective_top_n == 100
     assert full.kronos_training.train_max_minutes == full.kronos.train_max_minutes == 3.0
     assert full.kronos_sampling["sample_count"] == 8
     error = _error({"KRONOS_KRONOS__SMOKE_TRAIN_MAX_MINUTES": "0"})
     assert "KRONOS_KRONOS__SMOKE_TRAIN_MAX_MINUTES='0'" in error and "must be > 0" in error
+
+
+def test_a_run_tagged_with_the_smoke_preset_runs_it_and_the_next_run_is_production(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("KRONOS_MODE", raising=False)
+    use_preset(None)
+    seen = []
+
+    @dg.asset
+    def reads_settings(warehouse: WarehouseResource) -> None:
+        s = get_settings()
+        seen.append(
+            (s.mode, s.kronos_sampling["sample_count"], s.kronos_training.train_max_minutes)
+        )
+
+    resources = {"warehouse": WarehouseResource(path=str(tmp_path / "w.duckdb"), lock_timeout_s=5)}
+    instance = dg.DagsterInstance.ephemeral()
+    smoke = dg.materialize(
+        [reads_settings], resources=resources, instance=instance, tags={PRESET_TAG: "smoke"}
+    )
+    production = dg.materialize([reads_settings], resources=resources, instance=instance)
+    assert seen == [("smoke", 1, 1.0), ("full", 8, 3.0)]
+    assert active_preset() is None
+    fingerprints = [
+        instance.get_run_by_id(r.run_id).tags[SETTINGS_FINGERPRINT_TAG] for r in (smoke, production)
+    ]
+    assert fingerprints == [
+        settings_fingerprint(load_settings(**PRESETS["smoke"])),
+        settings_fingerprint(load_settings()),
+    ]
+    bad = dg.materialize(
+        [reads_settings], resources=resources, instance=instance, tags={PRESET_TAG: "fast"},
+        raise_on_error=False,
+    )  # fmt: skip
+    assert not bad.success and seen == [("smoke", 1, 1.0), ("full", 8, 3.0)]

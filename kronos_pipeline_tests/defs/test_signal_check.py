@@ -26,3 +26,23 @@ def test_a_non_member_broken_ranks_or_an_unranked_member_fail():
     assert "unranked members ['C']" in signal_problems(_signal(("A", "B"), (1, 2)), MEMBERS)[0]
     # a factor may skip a name whose input is missing
     assert signal_problems(_signal(("A", "B"), (1, 2), "factor_low_vol"), MEMBERS) == []
+
+
+def test_a_kronos_derived_row_without_ordered_quantiles_fails():
+    signal = _signal(model="kronos_head").with_columns(
+        pred_return_q10=pl.Series([-0.02, -0.01, None]),
+        pred_return_q50=pl.Series([0.00, 0.00, None]),
+        pred_return_q90=pl.Series([0.03, -0.02, None]),
+    )
+    problems = signal_problems(signal, MEMBERS, kronos_derived={"kronos_head"})
+    assert problems == [
+        "2019-11-01 kronos_head h20: 2 rows without their forecast quantiles (q10 <= q50 <= q90)"
+    ]
+    complete = signal.with_columns(
+        pred_return_q10=pl.Series([-0.02, -0.01, -0.03]),
+        pred_return_q50=pl.Series([0.00, 0.00, 0.01]),
+        pred_return_q90=pl.Series([0.03, 0.02, 0.04]),
+    )
+    assert signal_problems(complete, MEMBERS, kronos_derived={"kronos_head"}) == []
+    # a baseline carries no quantiles, and needs none
+    assert signal_problems(_signal(), MEMBERS, kronos_derived={"kronos_head"}) == []

@@ -33,7 +33,6 @@ ENV = {
     "KRONOS_KRONOS__LOOKBACK": "40",
     "KRONOS_KRONOS__DEVICE": "cpu",
     "KRONOS_KRONOS__TRAIN_MAX_MINUTES": "0.05",
-    "KRONOS_KRONOS__SMOKE_TRAIN_MAX_MINUTES": "0.05",  # the default mode is smoke
     "KRONOS_KRONOS__TRAIN_EPOCHS": "1",
     "KRONOS_KRONOS__TRAIN_WINDOWS_PER_EPOCH": "64",
     "KRONOS_KRONOS__TRAIN_BATCH_SIZE": "16",
@@ -57,6 +56,7 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory):
     )
     from kronos_pipeline.defs.kronos import KRONOS_ASSETS, checkpoint_dir
     from kronos_pipeline.defs.resources import WarehouseResource
+    from kronos_pipeline.defs.signals import signals_asset
     from kronos_pipeline.kronos import scoring
     from kronos_pipeline.settings import get_settings
     from kronos_pipeline.warehouse import Warehouse
@@ -99,6 +99,10 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory):
                                instance=instance)
                 for assets in (KRONOS_ASSETS, HEAD_ASSETS)
             ]  # fmt: skip
+            # The signal of the first fold's month, from every score table present.
+            signal_run = dg.materialize(
+                [signals_asset], partition_key=FOLD, resources=resources, instance=instance
+            )
             forecasts = db.read("select * exclude (samples) from kronos_forecasts")
             day = forecasts["date"].min()
             # The training path's embeddings, recomputed for a scoring date the forecasts hold.
@@ -128,6 +132,9 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory):
                 "forecasts": forecasts,
                 "scores": db.read("select * from kronos_head_scores where fold = ?", [FOLD]),
                 "first_scores": first_scores,
+                "signal_run": signal_run,
+                "signal": db.read("select * from signals"),
+                "sample_count": s.kronos_sampling["sample_count"],
                 "forecast_day": day,
                 "recomputed": recomputed,
             }
@@ -141,6 +148,28 @@ def test_the_heads_and_their_scores_materialize_with_every_check_passed(heads_ru
     assert heads_run["result"].success and heads_run["rerun"].success
     checks = {e.check_name: e.passed for e in heads_run["result"].get_asset_check_evaluations()}
     assert checks == {"heads_train_cut": True, "head_scores_valid": True}
+
+
+def test_the_signal_carries_both_heads_with_the_quantiles_of_their_sampled_paths(heads_run):
+    assert heads_run["signal_run"].success
+    assert heads_run["sample_count"] == 2  # production sampling, KRONOS_KRONOS__SAMPLE_COUNT
+    signal, forecasts = heads_run["signal"], heads_run["forecasts"].filter(pl.col("fold") == FOLD)
+    (forecast_model,) = forecasts["model"].unique().to_list()
+    derived = (HEAD_MODEL, FUSED_MODEL, forecast_model, f"{forecast_model}_volnorm")
+    assert set(signal["model"]) == set(derived)
+    keys = ["date", "ticker", "horizon"]
+    quantiles = ["pred_return_q10", "pred_return_q50", "pred_return_q90"]
+    expected = forecasts.select(*keys, *quantiles).with_columns(pl.col("date").cast(pl.Date))
+    for model in derived:
+        rows = signal.filter(pl.col("model") == model).with_columns(pl.col("date").cast(pl.Date))
+        assert rows.height == expected.height > 0, model  # every forecast series, ranked
+        joined = rows.join(expected, on=keys, suffix="_forecast")
+        assert joined.height == rows.height, model
+        for q in quantiles:  # the quantiles of the very forecast the score came from
+            assert (joined[q] == joined[f"{q}_forecast"]).all(), (model, q)
+        spread = (rows["pred_return_q90"] - rows["pred_return_q10"]).to_numpy()
+        # Two sampled paths per series: the 10-90 % interval is not a single number.
+        assert (spread >= 0).all() and (spread > 0).mean() > 0.5, (model, (spread > 0).mean())
 
 
 def test_every_training_label_of_the_heads_matured_before_the_cut(heads_run):
