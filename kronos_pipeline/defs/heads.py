@@ -107,18 +107,15 @@ def member_windows(db: Warehouse, days: Sequence[pd.Timestamp], k: KronosSetting
     return scoring.build_windows(prices, members, k.lookback)
 
 
-def embed_windows(engine: Any, inputs: scoring.ScoringWindows, calendar: str) -> pd.DataFrame:
-    """``date, ticker, embedding`` per window: the predictor's embedding of the context, from
-    a one-step greedy decode (the embedding does not depend on what is decoded after it)."""
+def embed_windows(engine: Any, inputs: scoring.ScoringWindows) -> pd.DataFrame:
+    """``date, ticker, embedding`` per window: the predictor's embedding of the context
+    (``engine.embed``: the embeddings of a one-step greedy decode, bit for bit, without the
+    decode)."""
     if len(inputs) == 0:
         return pd.DataFrame({"date": pd.Series(dtype="datetime64[ns]"), "ticker": [],
                              "embedding": []})  # fmt: skip
-    futures = scoring.future_sessions(inputs.keys["date"], 1, calendar)
-    result = engine.forecast(
-        inputs.windows, inputs.timestamps, [futures[pd.Timestamp(d)] for d in inputs.keys["date"]],
-        pred_len=1, top_k=1, sample_count=1, return_embeddings=True,
-    )  # fmt: skip
-    return inputs.keys.assign(embedding=list(np.asarray(result.embeddings, np.float32)))
+    embeddings = engine.embed(inputs.windows, inputs.timestamps)
+    return inputs.keys.assign(embedding=list(np.asarray(embeddings, np.float32)))
 
 
 def write_heads(directory: Path, fitted: heads.FittedHeads, header: dict[str, Any]) -> dict:
@@ -200,7 +197,7 @@ def fit_period_heads(
     days = training_dates(sessions, at, s.labels.horizons, s.kronos.train_history_days)
     inputs = member_windows(db, days, s.kronos)
     context.log.info(f"embedding {len(inputs)} series of {len(days)} dates before {at.cut.date()}")
-    embeddings = embed_windows(kronos_engine(checkpoint, s.kronos), inputs, s.data.calendar)
+    embeddings = embed_windows(kronos_engine(checkpoint, s.kronos), inputs)
     day_list = [d.date() for d in days]
     labels = db.read(
         "select date, ticker, horizon, excess_return, available_at from labels_forward "

@@ -630,6 +630,63 @@ class KronosEngine:
             self.last_logits = [logits]
         return out, emb, toks
 
+    def embed(
+        self,
+        windows: Sequence[pd.DataFrame],
+        timestamps: Sequence[pd.DatetimeIndex | pd.Series],
+    ) -> np.ndarray:
+        """The predictor's embedding of each window's context, float32 [n, d_model]: bit
+        for bit the ``embeddings`` of ``forecast(..., pred_len=1, sample_count=1,
+        return_embeddings=True)`` (the same micro-batches, tokenizer pass and prefill),
+        without choosing a token or running the tokenizer's decoder, which a caller that
+        wants only embeddings (``kronos_heads``) does not need."""
+        n = len(windows)
+        if len(timestamps) != n:
+            raise ValueError("windows and timestamps must have equal lengths")
+        xs, stamps = [], []
+        for i in range(n):
+            x, st, _ = prepare_window(windows[i], timestamps[i], self.clip, f"window {i}")
+            xs.append(x)
+            stamps.append(st)
+        out = np.zeros((n, self.predictor.d_model), dtype=np.float32)
+        for chunk in self.plan([x.shape[0] for x in xs], 1, 1):
+            _, length = self._group_key(xs[chunk[0]].shape[0], 1)
+            with torch.inference_mode():
+                out[chunk] = self._embed_chunk([xs[i] for i in chunk],
+                                               [stamps[i] for i in chunk], length)  # fmt: skip
+            self._free()
+        return out
+
+    def _embed_chunk(self, xs, x_stamps, length: int) -> np.ndarray:
+        """Pooled context [b, D] of one micro-batch, as :meth:`_run_chunk` computes it for a
+        one-step forecast (same padding, row blocks, cache capacity and rotary table)."""
+        dev, model = self.device, self.predictor
+        b, n_series = len(xs), self._series_rows(1)
+        x = np.zeros((n_series, length, xs[0].shape[1]), np.float32)
+        stamp_np = np.zeros((n_series, length, x_stamps[0].shape[1]), np.float32)
+        pads_np = np.zeros(n_series, np.int64)
+        for j in range(b):
+            t = xs[j].shape[0]
+            pads_np[j] = length - t
+            x[j, length - t :] = xs[j]
+            stamp_np[j, length - t :] = x_stamps[j]
+        pads = torch.from_numpy(pads_np).to(dev)
+        x_t = torch.from_numpy(x).to(dev, self.tokenizer_dtype)
+        s1, s2 = self._in_row_blocks(
+            lambda lo, hi: self._encode(x_t[lo:hi], pads[lo:hi]), n_series, length
+        )
+        stamp = torch.from_numpy(stamp_np).to(dev)
+        total = length + 1
+        if total > self.max_context:  # as _decode_sliding: the last max_context bars
+            start = length - self.max_context
+            cache = model.new_cache(n_series, self.max_context, dev, self.cache_dtype)
+        else:  # as _decode_shared: a prefix cache of exactly the context
+            start = 0
+            cache = model.new_cache(n_series, length, dev, self.cache_dtype)
+        w = slice(max(0, start), length)
+        _, pooled = self._prefill(cache, s1[:, w], s2[:, w], stamp[:, w], pads, total)
+        return pooled[:b].cpu().numpy()
+
     def teacher_forced_logits(
         self,
         windows: Sequence[pd.DataFrame],

@@ -205,3 +205,26 @@ def test_bfloat16_runs_the_tokenizer_in_bfloat16_unless_told(tiny_models) -> Non
     assert np.isfinite(bf16.paths).all()
     close = (bf16.paths[..., 3] - fp32.paths[..., 3]) / np.abs(fp32.paths[..., 3])
     assert np.median(np.abs(close)) < 0.05
+
+
+# -- embeddings without a decode ------------------------------------------------------------
+
+
+def test_embed_is_the_one_step_forecasts_embedding_bit_for_bit(tiny_models) -> None:
+    """``engine.embed`` (what ``kronos_heads`` runs on its training dates) gives exactly the
+    embeddings of a one-step greedy forecast: mixed context lengths over several
+    micro-batches, and a context longer than ``max_context`` (the window slides)."""
+    tok, pred = tiny_models
+    engine = KronosEngine(tok, pred, device="cpu", batch_size=3, max_context=32)
+    windows, stamps, futures = make_bars(7, 30, 1, seed=6)
+    for i in (1, 4):
+        windows[i], stamps[i] = windows[i].iloc[9:].reset_index(drop=True), stamps[i][9:]
+    long_w, long_s, long_f = make_bars(1, 40, 1, seed=7)  # 40 + 1 > 32: slides
+    windows, stamps, futures = windows + long_w, stamps + long_s, futures + long_f
+    want = engine.forecast(
+        windows, stamps, futures, pred_len=1, top_k=1, return_embeddings=True
+    ).embeddings
+    got = engine.embed(windows, stamps)
+    assert got.shape == want.shape == (8, pred.d_model)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(engine.embed(windows[2:3], stamps[2:3])[0], want[2])

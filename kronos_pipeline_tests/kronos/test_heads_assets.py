@@ -110,7 +110,6 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory):
             recomputed = embed_windows(
                 kronos_engine(checkpoint, s.kronos),
                 member_windows(db, [pd.Timestamp(day)], s.kronos),
-                s.data.calendar,
             )
             fitted, manifest = read_heads(heads_dir(s, FOLD), FOLD)
             out = {
