@@ -662,20 +662,7 @@ class KronosEngine:
         one-step forecast (same padding, row blocks, cache capacity and rotary table)."""
         dev, model = self.device, self.predictor
         b, n_series = len(xs), self._series_rows(1)
-        x = np.zeros((n_series, length, xs[0].shape[1]), np.float32)
-        stamp_np = np.zeros((n_series, length, x_stamps[0].shape[1]), np.float32)
-        pads_np = np.zeros(n_series, np.int64)
-        for j in range(b):
-            t = xs[j].shape[0]
-            pads_np[j] = length - t
-            x[j, length - t :] = xs[j]
-            stamp_np[j, length - t :] = x_stamps[j]
-        pads = torch.from_numpy(pads_np).to(dev)
-        x_t = torch.from_numpy(x).to(dev, self.tokenizer_dtype)
-        s1, s2 = self._in_row_blocks(
-            lambda lo, hi: self._encode(x_t[lo:hi], pads[lo:hi]), n_series, length
-        )
-        stamp = torch.from_numpy(stamp_np).to(dev)
+        pads, s1, s2, stamp = self._encode_context(xs, x_stamps, None, n_series, length)
         total = length + 1
         if total > self.max_context:  # as _decode_sliding: the last max_context bars
             start = length - self.max_context
@@ -971,24 +958,8 @@ class KronosEngine:
         rows = n_series * S
         total = length + P
         slides = total > self.max_context
-
-        x = np.zeros((n_series, length, xs[0].shape[1]), np.float32)
-        stamp_np = np.zeros((n_series, total, x_stamps[0].shape[1]), np.float32)
-        pads_np = np.zeros(n_series, np.int64)
-        for j in range(b):
-            t = xs[j].shape[0]
-            pads_np[j] = length - t
-            x[j, length - t :] = xs[j]
-            stamp_np[j, length - t : length] = x_stamps[j]
-            stamp_np[j, length:] = y_stamps[j]
-        pads = torch.from_numpy(pads_np).to(dev)
+        pads, s1_ctx, s2_ctx, stamp = self._encode_context(xs, x_stamps, y_stamps, n_series, length)
         pads_rows = pads.repeat_interleave(S)
-
-        x_t = torch.from_numpy(x).to(dev, self.tokenizer_dtype)
-        s1_ctx, s2_ctx = self._in_row_blocks(
-            lambda lo, hi: self._encode(x_t[lo:hi], pads[lo:hi]), n_series, length
-        )
-        stamp = torch.from_numpy(stamp_np).to(dev)
         uniforms = None if top_k == 1 or forced is not None else self._uniforms(seeds, S, P, rows)
         sampling = (temperature, top_k, top_p)
         if slides:
@@ -1022,6 +993,29 @@ class KronosEngine:
         paths = decoded[:keep].float().cpu().numpy()
         ids = generated[:keep].cpu().numpy()
         return paths.reshape(b, S, P, -1), pooled, ids.reshape(b, S, P, 2)
+
+    def _encode_context(self, xs, x_stamps, y_stamps, n_series: int, length: int):
+        """Left-pad ``b`` contexts into ``n_series`` rows of ``length`` slots (rows past
+        ``b`` are inert zeros) and tokenize them: returns pads [n], context ids (s1, s2)
+        [n, length] and the stamps [n, length (+ P with ``y_stamps``), 5] on the device."""
+        dev = self.device
+        steps = 0 if y_stamps is None else y_stamps[0].shape[0]
+        x = np.zeros((n_series, length, xs[0].shape[1]), np.float32)
+        stamp_np = np.zeros((n_series, length + steps, x_stamps[0].shape[1]), np.float32)
+        pads_np = np.zeros(n_series, np.int64)
+        for j in range(len(xs)):
+            t = xs[j].shape[0]
+            pads_np[j] = length - t
+            x[j, length - t :] = xs[j]
+            stamp_np[j, length - t : length] = x_stamps[j]
+            if steps:
+                stamp_np[j, length:] = y_stamps[j]
+        pads = torch.from_numpy(pads_np).to(dev)
+        x_t = torch.from_numpy(x).to(dev, self.tokenizer_dtype)
+        s1, s2 = self._in_row_blocks(
+            lambda lo, hi: self._encode(x_t[lo:hi], pads[lo:hi]), n_series, length
+        )
+        return pads, s1, s2, torch.from_numpy(stamp_np).to(dev)
 
     def _prefill(self, cache, ids1, ids2, stamps, row_pads, span: int):
         """Fill an empty cache with tokens [n, T] (row blocks); returns the last
