@@ -231,7 +231,12 @@ def test_every_na_cell_says_what_it_had_and_needed(mixed_cadences):
     _, md = mixed_cadences
     section = md.split("## Horizon 20 trading days")[1].split("## Horizon 60")[0]
     kronos = next(r for r in section.splitlines() if r.startswith("| kronos_small | 14 |"))
-    assert kronos.count("n/a (14 of 15 dates)") == 5  # median, mean, IC-IR, hit rate, momentum
+    # descriptive figures stand on any number of dates (the `dates` column says 14)...
+    assert kronos.startswith("| kronos_small | 14 | 0.") or kronos.startswith(
+        "| kronos_small | 14 | -0."
+    )
+    # ...what a gate reads needs the floor: the momentum correlation
+    assert kronos.count("n/a (14 of 15 dates)") == 1
     assert "| n/a (14 of 16 dates) |" in kronos  # NW t: 4 x (3 + 1) weekly dates
     assert "n/a (0 of 4 folds with 15 dates)" in kronos  # weekly folds of 1-5 dates
     lgbm = next(r for r in section.splitlines() if r.startswith("| lightgbm | 63 |"))
