@@ -586,6 +586,28 @@ def cmd_freeze(args: argparse.Namespace) -> None:
         print(f"frozen: {path}")
 
 
+def cmd_instance_setup(args: argparse.Namespace) -> None:
+    """Size the pools of the instance in $DAGSTER_HOME to this machine: ``model_fitting`` one
+    slot per CUDA device, else usable CPUs // ``lightgbm.threads_per_fit`` (``--model-fitting``
+    overrides); ``duckdb_warehouse`` 1. Rerunning it sets the same limits again."""
+    _configure_env(args, None)
+    from kronos_pipeline.concurrency import cuda_devices, model_fitting_slots, usable_cpus
+    from kronos_pipeline.instance import set_pool_limits
+
+    if args.model_fitting is not None and args.model_fitting < 1:
+        raise SystemExit(f"instance-setup: --model-fitting must be >= 1, got {args.model_fitting}")
+    slots = args.model_fitting or model_fitting_slots(
+        usable_cpus(), cuda_devices(), get_settings().lightgbm.threads_per_fit
+    )
+    instance = _instance()
+    try:
+        limits = set_pool_limits(instance, slots)
+    finally:
+        instance.dispose()
+    for pool, limit in limits.items():
+        print(f"pool {pool}: {limit} slot(s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kronos-pipeline", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -658,6 +680,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("freeze", help="freeze the baselines of the last evaluation")
     source_options(p)
     p.set_defaults(func=cmd_freeze)
+    p = sub.add_parser(
+        "instance-setup",
+        help="size the Dagster pools to this machine: model_fitting one slot per CUDA device, "
+        "else usable CPUs // lightgbm.threads_per_fit; duckdb_warehouse 1",
+    )
+    p.add_argument(
+        "--model-fitting", type=int, help="model_fitting slots instead of the machine's count"
+    )
+    p.set_defaults(func=cmd_instance_setup, verbose=False)
     return parser
 
 

@@ -318,7 +318,12 @@ class LightGBMSettings(StrictModel):
     early_stopping_rounds: int = 30
     validation_fraction: float = 0.2  # last share of training dates, time-ordered
     train_date_stride: int = 5  # train on every k-th date (overlapping labels); 1 = all dates
-    num_threads: int = 2
+    # LightGBM threads; 0: the CPUs of one model_fitting pool slot (the CPUs this process may
+    # use divided by the pool's limit), so concurrent fits never oversubscribe the cores.
+    num_threads: int = 0
+    # CPUs one model_fitting slot gets when `kronos-pipeline instance-setup` sizes the pool on
+    # a machine without CUDA: limit = usable CPUs // threads_per_fit (at least 1).
+    threads_per_fit: int = 2
     seed: int = 17
     # Months between refits: a model is fitted at the purged cut of the first fold of each
     # period of this many months and used by every fold of the period (1: one fit per fold).
@@ -326,8 +331,9 @@ class LightGBMSettings(StrictModel):
 
     _positive_values = field_validator(
         "refit_months", "num_boost_round", "learning_rate", "num_leaves", "min_data_in_leaf",
-        "feature_fraction", "bagging_fraction", "train_date_stride", "num_threads",
+        "feature_fraction", "bagging_fraction", "train_date_stride", "threads_per_fit",
     )(_positive)  # fmt: skip
+    _non_negative_values = field_validator("num_threads")(_non_negative)
 
 
 class GateSettings(StrictModel):

@@ -20,6 +20,7 @@ from kronos_pipeline.defs.walkforward import (  # noqa: F401 - also this stage's
     SCORE_TABLES,
     fold_table,
     get_fold,
+    lightgbm_threads,
     run_dates,
     selected_fold_ids,
 )
@@ -163,6 +164,7 @@ def lightgbm_models_asset(context: dg.AssetExecutionContext, warehouse: Warehous
     stored = model_store.read_manifest(directory) if period != fold_id else None
     have = set(stored["models"]) if stored and stored.get("cut") == str(at.cut.date()) else set()
     missing = [(m, h) for m, h in needed if model_store.model_key(m, h) not in have]
+    threads = lightgbm_threads(context.instance)
     if missing:  # the first fold of a period always refits; later ones reuse what it stored
         feats = _pd(db.read(
             "select f.* from features f join universe u using (date, ticker) "
@@ -180,7 +182,7 @@ def lightgbm_models_asset(context: dg.AssetExecutionContext, warehouse: Warehous
         fits = baselines.fit_fold_models(
             feats, labels, at, s.labels.horizons, s.lightgbm,
             include_lightgbm=baselines.LIGHTGBM_MODEL in wanted,
-            num_threads=s.lightgbm.num_threads, use_sector_relative=s.features.use_sector_relative,
+            num_threads=threads, use_sector_relative=s.features.use_sector_relative,
             controls=fit_plan,
         )  # fmt: skip
         context.log.info(f"fitted {len(fits)} models at the cut of {period} ({at.cut.date()})")
@@ -205,6 +207,8 @@ def lightgbm_models_asset(context: dg.AssetExecutionContext, warehouse: Warehous
             "period": period,
             "fitted_at_cut": str(at.cut.date()),
             "refit": bool(missing),
+            # Threads of the fit (when it refits): its share of the CPUs, see lightgbm_threads.
+            "lightgbm_threads": threads,
             "path": dg.MetadataValue.path(str(directory)),
             "models": dg.MetadataValue.json([m.record for m in models]),
         }

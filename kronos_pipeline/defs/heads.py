@@ -34,7 +34,7 @@ from kronos_pipeline.defs.kronos import (
 )
 from kronos_pipeline.defs.partitions import fold_partitions, partition_window, refit_period
 from kronos_pipeline.defs.resources import WarehouseResource
-from kronos_pipeline.defs.walkforward import MODEL_POOL, get_fold
+from kronos_pipeline.defs.walkforward import MODEL_POOL, get_fold, lightgbm_threads
 from kronos_pipeline.evaluation import baselines, folds, heads
 from kronos_pipeline.kronos import load_predictor, load_tokenizer, scoring, strategy
 from kronos_pipeline.kronos.hub import atomic_write_bytes, file_sha256
@@ -208,7 +208,7 @@ def fit_period_heads(
     try:
         fitted = heads.fit_heads(
             embeddings, labels, at.test_start, s.labels.horizons, feats,
-            lightgbm=s.lightgbm, num_threads=s.lightgbm.num_threads,
+            lightgbm=s.lightgbm, num_threads=lightgbm_threads(context.instance),
         )  # fmt: skip
     except ValueError as exc:
         raise dg.Failure(

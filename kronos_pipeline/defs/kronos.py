@@ -155,7 +155,7 @@ def _history_start(db: Warehouse, day, sessions: int):
     partitions_def=fold_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(1),
     group_name=GROUP,
-    pool=MODEL_POOL,  # one model trains at a time (limit 1 in dagster_home/dagster.yaml)
+    pool=MODEL_POOL,  # as many trainings at once as the pool has slots (instance-setup)
     kinds={"pytorch", "safetensors"},
     description="Tokenizer + predictor of the fold's refit period: trained on bars ending at "
     "the purged cut of the period's first fold (max horizon + 1 sessions before its test "

@@ -8,16 +8,28 @@ other)."""
 import dagster as dg
 import pandas as pd
 
+from kronos_pipeline.concurrency import threads_per_slot, usable_cpus
 from kronos_pipeline.defs.partitions import DATES_TAG, partition_window
 from kronos_pipeline.evaluation import folds
+from kronos_pipeline.instance import pool_limit
 from kronos_pipeline.settings import get_settings
 
-MODEL_POOL = "model_fitting"  # one model fits at a time (limit 1 in dagster_home/dagster.yaml)
+# Models that fit at once: the pool's limit, set to the machine by `kronos-pipeline
+# instance-setup` (1, dagster_home/dagster.yaml's default_limit, until then).
+MODEL_POOL = "model_fitting"
 #: Every table of long scores (model, horizon, date, ticker, score, fold): the baselines',
 #: Kronos' own scores, and its heads'. The evaluation unions them; the signal ranks them all.
 SCORE_TABLES = ("baseline_scores", "kronos_scores", "kronos_head_scores")
 #: The score tables of Kronos-derived models: their signal rows carry the forecast quantiles.
 KRONOS_SCORE_TABLES = ("kronos_scores", "kronos_head_scores")
+
+
+def lightgbm_threads(instance: dg.DagsterInstance) -> int:
+    """LightGBM threads of one ``model_fitting`` step: ``lightgbm.num_threads`` when set,
+    else the CPUs this process may use divided among the pool's slots, so that as many fits
+    as the pool admits share the cores instead of each taking all of them."""
+    configured = get_settings().lightgbm.num_threads
+    return configured or threads_per_slot(usable_cpus(), pool_limit(instance, MODEL_POOL))
 
 
 def fold_table(db) -> list[folds.Fold]:

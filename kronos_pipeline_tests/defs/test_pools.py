@@ -2,6 +2,10 @@
 
 - Model fitting has its own pool (``model_fitting``), so a fold backfill trains one model
   at a time; every DuckDB writer stays in ``duckdb_warehouse``.
+- Concurrency is configuration: the yaml queues runs (``max_concurrent_runs``);
+  ``kronos-pipeline instance-setup`` sizes ``model_fitting`` to the machine's devices or CPUs
+  (rerunning it changes nothing) and keeps the warehouse pool at 1; ``lightgbm_models`` fits
+  with the CPUs of one slot of that pool, not all of the machine's.
 - ``dagster_home/dagster.yaml`` turns run monitoring on: a run whose worker was killed with
   SIGKILL is marked failed and its pool slot is freed. The test kills a warehouse writer run
   in the middle of a write transaction, runs the daemon's own monitoring iterations on the
@@ -24,10 +28,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import dagster as dg
+import pandas as pd
 import polars as pl
 import pytest
+import yaml
 
+from kronos_pipeline import cli, concurrency
 from kronos_pipeline.definitions import defs
+from kronos_pipeline.instance import pool_limit, set_pool_limits
+from kronos_pipeline.settings import get_settings
 from kronos_pipeline.warehouse import Warehouse
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -72,6 +81,118 @@ def test_the_instance_has_run_monitoring_and_one_slot_per_pool(instance_home):
             assert instance.event_log_storage.get_concurrency_info(pool).slot_count == 1
     finally:
         instance.dispose()
+
+
+def test_the_instance_queues_runs_up_to_the_configured_max_concurrent_runs(instance_home):
+    configured = yaml.safe_load(INSTANCE_YAML.read_text())["concurrency"]["runs"]
+    assert configured["max_concurrent_runs"] == 4
+    instance = dg.DagsterInstance.from_config(str(instance_home))
+    try:
+        assert isinstance(instance.run_coordinator, dg.QueuedRunCoordinator)
+        # What the queue daemon reads (`concurrency: runs` over the coordinator's own config).
+        assert instance.get_concurrency_config().run_queue_config.max_concurrent_runs == 4
+    finally:
+        instance.dispose()
+
+
+def _limits(home: Path) -> dict[str, tuple[int, int]]:
+    """pool -> (limit, slot rows) as a fresh instance reads them."""
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        infos = {p: instance.event_log_storage.get_concurrency_info(p)
+                 for p in ("model_fitting", "duckdb_warehouse")}  # fmt: skip
+        return {p: (info.limit, info.slot_count) for p, info in infos.items()}
+    finally:
+        instance.dispose()
+
+
+@pytest.mark.parametrize(
+    ("cpus", "devices", "slots"),
+    [(8, 0, 4), (2, 0, 1), (3, 0, 1), (16, 2, 2)],
+    ids=["8-cpus", "2-cpus", "3-cpus", "2-gpus"],
+)
+def test_instance_setup_sizes_model_fitting_to_the_machine_and_a_rerun_changes_nothing(
+    instance_home, monkeypatch, capsys, cpus, devices, slots
+):
+    monkeypatch.setenv("DAGSTER_HOME", str(instance_home))
+    monkeypatch.delenv("KRONOS_LIGHTGBM__THREADS_PER_FIT", raising=False)  # default: 2
+    monkeypatch.setattr(concurrency, "usable_cpus", lambda: cpus)
+    monkeypatch.setattr(concurrency, "cuda_devices", lambda: devices)
+    for _ in range(2):
+        cli.main(["instance-setup"])
+        assert _limits(instance_home) == {"model_fitting": (slots, slots),
+                                          "duckdb_warehouse": (1, 1)}  # fmt: skip
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        f"pool model_fitting: {slots} slot(s)",
+        "pool duckdb_warehouse: 1 slot(s)",
+    ]
+
+
+def test_set_pool_limits_replaces_a_limit_and_setting_it_again_is_idempotent(instance_home):
+    instance = dg.DagsterInstance.from_config(str(instance_home))
+    try:
+        assert pool_limit(instance, "model_fitting") == 1  # the yaml's default_limit
+        assert set_pool_limits(instance, 3) == {"model_fitting": 3, "duckdb_warehouse": 1}
+        assert set_pool_limits(instance, 3) == {"model_fitting": 3, "duckdb_warehouse": 1}
+        assert set_pool_limits(instance, 2) == {"model_fitting": 2, "duckdb_warehouse": 1}
+        with pytest.raises(ValueError, match="must be >= 1, got 0"):
+            set_pool_limits(instance, 0)
+    finally:
+        instance.dispose()
+    assert _limits(instance_home) == {"model_fitting": (2, 2), "duckdb_warehouse": (1, 1)}
+
+
+@pytest.mark.parametrize(
+    ("pool_slots", "num_threads", "threads"),
+    [(4, None, 2), (1, None, 8), (3, None, 2), (4, "3", 3)],
+    ids=["4-slots", "1-slot", "3-slots", "num_threads-set"],
+)
+def test_lightgbm_models_fits_with_the_cpus_of_one_model_fitting_slot(
+    instance_home, monkeypatch, pool_slots, num_threads, threads
+):
+    """The asset runs on an instance whose model_fitting pool has ``pool_slots`` slots, in a
+    process whose affinity mask holds 8 CPUs; everything but the thread count is stubbed
+    (the fit itself is LightGBM's, tested in evaluation/test_baselines.py)."""
+    from kronos_pipeline.defs import evaluation
+    from kronos_pipeline.defs.resources import WarehouseResource
+
+    if num_threads is None:
+        monkeypatch.delenv("KRONOS_LIGHTGBM__NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("KRONOS_LIGHTGBM__NUM_THREADS", num_threads)
+    get_settings.cache_clear()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    month = get_settings().folds.first_test_month
+    cut = pd.Timestamp(f"{month}-01")
+    fold = SimpleNamespace(fold_id=month, cut=cut, test_start=cut, train_start=cut,
+                           train_end={h: cut for h in get_settings().labels.horizons})  # fmt: skip
+    fitted_with: list[int] = []
+
+    def fit_fold_models(*args, num_threads, **kwargs):
+        fitted_with.append(num_threads)
+        return []
+
+    empty = SimpleNamespace(read=lambda *a, **k: pl.DataFrame())
+    monkeypatch.setattr(WarehouseResource, "get", lambda self: empty)
+    monkeypatch.setattr(evaluation, "get_fold", lambda db, fold_id: fold)
+    monkeypatch.setattr(evaluation, "_control_plan", lambda *a, **k: SimpleNamespace(
+        shuffled_labels=False, future_labels=None))  # fmt: skip
+    monkeypatch.setattr(evaluation.baselines, "fit_fold_models", fit_fold_models)
+    monkeypatch.setattr(evaluation.model_store, "write_models", lambda *a, **k: None)
+    monkeypatch.setattr(evaluation.model_store, "load_models", lambda *a, **k: [])
+
+    instance = dg.DagsterInstance.from_config(str(instance_home))
+    try:
+        set_pool_limits(instance, pool_slots)
+        context = dg.build_asset_context(partition_key=month, instance=instance)
+        warehouse = WarehouseResource(path=str(instance_home / "unused.duckdb"), lock_timeout_s=1)
+        results = list(evaluation.lightgbm_models_asset(context, warehouse=warehouse))
+    finally:
+        instance.dispose()
+        get_settings.cache_clear()
+    assert fitted_with == [threads]
+    (materialization,) = [r for r in results if isinstance(r, dg.MaterializeResult)]
+    assert materialization.metadata["lightgbm_threads"] == threads
 
 
 # A warehouse writer as a Dagster asset in the warehouse pool: it rewrites WINDOWS windows of
