@@ -689,7 +689,20 @@ class KronosEngine:
         how parity with the reference is judged: a free greedy path may part at a float
         near-tie, forced logits may not. Only for contexts that do not slide."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        n, pred_len = tokens.shape[0], tokens.shape[1]
+        n = len(windows)
+        if tokens.ndim != 3 or tokens.shape[0] != n or tokens.shape[2] != 2 or tokens.shape[1] < 1:
+            raise ValueError(
+                f"tokens must be [n_windows={n}, steps, 2] (s1, s2) ids, got {tokens.shape}"
+            )
+        pred_len = tokens.shape[1]
+        for which, bits in enumerate((self.predictor.s1_bits, self.predictor.s2_bits)):
+            bad = np.argwhere((tokens[..., which] < 0) | (tokens[..., which] >= 2**bits))
+            if len(bad):
+                i, step = bad[0]
+                raise ValueError(
+                    f"tokens[{i}, {step}]: s{which + 1} id {tokens[i, step, which]} is outside "
+                    f"0..{2**bits - 1} (the predictor's {bits}-bit vocabulary)"
+                )
         xs, stamps, futures = [], [], []
         for i in range(n):
             x, st, _ = prepare_window(windows[i], timestamps[i], self.clip, f"window {i}")
@@ -1203,8 +1216,9 @@ class KronosEngine:
         x = model.embedding([ids[..., 0], ids[..., 1]])
         x = (x.view(n_series, S, d) + st.future_te.index_select(1, fed)).view(rows, 1, d)
         rotary = model.transformer[0].self_attn.rotary
-        cos_t, sin_t = self._rope_table(rotary, self._rope_span(st), self.dtype)
-        at = st.base + fed + self._rope_span(st)
+        span = self._rope_span(st)
+        cos_t, sin_t = self._rope_table(rotary, span, self.dtype)
+        at = st.base + fed + span
         cos = cos_t.index_select(0, at)[:, None, None, :]
         sin = sin_t.index_select(0, at)[:, None, None, :]
         own_bias = st.open_bias[:width].masked_fill(st.slots[:width] > fed, float("-inf"))

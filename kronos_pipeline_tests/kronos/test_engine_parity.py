@@ -134,6 +134,12 @@ def test_a_forced_path_teacher_forces_the_engines_own_choices(smallish_pair) -> 
     m1, _ = engine.teacher_forced_logits(windows, stamps, futures, other)
     np.testing.assert_array_equal(m1[:, 0], l1[:, 0])  # step 0 follows the context alone
     assert not np.allclose(m1[:, 1:], l1[:, 1:])  # later steps follow the forced tokens
+    bad = own.tokens[:, 0].copy()
+    bad[1, 4, 1] = 64  # the smallish predictor has 6-bit s2 ids
+    with pytest.raises(ValueError, match=r"tokens\[1, 4\]: s2 id 64 is outside 0..63"):
+        engine.teacher_forced_logits(windows, stamps, futures, bad)
+    with pytest.raises(ValueError, match=r"tokens must be \[n_windows=3, steps, 2\]"):
+        engine.teacher_forced_logits(windows, stamps, futures, own.tokens[:2, 0])
 
 
 def test_kronos_small_teacher_forced_logits_match_the_reference(small_pair) -> None:
