@@ -36,9 +36,10 @@ DTYPES = typing.get_args(KronosSettings.model_fields["dtype"].annotation)
 LOG_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
 _TRUNCATED = re.compile(r"\band \d+ more tickers\b")  # see data.completeness.name_pairs
-# Jobs whose assets are partitioned by month of trading days, and by fold.
+# Jobs of the data's weekday partitions, of the scores' weekday partitions, and of folds.
 DAY_JOBS = ("data_job", "labels_job")
-FOLD_JOBS = {"baseline_scores_job": "", "kronos_job": "", "scoring_job": ""}
+SCORE_JOBS = ("baseline_scores_job", "kronos_job", "scoring_job")
+FOLD_JOBS = ("models_job",)
 
 
 def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
@@ -183,9 +184,9 @@ def repair_command(job: str, asset: str, partition: str | None, label: str, evid
             dates = [d for d in dates if window[0] <= d <= window[1]]
         first, last = (dates[0], dates[-1]) if dates else (window or ("A", "B"))
         return f"kronos-pipeline backfill --dates {first}:{last}"
-    if job in FOLD_JOBS:
+    if job in FOLD_JOBS or job in SCORE_JOBS:
         first, last = window or ("YYYY-MM", "YYYY-MM")
-        return f"kronos-pipeline backfill --folds {first}:{last}{FOLD_JOBS[job]}"
+        return f"kronos-pipeline backfill --folds {first[:7]}:{last[:7]}"
     if asset in ("gate_verdicts", "leak_tripwires"):
         return "none: a verdict on the models, not missing data; the report explains it"
     if job == "folds_job":
@@ -401,11 +402,6 @@ def _run(
             "dagster/asset_partition_range_end": key_range[1],
         })  # fmt: skip
     label = partition_key or (f"{key_range[0]}..{key_range[1]}" if key_range else "")
-    if "kronos/dates" in tags and job_name in DAY_JOBS:  # the days it covers, for repairs
-        first, _, last = tags["kronos/dates"].partition(":")
-        label = f"{first}..{last}" if last and last != first else first
-    elif "kronos/dates" in tags:
-        label = f"{label} {tags['kronos/dates'].partition(':')[0]}".strip()
     job_def = defs.resolve_job_def(job_name)
     if assets:
         import dagster as dg
@@ -437,14 +433,29 @@ def _source_range() -> tuple[str, str]:
     return str(bars["date"].min()), str(bars["date"].max())
 
 
-def _run_days(instance, first: str, last: str) -> None:
-    """``data_job`` over the months of ``first..last``, its window cut to those days: one run,
-    recorded in the instance (each month's partition shows as materialized)."""
-    from kronos_pipeline.defs.partitions import DATES_TAG, month_key
+def _day_range(partitions_def, first: str, last: str) -> tuple[str, str] | None:
+    """The weekday partitions of ``first..last`` (YYYY-MM-DD) that exist: from the first
+    weekday on or after ``first`` to the last on or before both ``last`` and the newest
+    session that is due; None when none is left."""
+    keys = partitions_def.get_partition_keys()
+    inside = [k for k in keys if first <= k <= last]
+    if not inside:
+        return None
+    return inside[0], inside[-1]
 
-    start, end = dt.date.fromisoformat(first), dt.date.fromisoformat(last)
-    _run("data_job", instance, key_range=(month_key(start), month_key(end)),
-         tags={DATES_TAG: f"{start}:{end}"})  # fmt: skip
+
+def _run_days(instance, first: str, last: str) -> None:
+    """``data_job`` over the weekday partitions of ``first..last``: one run, recorded in the
+    instance (each day's partition shows as materialized)."""
+    from kronos_pipeline.defs.partitions import day_partitions
+
+    window = _day_range(day_partitions, first, last)
+    if window is None:
+        raise SystemExit(f"no weekday partition of {first}..{last} exists yet (a day's "
+                         "partition opens at 22:30 New York, when its file is due)")  # fmt: skip
+    if window[1] < last:
+        print(f"{window[1]}..{last} is not due yet: loading {window[0]}..{window[1]}")
+    _run("data_job", instance, key_range=window)
 
 
 def _warehouse():
@@ -473,11 +484,18 @@ def _evaluate(instance, folds: str | None, if_due: bool = False) -> None:
     and the scores of its dates (LightGBM, then Kronos when enabled), then the evaluation.
     ``if_due``: skip the evaluation, saying why, while no scored pair has matured (a backfill
     of a deployment's first month); otherwise that is the evaluation's failure."""
+    from kronos_pipeline.defs.automation import KRONOS_ASSETS, MODEL_ASSETS, SCORE_ASSETS
+    from kronos_pipeline.defs.partitions import fold_window, score_day_partitions
+
     _run("folds_job", instance)
+    kronos = get_settings().kronos.enabled
+    models = tuple(a for a in MODEL_ASSETS if kronos or a not in KRONOS_ASSETS)
+    scores = tuple(a for a in SCORE_ASSETS if a != "signals" and (kronos or a not in KRONOS_ASSETS))
     for key in _fold_keys(folds):
-        _run("baseline_scores_job", instance, partition_key=key)
-        if get_settings().kronos.enabled:
-            _run("kronos_job", instance, partition_key=key)
+        _run("models_job", instance, partition_key=key, assets=models)
+        first, last = (str(d) for d in fold_window(key))
+        if (days := _day_range(score_day_partitions, first, last)) is not None:
+            _run("scoring_job", instance, key_range=days, assets=scores)
     if if_due and _skip_evaluation():
         return
     _run_evaluation(instance)

@@ -27,10 +27,11 @@ import dagster as dg
 
 from kronos_pipeline.data.calendar import is_trading_day, trading_days
 from kronos_pipeline.defs.partitions import (
-    DATES_TAG,
+    day_key,
+    day_partitions,
     fold_partitions,
     month_key,
-    month_partitions,
+    score_day_partitions,
 )
 from kronos_pipeline.settings import DataSettings, Settings, get_settings
 
@@ -58,41 +59,48 @@ KRONOS_ASSETS = (
 data_job = dg.define_asset_job(
     "data_job",
     selection=DATA_SELECTION,
-    partitions_def=month_partitions,
-    description="Ingest -> PIT prices -> universe -> features and labels for a range of months "
-    "(or the days of its kronos/dates tag).",
+    partitions_def=day_partitions,
+    description="Ingest -> PIT prices -> universe -> features and labels for a range of "
+    "weekdays (one run for any range).",
 )
 labels_job = dg.define_asset_job(
     "labels_job",
     selection=dg.AssetSelection.assets("labels_forward"),
-    partitions_def=month_partitions,
-    description="Re-materialize forward labels (the nightly run: the dates that matured today).",
+    partitions_def=day_partitions,
+    description="Re-materialize forward labels of a range of days (the nightly run: the days "
+    "whose labels can have matured today).",
 )
 folds_job = dg.define_asset_job(
     "folds_job",
     selection=dg.AssetSelection.assets("folds"),
     description="Rebuild the walk-forward fold definitions (a new fold as each month starts).",
 )
+models_job = dg.define_asset_job(
+    "models_job",
+    selection=dg.AssetSelection.assets(*MODEL_ASSETS),
+    partitions_def=fold_partitions,
+    description="Per fold: every model's fit (LightGBM, the Kronos checkpoint and its heads), "
+    "fitted once per refit period and reused by its later folds.",
+)
 baseline_scores_job = dg.define_asset_job(
     "baseline_scores_job",
-    selection=dg.AssetSelection.assets("lightgbm_models", "baseline_scores"),
-    partitions_def=fold_partitions,
-    description="Per fold: the LightGBM models, then factor, LightGBM and random scores of its "
-    "dates (backfill over folds).",
+    selection=dg.AssetSelection.assets("baseline_scores"),
+    partitions_def=score_day_partitions,
+    description="Per day: factor, LightGBM (the day's fold's models) and random scores.",
 )
 kronos_job = dg.define_asset_job(
     "kronos_job",
-    selection=dg.AssetSelection.groups("kronos"),
-    partitions_def=fold_partitions,
-    description="Per fold: the Kronos checkpoint of its refit period, then forecasts and "
-    "scores of its dates.",
+    selection=dg.AssetSelection.assets("kronos_forecasts", "kronos_scores", "kronos_head_scores"),
+    partitions_def=score_day_partitions,
+    description="Per day: Kronos forecasts with the day's fold's checkpoint, its scores and "
+    "its heads' scores.",
 )
 scoring_job = dg.define_asset_job(
     "scoring_job",
-    selection=dg.AssetSelection.assets(*MODEL_ASSETS, *SCORE_ASSETS),
-    partitions_def=fold_partitions,
-    description="Every model's fold-level fit (when missing) and date-level scores, then the "
-    "day's signal: the nightly run's scoring step.",
+    selection=dg.AssetSelection.assets(*SCORE_ASSETS),
+    partitions_def=score_day_partitions,
+    description="Per day: every model's scores, then the day's signal (the nightly run's "
+    "scoring step).",
 )
 evaluation_job = dg.define_asset_job(
     "evaluation_job",
@@ -103,8 +111,8 @@ evaluation_job = dg.define_asset_job(
 
 
 def jobs() -> list:
-    return [data_job, labels_job, folds_job, baseline_scores_job, kronos_job, scoring_job,
-            evaluation_job]  # fmt: skip
+    return [data_job, labels_job, folds_job, models_job, baseline_scores_job, kronos_job,
+            scoring_job, evaluation_job]  # fmt: skip
 
 
 RAW_BARS = dg.AssetKey("raw_bars")
@@ -114,13 +122,13 @@ NIGHTLY_TIME = dt.time(22, 30)  # NIGHTLY_CRON's time of day: when a session's b
 
 
 def ingested_windows(
-    instance: dg.DagsterInstance, months: list[str] | None = None
+    instance: dg.DagsterInstance, days: list[str] | None = None
 ) -> list[tuple[dt.date, dt.date]]:
-    """The day windows that raw_bars materializations (of ``months``, or the newest 1000)
+    """The day windows that raw_bars materializations (of partitions ``days``, or the newest 1000)
     published with bars. The ingest's blocking completeness check fails a run, writing nothing,
     when a session of its window lacks bars, so every day of such a window has its bars."""
     records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=RAW_BARS, asset_partitions=months), limit=1000
+        dg.AssetRecordsFilter(asset_key=RAW_BARS, asset_partitions=days), limit=1000
     ).records
     windows = []
     for record in records:
@@ -137,7 +145,7 @@ def ingested_windows(
 
 def sessions_with_bars(instance: dg.DagsterInstance, days: list[dt.date]) -> set[dt.date]:
     """Which of ``days`` a recorded raw_bars materialization covers."""
-    windows = ingested_windows(instance, sorted({month_key(d) for d in days}))
+    windows = ingested_windows(instance, sorted({day_key(d) for d in days}))
     return {d for d in days if any(a <= d <= b for a, b in windows)}
 
 
@@ -192,34 +200,49 @@ def _materialized(instance: dg.DagsterInstance, asset: str, key: str) -> bool:
 def nightly_steps(day: dt.date, settings: Settings, instance: dg.DagsterInstance | None):
     """The runs that take session ``day`` from the vendor's file to the published signal:
 
-    1. ``data_job`` on the day's month, window ``day``: ingest, PIT prices, universe,
-       features (labels of ``day`` do not exist yet);
+    1. ``data_job`` on the day's partition: ingest, PIT prices, universe, features (labels of
+       ``day`` do not exist yet);
     2. ``folds_job``: the folds, a new one when ``day`` opens a month;
-    3. ``scoring_job`` on the day's fold, window ``day``: each model's fold-level fit first
-       when that fold has none yet (a new month), then every model's scores, the Kronos
-       forecasts, and the signal (``signals`` table and ``data/signals/<day>.parquet``);
-    4. ``labels_job`` on the months from ``max(horizons)`` sessions back: the labels that
+    3. ``models_job`` on the day's fold, only for the models that fold lacks (a new month;
+       with ``instance`` None, every model: the chain's order);
+    4. ``scoring_job`` on the day's partition: every model's scores, the Kronos forecasts,
+       and the signal (``signals`` table and ``data/signals/<day>.parquet``);
+    5. ``labels_job`` on the days from ``max(horizons)`` sessions back: the labels that
        matured on ``day``;
-    5. ``evaluation_job``: the metric rollups and the report.
+    6. ``evaluation_job``: the metric rollups and the report.
     """
-    key, calendar = month_key(day), settings.data.calendar
-    tags = {NIGHTLY_TAG: str(day), DATES_TAG: f"{day}:{day}"}
+    key, calendar = day_key(day), settings.data.calendar
+    tags = {NIGHTLY_TAG: str(day)}
     back = trading_days(day - dt.timedelta(days=3 * max(settings.labels.horizons) + 30), day,
                         calendar)[-(max(settings.labels.horizons) + 1)].date()  # fmt: skip
     steps = [NightlyStep("data_job", key, tags=tags), NightlyStep("folds_job", tags=tags)]
-    if key >= settings.folds.first_test_month:
+    fold = month_key(day)
+    if fold >= settings.folds.first_test_month:
         kronos = settings.kronos.enabled
         models = [a for a in MODEL_ASSETS if kronos or a not in KRONOS_ASSETS]
         if instance is not None:  # fit only what this fold lacks (a new month)
-            models = [a for a in models if not _materialized(instance, a, key)]
+            models = [a for a in models if not _materialized(instance, a, fold)]
+        if models:
+            steps.append(NightlyStep("models_job", fold, tags=tags, assets=tuple(models)))
         scores = [a for a in SCORE_ASSETS if kronos or a not in KRONOS_ASSETS]
-        steps.append(NightlyStep("scoring_job", key, tags=tags, assets=(*models, *scores)))
-    steps.append(NightlyStep(
-        "labels_job", key_range=(month_key(back), key),
-        tags={NIGHTLY_TAG: str(day), DATES_TAG: f"{back}:{day}"},
-    ))  # fmt: skip
-    steps.append(NightlyStep("evaluation_job", tags={NIGHTLY_TAG: str(day)}))
+        steps.append(NightlyStep("scoring_job", key, tags=tags, assets=tuple(scores)))
+    steps.append(NightlyStep("labels_job", key_range=(day_key(back), key), tags=tags))
+    steps.append(NightlyStep("evaluation_job", tags=tags))
     return steps
+
+
+def next_nightly_step(
+    day: dt.date, finished_job: str, settings: Settings, instance: dg.DagsterInstance
+) -> NightlyStep | None:
+    """The step of ``day``'s chain after ``finished_job`` (None when it ended the chain). The
+    order is the full chain's; a step with nothing to do (models the fold already has) is
+    passed over."""
+    order = [s.job for s in nightly_steps(day, settings, None)]
+    if finished_job not in order:
+        return None
+    after = order.index(finished_job)
+    steps = nightly_steps(day, settings, instance)
+    return next((s for s in steps if order.index(s.job) > after), None)
 
 
 def step_request(step: NightlyStep, run_key: str) -> dg.RunRequest:
@@ -272,7 +295,7 @@ def nightly_schedule(context: dg.ScheduleEvaluationContext):
     name="nightly_chain",
     run_status=dg.DagsterRunStatus.SUCCESS,
     monitor_all_code_locations=False,
-    request_jobs=[folds_job, scoring_job, labels_job, evaluation_job],
+    request_jobs=[folds_job, models_job, scoring_job, labels_job, evaluation_job],
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
 def nightly_chain(context: dg.RunStatusSensorContext):
@@ -282,11 +305,11 @@ def nightly_chain(context: dg.RunStatusSensorContext):
     day = run.tags.get(NIGHTLY_TAG)
     if not day:
         return dg.SkipReason(f"{run.job_name} run {run.run_id} is not a nightly step")
-    steps = nightly_steps(dt.date.fromisoformat(day), get_settings(), context.instance)
-    jobs_in_order = [s.job for s in steps]
-    if run.job_name not in jobs_in_order or run.job_name == jobs_in_order[-1]:
+    nxt = next_nightly_step(
+        dt.date.fromisoformat(day), run.job_name, get_settings(), context.instance
+    )
+    if nxt is None:
         return dg.SkipReason(f"nightly {day}: {run.job_name} ends the chain")
-    nxt = steps[jobs_in_order.index(run.job_name) + 1]
     if nxt.job == "evaluation_job" and (reason := _evaluation_pending()):
         return dg.SkipReason(f"nightly {day}: evaluation_job skipped, {reason}")
     return step_request(nxt, f"nightly:{day}:{nxt.job}:{run.run_id}")

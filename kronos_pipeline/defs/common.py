@@ -7,14 +7,14 @@ from collections.abc import Iterable
 import dagster as dg
 import polars as pl
 
-from kronos_pipeline.defs.partitions import month_partitions
+from kronos_pipeline.defs.partitions import day_partitions
 from kronos_pipeline.quality import QualityReport, TableSchema
 from kronos_pipeline.warehouse import WAREHOUSE_POOL
 
-# Every DuckDB writer shares one pool (limit 1 in dagster_home/dagster.yaml) and each run may
-# cover a whole range of trading days, so twenty years load in one run.
+# Every DuckDB writer shares one pool (limit 1 in dagster_home/dagster.yaml) and a backfill
+# of any range of weekdays is one run, so twenty years load in one run.
 DAILY_ASSET_OPTIONS: dict = {
-    "partitions_def": month_partitions,
+    "partitions_def": day_partitions,
     "backfill_policy": dg.BackfillPolicy.single_run(),
     "pool": WAREHOUSE_POOL,
     "kinds": {"duckdb", "polars"},

@@ -13,15 +13,22 @@ import polars as pl
 
 from kronos_pipeline.defs.common import blocking_failure, failed_blocking
 from kronos_pipeline.defs.kronos import checkpoint_decisions
-from kronos_pipeline.defs.partitions import fold_partitions, refit_period
+from kronos_pipeline.defs.partitions import (
+    FOLD_OF_DAY,
+    HISTORY_BEFORE_FOLD,
+    fold_partitions,
+    refit_period,
+)
 from kronos_pipeline.defs.resources import WarehouseResource
 from kronos_pipeline.defs.walkforward import (  # noqa: F401 - also this stage's public names
     MODEL_POOL,
+    SCORE_ASSET_OPTIONS,
     SCORE_TABLES,
+    cadence_dates,
     fold_table,
     get_fold,
     lightgbm_threads,
-    run_dates,
+    run_folds,
     selected_fold_ids,
 )
 from kronos_pipeline.evaluation import (
@@ -130,9 +137,9 @@ def _needed_models(s, plan: baselines.ControlPlan) -> list[tuple[str, int]]:
     name="lightgbm_models",
     deps=[
         "folds",
-        # A fold's models train on the whole daily history before its purged cut.
+        # A fold's models train on the whole daily history before its test month.
         *[
-            dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping())
+            dg.AssetDep(a, partition_mapping=HISTORY_BEFORE_FOLD)
             for a in ("features", "labels_forward", "universe")
         ],
     ],
@@ -219,20 +226,19 @@ def lightgbm_models_asset(context: dg.AssetExecutionContext, warehouse: Warehous
 @dg.asset(
     name="baseline_scores",
     deps=[
-        dg.AssetDep("lightgbm_models", partition_mapping=dg.TimeWindowPartitionMapping()),
-        # The planted-leak control reads its month's labels on purpose.
+        dg.AssetDep("lightgbm_models", partition_mapping=FOLD_OF_DAY),
+        # The planted-leak control reads its day's labels on purpose.
         *[
             dg.AssetDep(a, partition_mapping=dg.TimeWindowPartitionMapping())
             for a in ("features", "universe", "labels_forward")
         ],
     ],
-    partitions_def=fold_partitions,
-    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    **SCORE_ASSET_OPTIONS,
     group_name=GROUP,
     pool=WAREHOUSE_POOL,
     kinds={"duckdb", "lightgbm"},
-    description="Factor floor, LightGBM (its fold's stored models) and random scores on the "
-    "scoring dates of the month (or the run's one date).",
+    description="Factor floor, LightGBM (its fold's stored models) and random scores of the "
+    "day's universe (on the scoring cadence; a one-day run scores its day whatever the cadence).",
     check_specs=[
         dg.AssetCheckSpec(
             "scores_complete",
@@ -244,44 +250,59 @@ def lightgbm_models_asset(context: dg.AssetExecutionContext, warehouse: Warehous
     ],  # fmt: skip
 )
 def baseline_scores_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
-    s, db, fold_id = get_settings(), warehouse.get(), context.partition_key
-    fold = get_fold(db, fold_id)
-    period = refit_period(fold_id, s.folds.first_test_month, s.lightgbm.refit_months)
-    sessions = _pd(db.read("select distinct date from features where date between ? and ? "
-                           "order by date", [fold.test_start.date(), fold.test_end.date()]))["date"]  # fmt: skip
-    start, end, days = run_dates(context, fold, s.folds.scoring_cadence, sessions)
-    feats = _pd(db.read(
-        "select f.* from features f join universe u using (date, ticker) "
-        "where u.in_universe and f.date in (select unnest(?::date[]))", [[d.date() for d in days]],
-    ))  # fmt: skip
-    plan = _control_plan(db, fold, s, scoring=True)
-    keys = [model_store.model_key(m, h) for m, h in _needed_models(s, plan)]
-    models = model_store.load_models(lightgbm_dir(s, period), keys)
-    scores = baselines.score_dates(
-        feats, fold, s.labels.horizons, days, models, s.lightgbm.seed, plan
+    s, db = get_settings(), warehouse.get()
+    start, end, plan = run_folds(context, db, s.folds.scoring_cadence, "features")
+    parts, problems, numbers, periods = [], [], {}, []
+    for fold, days in plan:
+        if not len(days):
+            continue
+        period = refit_period(fold.fold_id, s.folds.first_test_month, s.lightgbm.refit_months)
+        feats = _pd(db.read(
+            "select f.* from features f join universe u using (date, ticker) where u.in_universe "
+            "and f.date in (select unnest(?::date[]))", [[d.date() for d in days]],
+        ))  # fmt: skip
+        controls = _control_plan(db, fold, s, scoring=True)
+        keys = [model_store.model_key(m, h) for m, h in _needed_models(s, controls)]
+        models = model_store.load_models(lightgbm_dir(s, period), keys)
+        scores = baselines.score_dates(
+            feats, fold, s.labels.horizons, days, models, s.lightgbm.seed, controls
+        )
+        expected = [*baselines.FACTORS, baselines.COMPOSITE_MODEL, baselines.RANDOM_MODEL,
+                    *keys_models(models)]  # fmt: skip
+        ok, description, fold_numbers = table_checks.scores_complete(
+            scores, feats, expected, s.labels.horizons,
+            always_scored=[baselines.RANDOM_MODEL, *keys_models(models)],
+        )  # fmt: skip
+        if not ok:
+            problems.append(f"fold {fold.fold_id}: {description}")
+        numbers = {k: numbers.get(k, 0) + v if isinstance(v, (int, float)) else v
+                   for k, v in fold_numbers.items()}  # fmt: skip
+        parts.append(scores)
+        periods.append(period)
+    scores = (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(columns=baselines.SCORE_COLUMNS)
     )
-    expected_models = [*baselines.FACTORS, baselines.COMPOSITE_MODEL, baselines.RANDOM_MODEL,
-                       *keys_models(models)]  # fmt: skip
-    ok, description, numbers = table_checks.scores_complete(
-        scores, feats, expected_models, s.labels.horizons,
-        always_scored=[baselines.RANDOM_MODEL, *keys_models(models)],
-    )  # fmt: skip
+    scored = sorted({pd.Timestamp(d).date() for d in scores["date"]}) if len(scores) else []
     complete = dg.AssetCheckResult(
-        check_name="scores_complete", passed=ok, description=description, metadata=numbers
-    )
-    if not ok:  # validate, then publish
+        check_name="scores_complete", passed=not problems,
+        description="; ".join(problems) or f"{len(scores)} scores on {len(scored)} dates "
+        f"{start}..{end}" + ("" if scored else " (no scoring date: holiday or off the cadence)"),
+        metadata=numbers,
+    )  # fmt: skip
+    if problems:  # validate, then publish
         yield complete
-        raise blocking_failure([("scores_complete", description)], "baseline_scores")
-    db.replace_rows(
-        "baseline_scores", baselines.score_table(scores), "fold = ? and date between ? and ?",
-        [fold_id, start, end],
+        raise blocking_failure([("scores_complete", complete.description)], "baseline_scores")
+    db.replace_window(
+        "baseline_scores", baselines.score_table(scores), start, end,
+        order_by=("date", "model", "horizon", "ticker"),
     )  # fmt: skip
     yield dg.MaterializeResult(
         metadata={
             "rows": len(scores),
-            "scoring_dates": len(days),
-            "window": f"{start}..{end}",
-            "models_period": period,
+            "scoring_dates": len(scored),
+            "models_periods": ", ".join(sorted(set(periods))),
             "models": ", ".join(sorted(scores["model"].unique())) if len(scores) else "",
         }
     )
@@ -320,11 +341,15 @@ def _control_plan(
     )
 
 
+ON_CADENCE = "fold in (select unnest(?)) and date in (select unnest(?::date[]))"
+
+
 def _read_scores(db, fold_ids: list[str]) -> pd.DataFrame:
+    """The scores of ``fold_ids`` on their models' scoring cadence (:func:`cadence_dates`)."""
     tables = [t for t in SCORE_TABLES if t in db.tables()]
     parts = [
         _pd(db.read(f"select model, horizon, date, ticker, score, fold from {t} "
-                    "where fold in (select unnest(?))", [fold_ids]))
+                    f"where {ON_CADENCE}", [fold_ids, cadence_dates(db, fold_ids, t)]))
         for t in tables
     ]  # fmt: skip
     parts = [p for p in parts if len(p)]
@@ -342,14 +367,14 @@ def _read_scores(db, fold_ids: list[str]) -> pd.DataFrame:
 def _matured_pairs(db, fold_ids: list[str]) -> int:
     """Scored (model, horizon, date, ticker) rows with a finite score and a label, counted in
     SQL independently of the pandas join that builds the eval rows."""
+    tables = [t for t in SCORE_TABLES if t in db.tables()]
     unions = " union all ".join(
-        f"select model, horizon, date, ticker, score from {t} where fold in (select unnest(?))"
-        for t in SCORE_TABLES if t in db.tables()
-    )  # fmt: skip
-    n_tables = sum(t in db.tables() for t in SCORE_TABLES)
+        f"select model, horizon, date, ticker, score from {t} where {ON_CADENCE}" for t in tables
+    )
     sql = (f"select count(*) from ({unions}) s join labels_forward l using (date, ticker, horizon) "
            "where isfinite(s.score) and l.fwd_return is not null and l.excess_return is not null")  # fmt: skip
-    return int(db.read(sql, [fold_ids] * n_tables).item())
+    params = [p for t in tables for p in (fold_ids, cadence_dates(db, fold_ids, t))]
+    return int(db.read(sql, params).item())
 
 
 def _pit_tripwire(db, scores: pd.DataFrame, s) -> dict:
@@ -405,7 +430,8 @@ def forecast_accuracy(db, fold_ids: list[str], horizons) -> tuple[pd.DataFrame, 
         return empty
     kronos = _pd(db.read(
         "select model, date, ticker, horizon, last_close, pred_return_mean, samples "
-        "from kronos_forecasts where fold in (select unnest(?))", [fold_ids]))  # fmt: skip
+        f"from kronos_forecasts where {ON_CADENCE}",
+        [fold_ids, cadence_dates(db, fold_ids, "kronos_scores")]))  # fmt: skip
     if kronos.empty:
         return empty
     kronos["samples"] = kronos["samples"].map(lambda v: np.asarray(v, dtype=float))

@@ -32,9 +32,20 @@ from kronos_pipeline.defs.kronos import (
     PRICE_COLUMNS,
     checkpoint_dir,
 )
-from kronos_pipeline.defs.partitions import fold_partitions, partition_window, refit_period
+from kronos_pipeline.defs.partitions import (
+    FOLD_OF_DAY,
+    HISTORY_BEFORE_FOLD,
+    fold_partitions,
+    partition_window,
+    refit_period,
+)
 from kronos_pipeline.defs.resources import WarehouseResource
-from kronos_pipeline.defs.walkforward import MODEL_POOL, get_fold, lightgbm_threads
+from kronos_pipeline.defs.walkforward import (
+    MODEL_POOL,
+    SCORE_ASSET_OPTIONS,
+    get_fold,
+    lightgbm_threads,
+)
 from kronos_pipeline.evaluation import baselines, folds, heads
 from kronos_pipeline.kronos import load_predictor, load_tokenizer, scoring, strategy
 from kronos_pipeline.kronos.hub import atomic_write_bytes, file_sha256
@@ -229,7 +240,7 @@ def fit_period_heads(
         dg.AssetDep("kronos_checkpoint", partition_mapping=dg.TimeWindowPartitionMapping()),
         # The heads train on sampled dates of the whole daily history before the cut.
         *[
-            dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping())
+            dg.AssetDep(a, partition_mapping=HISTORY_BEFORE_FOLD)
             for a in ("prices_pit", "universe", "features", "labels_forward")
         ],
     ],  # fmt: skip
@@ -307,16 +318,18 @@ def validate_head_scores(
 @dg.asset(
     name="kronos_head_scores",
     deps=[
-        dg.AssetDep(a, partition_mapping=dg.TimeWindowPartitionMapping())
-        for a in ("kronos_heads", "kronos_forecasts", "features")
+        dg.AssetDep("kronos_heads", partition_mapping=FOLD_OF_DAY),
+        *[
+            dg.AssetDep(a, partition_mapping=dg.TimeWindowPartitionMapping())
+            for a in ("kronos_forecasts", "features")
+        ],
     ],
-    partitions_def=fold_partitions,
-    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    **SCORE_ASSET_OPTIONS,
     group_name=GROUP,
     pool=WAREHOUSE_POOL,
     kinds={"duckdb", "lightgbm"},
-    description="Scores of the fold's Kronos heads (kronos_head, kronos_head_fused) per "
-    "horizon, for every series kronos_forecasts holds in the run's window.",
+    description="Scores of the date's fold's Kronos heads (kronos_head, kronos_head_fused) "
+    "per horizon, for every series kronos_forecasts holds on the date.",
     check_specs=[
         dg.AssetCheckSpec(
             "head_scores_valid",
@@ -328,49 +341,60 @@ def validate_head_scores(
     ],  # fmt: skip
 )
 def kronos_head_scores_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
-    s, db, fold_id = get_settings(), warehouse.get(), context.partition_key
-    fold = get_fold(db, fold_id)
+    s, db = get_settings(), warehouse.get()
     start, end = partition_window(context)
-    start, end = max(start, fold.test_start.date()), min(end, fold.test_end.date())
-    fitted, stored = read_heads(heads_dir(s, fold_id), fold_id)
-    checkpoint = scoring.read_manifest(checkpoint_dir(s, fold_id))
-    same = all(stored["checkpoint"].get(k) == checkpoint.get(k) for k in CHECKPOINT_KEYS)
+    parts, problems, numbers = [], [], {"rows": 0, "series": 0}
+    for month in pd.period_range(start, end, freq="M"):
+        fold_id = str(month)
+        lo, hi = max(start, month.start_time.date()), min(end, month.end_time.date())
+        scores, ok, description, fold_numbers = _score_heads(db, s, fold_id, lo, hi)
+        if not ok:
+            problems.append(f"fold {fold_id}: {description}")
+        numbers = {k: numbers.get(k, 0) + v for k, v in fold_numbers.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}  # fmt: skip
+        parts.append(scores)
+    scores = pd.concat([p for p in parts if len(p)] or [pd.DataFrame(
+        columns=baselines.SCORE_COLUMNS)], ignore_index=True)  # fmt: skip
+    check = dg.AssetCheckResult(
+        check_name="head_scores_valid", passed=not problems,
+        description="; ".join(problems) or f"{len(scores)} scores of {numbers['series']} series",
+        metadata=numbers,
+    )  # fmt: skip
+    if problems:  # validate, then publish
+        yield check
+        raise blocking_failure([("head_scores_valid", check.description)], SCORE_TABLE)
+    db.replace_window(SCORE_TABLE, baselines.score_table(scores), start, end)
+    yield dg.MaterializeResult(metadata={"rows": len(scores), "series": numbers["series"]})
+    yield check
+
+
+def _score_heads(db, s, fold_id: str, start, end):
+    """The heads of fold ``fold_id`` on the forecasts of ``start..end``:
+    ``(scores, passed, description, numbers)``."""
     embeddings = db.read(
         "select date, ticker, embedding from kronos_forecasts where fold = ? and date between ? "
         "and ? qualify row_number() over (partition by date, ticker order by horizon) = 1",
         [fold_id, start, end],
     ).to_pandas() if "kronos_forecasts" in db.tables() else pd.DataFrame()  # fmt: skip
-    if len(embeddings):
-        days = sorted({pd.Timestamp(d).date() for d in embeddings["date"]})
-        feats = _features(db, days, stored["feature_columns"], s)
-        try:
-            scores = heads.predict_heads(fitted, embeddings, feats, fold_id)
-        except ValueError as exc:
-            raise dg.Failure(
-                f"kronos_head_scores of fold {fold_id}: {exc}; materialize kronos_heads for "
-                "this fold again",
-                allow_retries=False,
-            ) from exc
-    else:
-        scores = pd.DataFrame(columns=baselines.SCORE_COLUMNS)
+    if not len(embeddings):  # a holiday, a date off the cadence: nothing to score
+        return pd.DataFrame(columns=baselines.SCORE_COLUMNS), True, "", {"rows": 0, "series": 0}
+    fitted, stored = read_heads(heads_dir(s, fold_id), fold_id)
+    checkpoint = scoring.read_manifest(checkpoint_dir(s, fold_id))
+    same = all(stored["checkpoint"].get(k) == checkpoint.get(k) for k in CHECKPOINT_KEYS)
+    days = sorted({pd.Timestamp(d).date() for d in embeddings["date"]})
+    feats = _features(db, days, stored["feature_columns"], s)
+    try:
+        scores = heads.predict_heads(fitted, embeddings, feats, fold_id)
+    except ValueError as exc:
+        raise dg.Failure(
+            f"kronos_head_scores of fold {fold_id}: {exc}; materialize kronos_heads for "
+            "this fold again",
+            allow_retries=False,
+        ) from exc
     ok, description, numbers = validate_head_scores(
         scores, len(embeddings), len(fitted.heads), same
     )
-    check = dg.AssetCheckResult(
-        check_name="head_scores_valid", passed=ok, description=description, metadata=numbers
-    )
-    if not ok:  # validate, then publish
-        yield check
-        raise blocking_failure([("head_scores_valid", description)], SCORE_TABLE)
-    db.replace_rows(
-        SCORE_TABLE, baselines.score_table(scores), "fold = ? and date between ? and ?",
-        [fold_id, start, end],
-    )  # fmt: skip
-    yield dg.MaterializeResult(metadata={
-        "rows": len(scores), "window": f"{start}..{end}", "series": len(embeddings),
-        "heads_cut": stored["cut"], "models": ", ".join(fitted.models),
-    })  # fmt: skip
-    yield check
+    return scores, ok, description, {**numbers, "series": len(embeddings)}
 
 
 HEAD_ASSETS = [kronos_heads_asset, kronos_head_scores_asset]

@@ -8,6 +8,7 @@ check results and fails, and nothing it computed is visible.
 import dagster as dg
 
 from kronos_pipeline import quality
+from kronos_pipeline.data.calendar import trading_days
 from kronos_pipeline.data.ingest_step import (
     SourceMismatch,
     plan_ingest,
@@ -137,6 +138,8 @@ def ingest_bars(context: dg.AssetExecutionContext, warehouse: WarehouseResource)
             "tickers": window.bars["ticker"].n_unique(),
             "window": f"{start}..{end}",
             "expected_bars": plan.complete.expected,
+            # An exchange holiday materializes with no session; its checks expect no bar.
+            "sessions": len(trading_days(start, end, settings.data.calendar)),
         },
     )
     yield dg.MaterializeResult(

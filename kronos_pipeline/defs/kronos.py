@@ -13,21 +13,29 @@ import pandas as pd
 import polars as pl
 
 from kronos_pipeline.defs.common import blocking_failure
-from kronos_pipeline.defs.partitions import fold_partitions, partition_window, refit_period
+from kronos_pipeline.defs.partitions import (
+    FOLD_OF_DAY,
+    HISTORY_BEFORE_FOLD,
+    fold_partitions,
+    history_days,
+    partition_window,
+    refit_period,
+)
 from kronos_pipeline.defs.resources import WarehouseResource
-from kronos_pipeline.defs.walkforward import MODEL_POOL, get_fold, run_dates
+from kronos_pipeline.defs.walkforward import MODEL_POOL, SCORE_ASSET_OPTIONS, get_fold, run_folds
 from kronos_pipeline.kronos import load_predictor, load_tokenizer, scoring, strategy
 from kronos_pipeline.settings import Settings, get_settings
 from kronos_pipeline.warehouse import WAREHOUSE_POOL, Warehouse
 
 GROUP = "kronos"
 PRICE_COLUMNS = "ticker, date, adj_open, adj_high, adj_low, adj_close, adj_volume, split_factor"
-# Every fold reads the daily history it trains on or scores from.
+# A fold's checkpoint trains on the daily history before its test month.
 HISTORY_DEPS = [
-    dg.AssetDep(a, partition_mapping=dg.AllPartitionMapping()) for a in ("prices_pit", "universe")
+    dg.AssetDep(a, partition_mapping=HISTORY_BEFORE_FOLD) for a in ("prices_pit", "universe")
 ]
-# Months of daily history a forecast month reads before it (2 x 252 sessions of windows).
-HISTORY_MONTHS = 26
+# Weekdays of history a forecast date reads before it: HISTORY_SLACK x 252 sessions of
+# windows (about 2 years: 522 weekdays and the holidays among them).
+HISTORY_WEEKDAYS = 545
 # Sessions read per window, in lookbacks: a ticker missing some sessions (quarantined bars)
 # still finds its last ``lookback`` bars.
 HISTORY_SLACK = 2
@@ -239,16 +247,13 @@ def kronos_checkpoint_asset(context: dg.AssetExecutionContext, warehouse: Wareho
 @dg.asset(
     name="kronos_forecasts",
     deps=[
-        dg.AssetDep("kronos_checkpoint", partition_mapping=dg.TimeWindowPartitionMapping()),
+        dg.AssetDep("kronos_checkpoint", partition_mapping=FOLD_OF_DAY),
         *[
-            dg.AssetDep(
-                a, partition_mapping=dg.TimeWindowPartitionMapping(start_offset=-HISTORY_MONTHS)
-            )
+            dg.AssetDep(a, partition_mapping=history_days(HISTORY_WEEKDAYS))
             for a in ("prices_pit", "universe")
         ],
     ],  # fmt: skip
-    partitions_def=fold_partitions,
-    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    **SCORE_ASSET_OPTIONS,
     group_name=GROUP,
     # Inference is the long part: it holds the compute pool, not the warehouse pool, which
     # would block the nightly data job; its short write takes the warehouse's writer lock.
@@ -256,7 +261,8 @@ def kronos_checkpoint_asset(context: dg.AssetExecutionContext, warehouse: Wareho
     kinds={"duckdb", "pytorch"},
     description="Per scoring date, universe member and horizon: the sampled h-day returns of "
     "Kronos (sample_count paths), their mean and 10/50/90 % quantiles, and the series' "
-    "embedding, from PIT windows of the last lookback bars.",
+    "embedding, from PIT windows of the last lookback bars, with the checkpoint of the "
+    "date's fold.",
     check_specs=[
         dg.AssetCheckSpec(
             "forecasts_valid",
@@ -273,45 +279,17 @@ def kronos_checkpoint_asset(context: dg.AssetExecutionContext, warehouse: Wareho
     ],  # fmt: skip
 )
 def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
-    from kronos_pipeline.kronos.engine import KronosEngine
-
-    s, db, fold_id = get_settings(), warehouse.get(), context.partition_key
-    k = s.kronos
-    fold = get_fold(db, fold_id)
-    manifest = scoring.read_manifest(checkpoint_dir(s, fold_id))
-    strategy.verify_pointed_weights(manifest)  # a kept checkpoint points into an older folder
-    sessions = db.read(
-        "select distinct date from universe where date between ? and ? order by date",
-        [fold.test_start.date(), fold.test_end.date()],
-    )["date"].to_list()
-    start, end, days = run_dates(context, fold, k.scoring_cadence, sessions)
-    day_list = [d.date() for d in days]
-    members = db.read(
-        "select date, ticker from universe where in_universe and date in (select unnest(?::date[])) "
-        "and liquidity_rank <= ?",
-        [day_list, k.top_n if k.top_n is not None else 1_000_000_000],
-    )
-    if members.height:
-        prices = db.read(
-            f"select {PRICE_COLUMNS} from prices_pit where date between ? and ? "
-            "and ticker in (select unnest(?))",
-            [_history_start(db, day_list[0], HISTORY_SLACK * k.lookback), day_list[-1],
-             members["ticker"].unique().to_list()],
-        )  # fmt: skip
-        inputs = scoring.build_windows(prices, members, k.lookback)
-        engine = KronosEngine(
-            load_tokenizer(manifest["tokenizer"], revision=manifest.get("tokenizer_revision")),
-            load_predictor(manifest["predictor"], revision=manifest.get("predictor_revision")),
-            device=k.device, dtype=k.dtype, batch_size=k.batch_size, max_context=k.max_context,
-            cuda_graphs=k.cuda_graphs,
-        )  # fmt: skip
-        table = scoring.forecast_windows(
-            engine, inputs, s.labels.horizons, manifest["model"], fold_id,
-            calendar=s.data.calendar, seed=k.seed, **s.kronos_sampling,
-        )  # fmt: skip
-        skipped = inputs.skipped
-    else:
-        table, skipped = pl.DataFrame(schema=scoring.FORECAST_SCHEMA), []
+    s, db = get_settings(), warehouse.get()
+    start, end, plan = run_folds(context, db, s.kronos.scoring_cadence)
+    tables, skipped, members, models = [], [], 0, set()
+    for fold, days in plan:
+        if len(days):
+            table, fold_members, fold_skipped, model = _forecast_fold(db, s, fold.fold_id, days)
+            tables.append(table)
+            skipped += fold_skipped
+            members += fold_members
+            models.add(model)
+    table = pl.concat(tables) if tables else pl.DataFrame(schema=scoring.FORECAST_SCHEMA)
     valid = dg.AssetCheckResult(
         check_name="forecasts_valid",
         **forecast_problems(table, s.kronos_sampling["sample_count"]),
@@ -319,35 +297,69 @@ def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: Warehou
     if not valid.passed:  # validate, then publish: bad forecasts are never written
         yield valid
         raise blocking_failure([("forecasts_valid", valid.description)], "kronos_forecasts")
-    db.replace_rows(
-        "kronos_forecasts", table, "fold = ? and date between ? and ?", [fold_id, start, end]
-    )
+    db.replace_window("kronos_forecasts", table, start, end)
+    dates = table["date"].n_unique() if table.height else 0
     yield dg.MaterializeResult(
-        metadata={"rows": table.height, "scoring_dates": len(days), "window": f"{start}..{end}",
+        metadata={"rows": table.height, "scoring_dates": dates,
                   "series": table.height // max(1, len(s.labels.horizons)),
-                  "skipped": len(skipped), "model": manifest["model"],
-                  "sample_count": s.kronos_sampling["sample_count"], "checkpoint_period": manifest.get("period", "")}
+                  "skipped": len(skipped), "model": ", ".join(sorted(models)),
+                  "sample_count": s.kronos_sampling["sample_count"]}
     )  # fmt: skip
     yield valid
     served = table.height // max(1, len(s.labels.horizons))
-    coverage = served / members.height if members.height else 1.0
+    coverage = served / members if members else 1.0
     yield dg.AssetCheckResult(
         check_name="member_coverage",
         passed=coverage >= 0.99,
         severity=dg.AssetCheckSeverity.WARN,
         metadata={
             "coverage": coverage,
-            "members": members.height,
+            "members": members,
             "skipped": dg.MetadataValue.json([f"{d} {t}" for d, t in skipped[:50]]),
         },
     )
 
 
+def _forecast_fold(db: Warehouse, s: Settings, fold_id: str, days: pd.DatetimeIndex):
+    """Forecasts of ``days`` (of fold ``fold_id``) with the fold's checkpoint:
+    ``(table, members, skipped, model)``."""
+    from kronos_pipeline.kronos.engine import KronosEngine
+
+    k = s.kronos
+    manifest = scoring.read_manifest(checkpoint_dir(s, fold_id))
+    strategy.verify_pointed_weights(manifest)  # a kept checkpoint points into an older folder
+    day_list = [d.date() for d in days]
+    members = db.read(
+        "select date, ticker from universe where in_universe and date in (select unnest(?::date[])) "
+        "and liquidity_rank <= ?",
+        [day_list, k.top_n if k.top_n is not None else 1_000_000_000],
+    )
+    if not members.height:
+        return pl.DataFrame(schema=scoring.FORECAST_SCHEMA), 0, [], manifest["model"]
+    prices = db.read(
+        f"select {PRICE_COLUMNS} from prices_pit where date between ? and ? "
+        "and ticker in (select unnest(?))",
+        [_history_start(db, day_list[0], HISTORY_SLACK * k.lookback), day_list[-1],
+         members["ticker"].unique().to_list()],
+    )  # fmt: skip
+    inputs = scoring.build_windows(prices, members, k.lookback)
+    engine = KronosEngine(
+        load_tokenizer(manifest["tokenizer"], revision=manifest.get("tokenizer_revision")),
+        load_predictor(manifest["predictor"], revision=manifest.get("predictor_revision")),
+        device=k.device, dtype=k.dtype, batch_size=k.batch_size, max_context=k.max_context,
+        cuda_graphs=k.cuda_graphs,
+    )  # fmt: skip
+    table = scoring.forecast_windows(
+        engine, inputs, s.labels.horizons, manifest["model"], fold_id,
+        calendar=s.data.calendar, seed=k.seed, **s.kronos_sampling,
+    )  # fmt: skip
+    return table, members.height, inputs.skipped, manifest["model"]
+
+
 @dg.asset(
     name="kronos_scores",
     deps=[dg.AssetDep("kronos_forecasts", partition_mapping=dg.TimeWindowPartitionMapping())],
-    partitions_def=fold_partitions,
-    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    **SCORE_ASSET_OPTIONS,
     group_name=GROUP,
     pool=WAREHOUSE_POOL,
     kinds={"duckdb"},
@@ -363,13 +375,11 @@ def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: Warehou
     ],  # fmt: skip
 )
 def kronos_scores_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
-    db, fold_id = warehouse.get(), context.partition_key
-    fold = get_fold(db, fold_id)
+    db = warehouse.get()
     start, end = partition_window(context)
-    start, end = max(start, fold.test_start.date()), min(end, fold.test_end.date())
     forecasts = db.read(
-        "select * exclude (samples, embedding) from kronos_forecasts "
-        "where fold = ? and date between ? and ?", [fold_id, start, end],
+        "select * exclude (samples, embedding) from kronos_forecasts where date between ? and ?",
+        [start, end],
     ) if "kronos_forecasts" in db.tables() else pl.DataFrame(schema=scoring.FORECAST_SCHEMA)  # fmt: skip
     table = scoring.forecasts_to_scores(forecasts)
     check = dg.AssetCheckResult(
@@ -378,10 +388,8 @@ def kronos_scores_asset(context: dg.AssetExecutionContext, warehouse: WarehouseR
     if not check.passed:
         yield check
         raise blocking_failure([("scores_match_forecasts", check.description)], "kronos_scores")
-    db.replace_rows(
-        "kronos_scores", table, "fold = ? and date between ? and ?", [fold_id, start, end]
-    )
-    yield dg.MaterializeResult(metadata={"rows": table.height, "window": f"{start}..{end}"})
+    db.replace_window("kronos_scores", table, start, end)
+    yield dg.MaterializeResult(metadata={"rows": table.height})
     yield check
 
 

@@ -1,20 +1,30 @@
-"""Partitions: calendar months, for the data, for what is predicted per date, and for folds.
+"""Partitions: one per weekday for everything dated, one per test month for what is fitted.
 
-* ``month_partitions`` (``YYYY-MM`` from ``data.partitions_start``): the data assets and the
-  date-level score assets. A run covers a range of months (single-run backfills) and, inside
-  it, the trading days of those months up to the newest session that is due (its 22:30 New
-  York close has passed), or the explicit window of the run's ``kronos/dates`` tag
-  (``A:B``, e.g. the nightly run's one day).
-* ``fold_partitions`` (``YYYY-MM`` from ``folds.first_test_month``): one walk-forward fold per
-  test month; a new fold appears as each month starts, so folds extend past the configured
-  last month without an edit.
-* ``refit_partitions(months)``: fold-level models are fitted once per refit period of
-  ``months`` months (a divisor of 12), starting at the first test month; the date-level
-  assets read the period's model through a ``TimeWindowPartitionMapping`` (shown in the graph).
+* ``day_partitions`` (``YYYY-MM-DD`` from ``data.partitions_start``): the data assets
+  (``raw_bars`` ... ``labels_forward``). One partition per weekday, no holiday list: an
+  exchange holiday is a partition that materializes as "no session", which its checks accept.
+  A day's window opens at 22:30 New York, when the vendor's end-of-day file is due, and
+  ``end_offset=1`` makes the partition exist from that moment: the newest partition is the
+  newest session that is due, so neither the UI nor a backfill can ask for a day too early.
+* ``score_day_partitions``: the same weekdays from the first test month: what is predicted
+  per date (``baseline_scores``, ``kronos_forecasts``, ``kronos_scores``,
+  ``kronos_head_scores``, ``signals``). Before the first fold there is no model to score with.
+* ``fold_partitions`` (``YYYY-MM`` from ``folds.first_test_month``, New York time): one
+  walk-forward fold per test month, for what is fitted (``lightgbm_models``,
+  ``kronos_checkpoint``, ``kronos_heads``); a new fold appears as each month starts.
 
-Why months (README, design notes): per-trading-day partitions with 273 holiday exclusions
-made Dagster's bookkeeping the bottleneck (each planned event serialised the exclusions).
-Months carry no exclusions, align with the monthly folds, and number ~330 over the sample.
+The mappings between them (shown in the asset graph) are all ``TimeWindowPartitionMapping``s:
+
+* ``FOLD_OF_DAY`` (date-level asset -> its fold's model): ``end_offset=-1`` collapses a day's
+  window to its opening instant (22:30 on the day itself), which lies inside exactly one
+  month. Without it a Friday's window, which runs to Monday 22:30, would also reach into the
+  next month when that month starts on a weekend.
+* ``HISTORY_BEFORE_FOLD`` (model -> the daily history it trains on): every day before the
+  fold's test month (``end_offset=-1`` month), back to the first partition.
+* ``history_days(n)`` (date-level asset -> the last ``n`` weekdays of history it reads).
+
+Every mapping looks backward in time: nothing fitted or scored for a date depends on a later
+partition. A run's window is its partition range (``partition_window``).
 """
 
 from __future__ import annotations
@@ -28,10 +38,22 @@ import pandas as pd
 from kronos_pipeline.data.calendar import trading_days
 from kronos_pipeline.settings import get_settings
 
-PARTITION_FMT = "%Y-%m"
-DATES_TAG = "kronos/dates"  # "A:B": the run's explicit window of trading days inside its months
-NEW_YORK = ZoneInfo("America/New_York")
+DAY_FMT = "%Y-%m-%d"
+PARTITION_FMT = "%Y-%m"  # folds and refit periods
+NEW_YORK_TZ = "America/New_York"
+NEW_YORK = ZoneInfo(NEW_YORK_TZ)
 SESSION_DUE = dt.time(22, 30)  # a session's vendor file is due at 22:30 New York
+WEEKDAY_CRON = f"{SESSION_DUE.minute} {SESSION_DUE.hour} * * 1-5"
+# Months back a model's history mapping reaches: more than any sample (it stops at the first
+# partition), so an expanding window is declared whole.
+ALL_HISTORY_MONTHS = 600
+
+
+def _weekdays(start: dt.date) -> dg.TimeWindowPartitionsDefinition:
+    return dg.TimeWindowPartitionsDefinition(
+        start=start.strftime(DAY_FMT), cron_schedule=WEEKDAY_CRON, fmt=DAY_FMT,
+        timezone=NEW_YORK_TZ, end_offset=1,
+    )  # fmt: skip
 
 
 def _month_start(month: str) -> str:
@@ -41,12 +63,24 @@ def _month_start(month: str) -> str:
 def _monthly(start_month: str) -> dg.TimeWindowPartitionsDefinition:
     # end_offset=1: the current month's partition exists once the month has started.
     return dg.MonthlyPartitionsDefinition(
-        start_date=_month_start(start_month), fmt=PARTITION_FMT, end_offset=1
-    )
+        start_date=_month_start(start_month), fmt=PARTITION_FMT, end_offset=1,
+        timezone=NEW_YORK_TZ,
+    )  # fmt: skip
 
 
-month_partitions = _monthly(get_settings().data.partitions_start.strftime(PARTITION_FMT))
+day_partitions = _weekdays(get_settings().data.partitions_start)
+score_day_partitions = _weekdays(
+    pd.Period(get_settings().folds.first_test_month, "M").start_time.date()
+)
 fold_partitions = _monthly(get_settings().folds.first_test_month)
+
+FOLD_OF_DAY = dg.TimeWindowPartitionMapping(end_offset=-1)
+HISTORY_BEFORE_FOLD = dg.TimeWindowPartitionMapping(start_offset=-ALL_HISTORY_MONTHS, end_offset=-1)
+
+
+def history_days(weekdays: int) -> dg.TimeWindowPartitionMapping:
+    """A date-level asset reads the last ``weekdays`` weekday partitions of history and its own."""
+    return dg.TimeWindowPartitionMapping(start_offset=-weekdays)
 
 
 def refit_cron(first_month: str, months: int) -> str:
@@ -56,17 +90,6 @@ def refit_cron(first_month: str, months: int) -> str:
     first = pd.Period(first_month, "M").month
     starts = sorted({(first - 1 + k * months) % 12 + 1 for k in range(12 // months)})
     return f"0 0 1 {','.join(str(m) for m in starts)} *"
-
-
-def refit_partitions(months: int) -> dg.TimeWindowPartitionsDefinition:
-    """Refit periods keyed by their first month (``YYYY-MM``), from the first test month."""
-    first = get_settings().folds.first_test_month
-    if months == 1:
-        return fold_partitions
-    return dg.TimeWindowPartitionsDefinition(
-        start=_month_start(first), fmt=PARTITION_FMT, cron_schedule=refit_cron(first, months),
-        end_offset=1,
-    )  # fmt: skip
 
 
 def refit_period(month: str, first_month: str, months: int) -> str:
@@ -84,7 +107,13 @@ def period_months(period: str, months: int) -> list[str]:
 
 
 def month_key(day: dt.date) -> str:
+    """The fold (test month) partition of ``day``."""
     return day.strftime(PARTITION_FMT)
+
+
+def day_key(day: dt.date) -> str:
+    """The weekday partition of ``day``."""
+    return day.strftime(DAY_FMT)
 
 
 def due_session(now: dt.datetime | None = None, calendar: str = "XNYS") -> dt.date:
@@ -94,40 +123,13 @@ def due_session(now: dt.datetime | None = None, calendar: str = "XNYS") -> dt.da
     return trading_days(day - dt.timedelta(days=10), day, calendar)[-1].date()
 
 
-def parse_dates_tag(value: str) -> tuple[dt.date, dt.date]:
-    first, _, last = value.partition(":")
-    return dt.date.fromisoformat(first), dt.date.fromisoformat(last or first)
-
-
-def months_window(first_key: str, last_key: str) -> tuple[dt.date, dt.date]:
-    return (
-        pd.Period(first_key, "M").start_time.date(),
-        pd.Period(last_key, "M").end_time.date(),
-    )
-
-
-def run_window(
-    first_key: str, last_key: str, tags: dict[str, str], calendar: str = "XNYS"
-) -> tuple[dt.date, dt.date]:
-    """First and last day (inclusive) a run over months ``first_key..last_key`` covers: the
-    months, cut to the run's ``kronos/dates`` window if it has one, else to the newest due
-    session. Raises ``dg.Failure`` when nothing of the months is left."""
-    start, end = months_window(first_key, last_key)
-    if DATES_TAG in tags:
-        lo, hi = parse_dates_tag(tags[DATES_TAG])
-        start, end = max(start, lo), min(end, hi)
-    else:
-        end = min(end, due_session(calendar=calendar))
-    if start > end:
-        raise dg.Failure(
-            description=f"months {first_key}..{last_key} hold no trading day to run "
-            f"({tags.get(DATES_TAG, 'no session due yet')})",
-            allow_retries=False,
-        )
-    return start, end
-
-
 def partition_window(context: dg.AssetExecutionContext) -> tuple[dt.date, dt.date]:
-    """First and last day (inclusive) of the partitions this run materializes."""
+    """First and last day (inclusive) of the weekday partitions this run materializes."""
     keys = context.partition_key_range
-    return run_window(keys.start, keys.end, context.run.tags, get_settings().data.calendar)
+    return dt.date.fromisoformat(keys.start), dt.date.fromisoformat(keys.end)
+
+
+def fold_window(fold_id: str) -> tuple[dt.date, dt.date]:
+    """First and last calendar day of test month ``fold_id``."""
+    month = pd.Period(fold_id, "M")
+    return month.start_time.date(), month.end_time.date()

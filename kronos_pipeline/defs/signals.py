@@ -10,9 +10,13 @@ import dagster as dg
 import polars as pl
 
 from kronos_pipeline.defs.common import blocking_failure
-from kronos_pipeline.defs.partitions import fold_partitions, partition_window
+from kronos_pipeline.defs.partitions import partition_window
 from kronos_pipeline.defs.resources import WarehouseResource
-from kronos_pipeline.defs.walkforward import KRONOS_SCORE_TABLES, SCORE_TABLES, get_fold
+from kronos_pipeline.defs.walkforward import (
+    KRONOS_SCORE_TABLES,
+    SCORE_ASSET_OPTIONS,
+    SCORE_TABLES,
+)
 from kronos_pipeline.evaluation.baselines import CONTROL_MODELS
 from kronos_pipeline.kronos.hub import atomic_write_bytes
 from kronos_pipeline.settings import get_settings
@@ -107,14 +111,27 @@ def signal_problems(
     return problems
 
 
+def no_signal_reason(db, start, end) -> str | None:
+    """Why ``start..end`` has no signal when it should: sessions with universe members but
+    no score; None when the window holds no session (a holiday)."""
+    members = db.read(
+        "select count(*) from universe where in_universe and date between ? and ?", [start, end]
+    ).item()
+    if members == 0:
+        return None
+    return (
+        f"no scores between {start} and {end}, which hold {members} universe rows: "
+        "materialize the score assets of these days first"
+    )
+
+
 @dg.asset(
     name="signals",
     deps=[
         dg.AssetDep(a, partition_mapping=dg.TimeWindowPartitionMapping())
         for a in (*SCORE_TABLES, "kronos_forecasts", "universe")
     ],
-    partitions_def=fold_partitions,
-    backfill_policy=dg.BackfillPolicy.multi_run(1),
+    **SCORE_ASSET_OPTIONS,
     group_name="signals",
     pool=WAREHOUSE_POOL,
     kinds={"duckdb", "parquet"},
@@ -134,18 +151,31 @@ def signal_problems(
 )
 def signals_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     s, db = get_settings(), warehouse.get()
-    fold = get_fold(db, context.partition_key)
     start, end = partition_window(context)
-    start, end = max(start, fold.test_start.date()), min(end, fold.test_end.date())
     signal = signal_frame(db, start, end)
     if signal.is_empty():
-        raise dg.Failure(f"no scores between {start} and {end}: run the scoring assets first")
+        if reason := no_signal_reason(db, start, end):
+            raise dg.Failure(reason, allow_retries=False)
+        # An exchange holiday: the partition is done, there is nothing to rank.
+        yield dg.MaterializeResult(metadata={"dates": 0, "rows": 0, "note": "no session"})
+        yield dg.AssetCheckResult(
+            check_name="signal_complete", passed=True,
+            description=f"no session between {start} and {end}",
+        )  # fmt: skip
+        return
     days = sorted(signal["date"].unique())
     members = db.read(
         "select date, ticker from universe where in_universe and date in (select unnest(?::date[]))",
         [days],
     ).with_columns(pl.col("date").cast(pl.Date))
     problems = signal_problems(signal, members, kronos_models(db, start, end))
+    sessions = db.read(
+        "select distinct date from universe where in_universe and date between ? and ?",
+        [start, end],
+    )["date"].to_list()
+    if unscored := sorted(set(sessions) - set(days)):
+        problems.append(f"{len(unscored)} sessions with universe members have no score "
+                        f"(first {unscored[0]}): materialize the score assets of those days")  # fmt: skip
     check = dg.AssetCheckResult(
         check_name="signal_complete", passed=not problems,
         description="; ".join(problems[:10]) or f"{len(days)} dates, {signal.height} rows",

@@ -1,15 +1,18 @@
-"""What every fold-partitioned asset reads about the walk-forward: the folds table, one fold,
-the folds the current mode evaluates, the scoring dates of a run, and the tables of scores.
+"""What the fold- and date-level assets read about the walk-forward: the folds table, one fold,
+the folds the current mode evaluates, the folds and scoring dates of a run's window of
+weekdays, and the tables of scores.
 
 Shared by the evaluation, Kronos, heads and signal stages, so none of them imports another
 stage's module for these (``defs/evaluation.py`` and ``defs/kronos.py`` used to import each
 other)."""
 
+import datetime as dt
+
 import dagster as dg
 import pandas as pd
 
 from kronos_pipeline.concurrency import threads_per_slot, usable_cpus
-from kronos_pipeline.defs.partitions import DATES_TAG, partition_window
+from kronos_pipeline.defs.partitions import partition_window, score_day_partitions
 from kronos_pipeline.evaluation import folds
 from kronos_pipeline.instance import pool_limit
 from kronos_pipeline.settings import get_settings
@@ -17,6 +20,14 @@ from kronos_pipeline.settings import get_settings
 # Models that fit at once: the pool's limit, set to the machine by `kronos-pipeline
 # instance-setup` (1, dagster_home/dagster.yaml's default_limit, until then).
 MODEL_POOL = "model_fitting"
+#: Weekday partitions a run of a date-level score asset covers in a backfill: about a month,
+#: so a long backfill resumes where it stopped and its runs can go side by side.
+SCORE_DAYS_PER_RUN = 23
+#: Partitions and backfill policy of every date-level score asset.
+SCORE_ASSET_OPTIONS: dict = {
+    "partitions_def": score_day_partitions,
+    "backfill_policy": dg.BackfillPolicy.multi_run(SCORE_DAYS_PER_RUN),
+}
 #: Every table of long scores (model, horizon, date, ticker, score, fold): the baselines',
 #: Kronos' own scores, and its heads'. The evaluation unions them; the signal ranks them all.
 SCORE_TABLES = ("baseline_scores", "kronos_scores", "kronos_head_scores")
@@ -67,15 +78,50 @@ def get_fold(db, fold_id: str) -> folds.Fold:
     return folds.folds_from_frame(frame)[0]
 
 
-def run_dates(context: dg.AssetExecutionContext, fold: folds.Fold, cadence: str, sessions):
-    """The dates a date-level score step scores: the fold's scoring dates (``cadence``) inside
-    the run's window; an explicit one-day window (``kronos/dates`` = ``D:D``, e.g. the nightly
-    run or a one-date rerun) scores that session whatever the cadence."""
+def run_folds(
+    context: dg.AssetExecutionContext, db, cadence: str, sessions_table: str = "universe"
+) -> tuple[dt.date, dt.date, list[tuple[folds.Fold, pd.DatetimeIndex]]]:
+    """The run's window of weekdays and, for every fold whose test month it meets, the dates
+    a date-level score step scores there: the fold's scoring dates (``cadence``) inside the
+    window. A run of exactly one weekday partition (the nightly run, a one-day rerun from the
+    UI) scores that session whatever the cadence; the evaluation keeps to the cadence's dates
+    (``cadence_scores``), so such extra dates feed the signal only."""
     start, end = partition_window(context)
-    inside = [d for d in sessions if start <= pd.Timestamp(d).date() <= end]
-    days = folds.scoring_dates(fold, sessions, cadence)
-    chosen = [d for d in days if start <= d.date() <= end]
-    tag = context.run.tags.get(DATES_TAG, "")
-    if tag and start == end and inside and not chosen:
-        chosen = [pd.Timestamp(inside[0])]
-    return start, end, pd.DatetimeIndex(chosen)
+    months = pd.period_range(start, end, freq="M")
+    # Sessions of the whole months: a week's first session may lie before the window.
+    sessions = pd.DatetimeIndex(
+        db.read(f"select distinct date from {sessions_table} where date between ? and ? "
+                "order by date", [months[0].start_time.date(), months[-1].end_time.date()])
+        ["date"].to_list()
+    )  # fmt: skip
+    window = (sessions >= pd.Timestamp(start)) & (sessions <= pd.Timestamp(end))
+    plan = []
+    for month in months:
+        fold = get_fold(db, str(month))
+        inside = sessions[window & (sessions >= fold.test_start) & (sessions <= fold.test_end)]
+        if not len(inside) or start == end:
+            days = inside
+        else:
+            days = folds.scoring_dates(fold, sessions, cadence)
+            days = days[(days >= pd.Timestamp(start)) & (days <= pd.Timestamp(end))]
+        plan.append((fold, pd.DatetimeIndex(days)))
+    return start, end, plan
+
+
+def cadence_dates(db, fold_ids: list[str], table: str) -> list[dt.date]:
+    """The scoring dates of ``fold_ids`` on the cadence of ``table``'s models (the baselines'
+    ``folds.scoring_cadence``, Kronos' ``kronos.scoring_cadence``): what the evaluation judges.
+    A nightly run scores its day whatever the cadence, for the signal; those extra dates are
+    not evaluated, so the figures do not depend on how the dates were run."""
+    s = get_settings()
+    cadence = s.kronos.scoring_cadence if table in KRONOS_SCORE_TABLES else s.folds.scoring_cadence
+    by_id = {f.fold_id: f for f in fold_table(db)}
+    sessions = pd.DatetimeIndex(
+        db.read("select distinct date from features order by date")["date"].to_list()
+    )
+    return [
+        d.date()
+        for fold_id in fold_ids
+        if fold_id in by_id
+        for d in folds.scoring_dates(by_id[fold_id], sessions, cadence)
+    ]

@@ -20,7 +20,7 @@ EXPECTED_ASSETS = {
     "vendor_files": ("sources", None, [], []),
     "raw_bars": (
         "data",
-        "month",
+        "day",
         ["vendor_files"],
         [
             "bars_complete",
@@ -33,43 +33,43 @@ EXPECTED_ASSETS = {
     ),
     "bars_quarantine": (
         "data",
-        "month",
+        "day",
         ["vendor_files"],
         ["column_schema_change", "quarantine_schema", "quarantine_share"],
     ),
     "ticker_history": (
         "data",
-        "month",
+        "day",
         ["vendor_files"],
         ["column_schema_change", "ticker_history_schema"],
     ),
     "sector_history": (
         "data",
-        "month",
+        "day",
         ["vendor_files"],
         ["column_schema_change", "sector_history_schema", "sectors_known"],
     ),
     "prices_pit": (
         "data",
-        "month",
+        "day",
         ["raw_bars"],
         ["adjustment_consistency", "column_schema_change", "history_complete", "prices_quality"],
     ),
     "universe": (
         "data",
-        "month",
+        "day",
         ["prices_pit"],
         ["column_schema_change", "universe_breadth", "universe_quality", "universe_rules"],
     ),
     "features": (
         "features",
-        "month",
+        "day",
         ["prices_pit", "raw_bars", "sector_history", "universe"],
         ["column_schema_change", "factor_coverage", "features_quality"],
     ),
     "labels_forward": (
         "features",
-        "month",
+        "day",
         ["prices_pit", "universe"],
         ["column_schema_change", "label_availability", "labels_quality"],
     ),
@@ -82,7 +82,7 @@ EXPECTED_ASSETS = {
     ),
     "baseline_scores": (
         "evaluation",
-        "fold",
+        "score_day",
         ["features", "labels_forward", "lightgbm_models", "universe"],
         ["scores_complete"],
     ),
@@ -138,11 +138,11 @@ EXPECTED_ASSETS = {
     ),
     "kronos_forecasts": (
         "kronos",
-        "fold",
+        "score_day",
         ["kronos_checkpoint", "prices_pit", "universe"],
         ["forecasts_valid", "member_coverage"],
     ),
-    "kronos_scores": ("kronos", "fold", ["kronos_forecasts"], ["scores_match_forecasts"]),
+    "kronos_scores": ("kronos", "score_day", ["kronos_forecasts"], ["scores_match_forecasts"]),
     "kronos_heads": (
         "kronos",
         "fold",
@@ -151,13 +151,13 @@ EXPECTED_ASSETS = {
     ),
     "kronos_head_scores": (
         "kronos",
-        "fold",
+        "score_day",
         ["features", "kronos_forecasts", "kronos_heads"],
         ["head_scores_valid"],
     ),
     "signals": (
         "signals",
-        "fold",
+        "score_day",
         ["baseline_scores", "kronos_forecasts", "kronos_head_scores", "kronos_scores", "universe"],
         ["signal_complete"],
     ),
@@ -177,7 +177,7 @@ EXPECTED_ASSETS = {
 }
 EXPECTED_JOBS = {
     "data_job": (
-        "month",
+        "day",
         [
             "bars_quarantine",
             "features",
@@ -189,31 +189,14 @@ EXPECTED_JOBS = {
             "universe",
         ],
     ),
-    "labels_job": ("month", ["labels_forward"]),
+    "labels_job": ("day", ["labels_forward"]),
     "folds_job": (None, ["folds"]),
-    "baseline_scores_job": ("fold", ["baseline_scores", "lightgbm_models"]),
-    "kronos_job": (
-        "fold",
-        [
-            "kronos_checkpoint",
-            "kronos_forecasts",
-            "kronos_head_scores",
-            "kronos_heads",
-            "kronos_scores",
-        ],
-    ),
+    "models_job": ("fold", ["kronos_checkpoint", "kronos_heads", "lightgbm_models"]),
+    "baseline_scores_job": ("score_day", ["baseline_scores"]),
+    "kronos_job": ("score_day", ["kronos_forecasts", "kronos_head_scores", "kronos_scores"]),
     "scoring_job": (
-        "fold",
-        [
-            "baseline_scores",
-            "kronos_checkpoint",
-            "kronos_forecasts",
-            "kronos_head_scores",
-            "kronos_heads",
-            "kronos_scores",
-            "lightgbm_models",
-            "signals",
-        ],
+        "score_day",
+        ["baseline_scores", "kronos_forecasts", "kronos_head_scores", "kronos_scores", "signals"],
     ),
     "evaluation_job": (
         None,
@@ -240,12 +223,18 @@ EXPECTED_RESOURCES = ["settings", "warehouse"]
 
 
 def _partitioning(partitions_def: dg.PartitionsDefinition | None) -> str | None:
-    from kronos_pipeline.defs.partitions import fold_partitions, month_partitions
+    from kronos_pipeline.defs.partitions import (
+        day_partitions,
+        fold_partitions,
+        score_day_partitions,
+    )
 
     if partitions_def is None:
         return None
-    if partitions_def == month_partitions:
-        return "month"
+    if partitions_def == day_partitions:
+        return "day"
+    if partitions_def == score_day_partitions:
+        return "score_day"
     if partitions_def == fold_partitions:
         return "fold"
     return type(partitions_def).__name__
@@ -331,15 +320,16 @@ def test_nightly_schedule_targets_the_partition_of_its_own_trading_day():
             )
             return schedule.evaluate_tick(ctx)
 
-        instance.report_runless_asset_event(  # bars through 2019-12-30 (the month's run)
-            dg.AssetMaterialization(
-                "raw_bars", partition="2019-12",
-                metadata={"dagster/row_count": 9, "window": "2019-12-02..2019-12-30"},
-            )
-        )  # fmt: skip
+        for day in ("2019-12-23", "2019-12-24", "2019-12-26", "2019-12-27", "2019-12-30"):
+            instance.report_runless_asset_event(  # one run loaded 2019-12-02..30
+                dg.AssetMaterialization(
+                    "raw_bars", partition=day,
+                    metadata={"dagster/row_count": 9, "window": "2019-12-02..2019-12-30"},
+                )
+            )  # fmt: skip
         requests = tick(dt.datetime(2019, 12, 31, 22, 30)).run_requests
-        assert [r.partition_key for r in requests] == ["2019-12"]
-        assert requests[0].tags["kronos/dates"] == "2019-12-31:2019-12-31"
+        assert [r.partition_key for r in requests] == ["2019-12-31"]
+        assert "kronos/dates" not in requests[0].tags
         assert requests[0].tags["kronos/nightly"] == "2019-12-31"
         assert requests[0].run_key.startswith("2019-12-31:")
         holiday = tick(dt.datetime(2019, 12, 25, 22, 30))
@@ -347,43 +337,111 @@ def test_nightly_schedule_targets_the_partition_of_its_own_trading_day():
         assert "2019-12-25 is not a trading day" in holiday.skip_message
 
 
+def _upstream_keys(graph, child: str, parent: str, keys: list[str]) -> list[str]:
+    node = graph.get(dg.AssetKey(child))
+    mapping = graph.get_partition_mapping(dg.AssetKey(child), dg.AssetKey(parent))
+    assert isinstance(mapping, dg.TimeWindowPartitionMapping), (child, parent, mapping)
+    result = mapping.get_upstream_mapped_partitions_result_for_partitions(
+        node.partitions_def.subset_with_partition_keys(keys),
+        node.partitions_def,
+        graph.get(dg.AssetKey(parent)).partitions_def,
+    )
+    return result.partitions_subset.get_partition_keys()
+
+
 def test_date_level_assets_read_their_folds_model_through_a_partition_mapping():
-    """The mapping the asset graph shows: a month of scores reads the same month's models, and
-    a forecast month reads the checkpoint partition of its fold (which names its period)."""
+    """The mapping the asset graph shows: a day's scores read the models of the day's fold
+    (its month), and only that fold: 2014-01-31 is a Friday whose weekday window runs into
+    February, which starts on a Saturday."""
     graph = defs.resolve_asset_graph()
     for child, parent in (
         ("baseline_scores", "lightgbm_models"),
         ("kronos_forecasts", "kronos_checkpoint"),
-        ("kronos_scores", "kronos_forecasts"),
+        ("kronos_head_scores", "kronos_heads"),
     ):
-        node = graph.get(dg.AssetKey(child))
-        mapping = graph.get_partition_mapping(dg.AssetKey(child), dg.AssetKey(parent))
-        assert isinstance(mapping, dg.TimeWindowPartitionMapping), (child, parent, mapping)
-        upstream = mapping.get_upstream_mapped_partitions_result_for_partitions(
-            node.partitions_def.subset_with_partition_keys(["2016-03"]),
-            node.partitions_def,
-            graph.get(dg.AssetKey(parent)).partitions_def,
-        ).partitions_subset
-        assert upstream.get_partition_keys() == ["2016-03"]
+        for day, fold in (("2016-03-01", "2016-03"), ("2014-01-31", "2014-01"),
+                          ("2014-02-03", "2014-02"), ("2016-02-29", "2016-02")):  # fmt: skip
+            assert _upstream_keys(graph, child, parent, [day]) == [fold], (child, day)
+        month = _upstream_keys(graph, child, parent, ["2014-01-30", "2014-01-31", "2014-02-03"])
+        assert month == ["2014-01", "2014-02"]
+    assert _upstream_keys(graph, "kronos_scores", "kronos_forecasts", ["2016-03-01"]) == [
+        "2016-03-01"
+    ]
+
+
+def test_a_fold_fits_on_the_days_before_its_test_month_only():
+    graph = defs.resolve_asset_graph()
+    for child in ("lightgbm_models", "kronos_checkpoint", "kronos_heads"):
+        days = _upstream_keys(graph, child, "prices_pit" if child != "lightgbm_models"
+                              else "features", ["2014-02"])  # fmt: skip
+        assert days[0] == "1999-11-01" and days[-1] == "2014-01-31", child
+
+
+def test_every_partition_mapping_looks_backward_in_time():
+    """No asset partition depends on a partition that starts after its own: a fold's models
+    on the history before the fold, a day's scores on that day and its fold's models, a
+    forecast on the weekdays before it."""
+    graph = defs.resolve_asset_graph()
+    checked = 0
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        if node.partitions_def is None:
+            continue
+        sample = [k for k in node.partitions_def.get_partition_keys() if k >= "2014-01"][:45]
+        for parent in node.parent_keys:
+            parent_def = graph.get(parent).partitions_def
+            if parent_def is None:
+                continue
+            for partition in sample[::11]:
+                ups = _upstream_keys(graph, key.to_user_string(), parent.to_user_string(),
+                                     [partition])  # fmt: skip
+                own = node.partitions_def.time_window_for_partition_key(partition).start
+                latest = max(parent_def.time_window_for_partition_key(u).start for u in ups)
+                assert latest <= own, (key, parent, partition, ups[-1])
+                checked += 1
+    assert checked > 50
+
+
+def test_day_partitions_are_weekdays_with_no_holiday_list():
+    """About 7,000 weekday keys from 1999-11, a few hundred bytes serialized; an exchange
+    holiday is a partition; a day's partition exists from 22:30 New York, when it is due."""
+    from dagster_shared.serdes import serialize_value
+
+    from kronos_pipeline.defs.partitions import day_partitions
+
+    keys = day_partitions.get_partition_keys(
+        current_time=dt.datetime(2019, 12, 31, 22, 31, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+    )
+    assert keys[0] == "1999-11-01" and keys[-1] == "2019-12-31"
+    assert "2019-12-25" in keys and "2019-12-28" not in keys  # Christmas; a Saturday
+    before = day_partitions.get_partition_keys(
+        current_time=dt.datetime(2019, 12, 31, 22, 29, tzinfo=dt.timezone(dt.timedelta(hours=-5)))
+    )
+    assert before[-1] == "2019-12-30"
+    assert 5_000 < len(keys) < 5_400
+    assert len(serialize_value(day_partitions)) < 1_000
 
 
 def test_nightly_chain_fits_models_only_for_a_fold_that_has_none():
-    from kronos_pipeline.defs.automation import nightly_steps
+    from kronos_pipeline.defs.automation import next_nightly_step, nightly_steps
     from kronos_pipeline.settings import get_settings
 
     with dg.instance_for_test() as instance:
         steps = nightly_steps(dt.date(2019, 11, 1), get_settings(), instance)
         assert [s.job for s in steps] == [
-            "data_job", "folds_job", "scoring_job", "labels_job", "evaluation_job"
+            "data_job", "folds_job", "models_job", "scoring_job", "labels_job", "evaluation_job"
         ]  # fmt: skip
-        assert steps[0].partition_key == "2019-11" and steps[0].tags["kronos/dates"] == (
-            "2019-11-01:2019-11-01"
-        )
-        assert set(steps[2].assets) >= {"lightgbm_models", "kronos_checkpoint", "signals"}
-        # labels: the months from 90 sessions back, over exactly the days that may mature
-        assert steps[3].key_range == ("2019-06", "2019-11")
-        assert steps[3].tags["kronos/dates"] == "2019-06-26:2019-11-01"  # 90 sessions before
-        for asset in ("lightgbm_models", "kronos_checkpoint"):
+        assert steps[0].partition_key == "2019-11-01" and "kronos/dates" not in steps[0].tags
+        assert steps[2].partition_key == "2019-11"
+        assert set(steps[2].assets) >= {"lightgbm_models", "kronos_checkpoint"}
+        assert steps[3].partition_key == "2019-11-01" and "signals" in steps[3].assets
+        # labels: the days from 90 sessions back, exactly the days that may mature
+        assert steps[4].key_range == ("2019-06-26", "2019-11-01")
+        for asset in ("lightgbm_models", "kronos_checkpoint", "kronos_heads"):
             instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition="2019-11"))
         again = nightly_steps(dt.date(2019, 11, 1), get_settings(), instance)
-        assert not {"lightgbm_models", "kronos_checkpoint"} & set(again[2].assets)
+        assert "models_job" not in [s.job for s in again]
+        nxt = next_nightly_step(dt.date(2019, 11, 1), "folds_job", get_settings(), instance)
+        assert nxt.job == "scoring_job"
+        assert next_nightly_step(dt.date(2019, 11, 1), "evaluation_job", get_settings(),
+                                 instance) is None  # fmt: skip
