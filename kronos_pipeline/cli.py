@@ -78,9 +78,14 @@ def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
 
 
 def _instance():
-    from kronos_pipeline.instance import InstanceStorageError, open_instance
+    from kronos_pipeline.instance import (
+        InstanceStorageError,
+        open_instance,
+        use_ranged_bookkeeping,
+    )
 
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    use_ranged_bookkeeping()
     try:
         return open_instance()
     except InstanceStorageError as exc:  # e.g. Postgres unreachable: one line, no traceback

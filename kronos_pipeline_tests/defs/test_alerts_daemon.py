@@ -49,9 +49,8 @@ DATA_RUN = textwrap.dedent(
     result = defs.resolve_job_def("data_job").execute_in_process(
         instance=dg.DagsterInstance.get(),
         asset_selection=list(selection.resolve(defs.resolve_asset_graph())),
-        tags={"dagster/asset_partition_range_start": sys.argv[1][:7],
-              "dagster/asset_partition_range_end": sys.argv[2][:7],
-              "kronos/dates": sys.argv[1] + ":" + sys.argv[2]},
+        tags={"dagster/asset_partition_range_start": sys.argv[1],
+              "dagster/asset_partition_range_end": sys.argv[2]},
         raise_on_error=False,
     )
     print("RUN", result.run_id, result.success)

@@ -41,6 +41,8 @@ TABLE_KEYS = {
     "sector_history": ("ticker", "valid_from"),
     "source_tickers": ("ticker",),
 }
+# Memorial Day, a weekday partition with no session.
+HOLIDAY = ("2018-05-28", "2018-05-28")
 # Checks emitted by the data assets themselves (the schema-change checks run as their own steps).
 N_ASSET_CHECKS = 20
 # The synthetic market plants a line with an unparseable date for S013 on 2017-11-17: the bar
@@ -58,13 +60,12 @@ def _snapshot(db: Warehouse) -> dict[str, pl.DataFrame]:
 def _run(
     job: dg.JobDefinition, start: str, end: str, instance: dg.DagsterInstance, ok: bool = True
 ) -> dg.ExecuteInProcessResult:
-    # The months of start..end, cut to those days (the CLI's backfill --dates A:B).
+    # The weekday partitions of start..end, one run (the CLI's backfill --dates A:B).
     result = job.execute_in_process(
         instance=instance,
         tags={
-            "dagster/asset_partition_range_start": start[:7],
-            "dagster/asset_partition_range_end": end[:7],
-            "kronos/dates": f"{start}:{end}",
+            "dagster/asset_partition_range_start": start,
+            "dagster/asset_partition_range_end": end,
         },
         raise_on_error=False,
     )
@@ -104,6 +105,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             after_rerun_1 = _snapshot(db)
             rerun_2 = _run(job, *RERUN_RANGE, instance)
             after_rerun_2 = _snapshot(db)
+            holiday = _run(job, *HOLIDAY, instance)
+            after_holiday = _snapshot(db)
             # Two sessions after the synthetic market's last day: no vendor day exists.
             late = _run(job, "2018-06-01", "2018-06-04", instance, ok=False)
             after_late = _snapshot(db)
@@ -121,6 +124,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         "after_full": after_full,
         "after_rerun_1": after_rerun_1,
         "after_rerun_2": after_rerun_2,
+        "holiday": holiday,
+        "after_holiday": after_holiday,
         "late": late,
         "after_late": after_late,
         "other": other,
@@ -205,3 +210,19 @@ def test_a_run_from_another_source_refuses_to_write_and_says_how_to_start_anew(r
     assert "KRONOS_WAREHOUSE__DATA_DIR" in message
     for table in TABLE_KEYS:
         assert_frame_equal(runs["after_other"][table], runs["after_full"][table], check_exact=True)
+
+
+def test_an_exchange_holiday_materializes_as_no_session_and_its_checks_pass(runs):
+    result = runs["holiday"]
+    assert all(_checks(result).values()), _checks(result)
+    materialized = {
+        e.asset_key.to_user_string(): e.step_materialization_data.materialization
+        for e in result.get_asset_materialization_events()
+    }
+    assert set(materialized) >= {"raw_bars", "prices_pit", "universe", "features", "labels_forward"}
+    bars = materialized["raw_bars"]
+    assert bars.partition == HOLIDAY[0]
+    assert bars.metadata["sessions"].value == 0
+    assert bars.metadata["dagster/row_count"].value == 0
+    for table, frame in runs["after_holiday"].items():
+        assert_frame_equal(frame, runs["after_rerun_2"][table], check_row_order=False)

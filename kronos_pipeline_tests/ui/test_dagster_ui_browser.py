@@ -8,11 +8,10 @@ the jobs page lists every job, and a partition of ``raw_bars`` materialized from
 page's dialog runs to success (through the queued run coordinator and the
 ``duckdb_warehouse`` pool of ``dagster_home/dagster.yaml``).
 
-The partition materialized is the newest *complete* month (``YYYY-MM``), typed into the
-dialog's partition selection: every trading day of it is due (its 22:30 New York close has
-passed), so the run never depends on the time of day. The current month ("Latest" in the
-dialog) holds no due session on its first day(s) before 22:30 New York, or when it starts on
-a weekend, and a run of it then fails on purpose.
+The partition materialized is the newest session that is due (``YYYY-MM-DD``: its vendor
+file is due at 22:30 New York, the hour its weekday partition opens), typed into the dialog's
+partition selection. The newest partition ("Latest" in the dialog) can be an exchange holiday,
+which would materialize as "no session".
 
 Chromium: ``KRONOS_TEST_CHROMIUM``, else ``/usr/bin/chromium`` (Debian: ``apt-get install
 chromium``), else ``chromium`` on PATH. Missing, the test fails and says how to install it.
@@ -35,9 +34,8 @@ from pathlib import Path
 
 import pytest
 
-from kronos_pipeline.data.calendar import trading_days
 from kronos_pipeline.definitions import defs
-from kronos_pipeline.defs.partitions import due_session, month_key
+from kronos_pipeline.defs.partitions import day_key, due_session
 from kronos_pipeline.settings import get_settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,9 +110,9 @@ def dagster_ui(tmp_path_factory):
         os.environ,
         DAGSTER_HOME=str(home),
         KRONOS_WAREHOUSE__DATA_DIR=str(tmp_path_factory.mktemp("warehouse")),
-        # A small synthetic market that runs to today: it covers the newest complete month
-        # (at most ~62 days back, see _complete_month) and more than a year before it, so
-        # each session of that month has every bar its completeness check expects.
+        # A small synthetic market that runs to today: it covers the newest due session and
+        # more than a year before it, so that session has every bar its completeness
+        # check expects.
         KRONOS_DATA__SYNTHETIC_TICKERS="30",
         KRONOS_DATA__SYNTHETIC_START=(
             dt.date.today() - dt.timedelta(days=SYNTHETIC_DAYS)
@@ -186,35 +184,19 @@ def _dismiss_welcome(page) -> None:
     skip.click()
 
 
-def _complete_month(now: dt.datetime | None = None) -> str:
-    """The newest month whose trading days are all due at ``now``: the month of the newest
-    due session when that session closes its month, else the month before it."""
-    calendar = get_settings().data.calendar
-    due = due_session(now, calendar)
-    first = due.replace(day=1)
-    last = (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
-    if trading_days(first, last, calendar)[-1].date() <= due:
-        return month_key(due)
-    return month_key(first - dt.timedelta(days=1))
+def _due_day() -> str:
+    """The newest session whose vendor file is due (22:30 New York): the newest weekday
+    partition that is a session, inside the fixture's synthetic market."""
+    return day_key(due_session(calendar=get_settings().data.calendar))
 
 
-def test_complete_month_is_fully_due() -> None:
-    """The helper itself: examples around a month's end, and the market fixture covers it."""
-    ny = dt.timezone(dt.timedelta(hours=-5))  # EST; due_session converts to New York time
-    # Monday 2026-11-30 is November's last session: due at 22:30, not before.
-    assert _complete_month(dt.datetime(2026, 11, 30, 22, 0, tzinfo=ny)) == "2026-10"
-    assert _complete_month(dt.datetime(2026, 11, 30, 22, 45, tzinfo=ny)) == "2026-11"
-    assert _complete_month(dt.datetime(2026, 12, 1, 19, 0, tzinfo=ny)) == "2026-11"
-    # Friday 2025-10-31 closes October; a weekend start of November changes nothing.
-    assert _complete_month(dt.datetime(2025, 11, 2, 12, 0, tzinfo=ny)) == "2025-10"
-    # Now: every session of the month is due, and inside the fixture's synthetic market.
-    month = _complete_month()
-    first = dt.date.fromisoformat(month + "-01")
-    last = (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
-    sessions = trading_days(first, last, get_settings().data.calendar)
-    assert sessions[-1].date() <= due_session(calendar=get_settings().data.calendar)
-    assert dt.date.today() - dt.timedelta(days=SYNTHETIC_DAYS) < first
-    assert sessions[-1].date() <= dt.date.today()
+def test_the_newest_due_session_is_a_partition_inside_the_market() -> None:
+    from kronos_pipeline.defs.partitions import day_partitions
+
+    day = _due_day()
+    assert day in day_partitions.get_partition_keys()
+    assert dt.date.fromisoformat(day) <= dt.date.today()
+    assert dt.date.today() - dt.timedelta(days=SYNTHETIC_DAYS) < dt.date.fromisoformat(day)
 
 
 def _asset_names() -> list[str]:
@@ -276,19 +258,19 @@ def test_jobs_page_lists_every_job(dagster_ui, page) -> None:
 def test_materialize_a_partition_from_the_asset_page(dagster_ui, page) -> None:
     from playwright.sync_api import expect
 
-    month = _complete_month()
+    day = _due_day()
     page.goto(dagster_ui + "/assets/raw_bars")
     _dismiss_welcome(page)
     page.get_by_role("button", name="Materialize").first.click()
     # raw_bars and bars_quarantine come from one multi-asset: the UI asks to take both.
     page.get_by_role("button", name="Confirm").click()
     page.get_by_text("Partition selection").wait_for()
-    # The partition selection's text input (placeholder "ex: 1999-11, 1999-12, [...]"): type
-    # the newest complete month, Enter commits it as the selection.
+    # The partition selection's text input (placeholder "ex: 1999-11-01, 1999-11-02, [...]"):
+    # type the newest due session, Enter commits it as the selection.
     selection = page.locator('input[placeholder^="ex: "]')
-    selection.fill(month)
+    selection.fill(day)
     selection.press("Enter")
-    expect(selection).to_have_value(month)
+    expect(selection).to_have_value(day)
     page.get_by_role("button", name="Launch 1 run").click()
     toast = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}"))
     toast.wait_for()
@@ -313,7 +295,7 @@ def test_materialize_a_partition_from_the_asset_page(dagster_ui, page) -> None:
         time.sleep(2)
     assert runs[0]["status"] == "SUCCESS", runs[0]["status"]
     partition = {t["key"]: t["value"] for t in runs[0]["tags"]}["dagster/partition"]
-    assert partition == month
+    assert partition == day
 
     # ...and the UI shows it: the run as a success, the asset as materialized for it.
     run_id = runs[0]["runId"]
