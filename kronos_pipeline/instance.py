@@ -169,6 +169,23 @@ def use_ranged_bookkeeping() -> dict[str, str]:
     return {key: os.environ[key] for key in BOOKKEEPING_ENV}
 
 
+def instance_at(home: str | Path) -> dg.DagsterInstance:
+    """The instance of ``home``'s ``dagster.yaml``, whatever ``$DAGSTER_HOME`` says: the yaml
+    reads ``DAGSTER_HOME`` (the event log's folder), so it is set to ``home`` while the
+    instance is built, then restored."""
+    import dagster as dg
+
+    before = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)
+    try:
+        return dg.DagsterInstance.from_config(str(home))
+    finally:
+        if before is None:
+            del os.environ["DAGSTER_HOME"]
+        else:
+            os.environ["DAGSTER_HOME"] = before
+
+
 def open_instance() -> dg.DagsterInstance:
     """``DagsterInstance.get()`` for ``$DAGSTER_HOME``, after checking that every Postgres
     server its ``dagster.yaml`` names accepts a connection.

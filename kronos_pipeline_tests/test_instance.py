@@ -24,7 +24,7 @@ import pytest
 import sqlalchemy
 import yaml
 
-from kronos_pipeline.instance import postgres_storages
+from kronos_pipeline.instance import instance_at, postgres_storages
 from kronos_pipeline.settings import REPO_ROOT
 from kronos_pipeline_tests.postgres_server import PostgresServer, free_port, postgres_server
 
@@ -79,7 +79,7 @@ def backfill(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         for key, value in server.env().items():
             mp.setenv(key, value)
         # A fresh instance from the same yaml: what the UI or the daemon would read.
-        with dg.DagsterInstance.from_config(str(home)) as instance:
+        with instance_at(home) as instance:
             yield {"server": server, "home": home, "instance": instance, "seconds": seconds}
 
 

@@ -129,6 +129,12 @@ def partition_window(context: dg.AssetExecutionContext) -> tuple[dt.date, dt.dat
     return dt.date.fromisoformat(keys.start), dt.date.fromisoformat(keys.end)
 
 
+def weekdays_of(fold_id: str) -> tuple[str, str]:
+    """First and last weekday partition key of test month ``fold_id``."""
+    days = pd.bdate_range(*fold_window(fold_id))
+    return day_key(days[0].date()), day_key(days[-1].date())
+
+
 def fold_window(fold_id: str) -> tuple[dt.date, dt.date]:
     """First and last calendar day of test month ``fold_id``."""
     month = pd.Period(fold_id, "M")

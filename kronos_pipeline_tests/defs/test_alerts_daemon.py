@@ -25,6 +25,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from kronos_pipeline.instance import instance_at
 from kronos_pipeline_tests.defs.test_alerts import Receiver
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +69,7 @@ def _free_port() -> int:
 
 
 def _sensor_cursor(home: Path, name: str) -> str | None:
-    instance = dg.DagsterInstance.from_config(str(home))
+    instance = instance_at(home)
     try:
         for state in instance.all_instigator_state():
             if state.name == name and state.instigator_data is not None:
@@ -97,7 +98,7 @@ def test_a_failing_warn_check_is_posted_exactly_once_by_the_daemon(tmp_path):
     shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     # Create the instance's SQLite storages before `dagster dev` starts: two processes that
     # create them at once can both stamp the schema ("more than one head present").
-    dg.DagsterInstance.from_config(str(home)).dispose()
+    instance_at(home).dispose()
     hook = Receiver()
     env = dict(
         os.environ,
@@ -139,7 +140,7 @@ def test_a_failing_warn_check_is_posted_exactly_once_by_the_daemon(tmp_path):
         _, run_id, success = run.stdout.split()[-3:]
         assert success == "True"  # WARN checks do not fail the run
 
-        instance = dg.DagsterInstance.from_config(str(home))
+        instance = instance_at(home)
         try:
             failed = sorted(
                 (e.asset_key.to_user_string(), e.check_name)

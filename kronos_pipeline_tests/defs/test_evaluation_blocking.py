@@ -55,6 +55,7 @@ def evaluations(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from kronos_pipeline.definitions import DATA_ASSETS
     from kronos_pipeline.defs import evaluation
     from kronos_pipeline.defs.automation import data_job
+    from kronos_pipeline.defs.partitions import weekdays_of
     from kronos_pipeline.defs.resources import WarehouseResource
     from kronos_pipeline.settings import get_settings
     from kronos_pipeline.warehouse import Warehouse
@@ -89,8 +90,8 @@ def evaluations(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 .execute_in_process(
                     instance=instance,
                     tags={
-                        "dagster/asset_partition_range_start": FULL_RANGE[0][:7],
-                        "dagster/asset_partition_range_end": FULL_RANGE[1][:7],
+                        "dagster/asset_partition_range_start": FULL_RANGE[0],
+                        "dagster/asset_partition_range_end": FULL_RANGE[1],
                     },
                 )
                 .success
@@ -100,8 +101,14 @@ def evaluations(tmp_path_factory: pytest.TempPathFactory) -> dict:
             ).success
             for fold in FOLDS:
                 assert dg.materialize(
-                    [evaluation.lightgbm_models_asset, evaluation.baseline_scores_asset],
+                    [evaluation.lightgbm_models_asset],
                     partition_key=fold, resources=resources, instance=instance,
+                ).success  # fmt: skip
+                first, last = weekdays_of(fold)
+                assert dg.materialize(
+                    [evaluation.baseline_scores_asset], resources=resources, instance=instance,
+                    tags={"dagster/asset_partition_range_start": first,
+                          "dagster/asset_partition_range_end": last},
                 ).success  # fmt: skip
             db = Warehouse(db_path)
             clean_scores = db.read("select * from baseline_scores")

@@ -16,6 +16,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from kronos_pipeline.instance import instance_at
 from kronos_pipeline.warehouse import Warehouse
 from kronos_pipeline_tests.vendor_feed import LIQUID_TICKERS, VendorFeed, session_before
 
@@ -86,7 +87,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict:
             env, "nightly", "--date", str(day), "--vendor-dir", str(feed.target_dir)
         ).stdout
     out["labels"]["end"] = db.read("select date, horizon from labels_forward")
-    instance = dg.DagsterInstance.from_config(str(home))
+    instance = instance_at(home)
     try:
         out["runs"] = [
             (r.job_name, r.tags.get("kronos/nightly"), r.status.value)

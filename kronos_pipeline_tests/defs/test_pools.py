@@ -35,7 +35,7 @@ import yaml
 
 from kronos_pipeline import cli, concurrency
 from kronos_pipeline.definitions import defs
-from kronos_pipeline.instance import pool_limit, set_pool_limits
+from kronos_pipeline.instance import instance_at, pool_limit, set_pool_limits
 from kronos_pipeline.settings import get_settings
 from kronos_pipeline.warehouse import Warehouse
 
@@ -70,7 +70,7 @@ def instance_home(tmp_path: Path) -> Path:
 
 
 def test_the_instance_has_run_monitoring_and_one_slot_per_pool(instance_home):
-    instance = dg.DagsterInstance.from_config(str(instance_home))
+    instance = instance_at(instance_home)
     try:
         assert instance.run_monitoring_enabled
         settings = instance.run_monitoring_settings
@@ -86,7 +86,7 @@ def test_the_instance_has_run_monitoring_and_one_slot_per_pool(instance_home):
 def test_the_instance_queues_runs_up_to_the_configured_max_concurrent_runs(instance_home):
     configured = yaml.safe_load(INSTANCE_YAML.read_text())["concurrency"]["runs"]
     assert configured["max_concurrent_runs"] == 4
-    instance = dg.DagsterInstance.from_config(str(instance_home))
+    instance = instance_at(instance_home)
     try:
         assert isinstance(instance.run_coordinator, dg.QueuedRunCoordinator)
         # What the queue daemon reads (`concurrency: runs` over the coordinator's own config).
@@ -97,7 +97,7 @@ def test_the_instance_queues_runs_up_to_the_configured_max_concurrent_runs(insta
 
 def _limits(home: Path) -> dict[str, tuple[int, int]]:
     """pool -> (limit, slot rows) as a fresh instance reads them."""
-    instance = dg.DagsterInstance.from_config(str(home))
+    instance = instance_at(home)
     try:
         infos = {p: instance.event_log_storage.get_concurrency_info(p)
                  for p in ("model_fitting", "duckdb_warehouse")}  # fmt: skip
@@ -129,7 +129,7 @@ def test_instance_setup_sizes_model_fitting_to_the_machine_and_a_rerun_changes_n
 
 
 def test_set_pool_limits_replaces_a_limit_and_setting_it_again_is_idempotent(instance_home):
-    instance = dg.DagsterInstance.from_config(str(instance_home))
+    instance = instance_at(instance_home)
     try:
         assert pool_limit(instance, "model_fitting") == 1  # the yaml's default_limit
         assert set_pool_limits(instance, 3) == {"model_fitting": 3, "duckdb_warehouse": 1}
@@ -181,7 +181,7 @@ def test_lightgbm_models_fits_with_the_cpus_of_one_model_fitting_slot(
     monkeypatch.setattr(evaluation.model_store, "write_models", lambda *a, **k: None)
     monkeypatch.setattr(evaluation.model_store, "load_models", lambda *a, **k: [])
 
-    instance = dg.DagsterInstance.from_config(str(instance_home))
+    instance = instance_at(instance_home)
     try:
         set_pool_limits(instance, pool_slots)
         context = dg.build_asset_context(partition_key=month, instance=instance)
@@ -291,7 +291,7 @@ def test_a_sigkilled_writer_run_frees_slot_and_lock_and_the_rerun_writes_every_r
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait(timeout=30)
 
-    instance = dg.DagsterInstance.from_config(str(instance_home))
+    instance = instance_at(instance_home)
     try:
         (record,) = instance.get_run_records()
         run_id = record.dagster_run.run_id
