@@ -14,6 +14,7 @@ import pytest
 
 from kronos_pipeline.evaluation import folds, gates
 from kronos_pipeline.evaluation.heads import FUSED_MODEL, HEAD_MODEL
+from kronos_pipeline_tests.fold_runs import materialize_fold
 
 FULL_RANGE = ("2017-03-01", "2018-06-29")
 FOLD, LATER_FOLD = "2018-05", "2018-06"  # one refit period of 2 months
@@ -74,34 +75,28 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory):
             data = defs.resolve_job_def("data_job").execute_in_process(
                 instance=instance,
                 tags={
-                    "dagster/asset_partition_range_start": FULL_RANGE[0][:7],
-                    "dagster/asset_partition_range_end": FULL_RANGE[1][:7],
+                    "dagster/asset_partition_range_start": FULL_RANGE[0],
+                    "dagster/asset_partition_range_end": FULL_RANGE[1],
                 },
             )
             assert data.success
             assert dg.materialize([folds_asset], resources=resources, instance=instance).success
-            kronos = dg.materialize(
-                KRONOS_ASSETS, partition_key=FOLD, resources=resources, instance=instance
-            )
+            kronos = materialize_fold(KRONOS_ASSETS, FOLD, resources=resources, instance=instance)
             assert kronos.success
-            result = dg.materialize(
-                HEAD_ASSETS, partition_key=FOLD, resources=resources, instance=instance
-            )
+            result = materialize_fold(HEAD_ASSETS, FOLD, resources=resources, instance=instance)
             db = Warehouse(db_path)
             s = get_settings()
             first_scores = db.read("select * from kronos_head_scores")
-            rerun = dg.materialize(
-                HEAD_ASSETS[1:], partition_key=FOLD, resources=resources, instance=instance
-            )
+            rerun = materialize_fold(HEAD_ASSETS[1:], FOLD, resources=resources, instance=instance)
             first_heads = (heads_dir(s, FOLD) / "heads.pkl").read_bytes()
             later = [
-                dg.materialize(assets, partition_key=LATER_FOLD, resources=resources,
+                materialize_fold(assets, LATER_FOLD, resources=resources,
                                instance=instance)
                 for assets in (KRONOS_ASSETS, HEAD_ASSETS)
             ]  # fmt: skip
             # The signal of the first fold's month, from every score table present.
-            signal_run = dg.materialize(
-                [signals_asset], partition_key=FOLD, resources=resources, instance=instance
+            signal_run = materialize_fold(
+                [signals_asset], FOLD, resources=resources, instance=instance
             )
             forecasts = db.read("select * exclude (samples) from kronos_forecasts")
             day = forecasts["date"].min()

@@ -18,6 +18,7 @@ from kronos_pipeline.data.pit import prices_pit
 from kronos_pipeline.evaluation import baselines
 from kronos_pipeline.kronos import Kronos, KronosTokenizer, scoring
 from kronos_pipeline.kronos.engine import KronosEngine
+from kronos_pipeline_tests.fold_runs import materialize_fold
 from kronos_pipeline_tests.kronos.conftest import TINY_KRONOS, TINY_TOKENIZER
 
 AS_OF = dt.date(2018, 6, 29)
@@ -213,17 +214,15 @@ def kronos_run(tmp_path_factory: pytest.TempPathFactory):
             data = defs.resolve_job_def("data_job").execute_in_process(
                 instance=instance,
                 tags={
-                    "dagster/asset_partition_range_start": FULL_RANGE[0][:7],
-                    "dagster/asset_partition_range_end": FULL_RANGE[1][:7],
+                    "dagster/asset_partition_range_start": FULL_RANGE[0],
+                    "dagster/asset_partition_range_end": FULL_RANGE[1],
                 },
             )
             assert data.success
             assert dg.materialize([folds_asset], resources=resources, instance=instance).success
-            result = dg.materialize(
-                KRONOS_ASSETS, partition_key=FOLD, resources=resources, instance=instance
-            )
-            later = dg.materialize(
-                KRONOS_ASSETS, partition_key=LATER_FOLD, resources=resources, instance=instance
+            result = materialize_fold(KRONOS_ASSETS, FOLD, resources=resources, instance=instance)
+            later = materialize_fold(
+                KRONOS_ASSETS, LATER_FOLD, resources=resources, instance=instance
             )
             db = Warehouse(db_path)
             out = {
@@ -264,7 +263,7 @@ def _strategies(trained: Path, folder: Path, resources, instance, mp) -> dict:
         mp.setenv("KRONOS_KRONOS__STRATEGY", name)
         get_settings.cache_clear()
         results = [
-            dg.materialize(KRONOS_ASSETS, partition_key=f, resources=resources, instance=instance)
+            materialize_fold(KRONOS_ASSETS, f, resources=resources, instance=instance)
             for f in (FOLD, LATER_FOLD)
         ]
         out[name] = {
