@@ -4,8 +4,9 @@ Runs, side by side in one invocation, each in a fresh process and a fresh tempor
 
 1. the plain library chain, ``bench/data_chain.py`` (ingest, PIT prices, universe, features,
    labels, written to DuckDB; no checks, no Dagster);
-2. ``kronos-pipeline backfill --dates A:B`` over the whole source: ``data_job`` over every month
-   partition in one run, recorded in a new SQLite ``DAGSTER_HOME`` (what ``smoke``/``full`` do).
+2. ``kronos-pipeline backfill --dates A:B`` over the whole source: ``data_job`` over every
+   weekday partition in one run, recorded in a new SQLite ``DAGSTER_HOME`` (what
+   ``smoke``/``full`` do), the CLI's ranged-run bookkeeping in force (``BOOKKEEPING_ENV``).
 
 Prints a table: wall seconds of each, the run's step seconds (its steps run the chain plus the
 data checks), Dagster's bookkeeping (run wall minus step seconds), and the instance's size.
@@ -23,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 from _runs import REPO, timed
 from _runs import steps as steps_of
 
@@ -59,17 +61,18 @@ def main() -> None:
         steps = steps_of(out)
         step_s = sum(s for _, s in steps)
         instance_mib = _du_mib(home)
-        months = len({(d.year, d.month) for d in bars["date"].unique().to_list()})
+        weekdays = len(pd.bdate_range(first, last))
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores; python {platform.python_version()}")  # fmt: skip
-    print(f"source: {args.vendor_dir}: {bars.height:,} bars, {first}..{last}, {months} months")
+    print(f"source: {args.vendor_dir}: {bars.height:,} bars, {first}..{last}, "
+          f"{weekdays:,} weekday partitions")  # fmt: skip
     print()
     print("| what | wall s |")
     print("|---|---|")
     print(
         f"| plain chain (bench/data_chain.py, with DuckDB writes, no checks) | {chain_wall:.1f} |"
     )
-    print(f"| `kronos-pipeline backfill --dates {first}:{last}` (data_job, {months} month "
+    print(f"| `kronos-pipeline backfill --dates {first}:{last}` (data_job, {weekdays:,} weekday "
           f"partitions, persistent SQLite instance) | {run_wall:.1f} |")  # fmt: skip
     for name, seconds in steps:
         print(f"| - step {name} | {seconds:.1f} |")

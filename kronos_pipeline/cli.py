@@ -291,6 +291,16 @@ def log_dir() -> Path:
     return get_settings().warehouse.data_dir / "logs"
 
 
+def _run_config(job_def, loggers: dict) -> dict:
+    """The run's config: the CLI's loggers, and the run's settings as the Launchpad would
+    store them (the preset by name), for a job whose assets read them."""
+    config: dict = {"loggers": loggers}
+    if "settings" in job_def.resource_defs:
+        preset = active_preset() or "production"
+        config["resources"] = {"settings": {"config": {"preset": preset}}}
+    return config
+
+
 def execute(
     job_def,
     instance,
@@ -354,7 +364,8 @@ def execute(
     try:
         with progress:
             result = job_def.with_logger_defs(logger_defs).execute_in_process(
-                run_config={"loggers": loggers},
+                # The run's configuration as the Launchpad would store it: the preset by name.
+                run_config=_run_config(job_def, loggers),
                 instance=instance,
                 partition_key=partition_key,
                 tags=tags or {},

@@ -599,24 +599,57 @@ def settings_fingerprint(settings: Settings) -> str:
 
 
 _active_preset: str | None = None
+_active_overrides: dict[str, Any] = {}
+
+
+def dotted_overrides(flat: dict[str, Any]) -> dict[str, Any]:
+    """``{"kronos.sample_count": "2"}`` as the nested overrides ``{"kronos": {"sample_count":
+    "2"}}``; text values are decoded like environment values (:func:`_decode`)."""
+    tree: dict[str, Any] = {}
+    for key, value in sorted(flat.items()):
+        parts = key.split(".")
+        if not all(parts):
+            raise SettingsError(f"override {key!r}: empty level in the name (use section.field)")
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _decode(value) if isinstance(value, str) else value
+    return tree
+
+
+def use_run_config(preset: str | None, overrides: dict[str, Any] | None = None) -> None:
+    """Apply a run's configuration in this process's :func:`get_settings`: the named preset
+    of :data:`PRESETS` (None: production), then ``overrides`` (nested, see
+    :func:`dotted_overrides`), both over the environment. Raises :class:`SettingsError` on an
+    unknown preset or key (with a suggestion) or an invalid value, leaving the old ones."""
+    global _active_preset, _active_overrides
+    if preset is not None and preset not in PRESETS:
+        raise SettingsError(f"unknown preset {preset!r}; known presets: {', '.join(PRESETS)}")
+    if overrides:  # validate them first (the environment alone is get_settings()' to judge)
+        load_settings(**_merge(PRESETS.get(preset or "", {}), overrides))
+    _active_preset, _active_overrides = preset, dict(overrides or {})
+    get_settings.cache_clear()
 
 
 def use_preset(name: str | None) -> None:
     """Apply the named preset of :data:`PRESETS` over the environment in this process's
     :func:`get_settings` (``None``: the environment alone, i.e. production by default)."""
-    global _active_preset
-    if name is not None and name not in PRESETS:
-        raise SettingsError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
-    _active_preset = name
-    get_settings.cache_clear()
+    use_run_config(name, {})
 
 
 def active_preset() -> str | None:
-    """The preset :func:`use_preset` applied in this process, if any."""
+    """The preset applied in this process, if any."""
     return _active_preset
+
+
+def active_run_config() -> tuple[str | None, dict[str, Any]]:
+    """The preset and overrides applied in this process (:func:`use_run_config`)."""
+    return _active_preset, dict(_active_overrides)
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings, read once from the environment (and the active preset)."""
-    return load_settings(**(PRESETS[_active_preset] if _active_preset else {}))
+    """The process-wide settings, read once from the environment, then the active preset and
+    the active run's overrides (:func:`use_run_config`)."""
+    preset = PRESETS[_active_preset] if _active_preset else {}
+    return load_settings(**_merge(preset, _active_overrides))

@@ -1,33 +1,54 @@
-"""Resources: the DuckDB warehouse and the run's settings, both configured from settings.
+"""Resources: the run's configuration and the DuckDB warehouse.
 
-Every run records the configuration it ran with: the first step that initializes either
-resource tags the run with the settings fingerprint (``kronos/settings_fingerprint``) and
-logs the full settings JSON once, so two runs with the same fingerprint ran the same settings.
+``settings`` (:class:`SettingsResource`) is the run's configuration in Dagster: the per-run
+choices (SMOKE or production, the Kronos device, dtype, batch size and sampling, the
+strategy) as typed fields, and ``overrides`` for any other setting by its dotted name. It is
+configured at launch, so the Launchpad shows it with its defaults, the run stores it, and a
+re-execution reuses it. With nothing set a run is production. Each step applies it over the
+code location's environment before the asset reads its settings (the warehouse depends on
+it, and every asset takes the warehouse), and restores the previous configuration after.
 
-Settings are production by default. A run tagged ``kronos/preset=<name>`` (a preset of
-``settings.PRESETS``, e.g. ``smoke``; the Launchpad's "Edit tags") runs that preset: the
-warehouse resource, which every asset step initializes, applies it to the step's process
-before the asset reads its settings, and restores the previous preset when the step ends.
+Every run records what it ran with: the run is tagged with the fingerprint of the resolved
+settings (``kronos/settings_fingerprint``) and the step logs the settings JSON once, so two
+runs with the same fingerprint ran the same settings.
+
+A run tagged ``kronos/preset=<name>`` (a preset of ``settings.PRESETS``) runs that preset when
+its config leaves ``preset`` at production: what ``kronos-pipeline smoke`` sets, besides the
+config, so that the runs list shows which runs were SMOKE.
 """
 
-from __future__ import annotations
+from typing import Any
 
 import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from kronos_pipeline.settings import (
     PRESETS,
     Settings,
     SettingsError,
-    active_preset,
+    _merge,
+    active_run_config,
+    dotted_overrides,
     get_settings,
+    load_settings,
     settings_fingerprint,
-    use_preset,
+    use_run_config,
 )
 from kronos_pipeline.warehouse import Warehouse
 
 SETTINGS_FINGERPRINT_TAG = "kronos/settings_fingerprint"
 PRESET_TAG = "kronos/preset"
+PRODUCTION = "production"
+#: The typed per-run choices of :class:`SettingsResource` and the settings they set.
+RUN_CHOICES = {
+    "device": "kronos.device",
+    "dtype": "kronos.dtype",
+    "batch_size": "kronos.batch_size",
+    "sample_count": "kronos.sample_count",
+    "top_p": "kronos.top_p",
+    "temperature": "kronos.temperature",
+    "strategy": "kronos.strategy",
+}
 
 
 def run_preset(context: dg.InitResourceContext) -> str | None:
@@ -55,59 +76,88 @@ def record_settings(context: dg.InitResourceContext, settings: Settings) -> None
 
 
 class SettingsResource(dg.ConfigurableResource):
-    """The settings a run uses, as one JSON document (every field, environment applied).
+    """The run's configuration: a preset, the per-run choices, and overrides by dotted name,
+    applied over the code location's environment. Unset fields leave the environment's value
+    (production defaults when nothing is set)."""
 
-    Assets that take this resource read ``settings.get()`` instead of ``get_settings()``;
-    the resource's config is then the run's configuration, visible on the resources page.
-    """
+    preset: str = Field(
+        default=PRODUCTION,
+        description=f"'{PRODUCTION}' (every fold, 8 sampled paths, the full training budget) "
+        f"or a preset of settings.PRESETS: {', '.join(PRESETS)}",
+    )
+    device: str | None = Field(default=None, description="kronos.device: auto, cpu, cuda, mps")
+    dtype: str | None = Field(default=None, description="kronos.dtype: float32 or bfloat16")
+    batch_size: int | None = Field(default=None, description="kronos.batch_size (rows)")
+    sample_count: int | None = Field(default=None, description="kronos.sample_count (paths)")
+    top_p: float | None = Field(default=None, description="kronos.top_p (nucleus)")
+    temperature: float | None = Field(default=None, description="kronos.temperature")
+    strategy: str | None = Field(
+        default=None, description="kronos.strategy: scratch, finetune or published"
+    )
+    overrides: dict[str, str] = Field(
+        default_factory=dict,
+        description="Any other setting by dotted name, e.g. {'lightgbm.num_boost_round': "
+        "'300'} (values as in KRONOS_* variables: JSON or text)",
+    )
+    _previous: tuple[str | None, dict[str, Any]] = PrivateAttr(default=(None, {}))
 
-    settings_json: str
+    def preset_name(self, context: dg.InitResourceContext | None = None) -> str | None:
+        """The preset to apply: the config's, else the run's ``kronos/preset`` tag."""
+        if self.preset != PRODUCTION:
+            if self.preset not in PRESETS:
+                raise SettingsError(
+                    f"settings.preset {self.preset!r}: known presets: {PRODUCTION}, "
+                    + ", ".join(PRESETS)
+                )
+            return self.preset
+        return run_preset(context) if context is not None else None
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SettingsResource:
-        return cls(settings_json=settings.model_dump_json())
+    def override_tree(self) -> dict[str, Any]:
+        """The typed choices and ``overrides`` as nested settings overrides."""
+        flat: dict[str, Any] = dict(self.overrides)
+        for field, path in RUN_CHOICES.items():
+            if getattr(self, field) is not None:
+                flat[path] = getattr(self, field)
+        return dotted_overrides(flat)
 
     def get(self) -> Settings:
-        return Settings.model_validate_json(self.settings_json)
-
-    @property
-    def fingerprint(self) -> str:
-        return settings_fingerprint(self.get())
+        """The settings this configuration resolves to (environment, preset, overrides)."""
+        preset = self.preset_name()
+        return load_settings(**_merge(PRESETS.get(preset or "", {}), self.override_tree()))
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        record_settings(context, self.get())
+        self._previous = active_run_config()
+        use_run_config(self.preset_name(context), self.override_tree())
+        record_settings(context, get_settings())
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        use_run_config(*self._previous)
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse file; every connection goes through its single-writer lock."""
+    """The DuckDB warehouse file; every connection goes through its single-writer lock. It
+    depends on the run's ``settings``, so that every asset step (each takes the warehouse)
+    runs with the run's configuration applied."""
 
     path: str
     lock_timeout_s: float
-    _previous_preset: str | None = PrivateAttr(default=None)
+    settings: dg.ResourceDependency[SettingsResource]
 
     def get(self) -> Warehouse:
         return Warehouse(self.path, self.lock_timeout_s)
 
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        # Every asset takes the warehouse, while the assets still read get_settings():
-        # the run's preset is applied here, and the process's settings are what the run used.
-        self._previous_preset = active_preset()
-        preset = run_preset(context)
-        if preset is not None and preset != self._previous_preset:
-            use_preset(preset)
-        record_settings(context, get_settings())
 
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if active_preset() != self._previous_preset:
-            use_preset(self._previous_preset)
+def warehouse_resources(path: str, lock_timeout_s: float) -> dict[str, object]:
+    """``warehouse`` at ``path`` and the ``settings`` it depends on, configured at launch."""
+    settings = SettingsResource.configure_at_launch()
+    return {
+        "settings": settings,
+        "warehouse": WarehouseResource(path=path, lock_timeout_s=lock_timeout_s, settings=settings),
+    }
 
 
 def default_resources() -> dict[str, object]:
     settings = get_settings()
-    return {
-        "warehouse": WarehouseResource(
-            path=str(settings.warehouse.duckdb_path),
-            lock_timeout_s=settings.warehouse.lock_timeout_s,
-        ),
-        "settings": SettingsResource.from_settings(settings),
-    }
+    return warehouse_resources(
+        str(settings.warehouse.duckdb_path), settings.warehouse.lock_timeout_s
+    )

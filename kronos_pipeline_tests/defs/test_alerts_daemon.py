@@ -189,7 +189,7 @@ def test_a_failing_warn_check_is_posted_exactly_once_by_the_daemon(tmp_path):
     assert breadth["asset"] == "universe"
     assert breadth["severity"] == "WARN"
     assert breadth["blocking"] is False
-    assert breadth["partition"] == f"{RANGE[0][:7]}..{RANGE[1][:7]}"  # months
+    assert breadth["partition"] == f"{RANGE[0]}..{RANGE[1]}"  # the run's weekdays
     assert breadth["run_id"] == run_id
     assert "fewer than 20 members" in breadth["description"]
     assert breadth["metadata"]["first_thin_dates"]  # the check's own metadata, as JSON

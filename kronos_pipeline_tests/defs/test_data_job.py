@@ -14,7 +14,7 @@ from polars.testing import assert_frame_equal
 
 from kronos_pipeline.definitions import DATA_ASSETS, DATA_CHECKS, SOURCE_ASSETS
 from kronos_pipeline.defs.automation import data_job
-from kronos_pipeline.defs.resources import WarehouseResource
+from kronos_pipeline.defs.resources import warehouse_resources
 from kronos_pipeline.settings import get_settings
 from kronos_pipeline.warehouse import Warehouse
 
@@ -94,7 +94,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                 assets=SOURCE_ASSETS + DATA_ASSETS,
                 asset_checks=DATA_CHECKS,
                 jobs=[data_job],
-                resources={"warehouse": WarehouseResource(path=str(db_path), lock_timeout_s=60)},
+                resources=warehouse_resources(str(db_path), 60),
             )
             job = defs.resolve_job_def("data_job")
             db = Warehouse(db_path)

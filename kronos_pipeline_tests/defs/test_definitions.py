@@ -301,11 +301,20 @@ def test_the_schedule_and_every_sensor_run_by_default():
 
 
 def test_resources_include_the_settings_of_the_code_location():
+    from kronos_pipeline.defs.resources import SettingsResource
     from kronos_pipeline.settings import get_settings
 
     resources = defs.resources
     assert sorted(resources) == EXPECTED_RESOURCES
-    assert resources["settings"].get() == get_settings()
+    # The run's settings are configured at launch (the Launchpad shows them): with nothing
+    # set they resolve to the code location's settings, production by default.
+    graph_job = defs.resolve_implicit_global_asset_job_def()
+    fields = graph_job.run_config_schema.config_type.fields["resources"].config_type.fields
+    settings_fields = fields["settings"].config_type.fields["config"].config_type.fields
+    assert {"preset", "sample_count", "device", "dtype", "batch_size", "overrides"} <= set(
+        settings_fields
+    )
+    assert SettingsResource().get() == get_settings()
 
 
 def test_nightly_schedule_targets_the_partition_of_its_own_trading_day():

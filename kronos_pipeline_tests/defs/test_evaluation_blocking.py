@@ -56,7 +56,7 @@ def evaluations(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from kronos_pipeline.defs import evaluation
     from kronos_pipeline.defs.automation import data_job
     from kronos_pipeline.defs.partitions import weekdays_of
-    from kronos_pipeline.defs.resources import WarehouseResource
+    from kronos_pipeline.defs.resources import warehouse_resources
     from kronos_pipeline.settings import get_settings
     from kronos_pipeline.warehouse import Warehouse
 
@@ -82,7 +82,7 @@ def evaluations(tmp_path_factory: pytest.TempPathFactory) -> dict:
         mp.setattr(evaluation.report, "write_report", counted)
         try:
             db_path = folder / "data" / "warehouse.duckdb"
-            resources = {"warehouse": WarehouseResource(path=str(db_path), lock_timeout_s=60)}
+            resources = warehouse_resources(str(db_path), 60)
             instance = dg.DagsterInstance.ephemeral()
             defs = dg.Definitions(assets=DATA_ASSETS, jobs=[data_job], resources=resources)
             assert (

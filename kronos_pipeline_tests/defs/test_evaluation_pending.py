@@ -71,7 +71,7 @@ def test_nothing_is_pending_once_the_first_label_has_matured(warehouse):
 def test_the_nightly_chain_skips_a_pending_evaluation_and_an_explicit_run_fails(warehouse):
     from kronos_pipeline.defs.automation import nightly_chain
     from kronos_pipeline.defs.evaluation import evaluation_tables
-    from kronos_pipeline.defs.resources import WarehouseResource
+    from kronos_pipeline.defs.resources import warehouse_resources
 
     day = trading_days("2019-10-01", "2019-10-31")[2].date()
     db = warehouse(day)
@@ -96,7 +96,7 @@ def test_the_nightly_chain_skips_a_pending_evaluation_and_an_explicit_run_fails(
         db = warehouse(day)
         explicit = dg.materialize(
             [evaluation_tables], instance=instance, raise_on_error=False,
-            resources={"warehouse": WarehouseResource(path=str(db.path), lock_timeout_s=10)},
+            resources=warehouse_resources(str(db.path), 10),
         )  # fmt: skip
         assert not explicit.success
         failure = next(e for e in explicit.all_events if e.event_type_value == "STEP_FAILURE")

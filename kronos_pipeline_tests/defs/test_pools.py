@@ -154,7 +154,7 @@ def test_lightgbm_models_fits_with_the_cpus_of_one_model_fitting_slot(
     process whose affinity mask holds 8 CPUs; everything but the thread count is stubbed
     (the fit itself is LightGBM's, tested in evaluation/test_baselines.py)."""
     from kronos_pipeline.defs import evaluation
-    from kronos_pipeline.defs.resources import WarehouseResource
+    from kronos_pipeline.defs.resources import SettingsResource, WarehouseResource
 
     if num_threads is None:
         monkeypatch.delenv("KRONOS_LIGHTGBM__NUM_THREADS", raising=False)
@@ -185,7 +185,9 @@ def test_lightgbm_models_fits_with_the_cpus_of_one_model_fitting_slot(
     try:
         set_pool_limits(instance, pool_slots)
         context = dg.build_asset_context(partition_key=month, instance=instance)
-        warehouse = WarehouseResource(path=str(instance_home / "unused.duckdb"), lock_timeout_s=1)
+        warehouse = WarehouseResource(
+            path=str(instance_home / "unused.duckdb"), lock_timeout_s=1, settings=SettingsResource()
+        )
         results = list(evaluation.lightgbm_models_asset(context, warehouse=warehouse))
     finally:
         instance.dispose()

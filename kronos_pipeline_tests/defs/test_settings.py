@@ -18,6 +18,7 @@ from kronos_pipeline.defs.resources import (
     SETTINGS_FINGERPRINT_TAG,
     SettingsResource,
     WarehouseResource,
+    warehouse_resources,
 )
 from kronos_pipeline.settings import (
     PRESETS,
@@ -25,6 +26,7 @@ from kronos_pipeline.settings import (
     SettingsError,
     StrictModel,
     active_preset,
+    active_run_config,
     get_settings,
     load_settings,
     settings_fingerprint,
@@ -169,7 +171,7 @@ def test_the_cli_exits_with_the_message_and_no_traceback(tmp_path):
 
 def test_a_run_records_its_settings_fingerprint_as_a_tag(tmp_path):
     settings = get_settings()
-    resource = SettingsResource.from_settings(settings)
+    resource = SettingsResource()
 
     @dg.asset
     def reads_settings(settings: SettingsResource) -> None:
@@ -241,7 +243,7 @@ def test_a_run_tagged_with_the_smoke_preset_runs_it_and_the_next_run_is_producti
             (s.mode, s.kronos_sampling["sample_count"], s.kronos_training.train_max_minutes)
         )
 
-    resources = {"warehouse": WarehouseResource(path=str(tmp_path / "w.duckdb"), lock_timeout_s=5)}
+    resources = warehouse_resources(str(tmp_path / "w.duckdb"), 5)
     instance = dg.DagsterInstance.ephemeral()
     smoke = dg.materialize(
         [reads_settings], resources=resources, instance=instance, tags={PRESET_TAG: "smoke"}
@@ -261,3 +263,55 @@ def test_a_run_tagged_with_the_smoke_preset_runs_it_and_the_next_run_is_producti
         raise_on_error=False,
     )  # fmt: skip
     assert not bad.success and seen == [("smoke", 1, 1.0), ("full", 8, 3.0)]
+
+
+def _launchpad_run(tmp_path, config: dict | None, seen: list, **kwargs):
+    """A run of one asset through the code location's resources, with Launchpad-style run
+    config for ``settings`` (what the UI stores with the run and reuses on re-execution)."""
+
+    @dg.asset
+    def reads_settings(warehouse: WarehouseResource) -> None:
+        s = get_settings()
+        seen.append((s.mode, s.kronos_sampling["sample_count"], s.lightgbm.num_boost_round))
+
+    defs = dg.Definitions(
+        assets=[reads_settings], resources=warehouse_resources(str(tmp_path / "w.duckdb"), 5)
+    )
+    job = defs.get_implicit_global_asset_job_def()
+    run_config = {"resources": {"settings": {"config": config}}} if config is not None else None
+    return job.execute_in_process(run_config=run_config, raise_on_error=False, **kwargs)
+
+
+def test_run_config_sets_the_runs_settings_and_the_next_run_is_production(tmp_path, monkeypatch):
+    monkeypatch.delenv("KRONOS_MODE", raising=False)
+    use_preset(None)
+    seen: list = []
+    instance = dg.DagsterInstance.ephemeral()
+    configured = _launchpad_run(
+        tmp_path, {"sample_count": 2, "overrides": {"lightgbm.num_boost_round": "30"}}, seen,
+        instance=instance,
+    )  # fmt: skip
+    default = _launchpad_run(tmp_path, None, seen, instance=instance)
+    smoke = _launchpad_run(tmp_path, {"preset": "smoke"}, seen, instance=instance)
+    assert configured.success and default.success and smoke.success
+    base = load_settings().lightgbm.num_boost_round
+    assert seen == [("full", 2, 30), ("full", 8, base), ("smoke", 1, base)]
+    assert active_run_config() == (None, {})
+    # The run stores its configuration, and its tag fingerprints what it resolved to.
+    stored = instance.get_run_by_id(configured.run_id)
+    assert stored.run_config["resources"]["settings"]["config"]["sample_count"] == 2
+    expected = load_settings(kronos={"sample_count": 2}, lightgbm={"num_boost_round": 30})
+    assert stored.tags[SETTINGS_FINGERPRINT_TAG] == settings_fingerprint(expected)
+
+
+def test_run_config_refuses_a_misspelled_setting_with_a_suggestion(tmp_path):
+    seen: list = []
+    bad = _launchpad_run(tmp_path, {"overrides": {"lightgbm.num_boost_rounds": "30"}}, seen)
+    assert not bad.success and not seen
+    errors = " ".join(
+        str(e.event_specific_data) for e in bad.all_events if e.is_failure or e.is_run_failure
+    )
+    assert "unknown setting lightgbm.num_boost_rounds" in errors
+    assert "num_boost_round" in errors
+    wrong = _launchpad_run(tmp_path, {"preset": "fast"}, seen)
+    assert not wrong.success and not seen

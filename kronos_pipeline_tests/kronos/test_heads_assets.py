@@ -56,7 +56,7 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory):
         read_heads,
     )
     from kronos_pipeline.defs.kronos import KRONOS_ASSETS, checkpoint_dir
-    from kronos_pipeline.defs.resources import WarehouseResource
+    from kronos_pipeline.defs.resources import warehouse_resources
     from kronos_pipeline.defs.signals import signals_asset
     from kronos_pipeline.kronos import scoring
     from kronos_pipeline.settings import get_settings
@@ -69,7 +69,7 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory):
         get_settings.cache_clear()
         try:
             db_path = folder / "warehouse.duckdb"
-            resources = {"warehouse": WarehouseResource(path=str(db_path), lock_timeout_s=60)}
+            resources = warehouse_resources(str(db_path), 60)
             instance = dg.DagsterInstance.ephemeral()
             defs = dg.Definitions(assets=DATA_ASSETS, jobs=[data_job], resources=resources)
             data = defs.resolve_job_def("data_job").execute_in_process(

@@ -197,7 +197,7 @@ def kronos_run(tmp_path_factory: pytest.TempPathFactory):
     from kronos_pipeline.defs.automation import data_job
     from kronos_pipeline.defs.evaluation import folds_asset
     from kronos_pipeline.defs.kronos import KRONOS_ASSETS, checkpoint_dir
-    from kronos_pipeline.defs.resources import WarehouseResource
+    from kronos_pipeline.defs.resources import warehouse_resources
     from kronos_pipeline.settings import get_settings
     from kronos_pipeline.warehouse import Warehouse
 
@@ -208,7 +208,7 @@ def kronos_run(tmp_path_factory: pytest.TempPathFactory):
         get_settings.cache_clear()
         try:
             db_path = folder / "warehouse.duckdb"
-            resources = {"warehouse": WarehouseResource(path=str(db_path), lock_timeout_s=60)}
+            resources = warehouse_resources(str(db_path), 60)
             instance = dg.DagsterInstance.ephemeral()
             defs = dg.Definitions(assets=DATA_ASSETS, jobs=[data_job], resources=resources)
             data = defs.resolve_job_def("data_job").execute_in_process(
