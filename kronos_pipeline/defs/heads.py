@@ -47,15 +47,12 @@ from kronos_pipeline.defs.walkforward import (
     lightgbm_threads,
 )
 from kronos_pipeline.evaluation import baselines, folds, heads
+from kronos_pipeline.evaluation.heads import HEADS_DATE_STRIDE, training_dates
 from kronos_pipeline.kronos import load_predictor, load_tokenizer, scoring, strategy
 from kronos_pipeline.kronos.hub import atomic_write_bytes, file_sha256
 from kronos_pipeline.settings import KronosSettings, Settings, get_settings
 from kronos_pipeline.warehouse import WAREHOUSE_POOL, Warehouse
 
-#: Sessions between sampled training dates (21: monthly), counted back from the last date
-#: whose shortest-horizon label can mature before the cut; a one-step decode per series
-#: keeps ~60 dates x top_n series per fold cheap next to the forecasts' decodes.
-HEADS_DATE_STRIDE = 21
 HEADS_FILE = "heads.pkl"
 MANIFEST = "manifest.json"
 SCORE_TABLE = "kronos_head_scores"
@@ -67,23 +64,6 @@ def heads_dir(s: Settings, fold_id: str) -> Path:
     """``<data_dir>/models/kronos_heads/<model>_<period>/``: the heads (and manifest) of the
     refit period the fold belongs to, named like the period's checkpoint folder."""
     return s.warehouse.data_dir / "models" / "kronos_heads" / checkpoint_dir(s, fold_id).name
-
-
-def training_dates(
-    sessions: Sequence[Any],
-    fold: folds.Fold,
-    horizons: Sequence[int],
-    history_days: int,
-    stride: int = HEADS_DATE_STRIDE,
-) -> list[pd.Timestamp]:
-    """Every ``stride``-th session (trading days) among the last ``history_days`` sessions
-    before the cut and not before ``fold.train_start``, counted back from the last one whose
-    shortest-horizon label can mature before the cut (``fold.train_end[min(horizons)]``);
-    later dates have no label usable at the cut."""
-    days = pd.DatetimeIndex(pd.to_datetime(list(sessions))).normalize().unique().sort_values()
-    before = days[days < fold.test_start][-history_days:]
-    usable = before[(before >= fold.train_start) & (before <= fold.train_end[min(horizons)])]
-    return list(usable[::-1][::stride][::-1])
 
 
 def kronos_engine(manifest: dict[str, Any], k: KronosSettings):

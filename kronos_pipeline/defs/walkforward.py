@@ -14,6 +14,7 @@ import pandas as pd
 from kronos_pipeline.concurrency import threads_per_slot, usable_cpus
 from kronos_pipeline.defs.partitions import partition_window, score_day_partitions
 from kronos_pipeline.evaluation import folds
+from kronos_pipeline.evaluation.signal import KRONOS_SCORE_TABLES, SCORE_TABLES  # noqa: F401
 from kronos_pipeline.instance import pool_limit
 from kronos_pipeline.settings import get_settings
 
@@ -28,11 +29,6 @@ SCORE_ASSET_OPTIONS: dict = {
     "partitions_def": score_day_partitions,
     "backfill_policy": dg.BackfillPolicy.multi_run(SCORE_DAYS_PER_RUN),
 }
-#: Every table of long scores (model, horizon, date, ticker, score, fold): the baselines',
-#: Kronos' own scores, and its heads'. The evaluation unions them; the signal ranks them all.
-SCORE_TABLES = ("baseline_scores", "kronos_scores", "kronos_head_scores")
-#: The score tables of Kronos-derived models: their signal rows carry the forecast quantiles.
-KRONOS_SCORE_TABLES = ("kronos_scores", "kronos_head_scores")
 
 
 def lightgbm_threads(instance: dg.DagsterInstance) -> int:

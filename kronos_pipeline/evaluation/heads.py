@@ -369,3 +369,26 @@ def predict_heads(
         return pd.DataFrame(columns=SCORE_COLUMNS)
     out = pd.concat(parts, ignore_index=True)
     return out.sort_values(["model", "horizon", "date", "ticker"], ignore_index=True)
+
+
+#: Sessions between sampled training dates (21: monthly), counted back from the last date
+#: whose shortest-horizon label can mature before the cut; a one-step decode per series
+#: keeps ~60 dates x top_n series per fold cheap next to the forecasts' decodes.
+HEADS_DATE_STRIDE = 21
+
+
+def training_dates(
+    sessions: Sequence[Any],
+    fold: Fold,
+    horizons: Sequence[int],
+    history_days: int,
+    stride: int = HEADS_DATE_STRIDE,
+) -> list[pd.Timestamp]:
+    """Every ``stride``-th session (trading days) among the last ``history_days`` sessions
+    before the cut and not before ``fold.train_start``, counted back from the last one whose
+    shortest-horizon label can mature before the cut (``fold.train_end[min(horizons)]``);
+    later dates have no label usable at the cut."""
+    days = pd.DatetimeIndex(pd.to_datetime(list(sessions))).normalize().unique().sort_values()
+    before = days[days < fold.test_start][-history_days:]
+    usable = before[(before >= fold.train_start) & (before <= fold.train_end[min(horizons)])]
+    return list(usable[::-1][::stride][::-1])

@@ -5,7 +5,7 @@ import datetime as dt
 
 import polars as pl
 
-from kronos_pipeline.defs.signals import signal_problems
+from kronos_pipeline.evaluation.signal import signal_problems
 
 DAY = dt.date(2019, 11, 1)
 MEMBERS = pl.DataFrame({"date": [DAY] * 3, "ticker": ["A", "B", "C"]})

@@ -10,8 +10,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from kronos_pipeline.defs.kronos import forecast_problems, score_problems
 from kronos_pipeline.kronos import scoring
+from kronos_pipeline.kronos.forecast_checks import forecast_problems, score_problems
 
 PATHS = 4
 

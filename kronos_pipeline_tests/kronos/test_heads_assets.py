@@ -264,7 +264,7 @@ def test_the_heads_are_evaluated_as_candidates():
 
 def test_training_dates_are_monthly_and_end_where_the_shortest_label_can_mature():
     from kronos_pipeline.data.calendar import trading_days
-    from kronos_pipeline.defs.heads import training_dates
+    from kronos_pipeline.evaluation.heads import training_dates
 
     sessions = trading_days("2017-01-03", "2018-05-31")
     fold = folds.make_folds(sessions, "2018-05", "2018-05", HORIZONS)[0]
