@@ -507,9 +507,13 @@ def _evaluate(instance, folds: str | None, if_due: bool = False) -> None:
     kronos = get_settings().kronos.enabled
     models = tuple(a for a in MODEL_ASSETS if kronos or a not in KRONOS_ASSETS)
     scores = tuple(a for a in SCORE_ASSETS if a != "signals" and (kronos or a not in KRONOS_ASSETS))
+    data_end = str(_warehouse().read("select max(date) from features").item())
     for key in _fold_keys(folds):
         _run("models_job", instance, partition_key=key, assets=models)
+        # The fold's weekdays up to the newest session loaded: later days have no data yet
+        # and stay missing (the nightly run scores each as it arrives).
         first, last = (str(d) for d in fold_window(key))
+        last = min(last, data_end)
         if (days := _day_range(score_day_partitions, first, last)) is not None:
             _run("scoring_job", instance, key_range=days, assets=scores)
     if if_due and _skip_evaluation():

@@ -81,7 +81,7 @@ def run_folds(
     a date-level score step scores there: the fold's scoring dates (``cadence``) inside the
     window. A run of exactly one weekday partition (the nightly run, a one-day rerun from the
     UI) scores that session whatever the cadence; the evaluation keeps to the cadence's dates
-    (``cadence_scores``), so such extra dates feed the signal only."""
+    (:func:`cadence_dates`), so such extra dates feed the signal only."""
     start, end = partition_window(context)
     months = pd.period_range(start, end, freq="M")
     # Sessions of the whole months: a week's first session may lie before the window.

@@ -265,9 +265,12 @@ def test_materialize_a_partition_from_the_asset_page(dagster_ui, page) -> None:
     # raw_bars and bars_quarantine come from one multi-asset: the UI asks to take both.
     page.get_by_role("button", name="Confirm").click()
     page.get_by_text("Partition selection").wait_for()
-    # The partition selection's text input (placeholder "ex: 1999-11-01, 1999-11-02, [...]"):
-    # type the newest due session, Enter commits it as the selection.
-    selection = page.locator('input[placeholder^="ex: "]')
+    # The partition selection's text input (7,000 weekday partitions: the dialog shows the last
+    # 90 days, the input empty, "No matching partitions"): type the newest due session, Enter
+    # commits it as the selection.
+    selection = page.locator(
+        'input[placeholder^="ex: "], input[placeholder="No matching partitions"]'
+    ).first
     selection.fill(day)
     selection.press("Enter")
     expect(selection).to_have_value(day)
