@@ -122,20 +122,35 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
     ``top_k > 0`` keeps every logit >= the k-th largest and ignores ``top_p``; otherwise
     ``top_p < 1`` keeps the smallest set of most likely tokens whose probability reaches
-    ``top_p`` (always at least one). Returns a new tensor.
+    ``top_p`` (always at least one): in descending order, a token is kept while the
+    probability before it is at most ``top_p``, and the kept tokens are those at or above
+    the last kept logit, so tokens tied with it are all kept (the order a sort gives equal
+    logits does not matter). Returns a new tensor.
     """
     if top_k > 0:
         k = min(max(top_k, 1), logits.shape[-1])
         kth = torch.topk(logits, k, dim=-1).values[..., -1:]
         return logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        sorted_logits = _sorted_descending(logits)
         cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop_sorted = torch.zeros_like(cum, dtype=torch.bool)
-        drop_sorted[..., 1:] = (cum > top_p)[..., :-1]
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        return logits.masked_fill(drop, float("-inf"))
+        # cum never decreases, so the kept positions are a prefix of the sorted order.
+        kept = 1 + (cum[..., :-1] <= top_p).sum(dim=-1, keepdim=True)
+        threshold = sorted_logits.gather(-1, kept - 1)
+        return logits.masked_fill(logits < threshold, float("-inf"))
     return logits
+
+
+def _sorted_descending(x: torch.Tensor) -> torch.Tensor:
+    """The values of float32 ``x`` [B, V] (no NaN) sorted descending along the last axis,
+    bit for bit, without indices. Sorted as order-preserving int32 keys (the sign bit
+    flips the others of a negative float): a third faster than a float sort on CPU."""
+    if x.dtype != torch.float32:
+        return torch.sort(x, descending=True, dim=-1).values
+    bits = x.view(torch.int32)
+    keys = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    keys = torch.sort(keys, descending=True, dim=-1).values
+    return (keys ^ ((keys >> 31) & 0x7FFFFFFF)).view(torch.float32)
 
 
 def sample_tokens(
@@ -676,7 +691,9 @@ class KronosEngine:
             start = 0
             cache = model.new_cache(n_series, length, dev, self.cache_dtype)
         w = slice(max(0, start), length)
-        _, pooled = self._prefill(cache, s1[:, w], s2[:, w], stamp[:, w], pads, total)
+        _, pooled = self._prefill(
+            cache, s1[:, w], s2[:, w], stamp[:, w], pads, total, dependency=False
+        )
         return pooled[:b].cpu().numpy()
 
     def teacher_forced_logits(
@@ -954,14 +971,21 @@ class KronosEngine:
             own = own + blk.ffn(blk.norm2(own))
         return tok.head(own).view(n, S, P, -1)
 
-    def _extend(self, cache, ids1, ids2, stamp, rope, bias, index=None) -> torch.Tensor:
+    def _extend(
+        self, cache, ids1, ids2, stamp, rope, bias, index=None, dependency: bool = True
+    ) -> torch.Tensor:
         """Predictor pass of tokens [B, t] into ``cache`` (masked, per-row positions);
-        returns their context [B, t, D]. ``index``: static cache, write at that slot."""
+        returns their context [B, t, D]. ``index``: static cache, write at that slot.
+        ``dependency=False``: leave the dependency layer's keys/values unwritten (a caller
+        that only pools the context never reads them)."""
         model = self.predictor
         x = model.embedding([ids1, ids2]) + model.time_emb(stamp)
         for layer_cache, block in zip(cache.layers, model.transformer, strict=True):
             x = block(x, cache=layer_cache, rope=rope, attn_bias=bias)
         x = model.norm(x)
+        if not dependency:
+            cache.length += x.shape[1]
+            return x
         k, v = model.dep_layer.cross_attn.project_kv(x)
         if index is not None:
             cache.dep_k.index_copy_(2, index, k.to(cache.dep_k.dtype))
@@ -1108,9 +1132,10 @@ class KronosEngine:
         )
         return pads, s1, s2, torch.from_numpy(stamp_np).to(dev)
 
-    def _prefill(self, cache, ids1, ids2, stamps, row_pads, span: int):
+    def _prefill(self, cache, ids1, ids2, stamps, row_pads, span: int, dependency: bool = True):
         """Fill an empty cache with tokens [n, T] (row blocks); returns the last
-        position's context [n, D] and the context averaged over real positions [n, D]."""
+        position's context [n, D] and the context averaged over real positions [n, D].
+        ``dependency``: see :meth:`_extend`."""
         dev, t = self.device, ids1.shape[1]
         rotary = self.predictor.transformer[0].self_attn.rotary
 
@@ -1119,8 +1144,9 @@ class KronosEngine:
             rope = self._rope(rotary, self._positions(p, t), max(t, span), self.dtype)
             bias = self._causal_bias(p, t, self.cache_dtype)
             context = self._extend(
-                cache.rows(lo, hi), ids1[lo:hi], ids2[lo:hi], stamps[lo:hi], rope, bias
-            )
+                cache.rows(lo, hi), ids1[lo:hi], ids2[lo:hi], stamps[lo:hi], rope, bias,
+                dependency=dependency,
+            )  # fmt: skip
             real = (torch.arange(t, device=dev)[None, :] >= p[:, None]).float()
             pooled = (context.float() * real[..., None]).sum(dim=1) / real.sum(1)[:, None]
             return context[:, -1].clone(), pooled
