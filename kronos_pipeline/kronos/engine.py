@@ -176,6 +176,13 @@ def sample_tokens(
     return ids.clamp_max(logits.shape[-1] - 1)
 
 
+def _rope_one(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """:func:`~kronos_pipeline.kronos.layers.apply_rope` of one position in four operator
+    calls: ``rotate_half(x) * sin`` is ``(-x2 s1, x1 s2)``, which is ``roll(x) * (-s1, s2)``
+    (a sign moves between the factors of a product exactly), so the same bits."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
+
+
 def row_seed(series_seed: int, path: int) -> int:
     """64-bit generator seed of sample path ``path`` of a series seeded ``series_seed``."""
     state = np.random.SeedSequence([int(series_seed) & 0xFFFFFFFFFFFFFFFF, path]).generate_state(
@@ -834,12 +841,21 @@ class KronosEngine:
             return parts[0]
         return tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
-    def _rope_table(self, rotary, span: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """(cos, sin) [2 * span, Dh] for positions -span..span-1 (cached per shape)."""
-        key = (id(rotary), span, dtype)
+    def _rope_table(
+        self, rotary, span: int, dtype: torch.dtype, signed: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """(cos, sin) [2 * span, Dh] for positions -span..span-1 (cached per shape).
+        ``signed``: the first half of ``sin`` negated, as :func:`_rope_one` takes it."""
+        key = (id(rotary), span, dtype, signed)
         if key not in self._tables:
-            cos, sin = rotary.tables(-span, 2 * span, self.device, dtype)
-            self._tables[key] = (cos[0, 0], sin[0, 0])
+            if signed:
+                cos, sin = self._rope_table(rotary, span, dtype)
+                half = sin.shape[-1] // 2
+                sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+                self._tables[key] = (cos, sin)
+            else:
+                cos, sin = rotary.tables(-span, 2 * span, self.device, dtype)
+                self._tables[key] = (cos[0, 0], sin[0, 0])
         return self._tables[key]
 
     def _rope(self, rotary, positions: torch.Tensor, span: int, dtype: torch.dtype):
@@ -1321,7 +1337,7 @@ class KronosEngine:
         x = (x.view(n_series, S, d) + st.future_te.index_select(1, fed)).view(rows, 1, d)
         rotary = model.transformer[0].self_attn.rotary
         span = self._rope_span(st)
-        cos_t, sin_t = self._rope_table(rotary, span, self.dtype)
+        cos_t, sin_t = self._rope_table(rotary, span, self.dtype, signed=True)
         at = st.base + fed + span
         cos = cos_t.index_select(0, at)[:, None, None, :]
         sin = sin_t.index_select(0, at)[:, None, None, :]
@@ -1329,8 +1345,8 @@ class KronosEngine:
         for i, block in enumerate(model.transformer):
             attn = block.self_attn
             q, k, v = attn._project_qkv(block.norm1(x))
-            q = apply_rope(self._paths(q, S), cos, sin)
-            k = apply_rope(self._paths(k, S), cos, sin)
+            q = _rope_one(self._paths(q, S), cos, sin)
+            k = _rope_one(self._paths(k, S), cos, sin)
             st.own_k[i].index_copy_(3, fed, k.to(cd).unsqueeze(3))
             st.own_v[i].index_copy_(3, fed, self._paths(v, S).to(cd).unsqueeze(3))
             layer = st.prefix.layers[i]

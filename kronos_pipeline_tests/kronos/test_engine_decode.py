@@ -256,3 +256,15 @@ def test_generated_part_decodes_as_the_whole_window(tiny_models, dec_layers) -> 
             pads.repeat_interleave(paths),
         )[:, -steps:]
     torch.testing.assert_close(got, whole, atol=1e-6, rtol=0)
+
+
+def test_one_position_rope_is_apply_rope_bit_for_bit() -> None:
+    from kronos_pipeline.kronos.engine import _rope_one
+    from kronos_pipeline.kronos.layers import RotaryEmbedding, apply_rope
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, 1, 24, generator=gen) * 10
+    cos, sin = RotaryEmbedding(24).tables(-7, 3, torch.device("cpu"), torch.float32)
+    cos, sin = cos[0, 0, :, None, None, None, :], sin[0, 0, :, None, None, None, :]  # [3, ...]
+    signed = torch.cat((-sin[..., :12], sin[..., 12:]), dim=-1)
+    assert torch.equal(_rope_one(x, cos, signed), apply_rope(x, cos, sin))
