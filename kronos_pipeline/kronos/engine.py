@@ -47,6 +47,9 @@ context window, sampling rules and decoding), but
 * while the sequence is longer than ``max_context`` the reference slides its window and
   re-encodes it each step (positions restart at the window start), so the engine does the
   same for those steps (exact, not cached);
+* the tokenizer's decoder (causal) turns only the generated tokens back into bars: the
+  context is decoded once per series and each path's generated positions attend to it and
+  to themselves, instead of re-decoding the whole window for every path;
 * every sample path is kept (``paths``) instead of being averaged;
 * sampling draws from per-row generators seeded from (series seed, path index);
 * batch invariance by construction: every kernel call of a micro-batch has the same
@@ -74,7 +77,8 @@ context window, sampling rules and decoding), but
   reference's at a float near-tie, and what follows then says nothing about correctness.
 
 Sampling rules (as the reference): logits / temperature; if ``top_k > 0`` keep the
-``top_k`` largest (``top_p`` is then ignored); else if ``top_p < 1`` nucleus filtering;
+``top_k`` largest (``top_p`` is then ignored); else if ``top_p < 1`` nucleus filtering
+(tokens tied with the nucleus' last one are kept with it, see :func:`filter_logits`);
 then draw. ``top_k == 1`` takes the arg-max without randomness.
 
 ``embeddings`` are the predictor's final hidden states (after its last norm) averaged over
