@@ -5,8 +5,8 @@ fresh subprocesses, alternating between the revisions (``--rounds`` times), so t
 shared machine slows both alike. Workloads, on the compact walk-forward models (random
 weights of ``COMPACT_*_CONFIG``) with lookback-252 windows, CPU, greedy:
 
-* ``embed``: one-step decodes of ``--series`` windows with embeddings (what ``kronos_heads``
-  runs on its training dates);
+* ``embed``: the embeddings of ``--series`` windows (what ``kronos_heads`` runs on its
+  training dates): ``engine.embed`` where the revision has it, else one-step decodes;
 * ``forecast``: 90-step greedy decodes of ``--series`` // 4 windows;
 * ``date``: one scoring date as ``kronos_forecasts`` runs it: 100 windows, 8 sampled paths
   (top_p 0.9), 90 steps;
@@ -16,10 +16,13 @@ weights of ``COMPACT_*_CONFIG``) with lookback-252 windows, CPU, greedy:
 ``--workloads`` picks some of them. Bits are compared per workload: a revision that changes
 the decode's arithmetic (another summation order) gives other bits, and says so.
 
-Prints the median wall seconds per workload and revision and their ratio, and checks that
-both revisions produced the same paths and embeddings, bit for bit.
+Prints the median seconds per workload and revision and their ratio, and checks that both
+revisions produced the same paths and embeddings, bit for bit. ``--threads 1 --clock cpu``
+times CPU seconds of one thread (``time.process_time``), the measure that a machine shared
+with other work disturbs least; the default is wall seconds at torch's thread count.
 
     .venv/bin/python bench/engine_revisions.py [--base cf89aee] [--head HEAD] [--series 1024]
+        [--threads 1 --clock cpu]
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ import numpy as np, pandas as pd, torch
 from kronos_pipeline.kronos.engine import KronosEngine
 from kronos_pipeline.kronos.train import (COMPACT_PREDICTOR_CONFIG, COMPACT_TOKENIZER_CONFIG,
                                           build_predictor, build_tokenizer)
-kind, n = sys.argv[1], int(sys.argv[2])
+kind, n, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+if threads:
+    torch.set_num_threads(threads)
 torch.manual_seed(0)
 tok_cfg, pred_cfg = COMPACT_TOKENIZER_CONFIG, COMPACT_PREDICTOR_CONFIG
 if kind == "small":
@@ -62,13 +67,19 @@ for _ in range(n):
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, length)))
     windows.append(pd.DataFrame({"open": close, "high": close * 1.01, "low": close * 0.99,
                                  "close": close, "volume": rng.uniform(1e5, 1e6, length)}))
-started = time.perf_counter()
-result = engine.forecast(windows, [days[:length]] * n, [days[length:]] * n, pred_len=steps,
-                         return_embeddings=True, **sampling)
-wall = time.perf_counter() - started
-digest = hashlib.sha256(result.paths.tobytes() + result.embeddings.tobytes()).hexdigest()
+started, cpu_started = time.perf_counter(), time.process_time()
+if kind == "embed" and hasattr(engine, "embed"):
+    out = engine.embed(windows, [days[:length]] * n).tobytes()
+else:
+    result = engine.forecast(windows, [days[:length]] * n, [days[length:]] * n, pred_len=steps,
+                             return_embeddings=True, **sampling)
+    out = result.embeddings.tobytes() if kind == "embed" else (
+        result.paths.tobytes() + result.embeddings.tobytes())
+wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+digest = hashlib.sha256(out).hexdigest()
 import kronos_pipeline
-print(json.dumps({"wall": wall, "series": n, "digest": digest, "module": kronos_pipeline.__file__}))
+print(json.dumps({"wall": wall, "cpu": cpu, "series": n, "digest": digest,
+                  "module": kronos_pipeline.__file__}))
 """
 
 
@@ -86,6 +97,8 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workloads", default="embed,forecast,date,small")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: its default)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args()
     kinds = args.workloads.split(",")
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,7 +110,8 @@ def main() -> None:
                     for rev, tree in trees.items():
                         env = {**os.environ, "PYTHONPATH": str(tree)}
                         out = subprocess.run(
-                            [sys.executable, "-c", WORKER, kind, str(args.series)], env=env, cwd=tree,
+                            [sys.executable, "-c", WORKER, kind, str(args.series), str(args.threads)],
+                            env=env, cwd=tree,
                             check=True, capture_output=True, text=True,
                         ).stdout.strip().splitlines()[-1]  # fmt: skip
                         record = json.loads(out)
@@ -109,14 +123,15 @@ def main() -> None:
                                capture_output=True)  # fmt: skip
     print(
         f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, load "
-        f"average {os.getloadavg()[0]:.1f} at the end; {args.rounds} alternating rounds\n"
+        f"average {os.getloadavg()[0]:.1f} at the end; {args.rounds} alternating rounds; "
+        f"{args.clock} seconds, threads {args.threads or 'torch default'}\n"
     )
     print(f"| workload | series | {args.base} s | {args.head} s | ratio | same bits |")
     print("|---|---|---|---|---|---|")
     for kind in kinds:
         base, head = results[(kind, args.base)], results[(kind, args.head)]
-        b = statistics.median(r["wall"] for r in base)
-        h = statistics.median(r["wall"] for r in head)
+        b = statistics.median(r[args.clock] for r in base)
+        h = statistics.median(r[args.clock] for r in head)
         same = {r["digest"] for r in base} == {r["digest"] for r in head}
         print(f"| {kind} | {base[0]['series']} | {b:.2f} | {h:.2f} | {b / h:.2f}x | {same} |")
 

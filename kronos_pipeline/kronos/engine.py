@@ -47,6 +47,9 @@ context window, sampling rules and decoding), but
 * while the sequence is longer than ``max_context`` the reference slides its window and
   re-encodes it each step (positions restart at the window start), so the engine does the
   same for those steps (exact, not cached);
+* the tokenizer's decoder (causal) turns only the generated tokens back into bars: the
+  context is decoded once per series and each path's generated positions attend to it and
+  to themselves, instead of re-decoding the whole window for every path;
 * every sample path is kept (``paths``) instead of being averaged;
 * sampling draws from per-row generators seeded from (series seed, path index);
 * batch invariance by construction: every kernel call of a micro-batch has the same
@@ -74,7 +77,8 @@ context window, sampling rules and decoding), but
   reference's at a float near-tie, and what follows then says nothing about correctness.
 
 Sampling rules (as the reference): logits / temperature; if ``top_k > 0`` keep the
-``top_k`` largest (``top_p`` is then ignored); else if ``top_p < 1`` nucleus filtering;
+``top_k`` largest (``top_p`` is then ignored); else if ``top_p < 1`` nucleus filtering
+(tokens tied with the nucleus' last one are kept with it, see :func:`filter_logits`);
 then draw. ``top_k == 1`` takes the arg-max without randomness.
 
 ``embeddings`` are the predictor's final hidden states (after its last norm) averaged over
@@ -92,10 +96,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from kronos_pipeline.kronos.hub import resolve_device
 from kronos_pipeline.kronos.inference import prepare_for_inference
-from kronos_pipeline.kronos.layers import apply_rope, shared_prefix_attention
+from kronos_pipeline.kronos.layers import (
+    KVCache,
+    apply_rope,
+    shared_prefix_attention,
+)
 from kronos_pipeline.kronos.predictor import Kronos
 from kronos_pipeline.kronos.preprocessing import (
     FEATURE_COLUMNS,
@@ -117,20 +126,35 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
     ``top_k > 0`` keeps every logit >= the k-th largest and ignores ``top_p``; otherwise
     ``top_p < 1`` keeps the smallest set of most likely tokens whose probability reaches
-    ``top_p`` (always at least one). Returns a new tensor.
+    ``top_p`` (always at least one): in descending order, a token is kept while the
+    probability before it is at most ``top_p``, and the kept tokens are those at or above
+    the last kept logit, so tokens tied with it are all kept (the order a sort gives equal
+    logits does not matter). Returns a new tensor.
     """
     if top_k > 0:
         k = min(max(top_k, 1), logits.shape[-1])
         kth = torch.topk(logits, k, dim=-1).values[..., -1:]
         return logits.masked_fill(logits < kth, float("-inf"))
     if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        sorted_logits = _sorted_descending(logits)
         cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        drop_sorted = torch.zeros_like(cum, dtype=torch.bool)
-        drop_sorted[..., 1:] = (cum > top_p)[..., :-1]
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        return logits.masked_fill(drop, float("-inf"))
+        # cum never decreases, so the kept positions are a prefix of the sorted order.
+        kept = 1 + (cum[..., :-1] <= top_p).sum(dim=-1, keepdim=True)
+        threshold = sorted_logits.gather(-1, kept - 1)
+        return logits.masked_fill(logits < threshold, float("-inf"))
     return logits
+
+
+def _sorted_descending(x: torch.Tensor) -> torch.Tensor:
+    """The values of float32 ``x`` [B, V] (no NaN) sorted descending along the last axis,
+    bit for bit, without indices. Sorted as order-preserving int32 keys (the sign bit
+    flips the others of a negative float): a third faster than a float sort on CPU."""
+    if x.dtype != torch.float32:
+        return torch.sort(x, descending=True, dim=-1).values
+    bits = x.view(torch.int32)
+    keys = bits ^ ((bits >> 31) & 0x7FFFFFFF)
+    keys = torch.sort(keys, descending=True, dim=-1).values
+    return (keys ^ ((keys >> 31) & 0x7FFFFFFF)).view(torch.float32)
 
 
 def sample_tokens(
@@ -154,6 +178,13 @@ def sample_tokens(
     threshold = uniforms.to(cdf.device, torch.float64)[:, None] * cdf[:, -1:]
     ids = torch.searchsorted(cdf, threshold, right=True)[:, 0]
     return ids.clamp_max(logits.shape[-1] - 1)
+
+
+def _rope_one(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """:func:`~kronos_pipeline.kronos.layers.apply_rope` of one position in four operator
+    calls: ``rotate_half(x) * sin`` is ``(-x2 s1, x1 s2)``, which is ``roll(x) * (-s1, s2)``
+    (a sign moves between the factors of a product exactly), so the same bits."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 def row_seed(series_seed: int, path: int) -> int:
@@ -671,7 +702,9 @@ class KronosEngine:
             start = 0
             cache = model.new_cache(n_series, length, dev, self.cache_dtype)
         w = slice(max(0, start), length)
-        _, pooled = self._prefill(cache, s1[:, w], s2[:, w], stamp[:, w], pads, total)
+        _, pooled = self._prefill(
+            cache, s1[:, w], s2[:, w], stamp[:, w], pads, total, dependency=False
+        )
         return pooled[:b].cpu().numpy()
 
     def teacher_forced_logits(
@@ -812,12 +845,21 @@ class KronosEngine:
             return parts[0]
         return tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
-    def _rope_table(self, rotary, span: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-        """(cos, sin) [2 * span, Dh] for positions -span..span-1 (cached per shape)."""
-        key = (id(rotary), span, dtype)
+    def _rope_table(
+        self, rotary, span: int, dtype: torch.dtype, signed: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """(cos, sin) [2 * span, Dh] for positions -span..span-1 (cached per shape).
+        ``signed``: the first half of ``sin`` negated, as :func:`_rope_one` takes it."""
+        key = (id(rotary), span, dtype, signed)
         if key not in self._tables:
-            cos, sin = rotary.tables(-span, 2 * span, self.device, dtype)
-            self._tables[key] = (cos[0, 0], sin[0, 0])
+            if signed:
+                cos, sin = self._rope_table(rotary, span, dtype)
+                half = sin.shape[-1] // 2
+                sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1)
+                self._tables[key] = (cos, sin)
+            else:
+                cos, sin = rotary.tables(-span, 2 * span, self.device, dtype)
+                self._tables[key] = (cos[0, 0], sin[0, 0])
         return self._tables[key]
 
     def _rope(self, rotary, positions: torch.Tensor, span: int, dtype: torch.dtype):
@@ -877,14 +919,93 @@ class KronosEngine:
         z = self._blocks_pass(tok.decoder, z, pads, self.tokenizer_dtype, s1.shape[1])
         return tok.head(z)
 
-    def _extend(self, cache, ids1, ids2, stamp, rope, bias, index=None) -> torch.Tensor:
+    def _decode_generated(self, s1_ctx, s2_ctx, generated, pads, S: int) -> torch.Tensor:
+        """Tokenizer reconstruction [rows, P, d_in] of the generated ids [rows, P, 2] of
+        every path, after the context ids [n, L] of its series (left-padded by ``pads``).
+
+        The tokenizer's decoder is causal, so a generated position depends on the context
+        and on its own path's earlier tokens only: the context runs through the decoder
+        once per series (keys and values of each block; the last block's projections
+        only), and only each path's P generated positions are queries, over the context's
+        keys and their own (causal), instead of decoding the whole window again for every
+        path. The attention kernel sees the same keys in the same order as in a
+        whole-window decode, so the result is that decode's up to rounding (bit for bit
+        on the CPUs measured). Runs in row blocks of series."""
+        n_series, length = s1_ctx.shape
+        P = generated.shape[1]
+        gen = generated.view(n_series, S, P, 2)
+
+        def block(lo: int, hi: int) -> tuple[torch.Tensor]:
+            return (self._decode_series(s1_ctx[lo:hi], s2_ctx[lo:hi], gen[lo:hi], pads[lo:hi]),)
+
+        (out,) = self._in_row_blocks(block, n_series, length + S * P)
+        return out.reshape(n_series * S, P, -1)
+
+    def _decode_series(self, s1, s2, gen, pads) -> torch.Tensor:
+        """:meth:`_decode_generated` for ``n`` series: ids [n, L] (twice), generated ids
+        [n, S, P, 2], pads [n]; returns [n, S, P, d_in]."""
+        tok, dt, dev = self.tokenizer, self.tokenizer_dtype, self.device
+        n, length = s1.shape
+        S, P = gen.shape[1], gen.shape[2]
+        own = tok.post_quant_embed(
+            tok.indices_to_bits((gen[..., 0], gen[..., 1]), half=True).to(dt)
+        ).view(n * S, P, -1)
+        if len(tok.decoder):
+            ctx = tok.post_quant_embed(tok.indices_to_bits((s1, s2), half=True).to(dt))
+            rotary = tok.decoder[0].self_attn.rotary
+            span = length + P
+            rope_ctx = self._rope(rotary, self._positions(pads, length), span, dt)
+            ctx_bias = self._causal_bias(pads, length, dt)
+            steps = torch.arange(P, device=dev)
+            cos, sin = self._rope(rotary, (length - pads)[:, None] + steps, span, dt)
+            cos, sin = cos[:, None], sin[:, None]  # [n, 1, 1, P, Dh]: every path, head
+            causal = torch.ones(P, P, dtype=torch.bool, device=dev).triu(1)
+            own_bias = torch.zeros(P, P, dtype=dt, device=dev).masked_fill(causal, float("-inf"))
+            mask = torch.cat(  # [n * S, 1, P, L + P]: the context's pads, causal own block
+                (self._key_bias(pads, length, dt).expand(n, 1, P, length),
+                 own_bias.expand(n, 1, P, P)), dim=3,
+            ).repeat_interleave(S, dim=0)  # fmt: skip
+        for i, blk in enumerate(tok.decoder):
+            attn = blk.self_attn
+            h, dh = attn.n_heads, attn.head_dim
+            if i + 1 < len(tok.decoder):
+                cache = KVCache(n, h, dh, length, dev, dt)
+                ctx = blk(ctx, cache=cache, rope=rope_ctx, attn_bias=ctx_bias)
+                prefix_k, prefix_v = cache.k, cache.v
+            else:  # the last block's context output is not needed, only its keys/values
+                _, prefix_k, prefix_v = attn._project_qkv(blk.norm1(ctx))
+                prefix_k = apply_rope(prefix_k, *rope_ctx)
+            q, k, v = attn._project_qkv(blk.norm1(own))  # [n * S, H, P, Dh]
+            q = apply_rope(q.view(n, S, h, P, dh), cos, sin).view(n * S, h, P, dh)
+            k = apply_rope(k.view(n, S, h, P, dh), cos, sin)
+            keys = torch.cat((prefix_k[:, None].expand(n, S, h, length, dh), k), dim=3)
+            values = torch.cat(
+                (prefix_v[:, None].expand(n, S, h, length, dh), v.view(n, S, h, P, dh)), dim=3
+            )
+            out = F.scaled_dot_product_attention(
+                q, keys.view(n * S, h, length + P, dh), values.view(n * S, h, length + P, dh),
+                attn_mask=mask,
+            )  # fmt: skip
+            out = out.transpose(1, 2).reshape(n * S, P, h * dh)
+            own = own + attn.out_proj(out)
+            own = own + blk.ffn(blk.norm2(own))
+        return tok.head(own).view(n, S, P, -1)
+
+    def _extend(
+        self, cache, ids1, ids2, stamp, rope, bias, index=None, dependency: bool = True
+    ) -> torch.Tensor:
         """Predictor pass of tokens [B, t] into ``cache`` (masked, per-row positions);
-        returns their context [B, t, D]. ``index``: static cache, write at that slot."""
+        returns their context [B, t, D]. ``index``: static cache, write at that slot.
+        ``dependency=False``: leave the dependency layer's keys/values unwritten (a caller
+        that only pools the context never reads them)."""
         model = self.predictor
         x = model.embedding([ids1, ids2]) + model.time_emb(stamp)
         for layer_cache, block in zip(cache.layers, model.transformer, strict=True):
             x = block(x, cache=layer_cache, rope=rope, attn_bias=bias)
         x = model.norm(x)
+        if not dependency:
+            cache.length += x.shape[1]
+            return x
         k, v = model.dep_layer.cross_attn.project_kv(x)
         if index is not None:
             cache.dep_k.index_copy_(2, index, k.to(cache.dep_k.dtype))
@@ -988,20 +1109,21 @@ class KronosEngine:
             generated, pooled = self._decode_shared(
                 s1_ctx, s2_ctx, stamp, pads, length, P, S, sampling, uniforms, forced_t
             )
-            s1 = torch.cat([s1_ctx.repeat_interleave(S, dim=0), generated[..., 0]], dim=1)
-            s2 = torch.cat([s2_ctx.repeat_interleave(S, dim=0), generated[..., 1]], dim=1)
         pooled = pooled[:b].cpu().numpy()
 
-        dec_start = max(0, total - self.max_context) if slides else 0
-        (decoded,) = self._in_row_blocks(
-            lambda lo, hi: (
-                self._decode(s1[lo:hi, dec_start:], s2[lo:hi, dec_start:], pads_rows[lo:hi])[
-                    :, -P:
-                ],
-            ),
-            rows,
-            total - dec_start,
-        )
+        if slides:
+            dec_start = max(0, total - self.max_context)
+            (decoded,) = self._in_row_blocks(
+                lambda lo, hi: (
+                    self._decode(s1[lo:hi, dec_start:], s2[lo:hi, dec_start:], pads_rows[lo:hi])[
+                        :, -P:
+                    ],
+                ),
+                rows,
+                total - dec_start,
+            )
+        else:
+            decoded = self._decode_generated(s1_ctx, s2_ctx, generated, pads, S)
         keep = b * S
         paths = decoded[:keep].float().cpu().numpy()
         ids = generated[:keep].cpu().numpy()
@@ -1030,9 +1152,10 @@ class KronosEngine:
         )
         return pads, s1, s2, torch.from_numpy(stamp_np).to(dev)
 
-    def _prefill(self, cache, ids1, ids2, stamps, row_pads, span: int):
+    def _prefill(self, cache, ids1, ids2, stamps, row_pads, span: int, dependency: bool = True):
         """Fill an empty cache with tokens [n, T] (row blocks); returns the last
-        position's context [n, D] and the context averaged over real positions [n, D]."""
+        position's context [n, D] and the context averaged over real positions [n, D].
+        ``dependency``: see :meth:`_extend`."""
         dev, t = self.device, ids1.shape[1]
         rotary = self.predictor.transformer[0].self_attn.rotary
 
@@ -1041,8 +1164,9 @@ class KronosEngine:
             rope = self._rope(rotary, self._positions(p, t), max(t, span), self.dtype)
             bias = self._causal_bias(p, t, self.cache_dtype)
             context = self._extend(
-                cache.rows(lo, hi), ids1[lo:hi], ids2[lo:hi], stamps[lo:hi], rope, bias
-            )
+                cache.rows(lo, hi), ids1[lo:hi], ids2[lo:hi], stamps[lo:hi], rope, bias,
+                dependency=dependency,
+            )  # fmt: skip
             real = (torch.arange(t, device=dev)[None, :] >= p[:, None]).float()
             pooled = (context.float() * real[..., None]).sum(dim=1) / real.sum(1)[:, None]
             return context[:, -1].clone(), pooled
@@ -1217,7 +1341,7 @@ class KronosEngine:
         x = (x.view(n_series, S, d) + st.future_te.index_select(1, fed)).view(rows, 1, d)
         rotary = model.transformer[0].self_attn.rotary
         span = self._rope_span(st)
-        cos_t, sin_t = self._rope_table(rotary, span, self.dtype)
+        cos_t, sin_t = self._rope_table(rotary, span, self.dtype, signed=True)
         at = st.base + fed + span
         cos = cos_t.index_select(0, at)[:, None, None, :]
         sin = sin_t.index_select(0, at)[:, None, None, :]
@@ -1225,8 +1349,8 @@ class KronosEngine:
         for i, block in enumerate(model.transformer):
             attn = block.self_attn
             q, k, v = attn._project_qkv(block.norm1(x))
-            q = apply_rope(self._paths(q, S), cos, sin)
-            k = apply_rope(self._paths(k, S), cos, sin)
+            q = _rope_one(self._paths(q, S), cos, sin)
+            k = _rope_one(self._paths(k, S), cos, sin)
             st.own_k[i].index_copy_(3, fed, k.to(cd).unsqueeze(3))
             st.own_v[i].index_copy_(3, fed, self._paths(v, S).to(cd).unsqueeze(3))
             layer = st.prefix.layers[i]

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from kronos_pipeline.kronos.engine import (
     ForecastResult,
     KronosEngine,
+    _sorted_descending,
     filter_logits,
     sample_tokens,
 )
@@ -272,6 +273,20 @@ def test_filter_logits_matches_reference() -> None:
         assert torch.equal(ours[~torch.isinf(ours)], logits[~torch.isinf(ours)])
     # No filtering at all (the reference skips the call in that case).
     assert torch.equal(filter_logits(logits, 0, 1.0), logits)
+
+
+def test_nucleus_keeps_every_token_tied_with_its_last_one() -> None:
+    """Probabilities 0.4, 0.2, 0.2, 0.2: top_p 0.5 keeps the first token and the one that
+    crosses 0.5, and with it the two tied with it, whatever order a sort gives them."""
+    logits = torch.log(torch.tensor([[0.2, 0.4, 0.2, 0.2], [0.2, 0.2, 0.2, 0.4]]))
+    assert not torch.isinf(filter_logits(logits, 0, 0.5)).any()
+    assert torch.isinf(filter_logits(logits, 0, 0.3)).tolist() == [
+        [True, False, True, True],
+        [True, True, True, False],
+    ]
+    # Negative zero, zeros and infinities sort as floats do (the int32 keys keep the order).
+    x = torch.tensor([[0.0, -0.0, -1.5, 3.0, float("-inf"), 2.5, -2.0, 1e-30, -1e-30]])
+    assert torch.equal(_sorted_descending(x), torch.sort(x, descending=True).values)
 
 
 def test_sample_tokens_follows_the_filtered_distribution() -> None:

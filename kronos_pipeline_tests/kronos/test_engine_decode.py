@@ -21,7 +21,8 @@ from torch.overrides import TorchFunctionMode
 import kronos_pipeline.kronos.engine as engine_module
 from kronos_pipeline.kronos.engine import KronosEngine
 from kronos_pipeline.kronos.layers import shared_prefix_attention
-from kronos_pipeline_tests.kronos.conftest import make_bars
+from kronos_pipeline.kronos.tokenizer import KronosTokenizer
+from kronos_pipeline_tests.kronos.conftest import TINY_TOKENIZER, make_bars
 
 SAMPLING = dict(temperature=1.0, top_k=0, top_p=0.9, sample_count=4)
 
@@ -228,3 +229,42 @@ def test_embed_is_the_one_step_forecasts_embedding_bit_for_bit(tiny_models) -> N
     assert got.shape == want.shape == (8, pred.d_model)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(engine.embed(windows[2:3], stamps[2:3])[0], want[2])
+
+
+# -- the tokenizer's decode of the generated part ---------------------------------------------
+
+
+@pytest.mark.parametrize("dec_layers", [2, 3])
+def test_generated_part_decodes_as_the_whole_window(tiny_models, dec_layers) -> None:
+    """Decoding only the generated positions over the series' context (once per series)
+    reconstructs what decoding every path's whole window does: the decoder is causal."""
+    torch.manual_seed(3)
+    tok = KronosTokenizer(**dict(TINY_TOKENIZER, n_dec_layers=dec_layers)).eval()
+    _, pred = tiny_models
+    engine = KronosEngine(tok, pred, device="cpu", batch_size=8)
+    gen = torch.Generator().manual_seed(1)
+    n, length, paths, steps = 2, 40, 4, 7
+    pads = torch.tensor([0, 17])  # series 1 is left-padded
+    s1 = torch.randint(0, 2**tok.s1_bits, (n, length), generator=gen)
+    s2 = torch.randint(0, 2**tok.s2_bits, (n, length), generator=gen)
+    generated = torch.randint(0, 2**tok.s1_bits, (n * paths, steps, 2), generator=gen)
+    with torch.inference_mode():
+        got = engine._decode_generated(s1, s2, generated, pads, paths)
+        whole = engine._decode(
+            torch.cat([s1.repeat_interleave(paths, 0), generated[..., 0]], dim=1),
+            torch.cat([s2.repeat_interleave(paths, 0), generated[..., 1]], dim=1),
+            pads.repeat_interleave(paths),
+        )[:, -steps:]
+    torch.testing.assert_close(got, whole, atol=1e-6, rtol=0)
+
+
+def test_one_position_rope_is_apply_rope_bit_for_bit() -> None:
+    from kronos_pipeline.kronos.engine import _rope_one
+    from kronos_pipeline.kronos.layers import RotaryEmbedding, apply_rope
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, 5, 1, 24, generator=gen) * 10
+    cos, sin = RotaryEmbedding(24).tables(-7, 3, torch.device("cpu"), torch.float32)
+    cos, sin = cos[0, 0, :, None, None, None, :], sin[0, 0, :, None, None, None, :]  # [3, ...]
+    signed = torch.cat((-sin[..., :12], sin[..., 12:]), dim=-1)
+    assert torch.equal(_rope_one(x, cos, signed), apply_rope(x, cos, sin))
