@@ -237,6 +237,20 @@ def kronos_run(tmp_path_factory: pytest.TempPathFactory):
                 "folds": db.read("select * from folds"),
                 "checkpoint": checkpoint_dir(get_settings(), FOLD),
             }
+            # One day again, with Launchpad-style run config: 2 sampled paths instead of 4.
+            day = str(pd.Timestamp(out["forecasts"]["date"].min()).date())
+            configured = dg.materialize(
+                [KRONOS_ASSETS[1]], partition_key=day, resources=resources, instance=instance,
+                run_config={"resources": {"settings": {"config": {"sample_count": 2}}}},
+            )  # fmt: skip
+            out["configured"] = {
+                "run": configured,
+                "day": day,
+                "paths": db.read(
+                    "select date, sample_count, len(samples) as paths from kronos_forecasts"
+                ),
+                "run_config": instance.get_run_by_id(configured.run_id).run_config,
+            }
             out["strategies"] = _strategies(out["checkpoint"], folder, resources, instance, mp)
         finally:
             get_settings.cache_clear()
@@ -387,3 +401,16 @@ def test_validation_fraction_leaves_room_for_two_windows_with_default_history():
     assert validation_fraction(1260, 282) * 1260 >= 2 * 282
     assert validation_fraction(10_000, 282) == 0.2
     assert validation_fraction(500, 282) == 0.5
+
+
+def test_run_config_changes_what_a_rerun_of_one_day_stores(kronos_run):
+    """The Launchpad's ``settings`` config is the run's configuration: a rerun of one day with
+    ``sample_count: 2`` stores 2 paths for that day alone, and the run keeps its config."""
+    configured = kronos_run["configured"]
+    assert configured["run"].success
+    assert configured["run_config"]["resources"]["settings"]["config"] == {"sample_count": 2}
+    paths = configured["paths"].with_columns(pl.col("date").cast(pl.Date).cast(pl.String))
+    day = paths.filter(pl.col("date") == configured["day"])
+    others = paths.filter(pl.col("date") != configured["day"])
+    assert day.height and (day["sample_count"] == 2).all() and (day["paths"] == 2).all()
+    assert others.height and (others["sample_count"] == 4).all() and (others["paths"] == 4).all()
