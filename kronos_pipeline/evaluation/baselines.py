@@ -440,6 +440,11 @@ def score_dates(
             rows = plant_leak(
                 on_dates, controls.future_labels, fitted.horizon, controls.noise, controls.seed
             )
+            # The leak is planted only where the future label exists at scoring time: a date
+            # scored before its label matured (the newest ones, each night) gets no planted
+            # score, so the tripwire never judges a control that carried no leak.
+            if PLANTED_FEATURE in rows:
+                rows = rows[rows[PLANTED_FEATURE].notna()]
         assert fitted.booster is not None, f"{fitted.model} h{fitted.horizon} has no booster"
         scored = predict_lightgbm(fitted.booster, fitted.feature_names, rows, fold)
         parts.append(_long(scored, fitted.model, [fitted.horizon], fold.fold_id))

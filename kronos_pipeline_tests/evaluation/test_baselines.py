@@ -121,3 +121,22 @@ def test_tripwire_controls_do_not_depend_on_the_order_rows_arrive_in(panel):
     x = b.plant_leak(panel.features, panel.labels, 20, 0.1, 7).sort_values(["date", "ticker"])
     y = b.plant_leak(feats, panel.labels, 20, 0.1, 7).sort_values(["date", "ticker"])
     np.testing.assert_array_equal(x[b.PLANTED_FEATURE].to_numpy(), y[b.PLANTED_FEATURE].to_numpy())
+
+
+def test_the_planted_leak_scores_only_rows_whose_future_label_exists(panel, fold):
+    """A date scored before its label matured (the newest dates, each night) gets no planted
+    score, so the tripwire never judges a control that carried no leak."""
+    days = scoring_dates(fold, panel.dates)
+    last = days[-1]
+    future = panel.labels[pd.to_datetime(panel.labels["date"]) != last]  # not matured yet
+    controls = b.ControlPlan(shuffled_labels=False, future_labels=future, noise=0.1, seed=7)
+    scores, _ = b.baseline_scores_for_fold(
+        panel.features, panel.labels, fold, (20,), days, FAST_LGBM, num_threads=1,
+        controls=controls,
+    )  # fmt: skip
+    planted = scores[scores["model"] == b.PLANTED_LEAK_MODEL]
+    scored_days = set(pd.to_datetime(planted["date"]))
+    assert last not in scored_days and set(days[:-1]) <= scored_days
+    # ... while every other model scores the last date as before
+    lightgbm = scores[scores["model"] == b.LIGHTGBM_MODEL]
+    assert last in set(pd.to_datetime(lightgbm["date"]))
