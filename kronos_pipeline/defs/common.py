@@ -94,6 +94,19 @@ def failed_blocking(
     ]
 
 
+def add_counts(total: dict, more: dict) -> dict:
+    """Check metadata of a run's folds added up: numeric counts summed, other values (flags,
+    text) the newest fold's. A step over several folds reports one check for all of them."""
+    counts = (int, float)
+    return {
+        **total,
+        **{
+            k: total.get(k, 0) + v if isinstance(v, counts) and not isinstance(v, bool) else v
+            for k, v in more.items()
+        },
+    }
+
+
 def spec(asset: str, name: str, description: str, blocking: bool = False) -> dg.AssetCheckSpec:
     """A check spec on ``asset``; ``blocking`` ones stop downstream steps when they fail."""
     return dg.AssetCheckSpec(name=name, asset=asset, description=description, blocking=blocking)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from kronos_pipeline.defs.common import blocking_failure, failed_blocking
+from kronos_pipeline.defs.common import add_counts, blocking_failure, failed_blocking
 from kronos_pipeline.defs.kronos import checkpoint_decisions
 from kronos_pipeline.defs.partitions import (
     FOLD_OF_DAY,
@@ -277,8 +277,7 @@ def baseline_scores_asset(context: dg.AssetExecutionContext, warehouse: Warehous
         )  # fmt: skip
         if not ok:
             problems.append(f"fold {fold.fold_id}: {description}")
-        numbers = {k: numbers.get(k, 0) + v if isinstance(v, (int, float)) else v
-                   for k, v in fold_numbers.items()}  # fmt: skip
+        numbers = add_counts(numbers, fold_numbers)
         parts.append(scores)
         periods.append(period)
     scores = (

@@ -24,13 +24,14 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
-from kronos_pipeline.defs.common import blocking_failure
+from kronos_pipeline.defs.common import add_counts, blocking_failure
 from kronos_pipeline.defs.kronos import (
     GROUP,
     HISTORY_SLACK,
     HISTORY_START_SQL,
     PRICE_COLUMNS,
     checkpoint_dir,
+    kronos_engine,
 )
 from kronos_pipeline.defs.partitions import (
     FOLD_OF_DAY,
@@ -48,7 +49,7 @@ from kronos_pipeline.defs.walkforward import (
 )
 from kronos_pipeline.evaluation import baselines, folds, heads
 from kronos_pipeline.evaluation.heads import HEADS_DATE_STRIDE, training_dates
-from kronos_pipeline.kronos import load_predictor, load_tokenizer, scoring, strategy
+from kronos_pipeline.kronos import scoring, strategy
 from kronos_pipeline.kronos.hub import atomic_write_bytes, file_sha256
 from kronos_pipeline.settings import KronosSettings, Settings, get_settings
 from kronos_pipeline.warehouse import WAREHOUSE_POOL, Warehouse
@@ -64,18 +65,6 @@ def heads_dir(s: Settings, fold_id: str) -> Path:
     """``<data_dir>/models/kronos_heads/<model>_<period>/``: the heads (and manifest) of the
     refit period the fold belongs to, named like the period's checkpoint folder."""
     return s.warehouse.data_dir / "models" / "kronos_heads" / checkpoint_dir(s, fold_id).name
-
-
-def kronos_engine(manifest: dict[str, Any], k: KronosSettings):
-    """The engine of a checkpoint manifest, with the engine settings of ``kronos_forecasts``."""
-    from kronos_pipeline.kronos.engine import KronosEngine
-
-    return KronosEngine(
-        load_tokenizer(manifest["tokenizer"], revision=manifest.get("tokenizer_revision")),
-        load_predictor(manifest["predictor"], revision=manifest.get("predictor_revision")),
-        device=k.device, dtype=k.dtype, batch_size=k.batch_size, max_context=k.max_context,
-        cuda_graphs=k.cuda_graphs,
-    )  # fmt: skip
 
 
 def member_windows(db: Warehouse, days: Sequence[pd.Timestamp], k: KronosSettings):
@@ -330,8 +319,7 @@ def kronos_head_scores_asset(context: dg.AssetExecutionContext, warehouse: Wareh
         scores, ok, description, fold_numbers = _score_heads(db, s, fold_id, lo, hi)
         if not ok:
             problems.append(f"fold {fold_id}: {description}")
-        numbers = {k: numbers.get(k, 0) + v for k, v in fold_numbers.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}  # fmt: skip
+        numbers = add_counts(numbers, fold_numbers)
         parts.append(scores)
     scores = pd.concat([p for p in parts if len(p)] or [pd.DataFrame(
         columns=baselines.SCORE_COLUMNS)], ignore_index=True)  # fmt: skip

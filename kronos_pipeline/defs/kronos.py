@@ -24,7 +24,7 @@ from kronos_pipeline.defs.resources import WarehouseResource
 from kronos_pipeline.defs.walkforward import MODEL_POOL, SCORE_ASSET_OPTIONS, get_fold, run_folds
 from kronos_pipeline.kronos import load_predictor, load_tokenizer, scoring, strategy
 from kronos_pipeline.kronos.forecast_checks import forecast_problems, score_problems
-from kronos_pipeline.settings import Settings, get_settings
+from kronos_pipeline.settings import KronosSettings, Settings, get_settings
 from kronos_pipeline.warehouse import WAREHOUSE_POOL, Warehouse
 
 GROUP = "kronos"
@@ -265,11 +265,21 @@ def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: Warehou
     )
 
 
+def kronos_engine(manifest: dict, k: KronosSettings):
+    """The engine of a checkpoint manifest, with the engine settings of ``kronos_forecasts``."""
+    from kronos_pipeline.kronos.engine import KronosEngine
+
+    return KronosEngine(
+        load_tokenizer(manifest["tokenizer"], revision=manifest.get("tokenizer_revision")),
+        load_predictor(manifest["predictor"], revision=manifest.get("predictor_revision")),
+        device=k.device, dtype=k.dtype, batch_size=k.batch_size, max_context=k.max_context,
+        cuda_graphs=k.cuda_graphs,
+    )  # fmt: skip
+
+
 def _forecast_fold(db: Warehouse, s: Settings, fold_id: str, days: pd.DatetimeIndex):
     """Forecasts of ``days`` (of fold ``fold_id``) with the fold's checkpoint:
     ``(table, members, skipped, model)``."""
-    from kronos_pipeline.kronos.engine import KronosEngine
-
     k = s.kronos
     manifest = scoring.read_manifest(checkpoint_dir(s, fold_id))
     strategy.verify_pointed_weights(manifest)  # a kept checkpoint points into an older folder
@@ -288,14 +298,8 @@ def _forecast_fold(db: Warehouse, s: Settings, fold_id: str, days: pd.DatetimeIn
          members["ticker"].unique().to_list()],
     )  # fmt: skip
     inputs = scoring.build_windows(prices, members, k.lookback)
-    engine = KronosEngine(
-        load_tokenizer(manifest["tokenizer"], revision=manifest.get("tokenizer_revision")),
-        load_predictor(manifest["predictor"], revision=manifest.get("predictor_revision")),
-        device=k.device, dtype=k.dtype, batch_size=k.batch_size, max_context=k.max_context,
-        cuda_graphs=k.cuda_graphs,
-    )  # fmt: skip
     table = scoring.forecast_windows(
-        engine, inputs, s.labels.horizons, manifest["model"], fold_id,
+        kronos_engine(manifest, k), inputs, s.labels.horizons, manifest["model"], fold_id,
         calendar=s.data.calendar, seed=k.seed, **s.kronos_sampling,
     )  # fmt: skip
     return table, members.height, inputs.skipped, manifest["model"]

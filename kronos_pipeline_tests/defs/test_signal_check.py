@@ -46,3 +46,17 @@ def test_a_kronos_derived_row_without_ordered_quantiles_fails():
     assert signal_problems(complete, MEMBERS, kronos_derived={"kronos_head"}) == []
     # a baseline carries no quantiles, and needs none
     assert signal_problems(_signal(), MEMBERS, kronos_derived={"kronos_head"}) == []
+
+
+def test_a_session_with_members_and_no_score_has_a_reason_a_holiday_has_none(tmp_path):
+    """The one-day signal fails when its session has universe members but no model scored
+    it (the scoring runs were skipped); a holiday, with no member, is "no session"."""
+    from kronos_pipeline.evaluation.signal import no_signal_reason
+    from kronos_pipeline.warehouse import Warehouse
+
+    db = Warehouse(tmp_path / "w.duckdb")
+    db.replace_table("universe", MEMBERS.with_columns(in_universe=pl.lit(True)))
+    reason = no_signal_reason(db, DAY, DAY)
+    assert reason is not None and "3 universe rows" in reason and str(DAY) in reason
+    holiday = dt.date(2019, 11, 28)
+    assert no_signal_reason(db, holiday, holiday) is None
