@@ -3,7 +3,7 @@
 import dagster as dg
 
 from kronos_pipeline.defs import evaluation, features, ingest, kronos, prices, signals, universe
-from kronos_pipeline.defs.automation import jobs, schedules, sensors
+from kronos_pipeline.defs.automation import jobs, sensors
 from kronos_pipeline.defs.heads import HEAD_ASSETS
 from kronos_pipeline.defs.resources import default_resources
 
@@ -14,7 +14,8 @@ DATA_ASSETS = [
     features.features_asset,
     features.labels_forward_asset,
 ]
-# The vendor folder is produced outside the pipeline: an external asset at the top of the graph.
+# The vendor folder is produced outside the pipeline: an observable source at the top of the
+# graph, whose data version is the folder's fingerprint.
 SOURCE_ASSETS = [ingest.vendor_files]
 # Each data asset's written column schema, compared with its previous materialization.
 DATA_CHECKS = dg.build_column_schema_change_checks(assets=DATA_ASSETS)
@@ -36,7 +37,6 @@ defs = dg.Definitions(
     + [signals.signals_asset],
     asset_checks=DATA_CHECKS,
     jobs=jobs(),
-    schedules=schedules(),
     sensors=sensors(),
     resources=default_resources(),
 )

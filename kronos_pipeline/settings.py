@@ -420,12 +420,11 @@ class ReportSettings(StrictModel):
 class AlertSettings(StrictModel):
     webhook_url: str | None = None
     check_sensor_interval_s: int = 30  # how often failed check evaluations are looked for
-    freshness_interval_s: int = 3600  # how often the newest session of raw_bars is looked at
-    stale_after_sessions: int = 2  # trading days without a new session before an alert
+    freshness_interval_s: int = 60  # how often freshness failures are looked for
 
-    _positive_values = field_validator(
-        "check_sensor_interval_s", "freshness_interval_s", "stale_after_sessions"
-    )(_positive)
+    _positive_values = field_validator("check_sensor_interval_s", "freshness_interval_s")(
+        _positive
+    )
 
     @field_validator("webhook_url")
     @classmethod

@@ -504,3 +504,41 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def redated_source(
+    target_dir: Path,
+    tickers: list[str] | tuple[str, ...],
+    last_session: dt.date,
+    sessions: int,
+    calendar: str = "XNYS",
+    source_dir: Path = SHARED_VENDOR_DIR,
+) -> Path:
+    """A vendor folder (a source for :meth:`VendorFeed.create`) holding the real rows of
+    ``tickers``' last ``sessions`` sessions of the sample, moved onto the ``sessions`` exchange
+    sessions that end at ``last_session``: the n-th real row of a ticker becomes its row of the
+    n-th session. Rows, format and constituents are the vendor's; only the dates change, so a
+    test can deliver "today's" session to a daemon that only looks at the newest partitions.
+    The tickers must have a row on every one of those real sessions (``LIQUID_TICKERS`` do)."""
+    from kronos_pipeline.data.calendar import trading_days
+
+    days = trading_days(last_session - dt.timedelta(days=2 * sessions + 30), last_session, calendar)
+    new_dates = [d.date() for d in days[-sessions:]]
+    if len(new_dates) != sessions:
+        raise VendorFeedError(f"fewer than {sessions} sessions up to {last_session}")
+    target_dir.mkdir(parents=True, exist_ok=True)
+    for ticker in tickers:
+        path = _source_file(source_dir, ticker)
+        source = _read_vendor_file(path)
+        order = sorted(range(len(source.rows)), key=lambda i: source.dates[i])[-sessions:]
+        moved = [new_dates[k] .isoformat() + "," + source.rows[i].split(",", 1)[1]
+                 for k, i in enumerate(order)]  # fmt: skip
+        if source.newest_first:
+            moved.reverse()
+        nl = source.newline
+        text = (source.header + nl + "".join(r + nl for r in moved)).encode("utf-8")
+        _atomic_write(
+            target_dir / path.name, gzip.compress(text, mtime=0) if source.gzipped else text
+        )
+    (target_dir / CONSTITUENTS_FILE).write_bytes((source_dir / CONSTITUENTS_FILE).read_bytes())
+    return target_dir

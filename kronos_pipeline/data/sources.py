@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,3 +111,27 @@ def load_source(data: DataSettings) -> SourceData:
         f"synthetic market seed={data.synthetic_seed} tickers={data.synthetic_tickers} "
         f"{data.synthetic_start}..{data.synthetic_end}",
     )
+
+
+def _source_files(data: DataSettings) -> list[Path]:
+    root = data.vendor_dir if data.source_kind == "vendor" else data.tidy_path
+    if not root.exists():
+        return []
+    return sorted(root.iterdir()) if root.is_dir() else [root]
+
+
+def source_fingerprint(data: DataSettings) -> str:
+    """Changes whenever the configured source does: names, sizes and modification times of
+    the vendor files or the tidy table; the generator's settings for the synthetic market."""
+    if data.source_kind == "synthetic":
+        stamp = data.model_dump_json()
+    else:
+        stamp = "|".join(
+            f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in _source_files(data)
+        )
+    return hashlib.sha256(stamp.encode()).hexdigest()[:12]
+
+
+def source_file_count(data: DataSettings) -> int:
+    """Files of the configured source (0 for the synthetic market)."""
+    return 0 if data.source_kind == "synthetic" else len(_source_files(data))

@@ -1,4 +1,9 @@
-"""Jobs, the nightly schedule, and alerts to a webhook.
+"""Jobs, the nightly chain the CLI runs, and alerts to a webhook.
+
+What runs by itself is declared on the assets (automation conditions,
+``defs/conditions.py``) and evaluated by ``kronos_automation``; this module holds the jobs
+(what a person launches), :func:`nightly_steps` (the same night as explicit runs, for
+``kronos-pipeline nightly``) and the alerts.
 
 Alerts (all posted as JSON to ``settings.alerts.webhook_url``):
 
@@ -9,23 +14,23 @@ Alerts (all posted as JSON to ``settings.alerts.webhook_url``):
   last run end handled (and the last check posted within the next run), so a daemon restart
   neither repeats nor skips one; a post that fails leaves the cursor before it, and the next
   tick retries it.
-- ``alert_on_stale_sessions``: the newest session with bars in ``raw_bars`` is
-  ``alerts.stale_after_sessions`` trading days old or more (once per newest session).
+- ``alert_on_stale_data``: an asset's freshness policy failed (``raw_bars``: a session's bars
+  not in by 01:30 New York), posted once per failure, from the freshness daemon's state
+  changes.
 
-The schedule and the sensors start running with the daemon (no switch to flip in the UI).
+The sensors start running with the daemon (no switch to flip in the UI).
 """
 
 import datetime as dt
-import hashlib
 import json
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from kronos_pipeline.data.calendar import is_trading_day, trading_days
+from kronos_pipeline.data.calendar import trading_days
+from kronos_pipeline.defs.conditions import automation_sensor
 from kronos_pipeline.defs.partitions import (
     day_key,
     day_partitions,
@@ -33,7 +38,7 @@ from kronos_pipeline.defs.partitions import (
     month_key,
     score_day_partitions,
 )
-from kronos_pipeline.settings import DataSettings, Settings, get_settings
+from kronos_pipeline.settings import Settings, get_settings
 
 DATA_SELECTION = dg.AssetSelection.groups("data", "features")
 NIGHTLY_CRON = "30 22 * * 1-5"  # after the close and the vendor's end-of-day files
@@ -115,52 +120,6 @@ def jobs() -> list:
             scoring_job, evaluation_job]  # fmt: skip
 
 
-RAW_BARS = dg.AssetKey("raw_bars")
-ROW_COUNT_KEYS = ("dagster/row_count", "rows")
-LATE_DAY_LOOKBACK = 5  # sessions the nightly schedule looks back for a day still without bars
-NIGHTLY_TIME = dt.time(22, 30)  # NIGHTLY_CRON's time of day: when a session's bars are due
-
-
-def ingested_windows(
-    instance: dg.DagsterInstance, days: list[str] | None = None
-) -> list[tuple[dt.date, dt.date]]:
-    """The day windows that raw_bars materializations (of partitions ``days``, or the newest 1000)
-    published with bars. The ingest's blocking completeness check fails a run, writing nothing,
-    when a session of its window lacks bars, so every day of such a window has its bars."""
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=RAW_BARS, asset_partitions=days), limit=1000
-    ).records
-    windows = []
-    for record in records:
-        mat = record.asset_materialization
-        if mat is None or "window" not in mat.metadata:
-            continue
-        counts = [mat.metadata[k].value for k in ROW_COUNT_KEYS if k in mat.metadata]
-        if counts and not counts[0]:
-            continue
-        first, _, last = str(mat.metadata["window"].value).partition("..")
-        windows.append((dt.date.fromisoformat(first), dt.date.fromisoformat(last)))
-    return windows
-
-
-def sessions_with_bars(instance: dg.DagsterInstance, days: list[dt.date]) -> set[dt.date]:
-    """Which of ``days`` a recorded raw_bars materialization covers."""
-    windows = ingested_windows(instance, sorted({day_key(d) for d in days}))
-    return {d for d in days if any(a <= d <= b for a, b in windows)}
-
-
-def source_fingerprint(data: DataSettings) -> str:
-    """Changes whenever the configured source does: names, sizes and modification times of
-    the vendor files or the tidy table; the generator's settings for the synthetic market."""
-    if data.source_kind == "synthetic":
-        stamp = data.model_dump_json()
-    else:
-        root = data.vendor_dir if data.source_kind == "vendor" else data.tidy_path
-        files = sorted(root.iterdir()) if root.is_dir() else [root]
-        stamp = "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
-    return hashlib.sha256(stamp.encode()).hexdigest()[:12]
-
-
 # --------------------------------------------------------------------------------------
 # The nightly production run: one chain of runs per session, each step started when the
 # one before succeeded (by the CLI in-process, or by the nightly_chain sensor in the daemon).
@@ -229,111 +188,6 @@ def nightly_steps(day: dt.date, settings: Settings, instance: dg.DagsterInstance
     steps.append(NightlyStep("labels_job", key_range=(day_key(back), key), tags=tags))
     steps.append(NightlyStep("evaluation_job", tags=tags))
     return steps
-
-
-def next_nightly_step(
-    day: dt.date, finished_job: str, settings: Settings, instance: dg.DagsterInstance
-) -> NightlyStep | None:
-    """The step of ``day``'s chain after ``finished_job`` (None when it ended the chain). The
-    order is the full chain's; a step with nothing to do (models the fold already has) is
-    passed over."""
-    order = [s.job for s in nightly_steps(day, settings, None)]
-    if finished_job not in order:
-        return None
-    after = order.index(finished_job)
-    steps = nightly_steps(day, settings, instance)
-    return next((s for s in steps if order.index(s.job) > after), None)
-
-
-def step_request(step: NightlyStep, run_key: str) -> dg.RunRequest:
-    return dg.RunRequest(
-        run_key=run_key,
-        job_name=step.job,
-        partition_key=step.partition_key,
-        tags=step.run_tags(),
-        asset_selection=[dg.AssetKey(a) for a in step.assets] if step.assets else None,
-    )
-
-
-@dg.schedule(
-    job=data_job,
-    cron_schedule=NIGHTLY_CRON,
-    execution_timezone=NIGHTLY_TZ,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-)
-def nightly_schedule(context: dg.ScheduleEvaluationContext):
-    """Start the nightly chain for the newest session, and retry the recent ones without bars.
-
-    Candidates: the schedule's own session and the LATE_DAY_LOOKBACK - 1 before it, minus
-    those a raw_bars materialization already covers. Each is the first step of
-    :func:`nightly_steps` (``nightly_chain`` starts the rest). The run key is the day plus the
-    source fingerprint: a late day is requested again as soon as the source changed (its file
-    arrived), and not again while nothing changed.
-    """
-    settings = get_settings()
-    day = context.scheduled_execution_time.date()
-    if not is_trading_day(day, settings.data.calendar):
-        return dg.SkipReason(f"{day} is not a trading day")
-    span = trading_days(day - dt.timedelta(days=3 * LATE_DAY_LOOKBACK + 10), day)
-    recent = [d.date() for d in span[-LATE_DAY_LOOKBACK:]]
-    done = sessions_with_bars(context.instance, recent)
-    todo = [d for d in recent if d not in done]
-    if not todo:
-        return dg.SkipReason(f"every session {recent[0]}..{recent[-1]} has its bars")
-    fingerprint = source_fingerprint(settings.data)
-    requests = []
-    for d in todo:
-        first = nightly_steps(d, settings, None)[0]
-        request = step_request(first, f"{d}:{fingerprint}")
-        requests.append(request.with_replaced_attrs(
-            tags={**request.tags, "kronos/source_fingerprint": fingerprint}
-        ))  # fmt: skip
-    return requests
-
-
-@dg.run_status_sensor(
-    name="nightly_chain",
-    run_status=dg.DagsterRunStatus.SUCCESS,
-    monitor_all_code_locations=False,
-    request_jobs=[folds_job, models_job, scoring_job, labels_job, evaluation_job],
-    default_status=dg.DefaultSensorStatus.RUNNING,
-)
-def nightly_chain(context: dg.RunStatusSensorContext):
-    """After each successful step of a nightly chain (runs tagged ``kronos/nightly``), start
-    the next one; a failed step stops its chain (and alerts), a rerun of it resumes it."""
-    run = context.dagster_run
-    day = run.tags.get(NIGHTLY_TAG)
-    if not day:
-        return dg.SkipReason(f"{run.job_name} run {run.run_id} is not a nightly step")
-    nxt = next_nightly_step(
-        dt.date.fromisoformat(day), run.job_name, get_settings(), context.instance
-    )
-    if nxt is None:
-        return dg.SkipReason(f"nightly {day}: {run.job_name} ends the chain")
-    if nxt.job == "evaluation_job" and (reason := _evaluation_pending()):
-        return dg.SkipReason(f"nightly {day}: evaluation_job skipped, {reason}")
-    return step_request(nxt, f"nightly:{day}:{nxt.job}:{run.run_id}")
-
-
-#: Seconds a sensor tick waits for the warehouse's read lock before it stops asking.
-SENSOR_LOCK_TIMEOUT_S = 20.0
-
-
-def _evaluation_pending() -> str | None:
-    """:func:`evaluation_pending` on the configured warehouse; None (run the step, which then
-    judges for itself) when the warehouse is busy beyond :data:`SENSOR_LOCK_TIMEOUT_S`."""
-    from kronos_pipeline.defs.evaluation import evaluation_pending
-    from kronos_pipeline.warehouse import Warehouse, WarehouseLockTimeout
-
-    w = get_settings().warehouse
-    try:
-        return evaluation_pending(Warehouse(w.duckdb_path, SENSOR_LOCK_TIMEOUT_S))
-    except WarehouseLockTimeout:
-        return None
-
-
-def schedules() -> list:
-    return [nightly_schedule]
 
 
 def post_alert(url: str, payload: dict, timeout_s: float = 10.0) -> int:
@@ -531,54 +385,65 @@ def alert_on_check_failure(context: dg.SensorEvaluationContext):
     return dg.SkipReason(f"{posted} failed checks posted" if posted else "no new failed check")
 
 
-def stale_sessions(newest: dt.date, now: dt.datetime, calendar: str) -> list[dt.date]:
-    """Sessions after ``newest`` whose bars are due by ``now`` (New York time): every session
-    before today, and today's once the nightly time has passed."""
-    today = now.astimezone(ZoneInfo(NIGHTLY_TZ))
-    days = [d.date() for d in trading_days(newest + dt.timedelta(days=1), today.date(), calendar)]
-    if days and days[-1] == today.date() and today.time() < NIGHTLY_TIME:
-        days.pop()
-    return days
+FRESHNESS_CHANGE = dg.DagsterEventType.FRESHNESS_STATE_CHANGE
+FRESHNESS_FAILED = "FAIL"
+
+
+def freshness_changes(instance: dg.DagsterInstance, after: int | None, limit: int = RUN_BATCH):
+    """Freshness state changes the freshness daemon recorded after storage id ``after``
+    (the newest one alone when ``after`` is None), oldest first."""
+    if after is None:
+        return instance.get_event_records(dg.EventRecordsFilter(FRESHNESS_CHANGE), limit=1)
+    return instance.get_event_records(
+        dg.EventRecordsFilter(FRESHNESS_CHANGE, after_cursor=after), limit=limit, ascending=True
+    )
+
+
+def stale_data_payload(record: dg.EventLogRecord) -> dict | None:
+    """The alert for a change into the failed state (None for any other change)."""
+    change = record.event_log_entry.dagster_event.event_specific_data
+    new, previous = (getattr(change, a) for a in ("new_state", "previous_state"))
+    if getattr(new, "value", new) != FRESHNESS_FAILED:
+        return None
+    return {
+        "event": "stale_data",
+        "asset": change.key.to_user_string(),
+        "previous_state": getattr(previous, "value", previous),
+        "state": FRESHNESS_FAILED,
+        "storage_id": record.storage_id,
+        "at": dt.datetime.fromtimestamp(record.timestamp, dt.UTC).isoformat(),
+    }
 
 
 @dg.sensor(
-    name="alert_on_stale_sessions",
+    name="alert_on_stale_data",
     minimum_interval_seconds=get_settings().alerts.freshness_interval_s,
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
-def alert_on_stale_sessions(context: dg.SensorEvaluationContext):
-    """Freshness of the newest partition: alert when no new session has arrived in raw_bars
-    for ``alerts.stale_after_sessions`` trading days, once per stale spell. The cursor is
-    ``stale:<newest>`` after an alert and ``fresh`` once sessions are current again, so a
-    backfill that lands old sessions one by one during a spell does not repeat the alert."""
-    settings = get_settings()
-    windows = ingested_windows(context.instance)
-    if not windows:
-        return dg.SkipReason("raw_bars holds no session in this instance yet")
-    newest = max(last for _, last in windows)
-    missing = stale_sessions(newest, dt.datetime.now(dt.UTC), settings.data.calendar)
-    if len(missing) < settings.alerts.stale_after_sessions:
-        context.update_cursor("fresh")
-        return dg.SkipReason(f"newest session {newest}; {len(missing)} due since")
-    if (context.cursor or "").startswith("stale:"):
-        return dg.SkipReason(f"already alerted ({context.cursor}); newest session {newest}")
-    url = settings.alerts.webhook_url
-    if not url:
-        return dg.SkipReason(f"stale since {newest}; no alert webhook configured")
-    post_alert(
-        url,
-        {
-            "event": "stale_sessions",
-            "asset": RAW_BARS.to_user_string(),
-            "newest_session": str(newest),
-            "sessions_missing": len(missing),
-            "first_missing": str(missing[0]),
-            "at": dt.datetime.now(dt.UTC).isoformat(),
-        },
-    )
-    context.update_cursor(f"stale:{newest}")
-    return dg.SkipReason(f"alerted: {len(missing)} sessions due since {newest}")
+def alert_on_stale_data(context: dg.SensorEvaluationContext):
+    """Post each asset whose freshness policy failed (``raw_bars``: a session's bars not in by
+    its deadline), once per failure. The freshness daemon judges; this sensor relays its state
+    changes. The cursor is the last change handled; on the first tick it starts at the newest
+    one, and a failed post is retried from where it stopped."""
+    instance = context.instance
+    if context.cursor is None:
+        newest = freshness_changes(instance, None)
+        context.update_cursor(str(newest[0].storage_id if newest else 0))
+        return dg.SkipReason("started: freshness failures from now on are posted")
+    url, cursor, posted = get_settings().alerts.webhook_url, int(context.cursor), 0
+    for record in freshness_changes(instance, cursor):
+        payload = stale_data_payload(record)
+        if payload is not None and url:
+            try:
+                post_alert(url, payload)
+            except OSError as exc:
+                context.log.warning(f"alert webhook failed ({exc}); retrying next tick")
+                break
+            posted += 1
+        cursor = record.storage_id
+    context.update_cursor(str(cursor))
+    return dg.SkipReason(f"{posted} freshness failures posted" if posted else "no new failure")
 
 
 def sensors() -> list:
-    return [alert_on_run_failure, alert_on_check_failure, alert_on_stale_sessions, nightly_chain]
+    return [alert_on_run_failure, alert_on_check_failure, alert_on_stale_data, automation_sensor()]

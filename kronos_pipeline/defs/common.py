@@ -7,6 +7,7 @@ from collections.abc import Iterable
 import dagster as dg
 import polars as pl
 
+from kronos_pipeline.defs.conditions import DAILY
 from kronos_pipeline.defs.partitions import day_partitions
 from kronos_pipeline.quality import QualityReport, TableSchema
 from kronos_pipeline.warehouse import WAREHOUSE_POOL
@@ -18,6 +19,7 @@ DAILY_ASSET_OPTIONS: dict = {
     "backfill_policy": dg.BackfillPolicy.single_run(),
     "pool": WAREHOUSE_POOL,
     "kinds": {"duckdb", "polars"},
+    "automation_condition": DAILY,
 }
 
 

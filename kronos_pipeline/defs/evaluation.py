@@ -12,6 +12,7 @@ import pandas as pd
 import polars as pl
 
 from kronos_pipeline.defs.common import add_counts, blocking_failure, failed_blocking
+from kronos_pipeline.defs.conditions import MISSING_MODEL, NIGHTLY_EVALUATION, ON_UPDATE
 from kronos_pipeline.defs.kronos import checkpoint_decisions
 from kronos_pipeline.defs.partitions import (
     FOLD_OF_DAY,
@@ -76,6 +77,7 @@ def _pl(frame: pd.DataFrame) -> pl.DataFrame:
     pool=WAREHOUSE_POOL,
     kinds={"duckdb", "pandas"},
     description="Monthly walk-forward test folds with per-horizon purged training ends.",
+    automation_condition=ON_UPDATE,
     check_specs=[
         dg.AssetCheckSpec(
             "folds_purged",
@@ -145,6 +147,7 @@ def _needed_models(s, plan: baselines.ControlPlan) -> list[tuple[str, int]]:
     ],
     partitions_def=fold_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(1),
+    automation_condition=MISSING_MODEL,
     group_name=GROUP,
     pool=MODEL_POOL,
     kinds={"lightgbm"},
@@ -476,6 +479,7 @@ def _check_result(asset: str, name: str, result: dict) -> dg.AssetCheckResult:
             ],
             group_name=GROUP,
             kinds={"duckdb"},
+            automation_condition=NIGHTLY_EVALUATION,
         )
         for name in (*TABLES, "leak_tripwires", "gate_verdicts")
     ],
@@ -720,6 +724,7 @@ def _stored_accuracy(db) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     deps=[*TABLES, "leak_tripwires", "gate_verdicts"],
     group_name=GROUP,
     kinds={"duckdb", "matplotlib"},
+    automation_condition=NIGHTLY_EVALUATION,
     description="The run folder: REPORT_SUMMARY.md, CSVs, parquet, leak_tripwires.json, plots.",
     check_specs=[
         dg.AssetCheckSpec(

@@ -13,7 +13,8 @@ from kronos_pipeline.defs.common import (
     spec,
     table_metadata,
 )
-from kronos_pipeline.defs.partitions import partition_window
+from kronos_pipeline.defs.conditions import maturing_labels
+from kronos_pipeline.defs.partitions import LABEL_HORIZON, LABEL_LOOKBACK, partition_window
 from kronos_pipeline.defs.resources import WarehouseResource
 from kronos_pipeline.features.build import feature_names, features
 from kronos_pipeline.features.labels import labels_due, labels_forward
@@ -105,7 +106,11 @@ def features_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
 
 @dg.asset(
     name="labels_forward",
-    deps=["prices_pit", "universe"],
+    # A day's labels read the prices of the sessions after it, up to its longest horizon: the
+    # one dependency on later partitions in the graph, declared so that it is seen (and so that
+    # a day's labels rerun as those sessions arrive). Nothing fitted reads a label before its
+    # maturity (the folds purge it).
+    deps=[dg.AssetDep("prices_pit", partition_mapping=LABEL_HORIZON), "universe"],
     group_name="features",
     description="Forward total and excess returns at 20/60/90 trading days with available_at.",
     metadata=table_metadata(quality.LABELS_FORWARD),
@@ -122,7 +127,7 @@ def features_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
             "Every universe row whose horizon has matured has a label",
         ),
     ],
-    **DAILY_ASSET_OPTIONS,
+    **{**DAILY_ASSET_OPTIONS, "automation_condition": maturing_labels(LABEL_LOOKBACK)},
 )
 def labels_forward_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     start, end = partition_window(context)

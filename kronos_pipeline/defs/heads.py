@@ -25,6 +25,7 @@ import pandas as pd
 import polars as pl
 
 from kronos_pipeline.defs.common import add_counts, blocking_failure
+from kronos_pipeline.defs.conditions import MISSING_MODEL
 from kronos_pipeline.defs.kronos import (
     GROUP,
     HISTORY_SLACK,
@@ -215,6 +216,7 @@ def fit_period_heads(
     ],  # fmt: skip
     partitions_def=fold_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(1),
+    automation_condition=MISSING_MODEL,
     group_name=GROUP,
     pool=MODEL_POOL,
     kinds={"pytorch", "lightgbm"},

@@ -16,27 +16,38 @@ from kronos_pipeline.data.ingest_step import (
     read_prior,
     refuse_other_source,
 )
-from kronos_pipeline.data.sources import load_source
+from kronos_pipeline.data.sources import load_source, source_file_count, source_fingerprint
 from kronos_pipeline.defs.common import (
     DAILY_ASSET_OPTIONS,
     blocking_failure,
     spec,
     table_metadata,
 )
+from kronos_pipeline.defs.conditions import SESSION_BARS, SESSION_FRESHNESS, SOURCE_OBSERVATION
 from kronos_pipeline.defs.partitions import partition_window
-from kronos_pipeline.defs.resources import WarehouseResource
+from kronos_pipeline.defs.resources import SettingsResource, WarehouseResource
 from kronos_pipeline.settings import get_settings
 
 KINDS = DAILY_ASSET_OPTIONS["kinds"]
 
-vendor_files = dg.AssetSpec(
-    "vendor_files",
+
+@dg.observable_source_asset(
+    name="vendor_files",
     group_name="sources",
     description="The configured source: a folder of AlphaVantage daily-adjusted files (with "
     "optional constituents.csv and delistings.csv), a tidy table, or the synthetic market. "
-    "Produced outside the pipeline.",
-    kinds={"csv"},
+    "Produced outside the pipeline; observed every minute, its data version is the "
+    "fingerprint of the files (names, sizes, modification times), so a delivered file is a "
+    "new version and the session's bars run (defs/conditions.py).",
+    automation_condition=SOURCE_OBSERVATION,
 )
+def vendor_files(settings: SettingsResource) -> dg.ObserveResult:
+    data = settings.get().data
+    return dg.ObserveResult(
+        data_version=dg.DataVersion(source_fingerprint(data)),
+        metadata={"source_kind": data.source_kind, "files": source_file_count(data)},
+    )
+
 
 SIDE_TABLES = {
     "ticker_history": (
@@ -77,6 +88,8 @@ CHECKS = [
             description="Validated OHLCV bars as delivered (not adjusted).",
             kinds=KINDS,
             metadata=table_metadata(quality.RAW_BARS),
+            automation_condition=SESSION_BARS,
+            freshness_policy=SESSION_FRESHNESS,
         ),
         dg.AssetSpec(
             "bars_quarantine",
@@ -84,17 +97,19 @@ CHECKS = [
             description="Rejected source lines with file, line, raw text and reason.",
             kinds=KINDS,
             metadata=table_metadata(quality.BARS_QUARANTINE),
+            automation_condition=SESSION_BARS,
         ),
         *[
             dg.AssetSpec(
-                name, deps=[vendor_files], description=d, kinds=KINDS, metadata=table_metadata(s)
-            )
+                name, deps=[vendor_files], description=d, kinds=KINDS,
+                metadata=table_metadata(s), automation_condition=SESSION_BARS,
+            )  # fmt: skip
             for name, (s, d) in SIDE_TABLES.items()
         ],
     ],
     check_specs=[spec(a, n, d, blocking=b) for a, n, d, b in CHECKS],
     group_name="data",
-    **{k: v for k, v in DAILY_ASSET_OPTIONS.items() if k != "kinds"},
+    **{k: v for k, v in DAILY_ASSET_OPTIONS.items() if k not in ("kinds", "automation_condition")},
 )
 def ingest_bars(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     """Read the source, validate every line and the window's completeness, then publish."""

@@ -12,6 +12,7 @@ import pandas as pd
 import polars as pl
 
 from kronos_pipeline.defs.common import blocking_failure
+from kronos_pipeline.defs.conditions import MISSING_MODEL
 from kronos_pipeline.defs.partitions import (
     FOLD_OF_DAY,
     HISTORY_BEFORE_FOLD,
@@ -107,6 +108,7 @@ def _history_start(db: Warehouse, day, sessions: int):
     deps=["folds", *HISTORY_DEPS],
     partitions_def=fold_partitions,
     backfill_policy=dg.BackfillPolicy.multi_run(1),
+    automation_condition=MISSING_MODEL,
     group_name=GROUP,
     pool=MODEL_POOL,  # as many trainings at once as the pool has slots (instance-setup)
     kinds={"pytorch", "safetensors"},

@@ -22,14 +22,17 @@ The mappings between them (shown in the asset graph) are all ``TimeWindowPartiti
 * ``HISTORY_BEFORE_FOLD`` (model -> the daily history it trains on): every day before the
   fold's test month (``end_offset=-1`` month), back to the first partition.
 * ``history_days(n)`` (date-level asset -> the last ``n`` weekdays of history it reads).
+* ``LABEL_HORIZON`` (a day's labels -> the prices of the sessions up to its longest horizon).
 
-Every mapping looks backward in time: nothing fitted or scored for a date depends on a later
-partition. A run's window is its partition range (``partition_window``).
+Every other mapping looks backward in time: nothing fitted or scored for a date depends on a
+later partition. Labels are the future by definition; nothing fitted reads one before it
+matured (the folds purge them). A run's window is its partition range (``partition_window``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from zoneinfo import ZoneInfo
 
 import dagster as dg
@@ -76,6 +79,19 @@ fold_partitions = _monthly(get_settings().folds.first_test_month)
 
 FOLD_OF_DAY = dg.TimeWindowPartitionMapping(end_offset=-1)
 HISTORY_BEFORE_FOLD = dg.TimeWindowPartitionMapping(start_offset=-ALL_HISTORY_MONTHS, end_offset=-1)
+
+
+#: Weekday partitions a day's labels reach forward: the longest horizon in sessions, plus
+#: room for the exchange holidays inside it (at most 10 in any 95 weekdays).
+LABEL_REACH = max(get_settings().labels.horizons) + 10
+#: The one forward mapping of the graph: a day's labels -> the prices of the sessions after it.
+with warnings.catch_warnings():  # allow_nonexistent_upstream_partitions is marked beta
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    LABEL_HORIZON = dg.TimeWindowPartitionMapping(
+        start_offset=0, end_offset=LABEL_REACH, allow_nonexistent_upstream_partitions=True
+    )
+#: Calendar days back whose labels can still mature (the reach, in calendar days).
+LABEL_LOOKBACK = dt.timedelta(days=LABEL_REACH * 7 // 5 + 3)
 
 
 def history_days(weekdays: int) -> dg.TimeWindowPartitionMapping:

@@ -1,6 +1,6 @@
 """Alerts, on an instance with the sensors' own cursors: every failed check is posted once with
 its asset, partition, check, severity and metadata; nothing twice, nothing missed, a failed
-post retried; stale data alerted once; the nightly schedule retries a late day."""
+post retried; a freshness failure posted once."""
 
 from __future__ import annotations
 
@@ -13,12 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import dagster as dg
 import pytest
 
-from kronos_pipeline.defs.automation import (
-    alert_on_check_failure,
-    alert_on_stale_sessions,
-    nightly_schedule,
-    stale_sessions,
-)
+from kronos_pipeline.defs.automation import alert_on_check_failure, alert_on_stale_data
 from kronos_pipeline.settings import get_settings
 
 DAY = "2019-12-31"
@@ -153,73 +148,46 @@ def _bars(instance, day: str, rows: int) -> None:
     )
 
 
-def test_stale_sessions_counts_trading_days_due_since_the_newest():
-    ny = dt.timezone(dt.timedelta(hours=-5))
-    newest = dt.date(2019, 12, 20)  # a Friday; 23, 24, 26 are sessions, 25 a holiday
-    before_close = dt.datetime(2019, 12, 26, 12, 0, tzinfo=ny)
-    after_close = dt.datetime(2019, 12, 26, 23, 0, tzinfo=ny)
-    assert stale_sessions(newest, before_close, "XNYS") == [
-        dt.date(2019, 12, 23),
-        dt.date(2019, 12, 24),
-    ]
-    assert len(stale_sessions(newest, after_close, "XNYS")) == 3
-    assert stale_sessions(dt.date(2019, 12, 26), after_close, "XNYS") == []
+def _freshness_change(instance: dg.DagsterInstance, previous: str, new: str) -> None:
+    """What the freshness daemon records when raw_bars' freshness state changes."""
+    from dagster._core.definitions.freshness import FreshnessState, FreshnessStateChange
 
-
-def test_stale_data_is_alerted_once_per_newest_session(receiver):
-    with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance)
-        assert "no session" in alert_on_stale_sessions.evaluate_tick(context).skip_message
-        _bars(instance, "2019-12-30", 500)
-        _bars(instance, "2019-12-31", 0)  # a late vendor file: the run stored no bars
-        first = alert_on_stale_sessions.evaluate_tick(dg.build_sensor_context(instance=instance))
-        (post,) = receiver.posts
-        assert post["event"] == "stale_sessions"
-        assert post["newest_session"] == "2019-12-30"
-        assert post["first_missing"] == "2019-12-31"
-        again = alert_on_stale_sessions.evaluate_tick(
-            dg.build_sensor_context(instance=instance, cursor=first.cursor)
+    instance.report_runless_asset_event(
+        FreshnessStateChange(
+            key=dg.AssetKey("raw_bars"),
+            previous_state=FreshnessState(previous),
+            new_state=FreshnessState(new),
+            state_change_timestamp=dt.datetime.now(dt.UTC).timestamp(),
         )
-        assert "already alerted" in again.skip_message and len(receiver.posts) == 1
-        _bars(instance, "2020-01-02", 500)  # still stale today, but the same spell
-        later = alert_on_stale_sessions.evaluate_tick(
+    )
+
+
+def test_a_freshness_failure_is_posted_once(receiver):
+    with dg.instance_for_test() as instance:
+        _freshness_change(instance, "UNKNOWN", "FAIL")  # before the sensor existed: not sent
+        start = alert_on_stale_data.evaluate_tick(dg.build_sensor_context(instance=instance))
+        assert "started" in start.skip_message and not receiver.posts
+        _freshness_change(instance, "FAIL", "PASS")
+        _freshness_change(instance, "PASS", "FAIL")
+        tick = alert_on_stale_data.evaluate_tick(
+            dg.build_sensor_context(instance=instance, cursor=start.cursor)
+        )
+        (post,) = receiver.posts
+        assert post["event"] == "stale_data" and post["asset"] == "raw_bars"
+        assert (post["previous_state"], post["state"]) == ("PASS", "FAIL")
+        again = alert_on_stale_data.evaluate_tick(
+            dg.build_sensor_context(instance=instance, cursor=tick.cursor)
+        )
+        assert again.skip_message == "no new failure" and len(receiver.posts) == 1
+        receiver.status = 500  # a failed post is retried on the next tick
+        _freshness_change(instance, "FAIL", "PASS")
+        _freshness_change(instance, "PASS", "FAIL")
+        failed = alert_on_stale_data.evaluate_tick(
             dg.build_sensor_context(instance=instance, cursor=again.cursor)
         )
-        assert "already alerted" in later.skip_message and len(receiver.posts) == 1
-
-
-def test_the_schedule_retries_a_late_day_once_its_file_arrives(monkeypatch, tmp_path):
-    vendor = tmp_path / "vendor"
-    vendor.mkdir()
-    (vendor / "AAA.csv").write_text("timestamp,open\n")
-    monkeypatch.setenv("KRONOS_DATA__VENDOR_DIR", str(vendor))
-    get_settings.cache_clear()
-    try:
-        from kronos_pipeline.definitions import defs
-
-        repo = defs.get_repository_def()
-        with dg.instance_for_test() as instance:
-            for day in ("2019-12-24", "2019-12-26", "2019-12-27", "2019-12-30"):
-                _bars(instance, day, 500)
-            _bars(instance, DAY, 0)  # 2019-12-31 ran before its file came: 0 bars
-
-            def keys(when: dt.datetime) -> list[tuple[str, str]]:
-                ctx = dg.build_schedule_context(
-                    instance=instance, scheduled_execution_time=when, repository_def=repo
-                )
-                requests = nightly_schedule.evaluate_tick(ctx).run_requests
-                assert all(r.partition_key == r.tags["kronos/nightly"] for r in requests)
-                return [(r.tags["kronos/nightly"], r.run_key) for r in requests]
-
-            first = keys(dt.datetime(2020, 1, 2, 22, 30))
-            assert [p for p, _ in first] == [DAY, "2020-01-02"]  # the late day comes back
-            assert keys(dt.datetime(2020, 1, 2, 22, 30)) == first  # same source: same keys
-            (vendor / "BBB.csv").write_text("timestamp,open\n")  # the late file lands
-            second = keys(dt.datetime(2020, 1, 2, 22, 30))
-            assert [p for p, _ in second] == [DAY, "2020-01-02"]
-            assert {k for _, k in second}.isdisjoint(k for _, k in first)  # new run keys
-            _bars(instance, DAY, 500)
-            assert [p for p, _ in keys(dt.datetime(2020, 1, 2, 22, 30))] == ["2020-01-02"]
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+        assert len(receiver.posts) == 1
+        receiver.status = 200
+        alert_on_stale_data.evaluate_tick(
+            dg.build_sensor_context(instance=instance, cursor=failed.cursor)
+        )
+        assert [p["state"] for p in receiver.posts] == ["FAIL", "FAIL"]

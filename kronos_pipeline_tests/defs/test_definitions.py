@@ -12,6 +12,7 @@ from pathlib import Path
 import dagster as dg
 
 from kronos_pipeline.definitions import defs
+from kronos_pipeline.settings import get_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -211,13 +212,13 @@ EXPECTED_JOBS = {
         ],
     ),
 }
-# schedule -> (cron, timezone, job)
-EXPECTED_SCHEDULES = {"nightly_schedule": ("30 22 * * 1-5", "America/New_York", "data_job")}
+# No schedule: what runs by itself is the assets' automation conditions (kronos_automation).
+EXPECTED_SCHEDULES: dict = {}
 EXPECTED_SENSORS = [
     "alert_on_check_failure",
     "alert_on_run_failure",
-    "alert_on_stale_sessions",
-    "nightly_chain",
+    "alert_on_stale_data",
+    "kronos_automation",
 ]
 EXPECTED_RESOURCES = ["settings", "warehouse"]
 
@@ -290,14 +291,43 @@ def test_job_selections_match_the_snapshot():
 
 
 def test_schedules_and_sensors_match_the_snapshot():
-    actual = {s.name: (s.cron_schedule, s.execution_timezone, s.job_name) for s in defs.schedules}
+    actual = {
+        s.name: (s.cron_schedule, s.execution_timezone, s.job_name) for s in defs.schedules or []
+    }
     assert actual == EXPECTED_SCHEDULES
     assert sorted(s.name for s in defs.sensors) == EXPECTED_SENSORS
 
 
-def test_the_schedule_and_every_sensor_run_by_default():
-    assert all(s.default_status == dg.DefaultScheduleStatus.RUNNING for s in defs.schedules)
+def test_every_sensor_runs_by_default():
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in defs.sensors)
+
+
+def test_every_asset_runs_by_itself_under_its_condition():
+    """Each asset's automation condition (defs/conditions.py): the snapshot of the night."""
+    from kronos_pipeline.defs import conditions as c
+
+    expected = {
+        "vendor_files": c.SOURCE_OBSERVATION,
+        **{a: c.SESSION_BARS for a in ("raw_bars", "bars_quarantine", "ticker_history",
+                                       "sector_history")},
+        **{a: c.DAILY for a in ("prices_pit", "universe", "features", "baseline_scores",
+                                "kronos_forecasts", "kronos_scores", "kronos_head_scores",
+                                "signals")},
+        "folds": c.ON_UPDATE,
+        **{a: c.MISSING_MODEL for a in ("lightgbm_models", "kronos_checkpoint", "kronos_heads")},
+        **{a: c.NIGHTLY_EVALUATION for a in ("eval_rows", "per_date_metrics", "fold_summaries",
+                                             "model_comparison", "leak_tripwires",
+                                             "gate_verdicts", "evaluation_report")},
+    }  # fmt: skip
+    graph = defs.resolve_asset_graph()
+    actual = {k.to_user_string(): graph.get(k).automation_condition for k in graph.get_all_asset_keys()}
+    labels = actual.pop("labels_forward")
+    assert actual == expected
+    assert labels.get_label().startswith("labels that can still mature")
+    sensor = defs.get_sensor_def("kronos_automation")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    selected = sensor.asset_selection.resolve(graph)
+    assert selected >= set(graph.get_all_asset_keys()) - {dg.AssetKey("vendor_files")}
 
 
 def test_resources_include_the_settings_of_the_code_location():
@@ -315,35 +345,6 @@ def test_resources_include_the_settings_of_the_code_location():
         settings_fields
     )
     assert SettingsResource().get() == get_settings()
-
-
-def test_nightly_schedule_targets_the_partition_of_its_own_trading_day():
-    schedule = defs.get_schedule_def("nightly_schedule")
-    repo = defs.get_repository_def()
-
-    with dg.instance_for_test() as instance:
-
-        def tick(when: dt.datetime):
-            ctx = dg.build_schedule_context(
-                scheduled_execution_time=when, repository_def=repo, instance=instance
-            )
-            return schedule.evaluate_tick(ctx)
-
-        for day in ("2019-12-23", "2019-12-24", "2019-12-26", "2019-12-27", "2019-12-30"):
-            instance.report_runless_asset_event(  # one run loaded 2019-12-02..30
-                dg.AssetMaterialization(
-                    "raw_bars", partition=day,
-                    metadata={"dagster/row_count": 9, "window": "2019-12-02..2019-12-30"},
-                )
-            )  # fmt: skip
-        requests = tick(dt.datetime(2019, 12, 31, 22, 30)).run_requests
-        assert [r.partition_key for r in requests] == ["2019-12-31"]
-        assert "kronos/dates" not in requests[0].tags
-        assert requests[0].tags["kronos/nightly"] == "2019-12-31"
-        assert requests[0].run_key.startswith("2019-12-31:")
-        holiday = tick(dt.datetime(2019, 12, 25, 22, 30))
-        assert not holiday.run_requests
-        assert "2019-12-25 is not a trading day" in holiday.skip_message
 
 
 def _upstream_keys(graph, child: str, parent: str, keys: list[str]) -> list[str]:
@@ -389,8 +390,21 @@ def test_a_fold_fits_on_the_days_before_its_test_month_only():
 def test_every_partition_mapping_looks_backward_in_time():
     """No asset partition depends on a partition that starts after its own: a fold's models
     on the history before the fold, a day's scores on that day and its fold's models, a
-    forecast on the weekdays before it."""
+    forecast on the weekdays before it. The one exception is declared: a day's labels on the
+    prices of the sessions of its horizon (LABEL_HORIZON), and nothing fitted or scored maps
+    onto it but through labels of days before the fold (the folds purge the unmatured)."""
+    from kronos_pipeline.defs.partitions import LABEL_HORIZON, LABEL_REACH
+
     graph = defs.resolve_asset_graph()
+    forward = [
+        (c.to_user_string(), p.to_user_string())
+        for c in graph.get_all_asset_keys()
+        for p in graph.get(c).parent_keys
+        if graph.get(c).partitions_def is not None
+        and graph.get_partition_mapping(c, p) == LABEL_HORIZON
+    ]
+    assert forward == [("labels_forward", "prices_pit")]
+    assert LABEL_REACH >= max(get_settings().labels.horizons)
     checked = 0
     for key in graph.get_all_asset_keys():
         node = graph.get(key)
@@ -399,7 +413,7 @@ def test_every_partition_mapping_looks_backward_in_time():
         sample = [k for k in node.partitions_def.get_partition_keys() if k >= "2014-01"][:45]
         for parent in node.parent_keys:
             parent_def = graph.get(parent).partitions_def
-            if parent_def is None:
+            if parent_def is None or (key.to_user_string(), parent.to_user_string()) in forward:
                 continue
             for partition in sample[::11]:
                 ups = _upstream_keys(graph, key.to_user_string(), parent.to_user_string(),
@@ -432,7 +446,7 @@ def test_day_partitions_are_weekdays_with_no_holiday_list():
 
 
 def test_nightly_chain_fits_models_only_for_a_fold_that_has_none():
-    from kronos_pipeline.defs.automation import next_nightly_step, nightly_steps
+    from kronos_pipeline.defs.automation import nightly_steps
     from kronos_pipeline.settings import get_settings
 
     with dg.instance_for_test() as instance:
@@ -449,8 +463,6 @@ def test_nightly_chain_fits_models_only_for_a_fold_that_has_none():
         for asset in ("lightgbm_models", "kronos_checkpoint", "kronos_heads"):
             instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition="2019-11"))
         again = nightly_steps(dt.date(2019, 11, 1), get_settings(), instance)
-        assert "models_job" not in [s.job for s in again]
-        nxt = next_nightly_step(dt.date(2019, 11, 1), "folds_job", get_settings(), instance)
-        assert nxt.job == "scoring_job"
-        assert next_nightly_step(dt.date(2019, 11, 1), "evaluation_job", get_settings(),
-                                 instance) is None  # fmt: skip
+        assert [s.job for s in again] == [
+            "data_job", "folds_job", "scoring_job", "labels_job", "evaluation_job"
+        ]  # fmt: skip

@@ -68,31 +68,12 @@ def test_nothing_is_pending_once_the_first_label_has_matured(warehouse):
     assert evaluation_pending(warehouse(october[5].date())) is None  # 10-01's label exists
 
 
-def test_the_nightly_chain_skips_a_pending_evaluation_and_an_explicit_run_fails(warehouse):
-    from kronos_pipeline.defs.automation import nightly_chain
+def test_an_evaluation_with_nothing_matured_fails_with_its_reason(warehouse):
     from kronos_pipeline.defs.evaluation import evaluation_tables
     from kronos_pipeline.defs.resources import warehouse_resources
 
     day = trading_days("2019-10-01", "2019-10-31")[2].date()
-    db = warehouse(day)
     with dg.instance_for_test() as instance:
-        labels_run = instance.create_run_for_job(
-            dg.Definitions(jobs=[dg.define_asset_job("labels_job")]).resolve_job_def("labels_job"),
-            tags={"kronos/nightly": str(day)},
-        )
-        context = dg.build_run_status_sensor_context(
-            sensor_name="nightly_chain", dagster_instance=instance, dagster_run=labels_run,
-            dagster_event=dg.DagsterEvent(
-                event_type_value="PIPELINE_SUCCESS", job_name="labels_job",
-            ),
-        )  # fmt: skip
-        result = nightly_chain(context)
-        assert isinstance(result, dg.SkipReason)
-        assert "evaluation_job skipped" in result.skip_message
-        assert "nothing to evaluate yet" in result.skip_message
-        warehouse(trading_days("2019-10-01", "2019-10-31")[6].date())  # a label has matured
-        request = nightly_chain(context)
-        assert isinstance(request, dg.RunRequest) and request.job_name == "evaluation_job"
         db = warehouse(day)
         explicit = dg.materialize(
             [evaluation_tables], instance=instance, raise_on_error=False,

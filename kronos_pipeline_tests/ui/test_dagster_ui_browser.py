@@ -3,7 +3,7 @@
 ``dagster dev`` (webserver + daemon) is started on loopback against this repository's
 ``workspace.yaml``, with a temporary instance and warehouse. The browser checks what people
 use the UI for: the catalog lists every asset of the code location, an asset's checks are
-shown, the nightly schedule and every sensor (the alerts and the ``nightly_chain``) are listed,
+shown, every sensor (the alerts and the ``kronos_automation`` sensor) is listed,
 the jobs page lists every job, and a partition of ``raw_bars`` materialized from the asset
 page's dialog runs to success (through the queued run coordinator and the
 ``duckdb_warehouse`` pool of ``dagster_home/dagster.yaml``).
@@ -37,6 +37,7 @@ import pytest
 from kronos_pipeline.definitions import defs
 from kronos_pipeline.defs.partitions import day_key, due_session
 from kronos_pipeline.settings import get_settings
+from kronos_pipeline_tests.defs.test_alerts_daemon import stop_automation
 
 REPO = Path(__file__).resolve().parents[2]
 LOCATION = "kronos_pipeline.definitions"
@@ -119,6 +120,9 @@ def dagster_ui(tmp_path_factory):
         ).isoformat(),
         KRONOS_DATA__SYNTHETIC_END=dt.date.today().isoformat(),
     )
+    # The automation would run the newest partitions of the market by itself; the UI tests
+    # launch their own runs and look at exactly those.
+    stop_automation(env)
     dagster = Path(sys.executable).with_name("dagster")
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -231,19 +235,17 @@ def test_asset_page_shows_its_checks(dagster_ui, page) -> None:
         page.get_by_text(check, exact=True).first.wait_for()
 
 
-def test_automation_lists_the_schedule_and_the_sensors(dagster_ui, page) -> None:
-    schedules = sorted(s.name for s in defs.schedules)
+def test_automation_lists_the_sensors(dagster_ui, page) -> None:
     sensors = sorted(s.name for s in defs.sensors)
-    assert schedules == ["nightly_schedule"]
+    assert not defs.schedules  # the assets' automation conditions run the night
     assert sensors == [
-        "alert_on_check_failure", "alert_on_run_failure", "alert_on_stale_sessions",
-        "nightly_chain",
+        "alert_on_check_failure", "alert_on_run_failure", "alert_on_stale_data",
+        "kronos_automation",
     ]  # fmt: skip
     page.goto(dagster_ui + "/automation")
     _dismiss_welcome(page)
-    for name in schedules + sensors:
+    for name in sensors:
         page.get_by_text(name, exact=True).first.wait_for()
-    page.get_by_text(re.compile(r"10:30 PM .*Monday through Friday")).first.wait_for()
 
 
 def test_jobs_page_lists_every_job(dagster_ui, page) -> None:
@@ -286,8 +288,8 @@ def test_materialize_a_partition_from_the_asset_page(dagster_ui, page) -> None:
             dagster_ui,
             "{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }",
         )
-        # Only the run launched here (a nightly schedule tick at 22:30 New York would add
-        # runs of its own, tagged with the schedule or the sensor that started them).
+        # Only the run launched here (the automation adds runs of its own, tagged with the
+        # sensor that started them).
         runs = [
             r for r in data["runsOrError"]["results"]
             if not {t["key"] for t in r["tags"]} & {"dagster/schedule_name", "dagster/sensor_name"}
