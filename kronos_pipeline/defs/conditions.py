@@ -8,8 +8,9 @@ The night of a session D, with nothing but the daemon running:
    when its window opens at 22:30 New York (the file is due); a partition of the last week
    still missing (a late file, a run that failed) runs when the vendor folder changes. A day
    already loaded is not rerun by a folder change (a restated file: rerun it by hand).
-3. Everything per day after it (:data:`DAILY`) is eager over the last week: a day runs when
-   its inputs updated, never while one is missing or running.
+3. Everything per day after it (:data:`DAILY`, :data:`SCORES`) is eager over the last week: a
+   day runs when its inputs updated, never while one is missing or running; a day's scores
+   and signal are not rerun as its labels mature.
 4. ``labels_forward`` (:data:`MATURING_LABELS`): a day's labels are rerun while they can still
    mature, whenever the prices of a session of their horizon updated.
 5. ``folds`` (:data:`ON_UPDATE`) after any day's features or labels.
@@ -50,13 +51,23 @@ SESSION_BARS = (
     & ~AC.in_progress()
 ).with_label("the session's bars: due at 22:30 New York; a missing one when the folder changes")
 
-DAILY = (
-    _RECENT
-    & (AC.newly_missing() | AC.any_deps_updated()).since_last_handled()
-    & ~AC.any_deps_missing()
-    & ~AC.any_deps_in_progress()
-    & ~AC.in_progress()
-).with_label("eager over the last week of sessions")
+
+def _eager_days(updated: dg.AutomationCondition) -> dg.AutomationCondition:
+    return (
+        _RECENT
+        & (AC.newly_missing() | updated).since_last_handled()
+        & ~AC.any_deps_missing()
+        & ~AC.any_deps_in_progress()
+        & ~AC.in_progress()
+    )
+
+
+DAILY = _eager_days(AC.any_deps_updated()).with_label("eager over the last week of sessions")
+#: A day's scores and signal: as DAILY, but its labels maturing on later nights do not score it
+#: again (a published signal stays as published; only the planted-leak control reads them).
+SCORES = _eager_days(
+    AC.any_deps_updated().ignore(dg.AssetSelection.assets("labels_forward"))
+).with_label("eager over the last week of sessions; not again as its labels mature")
 
 
 def maturing_labels(lookback: dt.timedelta) -> dg.AutomationCondition:

@@ -101,8 +101,12 @@ CHECKS = [
         ),
         *[
             dg.AssetSpec(
-                name, deps=[vendor_files], description=d, kinds=KINDS,
-                metadata=table_metadata(s), automation_condition=SESSION_BARS,
+                name,
+                deps=[vendor_files],
+                description=d,
+                kinds=KINDS,
+                metadata=table_metadata(s),
+                automation_condition=SESSION_BARS,
             )  # fmt: skip
             for name, (s, d) in SIDE_TABLES.items()
         ],

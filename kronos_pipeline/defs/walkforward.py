@@ -12,7 +12,7 @@ import dagster as dg
 import pandas as pd
 
 from kronos_pipeline.concurrency import threads_per_slot, usable_cpus
-from kronos_pipeline.defs.conditions import DAILY
+from kronos_pipeline.defs.conditions import SCORES
 from kronos_pipeline.defs.partitions import partition_window, score_day_partitions
 from kronos_pipeline.evaluation import folds
 from kronos_pipeline.evaluation.signal import KRONOS_SCORE_TABLES, SCORE_TABLES  # noqa: F401
@@ -29,7 +29,7 @@ SCORE_DAYS_PER_RUN = 23
 SCORE_ASSET_OPTIONS: dict = {
     "partitions_def": score_day_partitions,
     "backfill_policy": dg.BackfillPolicy.multi_run(SCORE_DAYS_PER_RUN),
-    "automation_condition": DAILY,
+    "automation_condition": SCORES,
 }
 
 

@@ -6,8 +6,8 @@ partition is today's. The history is loaded and the fold's models fitted by the 
 deployment starts. Then ``dagster dev`` (webserver and daemon, loopback, this repository's
 ``dagster.yaml``) is started, with the alert webhook pointed at a receiver on 127.0.0.1, and
 the due session's files are dropped into the folder, one line of them with a non-positive
-close (the planted failure: the line is quarantined and the WARN check ``quarantine_share``
-fails; nothing blocks).
+close (quarantined; nothing blocks). The planted failure is the universe: 12 names, below the
+20 members the WARN check ``universe_breadth`` asks of every day.
 
 With nothing launched by hand, the automation conditions must take the day from the files to
 ``data/signals/<day>.parquet``: the observation of ``vendor_files`` sees a new data version,
@@ -40,7 +40,7 @@ from kronos_pipeline_tests.vendor_feed import LIQUID_TICKERS, VendorFeed, redate
 REPO = Path(__file__).resolve().parents[2]
 HISTORY = 420  # sessions before the due one: features look back 252, the universe 253
 PLANTED = "KO"  # its line of the due session has a non-positive close
-SIGNAL_TIMEOUT_S = 600
+SIGNAL_TIMEOUT_S = 900
 QUIET_S = 20  # more sensor ticks after the post: nothing is posted twice
 
 
@@ -114,15 +114,16 @@ def test_a_dropped_day_becomes_a_signal_with_no_command_given(tmp_path):
         def planted_posts():
             return [
                 p for p in hook.posts
-                if p.get("event") == "check_failed" and p.get("check") == "quarantine_share"
+                if p.get("event") == "check_failed" and p.get("check") == "universe_breadth"
             ]  # fmt: skip
 
         _wait("the planted check's alert", planted_posts, 120, proc, log)
         time.sleep(QUIET_S)
         posts = planted_posts()
         assert len(posts) == 1, posts
-        assert posts[0]["asset"] == "bars_quarantine" and posts[0]["severity"] == "WARN"
-        assert day.isoformat() in str(posts[0]["partition"])
+        assert posts[0]["asset"] == "universe" and posts[0]["severity"] == "WARN"
+        assert posts[0]["partition"] == day.isoformat()  # the automation's run of the day
+        assert "fewer than 20 members" in posts[0]["description"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

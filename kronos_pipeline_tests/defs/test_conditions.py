@@ -99,3 +99,18 @@ def test_a_folds_model_is_fitted_once_when_the_fold_lacks_it():
         _materialize(instance, models, ["2020-01"])
         instance.report_runless_asset_event(dg.AssetMaterialization("folds"))  # Jan 3
         assert tick(first + dt.timedelta(days=1)) == {}  # never refitted by a later session
+
+
+def test_a_published_days_scores_are_not_rerun_as_its_labels_mature():
+    day = DAY - dt.timedelta(days=1)
+    inputs = ("features", "universe", "labels_forward")
+    with dg.instance_for_test() as instance:
+        _materialize(instance, inputs, [day])
+        _materialize(instance, ("lightgbm_models",), ["2019-12"])
+        _materialize(instance, ("baseline_scores",), [day])
+        tick = Ticks(instance, ("baseline_scores",))
+        assert tick(_at(DAY, 23, 0)) == {}
+        _materialize(instance, ("labels_forward",), [day])  # its 5-day label matured tonight
+        assert tick(_at(DAY, 23, 5)) == {}
+        _materialize(instance, ("features",), [day])  # a restated input does rescore it
+        assert tick(_at(DAY, 23, 10)) == {"baseline_scores": [str(day)]}
