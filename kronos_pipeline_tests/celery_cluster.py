@@ -4,7 +4,7 @@
 Redis is Debian's ``redis-server`` (``apt-get install redis-server``; ``KRONOS_TEST_REDIS_SERVER``
 names another binary), started on a free port without persistence. Each worker is started the
 way README "Deployment" starts one, ``dagster-celery worker start -A dagster_celery.app -y
-deploy/celery_worker.yaml -n <name>``, in its own process group, so that every process it forks
+deploy/celery_worker.yaml -i kronos_pipeline.definitions -n <name>``, in its own process group, so that every process it forks
 (the ``celery`` worker and its pool) is known by that group's id and stopped with it.
 """
 
@@ -62,6 +62,20 @@ class CeleryCluster:
     backend: str
     workers: tuple[Worker, ...]
 
+    def wait_until_ready(self) -> None:
+        """Until each worker's log says ``<name>@<host> ready.`` (it consumes from the broker);
+        fails the test, with the worker's log, when one exits or takes over WAIT_S."""
+        deadline = time.monotonic() + WAIT_S
+        pending = list(self.workers)
+        while pending:
+            for worker in list(pending):
+                text = worker.log.read_text(errors="replace") if worker.log.exists() else ""
+                if f"{worker.name}@" in text and " ready." in text:
+                    pending.remove(worker)
+                elif worker.process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"celery worker {worker.name} did not start:\n{text[-3000:]}")
+            time.sleep(0.2)
+
     def env(self) -> dict[str, str]:
         """The variables ``deploy/celery_worker.yaml`` and ``deploy/celery_run.yaml`` read."""
         return {"CELERY_BROKER_URL": self.broker, "CELERY_RESULT_BACKEND": self.backend}
@@ -86,22 +100,10 @@ def _wait_for_redis(port: int, process: subprocess.Popen, log: Path) -> None:
         except redis.exceptions.ConnectionError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
-            pytest.fail(f"redis-server did not start on 127.0.0.1:{port}:\n{log.read_text()[-2000:]}")
+            pytest.fail(
+                f"redis-server did not start on 127.0.0.1:{port}:\n{log.read_text()[-2000:]}"
+            )
         time.sleep(0.1)
-
-
-def _wait_until_ready(workers: list[Worker]) -> None:
-    """Until each worker's log says ``<name>@<host> ready.`` (it consumes from the broker)."""
-    deadline = time.monotonic() + WAIT_S
-    pending = list(workers)
-    while pending:
-        for worker in list(pending):
-            text = worker.log.read_text(errors="replace") if worker.log.exists() else ""
-            if f"{worker.name}@" in text and " ready." in text:
-                pending.remove(worker)
-            elif worker.process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"celery worker {worker.name} did not start:\n{text[-3000:]}")
-        time.sleep(0.2)
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -137,7 +139,8 @@ def _stop_worker(worker: Worker) -> None:
 def celery_cluster(names: tuple[str, ...], env: dict[str, str]) -> Iterator[CeleryCluster]:
     """Start Redis on a free loopback port and one worker per name, with ``env`` (the code
     location's settings, ``DAGSTER_HOME``) added to this process's environment; yield the
-    cluster once every worker is ready; on exit stop them all and delete the folder."""
+    cluster as soon as the workers are started (they import the code location first: call
+    ``wait_until_ready`` before submitting); on exit stop them all and delete the folder."""
     binary = redis_server_binary()
     root = Path(tempfile.mkdtemp(prefix="kronos-celery-"))
     port = free_port()
@@ -167,12 +170,11 @@ def celery_cluster(names: tuple[str, ...], env: dict[str, str]) -> Iterator[Cele
                 process = subprocess.Popen(
                     [str(Path(bin_dir) / "dagster-celery"), "worker", "start",
                      "-A", "dagster_celery.app", "-y", str(WORKER_YAML), "-n", name,
-                     "--", "--concurrency=1"],
+                     "-i", "kronos_pipeline.definitions", "--", "--concurrency=1"],
                     env=worker_env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )  # fmt: skip
             workers.append(Worker(name, process, log))
-        _wait_until_ready(workers)
         yield CeleryCluster(broker, backend, tuple(workers))
     finally:
         try:

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -90,18 +91,32 @@ def _run_in_process(data_dir: Path) -> None:
     assert run.success
 
 
-def _dagster_execute(job: str, tags: dict, env: dict, *selection: str) -> float:
-    """``dagster job execute`` of the code location's ``job`` with ``deploy/celery_run.yaml``
-    (the run's process orchestrates; its steps go to the broker); returns the seconds taken."""
+@dataclass
+class DagsterExecute:
+    """``dagster job execute`` of the code location's ``job`` with ``deploy/celery_run.yaml``,
+    started in its own process (it orchestrates; its steps go to the broker); its output goes
+    to ``log``."""
+
+    process: subprocess.Popen
+    log: Path
+    started: float
+
+    def wait(self) -> float:
+        """Seconds the run took; fails the test with its output when it failed."""
+        self.process.wait(timeout=600)
+        assert self.process.returncode == 0, self.log.read_text()[-5000:]
+        return time.perf_counter() - self.started
+
+
+def _dagster_execute(job: str, tags: dict, env: dict, log: Path, *selection: str) -> DagsterExecute:
     command = [sys.executable, "-m", "dagster", "job", "execute", "-m", "kronos_pipeline.definitions",
                "-a", "defs", "-j", job, "-c", str(RUN_YAML), "--tags", json.dumps(tags)]  # fmt: skip
     if selection:
         command += ["-o", ",".join(selection)]
-    started = time.perf_counter()
-    done = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return time.perf_counter() - started
+    with log.open("w") as out:
+        process = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=out,
+                                   stderr=subprocess.STDOUT)  # fmt: skip
+    return DagsterExecute(process, log, time.perf_counter())
 
 
 def _tables(data_dir: Path) -> dict:
@@ -127,6 +142,7 @@ def fold_on_celery(tmp_path_factory: pytest.TempPathFactory) -> dict:
         set_pool_limits(instance, 2)  # instance-setup for two fits at once
     env = {**ENV, "DAGSTER_HOME": str(home), "KRONOS_WAREHOUSE__DATA_DIR": str(on_celery)}
     out: dict = {"test_pid": os.getpid()}
+    runs: list[DagsterExecute] = []
     with pytest.MonkeyPatch.context() as mp:
         for key, value in {**env, "KRONOS_WAREHOUSE__DATA_DIR": str(in_process)}.items():
             mp.setenv(key, value)
@@ -136,17 +152,26 @@ def fold_on_celery(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 # While the workers import the code location: the data, copied for both sides.
                 _build_data(in_process)
                 shutil.copytree(in_process, on_celery)
+                cluster.wait_until_ready()
                 run_env = {**os.environ, **env, **cluster.env(), "PYTHONPATH": str(REPO_ROOT)}
-                out["models_s"] = _dagster_execute(
-                    "models_job", {"dagster/partition": FOLD}, run_env,
+                runs.append(_dagster_execute(
+                    "models_job", {"dagster/partition": FOLD}, run_env, folder / "models.log",
                     "lightgbm_models", "kronos_checkpoint",
-                )  # fmt: skip
+                ))  # fmt: skip
+                _run_in_process(in_process)  # meanwhile, the same partitions in this process
+                out["models_s"] = runs[-1].wait()
                 window = dict(zip(RANGE_TAGS, weekdays_of(FOLD), strict=True))
-                out["scores_s"] = _dagster_execute("baseline_scores_job", window, run_env)
-                _run_in_process(in_process)
+                runs.append(_dagster_execute(
+                    "baseline_scores_job", window, run_env, folder / "scores.log"
+                ))  # fmt: skip
+                out["scores_s"] = runs[-1].wait()
                 with instance_at(home) as instance:
                     out["runs"] = _run_facts(instance, cluster)
         finally:
+            for run in runs:  # a run process left by a failure: it would wait on the broker
+                if run.process.poll() is None:
+                    run.process.kill()
+                    run.process.wait()
             get_settings.cache_clear()
     out["celery_tables"], out["in_process_tables"] = _tables(on_celery), _tables(in_process)
     return out
