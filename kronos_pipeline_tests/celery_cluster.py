@@ -4,8 +4,9 @@
 Redis is Debian's ``redis-server`` (``apt-get install redis-server``; ``KRONOS_TEST_REDIS_SERVER``
 names another binary), started on a free port without persistence. Each worker is started the
 way README "Deployment" starts one, ``dagster-celery worker start -A dagster_celery.app -y
-deploy/celery_worker.yaml -i kronos_pipeline.definitions -n <name>``, in its own process group, so that every process it forks
-(the ``celery`` worker and its pool) is known by that group's id and stopped with it.
+deploy/celery_worker.yaml -i kronos_pipeline.definitions -n <name>``, in its own process
+group, so that every process it forks (the ``celery`` worker and its pool) is known by that
+group's id and stopped with it.
 """
 
 from __future__ import annotations
@@ -60,7 +61,14 @@ class Worker:
 class CeleryCluster:
     broker: str
     backend: str
+    redis_server: subprocess.Popen
     workers: tuple[Worker, ...]
+
+    def stopped(self) -> bool:
+        """Whether Redis and every process of every worker's group have exited."""
+        return self.redis_server.poll() is not None and not any(
+            _group_members(w.pgid) for w in self.workers
+        )
 
     def wait_until_ready(self) -> None:
         """Until each worker's log says ``<name>@<host> ready.`` (it consumes from the broker);
@@ -175,7 +183,7 @@ def celery_cluster(names: tuple[str, ...], env: dict[str, str]) -> Iterator[Cele
                     start_new_session=True,
                 )  # fmt: skip
             workers.append(Worker(name, process, log))
-        yield CeleryCluster(broker, backend, tuple(workers))
+        yield CeleryCluster(broker, backend, redis_server, tuple(workers))
     finally:
         try:
             for worker in workers:

@@ -21,9 +21,13 @@ Example run config (values from the run's environment, resolved at launch)::
           broker: {env: KRONOS_CELERY_BROKER}
           backend: {env: KRONOS_CELERY_BACKEND}
 
-The workers start with the same broker and backend (``deploy/celery_worker.yaml``)::
+The workers start with the same broker and backend (``deploy/celery_worker.yaml``), each
+loading the code location at start::
 
-    dagster-celery worker start -A dagster_celery.app -y deploy/celery_worker.yaml -n <name>
+    dagster-celery worker start -A dagster_celery.app -y deploy/celery_worker.yaml \
+        -i kronos_pipeline.definitions -n <name> -- --concurrency=<steps at once>
+
+``kronos-pipeline`` runs its jobs in-process whatever this says.
 """
 
 from collections.abc import Mapping, Sequence
