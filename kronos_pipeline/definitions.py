@@ -4,6 +4,7 @@ import dagster as dg
 
 from kronos_pipeline.defs import evaluation, features, ingest, kronos, prices, signals, universe
 from kronos_pipeline.defs.automation import jobs, sensors
+from kronos_pipeline.defs.executor import steps_executor
 from kronos_pipeline.defs.heads import HEAD_ASSETS
 from kronos_pipeline.defs.resources import default_resources
 
@@ -39,4 +40,6 @@ defs = dg.Definitions(
     jobs=jobs(),
     sensors=sensors(),
     resources=default_resources(),
+    # Every job's: multiprocess unless a run's execution config selects in_process or celery.
+    executor=steps_executor,
 )
