@@ -121,8 +121,9 @@ def jobs() -> list:
 
 
 # --------------------------------------------------------------------------------------
-# The nightly production run: one chain of runs per session, each step started when the
-# one before succeeded (by the CLI in-process, or by the nightly_chain sensor in the daemon).
+# The night as explicit runs, for `kronos-pipeline nightly`: one chain per session, each step
+# started when the one before succeeded. The daemon needs none of it: the assets' automation
+# conditions run the same night by themselves (defs/conditions.py).
 # --------------------------------------------------------------------------------------
 
 
