@@ -5,8 +5,9 @@ sample, 12 names) cut at ``HISTORY_END``; ``backfill`` loads the history and the
 (its models and the scores of its days so far); the next session's file arrives and
 ``nightly --date`` takes it through the chain (data, folds, scores and forecasts, labels);
 the session after it never arrives, so its ``nightly`` stops at the data step's blocking
-completeness check. Then ``dagster dev`` serves that instance (after the CLI, so its sensors
-start from the runs already there), and headless Chromium checks:
+completeness check. Then ``dagster dev`` serves that instance (its ``kronos_automation``
+sensor stopped: the runs looked at are the CLI's and the one the test launches), and headless
+Chromium checks:
 
 * in the Partitions tab of ``raw_bars`` and of ``kronos_forecasts``, over the weekdays around
   the two sessions, exactly the night's session and the backfilled days before it are
@@ -39,6 +40,7 @@ import pandas as pd
 import pytest
 
 from kronos_pipeline.instance import instance_at
+from kronos_pipeline_tests.defs.test_alerts_daemon import stop_automation
 from kronos_pipeline_tests.ui.browser import (
     REPO,
     browser_tab,
@@ -149,8 +151,8 @@ def _deploy(root: Path) -> tuple[dict[str, str], dt.date, dt.date]:
 
 @contextmanager
 def _serving(env: dict[str, str], night: dt.date, failed: dt.date) -> Iterator[Scenario]:
-    """``dagster dev`` on the deployed instance (started after the CLI's runs, so its
-    sensors begin after them), and what the test needs to know of the instance."""
+    """``dagster dev`` on the deployed instance, its automation stopped, and what the test
+    needs to know of the instance."""
     home = Path(env["DAGSTER_HOME"])
     instance = instance_at(home)
     try:
@@ -164,6 +166,9 @@ def _serving(env: dict[str, str], night: dt.date, failed: dt.date) -> Iterator[S
         d.strftime("%Y-%m-%d")
         for d in pd.bdate_range(night - pd.offsets.BDay(2), failed + pd.offsets.BDay(2))
     ]
+    # The automation would run the newest partitions (today's, not the sample's) by itself;
+    # the test looks at the CLI's runs and the one it launches.
+    stop_automation(env)
     with dagster_dev(env, home / "dagster_dev.log") as base:
         yield Scenario(
             base=base, home=home, night=str(night), failed=str(failed), window=window,
