@@ -70,16 +70,6 @@ def page(dagster_ui, tmp_path_factory):
         yield tab
 
 
-def _dismiss_welcome(page) -> None:
-    """Dagster's first-visit community dialog covers the page until skipped."""
-    skip = page.get_by_role("button", name="Skip")
-    try:
-        skip.wait_for(timeout=5_000)
-    except Exception:  # noqa: BLE001 - not shown (already dismissed in this browser)
-        return
-    skip.click()
-
-
 def _due_day() -> str:
     """The newest session whose vendor file is due (22:30 New York): the newest weekday
     partition that is a session, inside the fixture's synthetic market."""
@@ -102,7 +92,6 @@ def _asset_names() -> list[str]:
 
 def test_catalog_lists_every_asset(dagster_ui, page) -> None:
     page.goto(dagster_ui + "/assets")
-    _dismiss_welcome(page)
     names = _asset_names()
     assert {
         "raw_bars", "prices_pit", "lightgbm_models", "baseline_scores", "kronos_forecasts",
@@ -122,7 +111,6 @@ def test_asset_page_shows_its_checks(dagster_ui, page) -> None:
     checks = sorted(c.name for c in graph.get(prices).check_keys)
     assert "history_complete" in checks
     page.goto(dagster_ui + "/assets/prices_pit?view=checks")
-    _dismiss_welcome(page)
     for check in checks:
         page.get_by_text(check, exact=True).first.wait_for()
 
@@ -135,7 +123,6 @@ def test_automation_lists_the_sensors(dagster_ui, page) -> None:
         "kronos_automation",
     ]  # fmt: skip
     page.goto(dagster_ui + "/automation")
-    _dismiss_welcome(page)
     for name in sensors:
         page.get_by_text(name, exact=True).first.wait_for()
 
@@ -144,7 +131,6 @@ def test_jobs_page_lists_every_job(dagster_ui, page) -> None:
     jobs = sorted(j.name for j in defs.jobs)
     assert {"data_job", "labels_job", "folds_job", "scoring_job", "evaluation_job"} <= set(jobs)
     page.goto(dagster_ui + "/jobs")
-    _dismiss_welcome(page)
     for job in jobs:
         page.get_by_text(job, exact=True).first.wait_for()
 
