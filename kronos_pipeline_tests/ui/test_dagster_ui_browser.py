@@ -13,24 +13,14 @@ file is due at 22:30 New York, the hour its weekday partition opens), typed into
 partition selection. The newest partition ("Latest" in the dialog) can be an exchange holiday,
 which would materialize as "no session".
 
-Chromium: ``KRONOS_TEST_CHROMIUM``, else ``/usr/bin/chromium`` (Debian: ``apt-get install
-chromium``), else ``chromium`` on PATH. Missing, the test fails and says how to install it.
+``dagster dev``, Chromium and the dialog are driven by ``kronos_pipeline_tests.ui.browser``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
-import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -38,75 +28,22 @@ from kronos_pipeline.definitions import defs
 from kronos_pipeline.defs.partitions import day_key, due_session
 from kronos_pipeline.settings import get_settings
 from kronos_pipeline_tests.defs.test_alerts_daemon import stop_automation
+from kronos_pipeline_tests.ui.browser import (
+    RUN_END,
+    browser_tab,
+    dagster_dev,
+    dagster_home,
+    launch_partition_run,
+    ui_runs,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-LOCATION = "kronos_pipeline.definitions"
 SYNTHETIC_DAYS = 400  # the synthetic market of the UI instance: these many days up to today
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _chromium() -> str:
-    for candidate in (
-        os.environ.get("KRONOS_TEST_CHROMIUM"),
-        "/usr/bin/chromium",
-        shutil.which("chromium"),
-        shutil.which("chromium-browser"),
-    ):
-        if candidate and Path(candidate).exists():
-            return candidate
-    pytest.fail(
-        "No Chromium for the UI test: install it (Debian/Ubuntu: apt-get install chromium) "
-        "or set KRONOS_TEST_CHROMIUM to a Chromium/Chrome executable."
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _graphql(base: str, query: str) -> dict:
-    request = urllib.request.Request(
-        f"{base}/graphql",
-        data=json.dumps({"query": query}).encode(),
-        headers={"content-type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return json.loads(response.read())["data"]
-
-
-def _location_loaded(base: str) -> bool:
-    data = _graphql(
-        base,
-        "{ workspaceOrError { ... on Workspace { locationEntries { name loadStatus "
-        "locationOrLoadError { __typename } } } } }",
-    )
-    entries = data["workspaceOrError"]["locationEntries"]
-    return any(
-        e["name"] == LOCATION
-        and e["loadStatus"] == "LOADED"
-        and e["locationOrLoadError"]["__typename"] == "RepositoryLocation"
-        for e in entries
-    )
 
 
 @pytest.fixture(scope="module")
 def dagster_ui(tmp_path_factory):
     """Base URL of ``dagster dev`` on a free loopback port; stopped after the module."""
-    home = tmp_path_factory.mktemp("dagster_home")
-    shutil.copy(REPO / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-    log_path = home / "dagster_dev.log"
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
+    home = dagster_home(tmp_path_factory.mktemp("dagster_home"))
     env = dict(
         os.environ,
         DAGSTER_HOME=str(home),
@@ -123,69 +60,14 @@ def dagster_ui(tmp_path_factory):
     # The automation would run the newest partitions of the market by itself; the UI tests
     # launch their own runs and look at exactly those.
     stop_automation(env)
-    dagster = Path(sys.executable).with_name("dagster")
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"dagster dev exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}"
-                )
-            try:
-                if _location_loaded(base):
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"dagster dev did not load {LOCATION}:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
+    with dagster_dev(env, home / "dagster_dev.log") as base:
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
 def page(dagster_ui, tmp_path_factory):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=_chromium(), headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context(viewport={"width": 1400, "height": 900})
-        context.set_default_timeout(60_000)
-        tab = context.new_page()
-        # Dagster's first-visit community dialog may open late, over whatever is clicked
-        # next: Playwright dismisses it whenever it is in the way of an action.
-        tab.add_locator_handler(tab.get_by_role("button", name="Skip"), lambda skip: skip.click())
-        tab.goto(dagster_ui + "/assets")
+    with browser_tab(dagster_ui, tmp_path_factory.mktemp("screens")) as tab:
         yield tab
-        tab.screenshot(path=str(tmp_path_factory.mktemp("screens") / "last.png"))
-        browser.close()
-
-
-def _dismiss_welcome(page) -> None:
-    """Dagster's first-visit community dialog covers the page until skipped."""
-    skip = page.get_by_role("button", name="Skip")
-    try:
-        skip.wait_for(timeout=5_000)
-    except Exception:  # noqa: BLE001 - not shown (already dismissed in this browser)
-        return
-    skip.click()
 
 
 def _due_day() -> str:
@@ -210,7 +92,6 @@ def _asset_names() -> list[str]:
 
 def test_catalog_lists_every_asset(dagster_ui, page) -> None:
     page.goto(dagster_ui + "/assets")
-    _dismiss_welcome(page)
     names = _asset_names()
     assert {
         "raw_bars", "prices_pit", "lightgbm_models", "baseline_scores", "kronos_forecasts",
@@ -230,7 +111,6 @@ def test_asset_page_shows_its_checks(dagster_ui, page) -> None:
     checks = sorted(c.name for c in graph.get(prices).check_keys)
     assert "history_complete" in checks
     page.goto(dagster_ui + "/assets/prices_pit?view=checks")
-    _dismiss_welcome(page)
     for check in checks:
         page.get_by_text(check, exact=True).first.wait_for()
 
@@ -243,7 +123,6 @@ def test_automation_lists_the_sensors(dagster_ui, page) -> None:
         "kronos_automation",
     ]  # fmt: skip
     page.goto(dagster_ui + "/automation")
-    _dismiss_welcome(page)
     for name in sensors:
         page.get_by_text(name, exact=True).first.wait_for()
 
@@ -252,50 +131,24 @@ def test_jobs_page_lists_every_job(dagster_ui, page) -> None:
     jobs = sorted(j.name for j in defs.jobs)
     assert {"data_job", "labels_job", "folds_job", "scoring_job", "evaluation_job"} <= set(jobs)
     page.goto(dagster_ui + "/jobs")
-    _dismiss_welcome(page)
     for job in jobs:
         page.get_by_text(job, exact=True).first.wait_for()
 
 
 def test_materialize_a_partition_from_the_asset_page(dagster_ui, page) -> None:
-    from playwright.sync_api import expect
-
     day = _due_day()
-    page.goto(dagster_ui + "/assets/raw_bars")
-    _dismiss_welcome(page)
-    page.get_by_role("button", name="Materialize").first.click()
-    # raw_bars and bars_quarantine come from one multi-asset: the UI asks to take both.
-    page.get_by_role("button", name="Confirm").click()
-    page.get_by_text("Partition selection").wait_for()
-    # The partition selection's text input (7,000 weekday partitions: the dialog shows the last
-    # 90 days, the input empty, "No matching partitions"): type the newest due session, Enter
-    # commits it as the selection.
-    selection = page.locator(
-        'input[placeholder^="ex: "], input[placeholder="No matching partitions"]'
-    ).first
-    selection.fill(day)
-    selection.press("Enter")
-    expect(selection).to_have_value(day)
-    page.get_by_role("button", name="Launch 1 run").click()
-    toast = page.get_by_text(re.compile(r"Launched run [0-9a-f]{8}"))
-    toast.wait_for()
-    short_id = re.search(r"[0-9a-f]{8}", toast.inner_text()).group(0)
+    # raw_bars and bars_quarantine come from one multi-asset: the UI asks to take both. The
+    # newest due session is among the 90 days the dialog offers (7,000 weekday partitions).
+    short_id = launch_partition_run(page, dagster_ui, "raw_bars", day, confirm=True)
 
     # The instance runs it (queued run coordinator, daemon, warehouse pool) to the end...
     deadline = time.monotonic() + 300
     while True:
-        data = _graphql(
-            dagster_ui,
-            "{ runsOrError { ... on Runs { results { runId status tags { key value } } } } }",
-        )
         # Only the run launched here (the automation adds runs of its own, tagged with the
         # sensor that started them).
-        runs = [
-            r for r in data["runsOrError"]["results"]
-            if not {t["key"] for t in r["tags"]} & {"dagster/schedule_name", "dagster/sensor_name"}
-        ]  # fmt: skip
+        runs = ui_runs(dagster_ui)
         assert [r["runId"][:8] for r in runs] == [short_id]
-        if runs[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED") or time.monotonic() > deadline:
+        if runs[0]["status"] in RUN_END or time.monotonic() > deadline:
             break
         time.sleep(2)
     assert runs[0]["status"] == "SUCCESS", runs[0]["status"]
