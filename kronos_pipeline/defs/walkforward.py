@@ -6,6 +6,7 @@ Shared by the evaluation, Kronos, heads and signal stages, so none of them impor
 stage's module for these (``defs/evaluation.py`` and ``defs/kronos.py`` used to import each
 other)."""
 
+import dataclasses
 import datetime as dt
 
 import dagster as dg
@@ -96,6 +97,11 @@ def run_folds(
     plan = []
     for month in months:
         fold = get_fold(db, str(month))
+        # The folds table can predate the newest sessions of the current month (the day's
+        # scores may run before the folds are rebuilt): the fold's test days are its month's.
+        in_month = sessions[(sessions >= fold.test_start) & (sessions <= month.end_time)]
+        if len(in_month) and in_month[-1] > fold.test_end:
+            fold = dataclasses.replace(fold, test_end=in_month[-1])
         inside = sessions[window & (sessions >= fold.test_start) & (sessions <= fold.test_end)]
         if not len(inside) or start == end:
             days = inside
