@@ -39,6 +39,7 @@ DATA_SELECTION = dg.AssetSelection.groups("data", "features")
 NIGHTLY_CRON = "30 22 * * 1-5"  # after the close and the vendor's end-of-day files
 NIGHTLY_TZ = "America/New_York"
 NIGHTLY_TAG = "kronos/nightly"  # the session a nightly run (and each step after it) is for
+CLI_TAG = "kronos/cli"  # a run the CLI submitted: the CLI starts each next step itself
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 MODEL_ASSETS = ("lightgbm_models", "kronos_checkpoint", "kronos_heads")
 SCORE_ASSETS = (
@@ -163,7 +164,7 @@ def source_fingerprint(data: DataSettings) -> str:
 
 # --------------------------------------------------------------------------------------
 # The nightly production run: one chain of runs per session, each step started when the
-# one before succeeded (by the CLI in-process, or by the nightly_chain sensor in the daemon).
+# one before succeeded (by the CLI, or by the nightly_chain sensor in the daemon).
 # --------------------------------------------------------------------------------------
 
 
@@ -305,6 +306,8 @@ def nightly_chain(context: dg.RunStatusSensorContext):
     day = run.tags.get(NIGHTLY_TAG)
     if not day:
         return dg.SkipReason(f"{run.job_name} run {run.run_id} is not a nightly step")
+    if run.tags.get(CLI_TAG):
+        return dg.SkipReason(f"nightly {day}: the CLI that submitted {run.job_name} runs the rest")
     nxt = next_nightly_step(
         dt.date.fromisoformat(day), run.job_name, get_settings(), context.instance
     )
