@@ -23,7 +23,6 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from kronos_pipeline.settings import (
     PRESETS,
     REPO_ROOT,
@@ -160,19 +159,18 @@ class Session:
     def deployment(self, instance) -> Deployment:
         """The deployment this command's runs go through, started at its first run."""
         if self._deployment is None:
-            from kronos_pipeline.deployment import Deployment
+            from kronos_pipeline.deployment import Deployment, daemon_alive
 
             stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-            self._deployment = Deployment.start(
-                instance, self.workspace, log_dir() / f"deployment-{stamp}-{os.getpid()}.log"
-            )
-            d = self._deployment
-            if d.owns_daemon:
-                print(f"no dagster-daemon is running for this instance: started `dagster dev` "
-                      f"({d.url}) until this command ends; its log: {d.log_path}", flush=True)
+            log_path = log_dir() / f"deployment-{stamp}-{os.getpid()}.log"
+            with_daemon = not daemon_alive(instance)
+            if with_daemon:
+                print("no dagster-daemon is running for this instance: starting `dagster dev` "
+                      f"until this command ends (its log: {log_path})", flush=True)  # fmt: skip
             else:
                 print("the instance's dagster-daemon is running: runs go to its queue "
-                      f"(webserver {d.url} until this command ends)", flush=True)  # fmt: skip
+                      "(starting dagster-webserver until this command ends)", flush=True)  # fmt: skip
+            self._deployment = Deployment.start(instance, self.workspace, log_path, with_daemon)
         return self._deployment
 
     def stop(self) -> None:

@@ -82,6 +82,7 @@ class Deployment:
     """A webserver (and, with ``owns_daemon``, a daemon) the CLI started for one command."""
 
     instance: dg.DagsterInstance
+    workspace: Path
     process: subprocess.Popen
     port: int
     owns_daemon: bool
@@ -95,13 +96,15 @@ class Deployment:
         instance: dg.DagsterInstance,
         workspace: Path,
         log_path: Path,
+        with_daemon: bool,
         timeout_s: float = START_TIMEOUT_S,
     ) -> Deployment:
-        """Start ``dagster dev`` (no live daemon) or ``dagster-webserver`` for ``workspace`` on
-        a free loopback port, its output to ``log_path``; return once its code locations have
-        loaded. The process runs in its own session: a Ctrl-C in the terminal reaches the CLI
-        only, which cancels its run before stopping the deployment."""
-        owns_daemon = not daemon_alive(instance)
+        """Start ``dagster dev`` (``with_daemon``: see :func:`daemon_alive`) or
+        ``dagster-webserver`` for ``workspace`` on a free loopback port, its output to
+        ``log_path``; return once its code locations have loaded. The process runs in its own
+        session: a Ctrl-C in the terminal reaches the CLI only, which cancels its run before
+        stopping the deployment."""
+        owns_daemon = with_daemon
         port = _free_port()
         program = ["dagster", "dev"] if owns_daemon else ["dagster_webserver"]
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +115,7 @@ class Deployment:
             cwd=workspace.parent, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-        deployment = cls(instance, process, port, owns_daemon, log_path, log)
+        deployment = cls(instance, workspace, process, port, owns_daemon, log_path, log)
         try:
             deployment._wait_until_loaded(timeout_s)
         except BaseException:
@@ -191,8 +194,16 @@ class Deployment:
         return run_id
 
     def terminate(self, run_id: str) -> None:
-        """Cancel a run: a queued one leaves the queue, a started one's worker is stopped."""
-        self.client.terminate_run(run_id)
+        """Cancel a run: a queued one leaves the queue, a started one's worker is stopped. A
+        run that ended meanwhile is left as it ended."""
+        from dagster_graphql import DagsterGraphQLClientError
+
+        try:
+            self.client.terminate_run(run_id)
+        except DagsterGraphQLClientError as exc:
+            run = self.instance.get_run_by_id(run_id)
+            if run is None or run.status.value not in TERMINAL:
+                raise DeploymentError(f"run {run_id} could not be canceled: {exc}") from None
 
     def check_queue(self, run: dg.DagsterRun, queued_since: float) -> None:
         """While ``run`` waits in the queue: fail when nothing will take it off (our

@@ -5,7 +5,6 @@
 slot while it runs; ``slow`` runs until its run is canceled.
 """
 
-
 import os
 import time
 

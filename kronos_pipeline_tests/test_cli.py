@@ -20,7 +20,7 @@ import yaml
 from kronos_pipeline import cli
 from kronos_pipeline.defs.automation import CLI_TAG
 from kronos_pipeline.defs.resources import SettingsResource
-from kronos_pipeline.deployment import Deployment
+from kronos_pipeline.deployment import Deployment, daemon_alive
 from kronos_pipeline.instance import instance_at
 from kronos_pipeline.settings import (
     REPO_ROOT,
@@ -211,7 +211,7 @@ def deployment(tmp_path_factory):
         mp.setenv("DAGSTER_HOME", str(home))
         instance = instance_at(home)
         started = time.perf_counter()
-        running = Deployment.start(instance, workspace, root / "deployment.log")
+        running = Deployment.start(instance, workspace, root / "deployment.log", with_daemon=True)
         print(f"dagster dev of the tiny location up in {time.perf_counter() - started:.1f}s")
         try:
             yield running
@@ -251,6 +251,26 @@ def test_a_cli_run_is_queued_then_run_by_a_run_worker_holding_its_pool_slot(cli_
     assert metadata["pid"].value not in (os.getpid(), deployment.process.pid)
     # ... whose step ran holding the pool's one slot
     assert metadata["slot_holders"].value == [outcome.run_id]
+
+
+def test_with_a_daemon_running_the_cli_starts_a_webserver_only_and_that_daemon_runs_it(
+    cli_env, deployment, tmp_path
+):
+    instance = deployment.instance
+    assert daemon_alive(instance)  # e.g. a `dagster dev` of the same instance
+    webserver = Deployment.start(
+        instance, deployment.workspace, tmp_path / "webserver.log", not daemon_alive(instance)
+    )
+    try:
+        assert (webserver.name, webserver.owns_daemon) == ("dagster-webserver", False)
+        outcome = cli.execute(webserver, POOLED_JOB)
+    finally:
+        webserver.stop()
+    assert outcome.success
+    assert _status_events(instance, outcome.run_id) == [
+        "PIPELINE_ENQUEUED", "PIPELINE_STARTING", "PIPELINE_START", "PIPELINE_SUCCESS"
+    ]  # fmt: skip
+    assert daemon_alive(instance)  # stopping it left the running daemon's heartbeats alone
 
 
 def test_event_log_goes_to_the_file_not_the_terminal(cli_env, deployment, capsys):
