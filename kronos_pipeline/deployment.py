@@ -114,6 +114,8 @@ class Deployment:
              "-p", str(port)],
             cwd=workspace.parent, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
+            # The instance's own home, whatever this process's environment says.
+            env={**os.environ, "DAGSTER_HOME": instance.root_directory},
         )  # fmt: skip
         deployment = cls(instance, workspace, process, port, owns_daemon, log_path, log)
         try:
