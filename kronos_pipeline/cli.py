@@ -95,7 +95,9 @@ def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
     get_settings()
 
 
-def _instance():
+def _instance(runs: bool = True):
+    """The instance of ``$DAGSTER_HOME``; for a command that ``runs`` jobs, its deployment
+    starts now too (see :meth:`Session.deployment`)."""
     from kronos_pipeline.instance import (
         InstanceStorageError,
         open_instance,
@@ -105,9 +107,12 @@ def _instance():
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     use_ranged_bookkeeping()
     try:
-        return open_instance()
+        instance = open_instance()
     except InstanceStorageError as exc:  # e.g. Postgres unreachable: one line, no traceback
         raise SystemExit(f"kronos-pipeline: {exc}") from None
+    if runs:
+        _session.deployment(instance)
+    return instance
 
 
 @dataclass
@@ -157,7 +162,8 @@ class Session:
     _deployment: Deployment | None = None
 
     def deployment(self, instance) -> Deployment:
-        """The deployment this command's runs go through, started at its first run."""
+        """The deployment this command's runs go through, started on the first call (the
+        command's start, see :func:`_instance`)."""
         if self._deployment is None:
             from kronos_pipeline.deployment import Deployment, daemon_alive
 
@@ -170,7 +176,10 @@ class Session:
             else:
                 print("the instance's dagster-daemon is running: runs go to its queue "
                       "(starting dagster-webserver until this command ends)", flush=True)  # fmt: skip
-            self._deployment = Deployment.start(instance, self.workspace, log_path, with_daemon)
+            # Started now, waited for at the first run: it loads while the command prepares.
+            self._deployment = Deployment.start(
+                instance, self.workspace, log_path, with_daemon, wait=False
+            )
         return self._deployment
 
     def stop(self) -> None:
@@ -710,7 +719,7 @@ def cmd_instance_setup(args: argparse.Namespace) -> None:
     slots = args.model_fitting or model_fitting_slots(
         usable_cpus(), cuda_devices(), get_settings().lightgbm.threads_per_fit
     )
-    instance = _instance()
+    instance = _instance(runs=False)
     try:
         limits = set_pool_limits(instance, slots)
     finally:

@@ -89,6 +89,7 @@ class Deployment:
     log_path: Path
     _log: IO = field(repr=False)
     active: set[str] = field(default_factory=set)  # run ids submitted, not yet seen to end
+    loaded: bool = False
 
     @classmethod
     def start(
@@ -97,16 +98,15 @@ class Deployment:
         workspace: Path,
         log_path: Path,
         with_daemon: bool,
-        timeout_s: float = START_TIMEOUT_S,
+        wait: bool = True,
     ) -> Deployment:
         """Start ``dagster dev`` (``with_daemon``: see :func:`daemon_alive`) or
         ``dagster-webserver`` for ``workspace`` on a free loopback port, its output to
-        ``log_path``; return once its code locations have loaded. The process runs in its own
-        session: a Ctrl-C in the terminal reaches the CLI only, which cancels its run before
-        stopping the deployment."""
-        owns_daemon = with_daemon
+        ``log_path``; with ``wait``, return once its code locations have loaded (else the
+        first :meth:`submit` waits). The process runs in its own session: a Ctrl-C in the
+        terminal reaches the CLI only, which cancels its run before stopping the deployment."""
         port = _free_port()
-        program = ["dagster", "dev"] if owns_daemon else ["dagster_webserver"]
+        program = ["dagster", "dev"] if with_daemon else ["dagster_webserver"]
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = log_path.open("a", encoding="utf-8")
         process = subprocess.Popen(
@@ -117,12 +117,9 @@ class Deployment:
             # The instance's own home, whatever this process's environment says.
             env={**os.environ, "DAGSTER_HOME": instance.root_directory},
         )  # fmt: skip
-        deployment = cls(instance, workspace, process, port, owns_daemon, log_path, log)
-        try:
-            deployment._wait_until_loaded(timeout_s)
-        except BaseException:
-            deployment.stop()
-            raise
+        deployment = cls(instance, workspace, process, port, with_daemon, log_path, log)
+        if wait:
+            deployment.wait_until_loaded()
         return deployment
 
     @property
@@ -132,6 +129,17 @@ class Deployment:
     @property
     def name(self) -> str:
         return "dagster dev" if self.owns_daemon else "dagster-webserver"
+
+    def wait_until_loaded(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Wait until the webserver answers with every code location loaded; on a failure
+        (a location that does not load, a process that exits, the timeout) stop the
+        deployment and raise :class:`DeploymentError`."""
+        try:
+            self._wait_until_loaded(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        self.loaded = True
 
     def _wait_until_loaded(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -184,6 +192,8 @@ class Deployment:
         returns its run id."""
         from dagster_graphql import DagsterGraphQLClientError
 
+        if not self.loaded:
+            self.wait_until_loaded()
         self.raise_if_dead()
         try:
             run_id = self.client.submit_job_execution(
