@@ -39,7 +39,6 @@ if typing.TYPE_CHECKING:
 # The choices of the engine flags are the settings' own literals: one source of truth.
 DEVICES = typing.get_args(KronosSettings.model_fields["device"].annotation)
 DTYPES = typing.get_args(KronosSettings.model_fields["dtype"].annotation)
-LOG_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
 _TRUNCATED = re.compile(r"\band \d+ more tickers\b")  # see data.completeness.name_pairs
 # Jobs of the data's weekday partitions, of the scores' weekday partitions, and of folds.

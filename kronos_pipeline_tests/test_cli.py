@@ -43,7 +43,8 @@ ENGINE_VARIABLES = (
 @pytest.fixture
 def cli_env(tmp_path, monkeypatch):
     """A clean environment: no engine variables, warehouse and instance under tmp_path."""
-    for name in (*ENGINE_VARIABLES, "KRONOS_MODE", "KRONOS_REPORT__RUN_NAME"):
+    for name in (*ENGINE_VARIABLES, "KRONOS_MODE", "KRONOS_REPORT__RUN_NAME",
+                 "KRONOS_DATA__VENDOR_DIR", "KRONOS_DATA__TIDY_PATH"):  # fmt: skip
         # set, then delete: the CLI writes these to os.environ, and monkeypatch only restores
         # (here: removes again at teardown) what it has recorded
         monkeypatch.setenv(name, "")
