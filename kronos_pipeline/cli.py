@@ -1,10 +1,13 @@
 """Command line for people who never open the UI: smoke, full, nightly, backfill, report.
 
-Each command runs the same Dagster jobs the UI runs, in-process, against the instance in
-``$DAGSTER_HOME`` (``dagster_home/`` of the repository by default), so the runs, checks and
-metadata show up in ``dagster dev`` afterwards. The terminal shows one line per step and a
-summary; Dagster's full event log goes to ``<warehouse.data_dir>/logs/<job>-<run_id>.log``
-(``--verbose`` streams it to the terminal as well).
+Each command runs the same Dagster jobs the UI runs, and the same way: it submits each run to
+the instance in ``$DAGSTER_HOME`` (``dagster_home/`` of the repository by default), whose run
+queue, pools and run monitoring apply, and a run worker executes it
+(:mod:`kronos_pipeline.deployment`: the instance's running daemon, or a ``dagster dev`` the
+command starts and stops). The runs, checks and metadata show up in the UI. The terminal shows
+one line per step and a summary, read from each run's event log in the instance; the full
+event log goes to ``<warehouse.data_dir>/logs/<job>-<run_id>.log`` (``--verbose`` streams it
+to the terminal as well).
 """
 
 from __future__ import annotations
@@ -30,16 +33,24 @@ from kronos_pipeline.settings import (
     use_preset,
 )
 
+if typing.TYPE_CHECKING:
+    from kronos_pipeline.deployment import Deployment
+
 # The choices of the engine flags are the settings' own literals: one source of truth.
 DEVICES = typing.get_args(KronosSettings.model_fields["device"].annotation)
 DTYPES = typing.get_args(KronosSettings.model_fields["dtype"].annotation)
-LOG_FORMAT = "%(asctime)s - %(levelname)s - %(message)s"
 _DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
 _TRUNCATED = re.compile(r"\band \d+ more tickers\b")  # see data.completeness.name_pairs
 # Jobs of the data's weekday partitions, of the scores' weekday partitions, and of folds.
 DAY_JOBS = ("data_job", "labels_job")
 SCORE_JOBS = ("baseline_scores_job", "kronos_job", "scoring_job")
 FOLD_JOBS = ("models_job",)
+#: The code location the CLI's deployment serves (the one `dagster dev` loads).
+WORKSPACE = REPO_ROOT / "workspace.yaml"
+#: Flags that are typed fields of the runs' ``settings`` config (``defs.resources.RUN_CHOICES``).
+RUN_FLAGS = ("device", "batch_size", "dtype", "strategy")
+#: This command's setting flags, for its runs' config: typed fields and dotted overrides.
+_flags: dict[str, object] = {}
 
 
 def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
@@ -49,16 +60,20 @@ def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
     and every run this command starts is tagged with it; ``full`` sets production explicitly
     (``KRONOS_MODE=full``); None keeps the environment's settings, production by default.
     """
+    _flags.clear()
     if mode in PRESETS:
         use_preset(mode)
     elif mode:
         use_preset(None)
         os.environ["KRONOS_MODE"] = mode
     if getattr(args, "vendor_dir", None):
-        os.environ["KRONOS_DATA__VENDOR_DIR"] = str(Path(args.vendor_dir).resolve())
+        _flags["data.vendor_dir"] = str(Path(args.vendor_dir).resolve())
+        os.environ["KRONOS_DATA__VENDOR_DIR"] = _flags["data.vendor_dir"]
     if getattr(args, "tidy_path", None):
-        os.environ["KRONOS_DATA__TIDY_PATH"] = str(Path(args.tidy_path).resolve())
+        _flags["data.tidy_path"] = str(Path(args.tidy_path).resolve())
+        os.environ["KRONOS_DATA__TIDY_PATH"] = _flags["data.tidy_path"]
     if getattr(args, "run_name", None):
+        _flags["report.run_name"] = args.run_name
         os.environ["KRONOS_REPORT__RUN_NAME"] = args.run_name
     # The Kronos engine flags set the same settings the UI's runs read.
     for flag, variable in (
@@ -68,8 +83,10 @@ def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
         ("strategy", "KRONOS_KRONOS__STRATEGY"),
     ):
         if getattr(args, flag, None) is not None:
+            _flags[flag] = getattr(args, flag)
             os.environ[variable] = str(getattr(args, flag))
     if getattr(args, "without_kronos", False):
+        _flags["kronos.enabled"] = "false"
         os.environ["KRONOS_KRONOS__ENABLED"] = "false"
     os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / "dagster_home"))
     # Validate now, before any instance or job: a bad setting stops here with its name.
@@ -77,7 +94,9 @@ def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
     get_settings()
 
 
-def _instance():
+def _instance(runs: bool = True):
+    """The instance of ``$DAGSTER_HOME``; for a command that ``runs`` jobs, its deployment
+    starts now too (see :meth:`Session.deployment`)."""
     from kronos_pipeline.instance import (
         InstanceStorageError,
         open_instance,
@@ -87,9 +106,12 @@ def _instance():
     Path(os.environ["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
     use_ranged_bookkeeping()
     try:
-        return open_instance()
+        instance = open_instance()
     except InstanceStorageError as exc:  # e.g. Postgres unreachable: one line, no traceback
         raise SystemExit(f"kronos-pipeline: {exc}") from None
+    if runs:
+        _session.deployment(instance)
+    return instance
 
 
 @dataclass
@@ -123,6 +145,7 @@ class RunOutcome:
     log_path: Path
     checks: list[CheckFailure] = field(default_factory=list)
     step_errors: list[str] = field(default_factory=list)
+    canceled: bool = False  # Ctrl-C (or a terminate from the UI) canceled it
 
 
 @dataclass
@@ -134,6 +157,36 @@ class Session:
     report_path: Path | None = None
     report_updated: bool = True  # False: the evaluation failed, so it wrote no report
     skipped: list[str] = field(default_factory=list)  # steps not run, with why
+    workspace: Path = WORKSPACE
+    _deployment: Deployment | None = None
+
+    def deployment(self, instance) -> Deployment:
+        """The deployment this command's runs go through, started on the first call (the
+        command's start, see :func:`_instance`)."""
+        if self._deployment is None:
+            from kronos_pipeline.deployment import Deployment, daemon_alive
+
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+            log_path = log_dir() / f"deployment-{stamp}-{os.getpid()}.log"
+            with_daemon = not daemon_alive(instance)
+            if with_daemon:
+                print("no dagster-daemon is running for this instance: starting `dagster dev` "
+                      f"until this command ends (its log: {log_path})", flush=True)  # fmt: skip
+            else:
+                print("the instance's dagster-daemon is running: runs go to its queue "
+                      "(starting dagster-webserver until this command ends)", flush=True)  # fmt: skip
+            # Started now, waited for at the first run: it loads while the command prepares.
+            self._deployment = Deployment.start(
+                instance, self.workspace, log_path, with_daemon, wait=False
+            )
+        return self._deployment
+
+    def stop(self) -> None:
+        """Stop the deployment this command started (canceling a run still in flight)."""
+        if self._deployment is not None:
+            deployment, self._deployment = self._deployment, None
+            deployment.stop()
+            print(f"stopped {deployment.name}", flush=True)
 
     def summary(self) -> str:
         if not self.runs and self.report_path is None and not self.skipped:
@@ -141,7 +194,7 @@ class Session:
         failed = [r for r in self.runs if not r.success]
         lines = [f"summary: {len(self.runs)} runs, {len(failed)} failed"]
         lines += [
-            f"  {'ok    ' if r.success else 'FAILED'} {' '.join(filter(None, (r.job, r.label)))} "
+            f"  {_status(r):<6} {' '.join(filter(None, (r.job, r.label)))} "
             f"{r.seconds:.1f}s "
             f"(run {r.run_id[:8]}, log {r.log_path})"
             for r in self.runs
@@ -160,6 +213,10 @@ class Session:
                 f"report: not written, the evaluation failed ({before}: {self.report_path})"
             )
         return "\n".join(lines)
+
+
+def _status(outcome: RunOutcome) -> str:
+    return "ok" if outcome.success else ("CANCELED" if outcome.canceled else "FAILED")
 
 
 _session = Session()
@@ -266,53 +323,56 @@ class StepTracker:
         return f"  {STEP_STATUS[kind]:<7} {seconds:7.1f}s  {self.job}/{step}"
 
 
-class _LiveSteps(logging.Handler):
-    """Feeds Dagster events, as they are logged, to the step lines and the progress bar."""
-
-    def __init__(self, tracker: StepTracker, progress, task) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.tracker, self.progress, self.task = tracker, progress, task
-
-    def emit(self, record: logging.LogRecord) -> None:
-        event = getattr(record, "dagster_event", None)
-        if event is None:
-            return
-        if event.event_type_value == "STEP_START":
-            self.progress.update(self.task, description=f"{self.tracker.job}/{event.step_key}")
-        line = self.tracker.observe(event, record.created)
-        if line is not None:
-            self.progress.console.print(line, markup=False, highlight=False)
-            if event.event_type_value != "STEP_UP_FOR_RETRY":
-                self.progress.advance(self.task)
-
-
 def log_dir() -> Path:
     """Where the Dagster event log of every CLI run goes (one file per run)."""
     return get_settings().warehouse.data_dir / "logs"
 
 
-def _run_config(job_def, loggers: dict) -> dict:
-    """The run's config: the CLI's loggers, and the run's settings as the Launchpad would
-    store them (the preset by name), for a job whose assets read them."""
-    config: dict = {"loggers": loggers}
+def log_line(entry) -> str:
+    """One event of a run's event log (a ``dagster.EventLogEntry``) as a line of its log file:
+    time, level, step, event type, message."""
+    when = dt.datetime.fromtimestamp(entry.timestamp).isoformat(sep=" ", timespec="milliseconds")
+    kind = entry.dagster_event.event_type_value if entry.dagster_event else "LOG"
+    level = logging.getLevelName(entry.level)
+    return f"{when} - {level} - {entry.step_key or '-'} - {kind} - {entry.message}"
+
+
+def _settings_config() -> dict:
+    """The ``settings`` resource's config of the CLI's runs: the preset by name and this
+    command's flags, as the Launchpad would store them. The run carries them, so they apply
+    in whichever deployment runs it (a running ``dagster dev`` did not get the CLI's
+    environment)."""
+    config: dict = {"preset": active_preset() or "production"}
+    config.update({k: v for k, v in _flags.items() if k in RUN_FLAGS})
+    overrides = {k: v for k, v in _flags.items() if k not in RUN_FLAGS}
+    if overrides:
+        config["overrides"] = overrides
+    return config
+
+
+def _run_config(job_def) -> dict:
+    """The run's config: the run worker executes the steps in its own process, one after the
+    other as the CLI always has (no process per step), and a job whose assets read the
+    settings gets the CLI's (:func:`_settings_config`)."""
+    config: dict = {"execution": {"config": {"in_process": {}}}}
     if "settings" in job_def.resource_defs:
-        preset = active_preset() or "production"
-        config["resources"] = {"settings": {"config": {"preset": preset}}}
+        config["resources"] = {"settings": {"config": _settings_config()}}
     return config
 
 
 def execute(
+    deployment,
     job_def,
-    instance,
     label: str = "",
     partition_key: str | None = None,
     tags: dict[str, str] | None = None,
+    assets: tuple[str, ...] | None = None,
     verbose: bool = False,
 ) -> RunOutcome:
-    """Run ``job_def`` in-process: step lines and a progress bar on the terminal, the DEBUG
-    event log in ``log_dir()/<job>-<run_id>.log`` (and on stderr with ``verbose``)."""
-    import dagster as dg
-    from dagster._core.utils import make_new_run_id
+    """Submit a run of ``job_def`` (its ``assets`` only, when given) to ``deployment`` and
+    follow it to its end: one line per step and a progress bar on the terminal, its DEBUG
+    event log in ``log_dir()/<job>-<run_id>.log`` (and on stderr with ``verbose``). Ctrl-C
+    cancels the run and waits for its end (a second Ctrl-C stops waiting)."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -323,13 +383,19 @@ def execute(
         TimeElapsedColumn,
     )
 
-    run_id = make_new_run_id()
-    log_path = log_dir() / f"{job_def.name}-{run_id}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    file_handler = logging.FileHandler(log_path, encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    from kronos_pipeline.defs.automation import CLI_TAG
+    from kronos_pipeline.deployment import follow
+
+    tags = {**(tags or {}), CLI_TAG: "true"}
+    if partition_key is not None:
+        tags["dagster/partition"] = partition_key
     tracker = StepTracker(job_def.name)
     console = Console(file=sys.stdout)
+    console.print(f"-> {job_def.name} {label}".rstrip(), markup=False, highlight=False)
+    started = time.perf_counter()
+    run_id = deployment.submit(job_def.name, _run_config(job_def), tags, assets)
+    log_path = log_dir() / f"{job_def.name}-{run_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -343,53 +409,62 @@ def execute(
         disable=verbose or not console.is_terminal,
     )
     task = progress.add_task(
-        f"{job_def.name} {label}", total=len(job_def.nodes_in_topological_order)
+        f"{job_def.name} {label} (queued)", total=len(job_def.nodes_in_topological_order)
     )
-    live = _LiveSteps(tracker, progress, task)
+    events = []
 
-    @dg.logger(description="kronos-pipeline CLI: the event log file and the step lines")
-    def kronos_cli(_init) -> logging.Logger:
-        logger = logging.Logger("dagster", level=logging.DEBUG)
-        logger.addHandler(file_handler)
-        logger.addHandler(live)
-        return logger
+    def on_record(record) -> None:
+        entry = record.event_log_entry
+        line = log_line(entry)
+        log.write(line + "\n")
+        if verbose:
+            print(line, file=sys.stderr, flush=True)
+        event = entry.dagster_event
+        if event is None:
+            return
+        events.append(event)
+        if event.event_type_value == "STEP_START":
+            progress.update(task, description=f"{job_def.name}/{event.step_key}")
+        step_line = tracker.observe(event, entry.timestamp)
+        if step_line is not None:
+            progress.console.print(step_line, markup=False, highlight=False)
+            if event.event_type_value != "STEP_UP_FOR_RETRY":
+                progress.advance(task)
 
-    logger_defs = {"kronos_cli": kronos_cli}
-    loggers: dict = {"kronos_cli": {}}
-    if verbose:
-        logger_defs["console"] = dg.colored_console_logger
-        loggers["console"] = {"config": {"log_level": "DEBUG"}}
-    console.print(f"-> {job_def.name} {label}".rstrip(), markup=False, highlight=False)
-    started = time.perf_counter()
-    try:
-        with progress:
-            result = job_def.with_logger_defs(logger_defs).execute_in_process(
-                # The run's configuration as the Launchpad would store it: the preset by name.
-                run_config=_run_config(job_def, loggers),
-                instance=instance,
-                partition_key=partition_key,
-                tags=tags or {},
-                run_id=run_id,
-                raise_on_error=False,
+    queued_since = time.monotonic()
+    interrupted = False
+    with log_path.open("w", encoding="utf-8") as log, progress:
+        try:
+            run = follow(deployment.instance, run_id, on_record,
+                         on_queued=lambda r: deployment.check_queue(r, queued_since))  # fmt: skip
+        except KeyboardInterrupt:
+            interrupted = True
+            progress.console.print(
+                f"   interrupted: canceling run {run_id}", markup=False, highlight=False
             )
-    finally:
-        file_handler.close()
+            deployment.terminate(run_id)
+            run = follow(deployment.instance, run_id, on_record)
+    deployment.active.discard(run_id)
+    step_errors = [
+        e.event_specific_data.error.message
+        for e in events
+        if e.event_type_value == "STEP_FAILURE" and e.event_specific_data.error
+    ]
+    if run.status.value == "FAILURE" and not step_errors:  # e.g. the run worker died
+        step_errors = [e.message for e in events if e.event_type_value == "PIPELINE_FAILURE"]
     outcome = RunOutcome(
         job=job_def.name,
         label=label,
-        run_id=result.run_id,
-        success=result.success,
+        run_id=run_id,
+        success=run.status.value == "SUCCESS",
         seconds=time.perf_counter() - started,
         log_path=log_path,
-        checks=check_failures(job_def.name, label, result.all_events),
-        step_errors=[
-            e.event_specific_data.error.message
-            for e in result.all_events
-            if e.event_type_value == "STEP_FAILURE" and e.event_specific_data.error
-        ],
+        checks=check_failures(job_def.name, label, events),
+        step_errors=step_errors,
+        canceled=interrupted or run.status.value == "CANCELED",
     )
     console.print(
-        f"   {'ok' if outcome.success else 'FAILED'} in {outcome.seconds:.1f}s"
+        f"   {_status(outcome)} in {outcome.seconds:.1f}s"
         + (f"; checks not passed: {len(outcome.checks)}" if outcome.checks else ""),
         markup=False,
         highlight=False,
@@ -422,16 +497,22 @@ def _run(
     if assets:
         import dagster as dg
 
+        # Locally for the step count and a selection error before anything is submitted.
         job_def = job_def.get_subset(asset_selection={dg.AssetKey(a) for a in assets})
     outcome = execute(
+        _session.deployment(instance),
         job_def,
-        instance,
         label=label,
         partition_key=partition_key,
         tags=tags,
+        assets=assets,
         verbose=_session.verbose,
     )
     _session.runs.append(outcome)
+    if outcome.canceled:
+        print(f"{job_name} canceled (run {outcome.run_id}); log: {outcome.log_path}",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(130)
     if not outcome.success:
         for message in outcome.step_errors:
             print(message, file=sys.stderr)
@@ -637,7 +718,7 @@ def cmd_instance_setup(args: argparse.Namespace) -> None:
     slots = args.model_fitting or model_fitting_slots(
         usable_cpus(), cuda_devices(), get_settings().lightgbm.threads_per_fit
     )
-    instance = _instance()
+    instance = _instance(runs=False)
     try:
         limits = set_pool_limits(instance, slots)
     finally:
@@ -731,6 +812,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from kronos_pipeline.deployment import DeploymentError
+
     global _session
     args = build_parser().parse_args(argv)
     _session = Session(verbose=args.verbose)
@@ -739,7 +822,14 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"kronos-pipeline: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except DeploymentError as exc:
+        print(f"kronos-pipeline: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        print("kronos-pipeline: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     finally:
+        _session.stop()
         # Also after a failed run: which runs ran, which checks failed, where the report is.
         summary = _session.summary()
         if summary:

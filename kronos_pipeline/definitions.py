@@ -1,5 +1,7 @@
 """The one Definitions object of the code location."""
 
+import os
+
 import dagster as dg
 
 from kronos_pipeline.defs import evaluation, features, ingest, kronos, prices, signals, universe
@@ -7,6 +9,7 @@ from kronos_pipeline.defs.automation import jobs, sensors
 from kronos_pipeline.defs.executor import steps_executor
 from kronos_pipeline.defs.heads import HEAD_ASSETS
 from kronos_pipeline.defs.resources import default_resources
+from kronos_pipeline.deployment import AUTOMATION_ENV
 
 DATA_ASSETS = [
     ingest.ingest_bars,
@@ -38,7 +41,9 @@ defs = dg.Definitions(
     + [signals.signals_asset],
     asset_checks=DATA_CHECKS,
     jobs=jobs(),
-    sensors=sensors(),
+    # The automation sensor, unless the location is loaded by the CLI's own short-lived
+    # deployment (deployment.AUTOMATION_ENV=off), which exists to run the command's runs.
+    sensors=sensors(automation=os.environ.get(AUTOMATION_ENV, "on") != "off"),
     resources=default_resources(),
     # Every job's: multiprocess unless a run's execution config selects in_process or celery.
     executor=steps_executor,

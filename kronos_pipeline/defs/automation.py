@@ -43,6 +43,7 @@ from kronos_pipeline.settings import Settings, get_settings
 DATA_SELECTION = dg.AssetSelection.groups("data", "features")
 NIGHTLY_CRON = "30 22 * * 1-5"  # after the close and the vendor's end-of-day files
 NIGHTLY_TZ = "America/New_York"
+CLI_TAG = "kronos/cli"  # a run the CLI submitted: the CLI starts each next step itself
 NIGHTLY_TAG = "kronos/nightly"  # the session a nightly run (and each step after it) is for
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 MODEL_ASSETS = ("lightgbm_models", "kronos_checkpoint", "kronos_heads")
@@ -446,5 +447,7 @@ def alert_on_stale_data(context: dg.SensorEvaluationContext):
     return dg.SkipReason(f"{posted} freshness failures posted" if posted else "no new failure")
 
 
-def sensors() -> list:
-    return [alert_on_run_failure, alert_on_check_failure, alert_on_stale_data, automation_sensor()]
+def sensors(automation: bool = True) -> list:
+    """The alerts and, unless ``automation`` is False, the automation sensor."""
+    alerts = [alert_on_run_failure, alert_on_check_failure, alert_on_stale_data]
+    return alerts + ([automation_sensor()] if automation else [])

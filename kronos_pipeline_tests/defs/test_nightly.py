@@ -74,18 +74,20 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict:
     }
     first = feed.read().bars["date"].min()
     # The history first (days, then the fold of the month so far), as a deployment starts.
-    _cli(env, "backfill", "--dates", f"{first}:{END}", "--folds", "2019-10:2019-10",
-         "--vendor-dir", str(feed.target_dir))  # fmt: skip
+    backfill = _cli(env, "backfill", "--dates", f"{first}:{END}", "--folds", "2019-10:2019-10",
+                    "--vendor-dir", str(feed.target_dir))  # fmt: skip
     days = feed.sessions_after(END, 3)  # 10-30, 10-31 (split + listing), 11-01 (new month)
     feed.list_new_ticker(NEW, days[1], from_source_ticker="AMZN")
     db = Warehouse(root / "data" / "warehouse.duckdb")
-    out: dict = {"days": days, "db": db, "root": root, "first": first, "labels": {}}
+    out: dict = {"days": days, "db": db, "root": root, "first": first, "labels": {},
+                 "stdouts": [backfill.stdout]}  # fmt: skip
     for i, day in enumerate(days):
         feed.deliver(day, split={SPLIT: 4.0} if i == 1 else None)
         out["labels"][day] = db.read("select date, horizon from labels_forward")
         out[f"stdout_{i}"] = _cli(
             env, "nightly", "--date", str(day), "--vendor-dir", str(feed.target_dir)
         ).stdout
+        out["stdouts"].append(out[f"stdout_{i}"])
     out["labels"]["end"] = db.read("select date, horizon from labels_forward")
     instance = instance_at(home)
     try:
@@ -94,6 +96,15 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict:
             for r in instance.get_runs()
             if "kronos/nightly" in r.tags
         ]
+        statuses = {dg.DagsterEventType.RUN_ENQUEUED, dg.DagsterEventType.RUN_STARTING,
+                    dg.DagsterEventType.RUN_START, dg.DagsterEventType.RUN_SUCCESS}  # fmt: skip
+        out["every_run"] = [
+            (r.job_name, r.tags.get("kronos/cli"), [
+                e.event_log_entry.dagster_event.event_type_value
+                for e in instance.get_records_for_run(r.run_id, of_type=statuses).records
+            ])
+            for r in instance.get_runs()
+        ]  # fmt: skip
 
         def materializations(asset: str):
             records = instance.fetch_materializations(dg.AssetKey(asset), limit=100).records
@@ -203,3 +214,18 @@ def test_every_step_of_every_night_is_recorded_in_the_instance(loop):
             ["data_job", "folds_job", *fits, "scoring_job", "labels_job", "evaluation_job"]
         ), (day, jobs)
     assert all(status == "SUCCESS" for _, _, status in runs)
+
+
+def test_every_command_ran_its_runs_through_the_queue_of_a_dagster_dev_it_started(loop):
+    # No daemon ran for the instance: each command started `dagster dev` and stopped it (the
+    # heartbeats the last one left did not pass for a live daemon), and every run it submitted
+    # was queued, taken off the queue by that daemon and started by its run launcher.
+    for stdout in loop["stdouts"]:
+        assert "no dagster-daemon is running for this instance: starting `dagster dev`" in stdout
+        assert "stopped dagster dev" in stdout
+    assert len(loop["every_run"]) >= 4 * len(loop["days"])
+    for job, cli_tag, statuses in loop["every_run"]:
+        assert cli_tag == "true", job
+        assert statuses == [
+            "PIPELINE_ENQUEUED", "PIPELINE_STARTING", "PIPELINE_START", "PIPELINE_SUCCESS"
+        ], job  # fmt: skip
