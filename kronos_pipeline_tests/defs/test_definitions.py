@@ -466,3 +466,20 @@ def test_nightly_chain_fits_models_only_for_a_fold_that_has_none():
         assert [s.job for s in again] == [
             "data_job", "folds_job", "scoring_job", "labels_job", "evaluation_job"
         ]  # fmt: skip
+
+
+def test_the_clis_own_deployment_loads_without_the_automation_sensor():
+    """The CLI's short-lived ``dagster dev`` runs the command's runs only
+    (``deployment.AUTOMATION_ENV=off``); any other load has the automation sensor."""
+    from kronos_pipeline.deployment import AUTOMATION_ENV
+
+    code = "from kronos_pipeline.definitions import defs; print(sorted(s.name for s in defs.sensors))"
+    env = {k: v for k, v in os.environ.items() if k != AUTOMATION_ENV}
+    names = {}
+    for value in ("off", None):
+        run_env = env if value is None else {**env, AUTOMATION_ENV: value}
+        out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True,
+                             text=True, check=True).stdout  # fmt: skip
+        names[value] = out.strip().splitlines()[-1]
+    assert "kronos_automation" not in names["off"] and "alert_on_check_failure" in names["off"]
+    assert "kronos_automation" in names[None]
