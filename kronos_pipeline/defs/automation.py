@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from kronos_pipeline.data.calendar import trading_days
-from kronos_pipeline.defs.conditions import automation_sensor
+from kronos_pipeline.defs.conditions import automation_sensor, observe_vendor_folder
 from kronos_pipeline.defs.partitions import (
     day_key,
     day_partitions,
@@ -450,4 +450,4 @@ def alert_on_stale_data(context: dg.SensorEvaluationContext):
 def sensors(automation: bool = True) -> list:
     """The alerts and, unless ``automation`` is False, the automation sensor."""
     alerts = [alert_on_run_failure, alert_on_check_failure, alert_on_stale_data]
-    return alerts + ([automation_sensor()] if automation else [])
+    return alerts + ([observe_vendor_folder, automation_sensor()] if automation else [])

@@ -2,8 +2,9 @@
 
 The night of a session D, with nothing but the daemon running:
 
-1. ``vendor_files`` (an observable source) is observed every minute; its data version is the
-   fingerprint of the vendor folder, so a delivered file is a new version.
+1. ``vendor_files`` (an observable source): ``observe_vendor_folder`` looks at the folder every
+   minute and records an observation (no run) only when its fingerprint changed, so a
+   delivered file is a new data version.
 2. ``raw_bars`` and its side tables (:data:`SESSION_BARS`): the newest weekday partition runs
    when its window opens at 22:30 New York (the file is due); a partition of the last week
    still missing (a late file, a run that failed) runs when the vendor folder changes. A day
@@ -29,21 +30,22 @@ import datetime as dt
 
 import dagster as dg
 
+from kronos_pipeline.data.sources import source_fingerprint
 from kronos_pipeline.defs.partitions import NEW_YORK_TZ, WEEKDAY_CRON
+from kronos_pipeline.settings import get_settings
+
+#: The tag an observation's data version is stored under (Dagster's).
+DATA_VERSION_TAG = "dagster/data_version"
 
 AC = dg.AutomationCondition
-#: How often the vendor folder is looked at (its fingerprint is a few hundred ``stat`` calls).
-OBSERVE_CRON = "* * * * *"
+#: Seconds between looks at the vendor folder (its fingerprint is a few hundred ``stat`` calls).
+OBSERVE_INTERVAL_S = 60
 #: How far back a late session is still picked up by itself (older ones: a backfill).
 LATE_SESSION_LOOKBACK = dt.timedelta(days=7)
 
 _LATEST = AC.in_latest_time_window()
 _RECENT = AC.in_latest_time_window(LATE_SESSION_LOOKBACK)
 _DUE = AC.cron_tick_passed(WEEKDAY_CRON, NEW_YORK_TZ)
-
-SOURCE_OBSERVATION = (
-    AC.cron_tick_passed(OBSERVE_CRON, NEW_YORK_TZ) & ~AC.in_progress()
-).with_label("observe the vendor folder every minute")
 
 SESSION_BARS = (
     _RECENT
@@ -105,6 +107,24 @@ NIGHTLY_EVALUATION = AC.on_cron(WEEKDAY_CRON, NEW_YORK_TZ).with_label(
 SESSION_FRESHNESS = dg.FreshnessPolicy.cron(
     deadline_cron="30 1 * * 2-6", lower_bound_delta=dt.timedelta(hours=3), timezone=NEW_YORK_TZ
 )
+
+
+@dg.sensor(
+    name="observe_vendor_folder",
+    minimum_interval_seconds=OBSERVE_INTERVAL_S,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+def observe_vendor_folder(context: dg.SensorEvaluationContext):
+    """Record an observation of ``vendor_files`` whose data version is the folder's
+    fingerprint, when it differs from the last one recorded (the cursor): a runless event, so
+    watching the folder costs no run, and a new version is what the session's bars wait for."""
+    fingerprint = source_fingerprint(get_settings().data)
+    if context.cursor == fingerprint:
+        return dg.SkipReason(f"vendor folder unchanged ({fingerprint})")
+    context.update_cursor(fingerprint)
+    return dg.SensorResult(
+        asset_events=[dg.AssetObservation("vendor_files", tags={DATA_VERSION_TAG: fingerprint})]
+    )
 
 
 def automation_sensor() -> dg.AutomationConditionSensorDefinition:

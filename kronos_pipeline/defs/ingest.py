@@ -23,7 +23,7 @@ from kronos_pipeline.defs.common import (
     spec,
     table_metadata,
 )
-from kronos_pipeline.defs.conditions import SESSION_BARS, SESSION_FRESHNESS, SOURCE_OBSERVATION
+from kronos_pipeline.defs.conditions import SESSION_BARS, SESSION_FRESHNESS
 from kronos_pipeline.defs.partitions import partition_window
 from kronos_pipeline.defs.resources import SettingsResource, WarehouseResource
 from kronos_pipeline.settings import get_settings
@@ -36,10 +36,10 @@ KINDS = DAILY_ASSET_OPTIONS["kinds"]
     group_name="sources",
     description="The configured source: a folder of AlphaVantage daily-adjusted files (with "
     "optional constituents.csv and delistings.csv), a tidy table, or the synthetic market. "
-    "Produced outside the pipeline; observed every minute, its data version is the "
+    "Produced outside the pipeline; watched every minute by observe_vendor_folder, its data "
+    "version is the "
     "fingerprint of the files (names, sizes, modification times), so a delivered file is a "
     "new version and the session's bars run (defs/conditions.py).",
-    automation_condition=SOURCE_OBSERVATION,
 )
 def vendor_files(settings: SettingsResource) -> dg.ObserveResult:
     data = settings.get().data

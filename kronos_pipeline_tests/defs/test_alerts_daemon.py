@@ -68,6 +68,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_group(proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    """Stop ``dagster dev`` (or any process started in its own session) and its children:
+    SIGTERM to the group, SIGKILL if it has not ended within ``timeout_s``."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def stop_automation(env: dict[str, str]) -> None:
     """Stop ``kronos_automation`` in the instance of ``env``'s DAGSTER_HOME before a daemon
     starts (a stopped sensor stays stopped, whatever its default), for tests that launch their
@@ -183,12 +194,7 @@ def test_a_failing_warn_check_is_posted_exactly_once_by_the_daemon(tmp_path):
         )
         time.sleep(QUIET_S)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
         hook.server.shutdown()
 
     posts = check_posts()

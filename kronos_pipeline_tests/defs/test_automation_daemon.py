@@ -21,7 +21,6 @@ import datetime as dt
 import gzip
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import polars as pl
 from kronos_pipeline.defs.partitions import due_session, month_key
 from kronos_pipeline.instance import instance_at
 from kronos_pipeline_tests.defs.test_alerts import Receiver
-from kronos_pipeline_tests.defs.test_alerts_daemon import _free_port, _wait
+from kronos_pipeline_tests.defs.test_alerts_daemon import _free_port, _wait, stop_group
 from kronos_pipeline_tests.defs.test_nightly import FAST, _cli
 from kronos_pipeline_tests.vendor_feed import LIQUID_TICKERS, VendorFeed, redated_source
 
@@ -126,11 +125,7 @@ def test_a_dropped_day_becomes_a_signal_with_no_command_given(tmp_path):
         assert posts[0]["asset"] == "universe" and posts[0]["severity"] == "WARN"
         assert "fewer than 20 members" in posts[0]["description"]
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
         hook.server.shutdown()
 
     published = pl.read_parquet(signal_file)

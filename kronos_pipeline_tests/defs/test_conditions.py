@@ -114,3 +114,34 @@ def test_a_published_days_scores_are_not_rerun_as_its_labels_mature():
         assert tick(_at(DAY, 23, 5)) == {}
         _materialize(instance, ("features",), [day])  # a restated input does rescore it
         assert tick(_at(DAY, 23, 10)) == {"baseline_scores": [str(day)]}
+
+
+def test_the_vendor_folder_is_observed_only_when_it_changed(tmp_path, monkeypatch):
+    from kronos_pipeline.defs.conditions import observe_vendor_folder
+    from kronos_pipeline.settings import get_settings
+
+    vendor = tmp_path / "vendor"
+    vendor.mkdir()
+    (vendor / "DA-AAA-T-1.csv").write_text("timestamp,open\n")
+    monkeypatch.setenv("KRONOS_DATA__VENDOR_DIR", str(vendor))
+    get_settings.cache_clear()
+    try:
+        with dg.instance_for_test() as instance:
+
+            def tick(cursor):
+                return observe_vendor_folder.evaluate_tick(
+                    dg.build_sensor_context(instance=instance, cursor=cursor)
+                )
+
+            first = tick(None)
+            (event,) = first.asset_events
+            assert event.asset_key == dg.AssetKey("vendor_files")
+            assert event.tags["dagster/data_version"] == first.cursor
+            unchanged = tick(first.cursor)
+            assert not unchanged.asset_events and unchanged.skip_message
+            (vendor / "DA-BBB-T-1.csv").write_text("timestamp,open\n")  # a delivered file
+            second = tick(first.cursor)
+            assert second.cursor != first.cursor and len(second.asset_events) == 1
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()

@@ -219,6 +219,7 @@ EXPECTED_SENSORS = [
     "alert_on_run_failure",
     "alert_on_stale_data",
     "kronos_automation",
+    "observe_vendor_folder",
 ]
 EXPECTED_RESOURCES = ["settings", "warehouse"]
 
@@ -307,7 +308,7 @@ def test_every_asset_runs_by_itself_under_its_condition():
     from kronos_pipeline.defs import conditions as c
 
     expected = {
-        "vendor_files": c.SOURCE_OBSERVATION,
+        "vendor_files": None,  # observed by observe_vendor_folder, without a run
         **{a: c.SESSION_BARS for a in ("raw_bars", "bars_quarantine", "ticker_history",
                                        "sector_history")},
         **{a: c.DAILY for a in ("prices_pit", "universe", "features")},

@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from kronos_pipeline_tests.defs.test_alerts_daemon import stop_group
 
 REPO = Path(__file__).resolve().parents[2]
 LOCATION = "kronos_pipeline.definitions"
@@ -128,12 +129,7 @@ def dagster_dev(env: Mapping[str, str], log_path: Path) -> Iterator[str]:
             time.sleep(1)
         yield base
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc)
 
 
 @contextmanager

@@ -120,7 +120,7 @@ def test_automation_lists_the_sensors(dagster_ui, page) -> None:
     assert not defs.schedules  # the assets' automation conditions run the night
     assert sensors == [
         "alert_on_check_failure", "alert_on_run_failure", "alert_on_stale_data",
-        "kronos_automation",
+        "kronos_automation", "observe_vendor_folder",
     ]  # fmt: skip
     page.goto(dagster_ui + "/automation")
     for name in sensors:
