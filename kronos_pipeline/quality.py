@@ -12,22 +12,38 @@ rows broke it. The Dagster asset checks turn these reports into check results an
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import polars as pl
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-
-import great_expectations as gx  # noqa: E402
-from great_expectations import expectations as gxe  # noqa: E402
-
-logging.getLogger("great_expectations").setLevel(logging.WARNING)
+if TYPE_CHECKING:
+    import great_expectations as gx
 
 _CONTEXT = None
+
+
+@functools.cache
+def _gx() -> ModuleType:
+    """great_expectations, imported on the first validation: it takes seconds to import, and
+    every run worker and step process imports this module while few of them validate."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    import great_expectations
+    import great_expectations.expectations  # noqa: F401 - ``_gxe()``
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    return great_expectations
+
+
+def _gxe() -> ModuleType:
+    """great_expectations' expectation classes."""
+    return _gx().expectations
 
 
 @dataclass(frozen=True)
@@ -217,7 +233,7 @@ SCHEMAS = {
 def _context() -> gx.data_context.AbstractDataContext:
     global _CONTEXT
     if _CONTEXT is None:
-        _CONTEXT = gx.get_context(mode="ephemeral")
+        _CONTEXT = _gx().get_context(mode="ephemeral")
         try:
             _CONTEXT.variables.progress_bars = {"globally": False}
         except Exception:  # noqa: BLE001 - progress bars are cosmetic only
@@ -306,7 +322,7 @@ def _run_suite(df: pd.DataFrame, name: str, expectations: list) -> list:
         .add_batch_definition_whole_dataframe(name)
         .get_batch(batch_parameters={"dataframe": df})
     )
-    outcome = batch.validate(gx.ExpectationSuite(name=name, expectations=expectations))
+    outcome = batch.validate(_gx().ExpectationSuite(name=name, expectations=expectations))
     context.data_sources.delete(name)
     return list(outcome.results)
 
@@ -380,6 +396,7 @@ def _jsonable(value: object) -> object:
 def schema_suite(schema: TableSchema, expected_rows: int | None = None) -> list:
     """The declared schema: exact ordered columns, non-null where declared, a unique key, and,
     when the caller knows it, the expected row count."""
+    gxe = _gxe()
     out = [
         gxe.ExpectTableColumnsToMatchOrderedList(column_list=schema.names),
         *[gxe.ExpectColumnValuesToNotBeNull(column=c) for c in schema.required],
@@ -394,6 +411,7 @@ def schema_suite(schema: TableSchema, expected_rows: int | None = None) -> list:
 
 def bars_suite(expected_rows: int | None = None) -> list:
     """Raw bars: declared schema, positive prices, sane ranges, unique keys, row count."""
+    gxe = _gxe()
     return [
         *schema_suite(RAW_BARS, expected_rows),
         *[
@@ -413,6 +431,7 @@ def quarantine_suite() -> list:
 
 def prices_suite(expected_rows: int | None = None) -> list:
     """PIT prices: declared schema, one row per raw bar, positive split factor, bounded return."""
+    gxe = _gxe()
     return [
         *schema_suite(PRICES_PIT, expected_rows),
         gxe.ExpectColumnValuesToBeBetween(column="split_factor", min_value=0, strict_min=True),
@@ -426,6 +445,7 @@ def prices_suite(expected_rows: int | None = None) -> list:
 
 def universe_suite(expected_rows: int | None = None) -> list:
     """Universe: declared schema, one row per PIT price row, ranks from 1."""
+    gxe = _gxe()
     return [
         *schema_suite(UNIVERSE, expected_rows),
         gxe.ExpectColumnValuesToBeBetween(column="liquidity_rank", min_value=1),
@@ -434,6 +454,7 @@ def universe_suite(expected_rows: int | None = None) -> list:
 
 def features_suite(expected_rows: int | None = None) -> list:
     """Features: declared schema (every declared feature), unique keys, bounded ranges."""
+    gxe = _gxe()
     return [
         *schema_suite(FEATURES, expected_rows),
         gxe.ExpectColumnValuesToBeBetween(column="rsi_14d", min_value=0, max_value=100),

@@ -700,7 +700,7 @@ def _write_report_folder(db) -> tuple[Path, dict]:
             ) or "none",
         },
     )  # fmt: skip
-    from kronos_pipeline.kronos.hub import atomic_write_bytes
+    from kronos_pipeline.files import atomic_write_bytes
 
     decisions = checkpoint_decisions(s)
     if not decisions.empty:  # the fine-tuning guard's decisions, one row per refit period

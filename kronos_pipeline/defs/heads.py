@@ -50,8 +50,8 @@ from kronos_pipeline.defs.walkforward import (
 )
 from kronos_pipeline.evaluation import baselines, folds, heads
 from kronos_pipeline.evaluation.heads import HEADS_DATE_STRIDE, training_dates
-from kronos_pipeline.kronos import scoring, strategy
-from kronos_pipeline.kronos.hub import atomic_write_bytes, file_sha256
+from kronos_pipeline.files import atomic_write_bytes, file_sha256
+from kronos_pipeline.kronos import scoring
 from kronos_pipeline.settings import KronosSettings, Settings, get_settings
 from kronos_pipeline.warehouse import WAREHOUSE_POOL, Warehouse
 
@@ -237,6 +237,8 @@ def fit_period_heads(
 def kronos_heads_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     s, db, fold_id = get_settings(), warehouse.get(), context.partition_key
     fold, directory = get_fold(db, fold_id), heads_dir(s, fold_id)
+    from kronos_pipeline.kronos import strategy  # torch: only in the steps that need it
+
     checkpoint = scoring.read_manifest(checkpoint_dir(s, fold_id))
     strategy.verify_pointed_weights(checkpoint)
     period = refit_period(fold_id, s.folds.first_test_month, s.kronos.refit_months)

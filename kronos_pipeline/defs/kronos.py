@@ -23,7 +23,7 @@ from kronos_pipeline.defs.partitions import (
 )
 from kronos_pipeline.defs.resources import WarehouseResource
 from kronos_pipeline.defs.walkforward import MODEL_POOL, SCORE_ASSET_OPTIONS, get_fold, run_folds
-from kronos_pipeline.kronos import load_predictor, load_tokenizer, scoring, strategy
+from kronos_pipeline.kronos import scoring
 from kronos_pipeline.kronos.forecast_checks import forecast_problems, score_problems
 from kronos_pipeline.settings import KronosSettings, Settings, get_settings
 from kronos_pipeline.warehouse import WAREHOUSE_POOL, Warehouse
@@ -56,7 +56,7 @@ def checkpoint_dir(s: Settings, fold_id: str) -> Path:
     """``data/checkpoints/<model>_<period>/``: the manifest (and weights) of the refit period
     the fold belongs to, for the configured strategy."""
     period = refit_period(fold_id, s.folds.first_test_month, s.kronos.refit_months)
-    name = strategy.strategy_model_name(s.kronos.strategy)
+    name = scoring.strategy_model_name(s.kronos.strategy)
     return s.warehouse.data_dir / "checkpoints" / f"{name}_{period}"
 
 
@@ -159,6 +159,8 @@ def kronos_checkpoint_asset(context: dg.AssetExecutionContext, warehouse: Wareho
             bars = scoring.pit_bars(prices, cut)
             context.log.info(f"{k.strategy}: {bars.height} bars of {len(tickers)} tickers to {cut}")
         previous = previous_manifest(s, period) if k.strategy == "finetune" else None
+        from kronos_pipeline.kronos import strategy  # torch: only in the steps that need it
+
         manifest = strategy.fit_period_checkpoint(
             k.strategy, bars, cut, directory, k, previous,
             horizons=s.labels.horizons, calendar=s.data.calendar,
@@ -269,6 +271,7 @@ def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: Warehou
 
 def kronos_engine(manifest: dict, k: KronosSettings):
     """The engine of a checkpoint manifest, with the engine settings of ``kronos_forecasts``."""
+    from kronos_pipeline.kronos import load_predictor, load_tokenizer
     from kronos_pipeline.kronos.engine import KronosEngine
 
     return KronosEngine(
@@ -283,6 +286,8 @@ def _forecast_fold(db: Warehouse, s: Settings, fold_id: str, days: pd.DatetimeIn
     """Forecasts of ``days`` (of fold ``fold_id``) with the fold's checkpoint:
     ``(table, members, skipped, model)``."""
     k = s.kronos
+    from kronos_pipeline.kronos import strategy  # torch: only in the steps that need it
+
     manifest = scoring.read_manifest(checkpoint_dir(s, fold_id))
     strategy.verify_pointed_weights(manifest)  # a kept checkpoint points into an older folder
     day_list = [d.date() for d in days]

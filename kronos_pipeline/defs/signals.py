@@ -22,7 +22,7 @@ from kronos_pipeline.evaluation.signal import (  # noqa: F401 - this stage's pub
     signal_frame,
     signal_problems,
 )
-from kronos_pipeline.kronos.hub import atomic_write_bytes
+from kronos_pipeline.files import atomic_write_bytes
 from kronos_pipeline.settings import get_settings
 from kronos_pipeline.warehouse import WAREHOUSE_POOL
 

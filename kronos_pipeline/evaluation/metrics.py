@@ -18,8 +18,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import statsmodels.api as sm
-from scipy import stats
 
 from kronos_pipeline.settings import GateSettings
 
@@ -52,6 +50,8 @@ def rank_ic(score: np.ndarray, label: np.ndarray) -> float:
     ``RankIC = corr(rank(score), rank(label))`` with average ranks for ties (Pearson correlation
     of the ranks). NaN pairs are dropped; NaN when fewer than 3 pairs remain or a side is constant.
     """
+    from scipy import stats  # imported on use: the code location loads faster
+
     s = np.asarray(score, dtype=float)
     y = np.asarray(label, dtype=float)
     ok = np.isfinite(s) & np.isfinite(y)
@@ -101,6 +101,8 @@ def min_dates_for_hac(lag: int) -> int:
 def _size_adjusted(t: float, df: float) -> float:
     """Rescale ``t`` so that ``|t| > 1.96`` is a 5 % test when ``t`` is Student-t with ``df``
     degrees of freedom: ``t * 1.96 / t_{df}^{-1}(0.975)``."""
+    from scipy import stats  # imported on use: the code location loads faster
+
     return float(t * Z_975 / stats.t.ppf(0.975, df))
 
 
@@ -139,6 +141,8 @@ def newey_west_t(values: np.ndarray, lag: int) -> float:
     with the same corrections. NaN ("n/a") when fewer than :func:`min_dates_for_hac` finite
     values remain or the series is constant.
     """
+    import statsmodels.api as sm  # imported on use: the code location loads faster
+
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
     n = len(x)

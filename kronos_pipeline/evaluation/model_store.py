@@ -18,7 +18,7 @@ import lightgbm as lgb
 import pandas as pd
 
 from kronos_pipeline.evaluation.baselines import LightGBMFit
-from kronos_pipeline.kronos.hub import atomic_write_bytes, file_sha256
+from kronos_pipeline.files import atomic_write_bytes, file_sha256
 
 MANIFEST = "manifest.json"
 

@@ -6,6 +6,7 @@ The only module of ``evaluation/`` that writes files.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -13,25 +14,20 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")  # headless: the report is written by workers without a display
-
-import matplotlib.dates as mdates  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from kronos_pipeline.evaluation.baselines import CONTROL_MODELS  # noqa: E402
-from kronos_pipeline.evaluation.metrics import (  # noqa: E402
+from kronos_pipeline.evaluation.baselines import CONTROL_MODELS
+from kronos_pipeline.evaluation.metrics import (
     CHURN_INTERVAL_SESSIONS,
     MAX_IMPUTED_HOLD_SHARE,
     NON_OVERLAP_MIN_DATES,
     REGIME_LABELS,
 )
-from kronos_pipeline.settings import GateSettings  # noqa: E402
+from kronos_pipeline.settings import GateSettings
 
 REPORT_FILES = (
     "REPORT_SUMMARY.md",
@@ -61,6 +57,18 @@ SURVIVORSHIP_NOTE = {
         "delistings. Synthetic results say nothing about real markets."
     ),
 }
+
+
+@functools.cache
+def _pyplot() -> ModuleType:
+    """matplotlib's pyplot on the headless Agg backend (workers have no display), imported on
+    the first plot: the code location, which every run imports, loads faster without it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
 
 
 def json_default(obj: Any) -> Any:
@@ -103,6 +111,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def _horizon_axes(horizons: Sequence[int]):
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(horizons), figsize=(5.5 * len(horizons), 4), squeeze=False)
     return fig, dict(zip(horizons, axes[0], strict=True))
 
@@ -116,6 +125,7 @@ def model_styles(models: Sequence[str]) -> dict[str, dict[str, Any]]:
     ``i`` (sorted) gets colour ``i mod 10``, line style ``i mod 4`` and marker ``i mod 11``,
     so no two of the first 20 models share colour and line style, and none of the first 110
     all three."""
+    plt = _pyplot()
     colours = plt.get_cmap("tab10").colors
     return {
         m: {"color": colours[i % 10], "linestyle": _LINE_STYLES[i % 4],
@@ -163,6 +173,8 @@ def _verdict_rows(verdicts: pd.DataFrame) -> pd.DataFrame:
 
 def _date_axis(ax) -> None:
     """Calendar dates on the x axis whatever the span (a short one would otherwise show hours)."""
+    import matplotlib.dates as mdates
+
     locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%Y-%m-%d"))
@@ -171,6 +183,7 @@ def _date_axis(ax) -> None:
 
 def plot_cumulative_rank_ic(per_date: pd.DataFrame, path: Path) -> None:
     """:func:`cumulative_rank_ic_figure` saved as a PNG at ``path``."""
+    plt = _pyplot()
     fig = cumulative_rank_ic_figure(per_date)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -181,6 +194,7 @@ def cumulative_rank_ic_figure(per_date: pd.DataFrame):
     weekly model's sum is not comparable with a daily one's) and one for the tripwire
     controls (whose planted leak would flatten every other line), one column per horizon.
     Every model keeps its :func:`model_styles` style in every panel."""
+    plt = _pyplot()
     horizons = sorted(per_date["horizon"].unique())
     cadence = model_cadences(per_date)
     rows = [*sorted({c for m, c in cadence.items() if m not in CONTROL_MODELS})]
@@ -212,6 +226,7 @@ def cumulative_rank_ic_figure(per_date: pd.DataFrame):
 
 def plot_rank_ic_by_fold(fold_summaries: pd.DataFrame, path: Path) -> None:
     """Median RankIC of each fold per model, one panel per horizon."""
+    plt = _pyplot()
     horizons = sorted(fold_summaries["horizon"].unique())
     fig, axes = _horizon_axes(horizons)
     styles = model_styles(fold_summaries["model"].unique())
@@ -229,6 +244,7 @@ def plot_rank_ic_by_fold(fold_summaries: pd.DataFrame, path: Path) -> None:
 
 def plot_decile_returns(deciles: pd.DataFrame, path: Path) -> None:
     """Mean forward return (%) per score decile per model, one panel per horizon."""
+    plt = _pyplot()
     horizons = sorted(deciles["horizon"].unique())
     fig, axes = _horizon_axes(horizons)
     styles = model_styles(deciles["model"].unique())
@@ -246,6 +262,7 @@ def plot_decile_returns(deciles: pd.DataFrame, path: Path) -> None:
 
 def plot_turnover(comparison: pd.DataFrame, path: Path) -> None:
     """Top-decile churn over 5 sessions per model and horizon (bars)."""
+    plt = _pyplot()
     pivot = comparison.pivot(index="model", columns="horizon", values="churn")
     fig, ax = plt.subplots(figsize=(8, 4))
     pivot.plot.bar(ax=ax)
@@ -260,6 +277,7 @@ def reliability_plot(calibration: pd.DataFrame, path: Path) -> None:
     """Nominal vs observed quantile level (:func:`forecast_metrics.calibration_table`), one
     panel per horizon, one line per sampled model, the diagonal for reference. Written under a
     temporary name and renamed, so ``path`` is whole or absent."""
+    plt = _pyplot()
     path = Path(path)
     sampled = calibration[np.isfinite(calibration["observed"].astype(float))]
     horizons = sorted(int(h) for h in calibration["horizon"].unique()) or [0]

@@ -15,7 +15,6 @@ safetensors, keys or shapes that do not fit the config) raises one
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from kronos_pipeline.files import atomic_write_bytes, file_sha256  # noqa: F401 - also this module's names
 from kronos_pipeline.kronos.predictor import Kronos, KronosConfig
 from kronos_pipeline.kronos.tokenizer import KronosTokenizer, KronosTokenizerConfig
 
@@ -162,26 +162,6 @@ def _read_config(directory: Path, config_cls: type) -> dict[str, Any]:
             f"{config_cls.__name__.removesuffix('Config')} checkpoint?"
         )
     return raw
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary name beside ``path``, fsync, then rename over ``path``:
-    a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_manifest(directory: Path) -> Path:

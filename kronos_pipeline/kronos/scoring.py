@@ -21,7 +21,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -46,6 +46,23 @@ SCORE_SCHEMA = {
 VOLNORM_SUFFIX = "_volnorm"
 TRAINED_MODEL = "kronos_walkforward"
 ZERO_SHOT_MODEL = "kronos_zero_shot"
+#: Score model name of fine-tuned checkpoints.
+FINETUNE_MODEL = "kronos_finetune"
+Strategy = Literal["published", "scratch", "finetune"]
+STRATEGIES: tuple[str, ...] = ("published", "scratch", "finetune")
+
+
+def strategy_model_name(strategy: Strategy) -> str:
+    """Model name of a strategy's scores; the same for every period, accepted or not."""
+    if strategy == "published":
+        return ZERO_SHOT_MODEL
+    if strategy == "scratch":
+        return TRAINED_MODEL
+    if strategy == "finetune":
+        return FINETUNE_MODEL
+    raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+
+
 MANIFEST_NAME = "manifest.json"
 
 

@@ -31,7 +31,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,25 +40,16 @@ import torch
 
 from kronos_pipeline.kronos import hub, scoring
 from kronos_pipeline.kronos import train as T
+from kronos_pipeline.kronos.scoring import (  # noqa: F401 - also this module's names
+    FINETUNE_MODEL,
+    STRATEGIES,
+    Strategy,
+    strategy_model_name,
+)
 from kronos_pipeline.kronos.windows import FEATURE_COLUMNS, cut_windows, prepare_bars
 from kronos_pipeline.settings import KronosSettings, LabelSettings
 
-Strategy = Literal["published", "scratch", "finetune"]
-STRATEGIES: tuple[str, ...] = ("published", "scratch", "finetune")
-#: Score model name of fine-tuned checkpoints (the other two: scoring.model_name).
-FINETUNE_MODEL = "kronos_finetune"
 PREDICTOR_DIR = "predictor"
-
-
-def strategy_model_name(strategy: Strategy) -> str:
-    """Model name of a strategy's scores; the same for every period, accepted or not."""
-    if strategy == "published":
-        return scoring.ZERO_SHOT_MODEL
-    if strategy == "scratch":
-        return scoring.TRAINED_MODEL
-    if strategy == "finetune":
-        return FINETUNE_MODEL
-    raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
 
 
 # --------------------------------------------------------------------------------------

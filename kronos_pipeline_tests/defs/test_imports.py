@@ -60,3 +60,24 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
         seen.add(module)
         todo.extend(graph.get(module, ()))
     return seen
+
+
+#: Libraries that take seconds to import and that only some steps use: every run worker and
+#: step process loads the code location, so loading it must not import them (the nightly's
+#: runs each paid ~5 s of them before their first step).
+HEAVY_ON_USE = ("torch", "great_expectations", "statsmodels", "matplotlib", "scipy.stats")
+
+
+def test_loading_the_code_location_imports_no_library_that_only_some_steps_use():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, kronos_pipeline.definitions as d; "
+        "assert d.defs is not None; "
+        f"print(','.join(m for m in {HEAVY_ON_USE!r} if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert done.stdout.strip() == "", f"imported while loading: {done.stdout.strip()}"
