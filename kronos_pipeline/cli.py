@@ -383,8 +383,8 @@ def execute(
         TimeElapsedColumn,
     )
 
-    from kronos_pipeline.defs.automation import CLI_TAG
     from kronos_pipeline.deployment import follow
+    from kronos_pipeline.runs import CLI_TAG
 
     tags = {**(tags or {}), CLI_TAG: "true"}
     if partition_key is not None:
@@ -581,8 +581,8 @@ def _evaluate(instance, folds: str | None, if_due: bool = False) -> None:
     and the scores of its dates (LightGBM, then Kronos when enabled), then the evaluation.
     ``if_due``: skip the evaluation, saying why, while no scored pair has matured (a backfill
     of a deployment's first month); otherwise that is the evaluation's failure."""
-    from kronos_pipeline.defs.automation import KRONOS_ASSETS, MODEL_ASSETS, SCORE_ASSETS
     from kronos_pipeline.defs.partitions import fold_window, score_day_partitions
+    from kronos_pipeline.runs import KRONOS_ASSETS, MODEL_ASSETS, SCORE_ASSETS
 
     _run("folds_job", instance)
     kronos = get_settings().kronos.enabled
@@ -644,13 +644,14 @@ def cmd_pipeline(args: argparse.Namespace) -> None:
 def cmd_nightly(args: argparse.Namespace) -> None:
     """One session (default: the newest in the source) through the nightly chain: ingest,
     folds, models when the fold has none, every model's scores and the signal, the labels
-    that matured, the metric rollups. The same steps the schedule starts in the daemon."""
-    from kronos_pipeline.defs.automation import nightly_steps
+    that matured, the metric rollups: the night the automation runs by itself where a daemon
+    runs (planned by :func:`kronos_pipeline.runs.nightly_steps`)."""
+    from kronos_pipeline.runs import nightly_steps
 
     _configure_env(args, None)
     instance = _instance()
     day = dt.date.fromisoformat(args.date or _source_range()[1])
-    steps = nightly_steps(day, get_settings(), instance)
+    steps = nightly_steps(day, get_settings(), fitted=lambda a, k: _materialized(instance, a, k))
     if args.data_only:
         steps = steps[:1]
     for step in steps:
@@ -660,6 +661,16 @@ def cmd_nightly(args: argparse.Namespace) -> None:
             continue
         _run(step.job, instance, partition_key=step.partition_key, key_range=step.key_range,
              tags=step.run_tags(), assets=step.assets)  # fmt: skip
+
+
+def _materialized(instance, asset: str, key: str) -> bool:
+    """Whether partition ``key`` of ``asset`` has a materialization in ``instance``."""
+    import dagster as dg
+
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1
+    ).records
+    return bool(records)
 
 
 def cmd_backfill(args: argparse.Namespace) -> None:

@@ -18,10 +18,10 @@ import pytest
 import yaml
 
 from kronos_pipeline import cli
-from kronos_pipeline.defs.automation import CLI_TAG
 from kronos_pipeline.defs.resources import SettingsResource
 from kronos_pipeline.deployment import Deployment, daemon_alive
 from kronos_pipeline.instance import instance_at
+from kronos_pipeline.runs import CLI_TAG
 from kronos_pipeline.settings import (
     REPO_ROOT,
     SettingsError,

@@ -1,9 +1,9 @@
-"""Jobs, the nightly chain the CLI runs, and alerts to a webhook.
+"""Jobs and alerts to a webhook.
 
 What runs by itself is declared on the assets (automation conditions,
 ``defs/conditions.py``) and evaluated by ``kronos_automation``; this module holds the jobs
-(what a person launches), :func:`nightly_steps` (the same night as explicit runs, for
-``kronos-pipeline nightly``) and the alerts.
+(what a person launches) and the alerts. The same night as explicit runs, for
+``kronos-pipeline nightly``, is planned by :mod:`kronos_pipeline.runs`.
 
 Alerts (all posted as JSON to ``settings.alerts.webhook_url``):
 
@@ -25,42 +25,22 @@ import datetime as dt
 import json
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import dagster as dg
 
-from kronos_pipeline.data.calendar import trading_days
 from kronos_pipeline.defs.conditions import automation_sensor, observe_vendor_folder
 from kronos_pipeline.defs.partitions import (
-    day_key,
     day_partitions,
     fold_partitions,
-    month_key,
     score_day_partitions,
 )
-from kronos_pipeline.settings import Settings, get_settings
+from kronos_pipeline.runs import MODEL_ASSETS, SCORE_ASSETS
+from kronos_pipeline.settings import get_settings
 
 DATA_SELECTION = dg.AssetSelection.groups("data", "features")
 NIGHTLY_CRON = "30 22 * * 1-5"  # after the close and the vendor's end-of-day files
 NIGHTLY_TZ = "America/New_York"
-CLI_TAG = "kronos/cli"  # a run the CLI submitted: the CLI starts each next step itself
-NIGHTLY_TAG = "kronos/nightly"  # the session a nightly run (and each step after it) is for
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
-MODEL_ASSETS = ("lightgbm_models", "kronos_checkpoint", "kronos_heads")
-SCORE_ASSETS = (
-    "baseline_scores",
-    "kronos_forecasts",
-    "kronos_scores",
-    "kronos_head_scores",
-    "signals",
-)
-KRONOS_ASSETS = (
-    "kronos_checkpoint",
-    "kronos_forecasts",
-    "kronos_scores",
-    "kronos_heads",
-    "kronos_head_scores",
-)
 
 data_job = dg.define_asset_job(
     "data_job",
@@ -119,77 +99,6 @@ evaluation_job = dg.define_asset_job(
 def jobs() -> list:
     return [data_job, labels_job, folds_job, models_job, baseline_scores_job, kronos_job,
             scoring_job, evaluation_job]  # fmt: skip
-
-
-# --------------------------------------------------------------------------------------
-# The night as explicit runs, for `kronos-pipeline nightly`: one chain per session, each step
-# started when the one before succeeded. The daemon needs none of it: the assets' automation
-# conditions run the same night by themselves (defs/conditions.py).
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NightlyStep:
-    """One run of the nightly chain."""
-
-    job: str
-    partition_key: str | None = None
-    key_range: tuple[str, str] | None = None
-    tags: dict[str, str] = field(default_factory=dict)
-    assets: tuple[str, ...] | None = None  # a subset of the job's assets; None: all
-
-    def run_tags(self) -> dict[str, str]:
-        tags = dict(self.tags)
-        if self.key_range is not None:
-            tags.update({RANGE_START: self.key_range[0], RANGE_END: self.key_range[1]})
-        return tags
-
-    @property
-    def label(self) -> str:
-        if self.key_range is not None:
-            return f"{self.key_range[0]}..{self.key_range[1]}"
-        return self.partition_key or ""
-
-
-def _materialized(instance: dg.DagsterInstance, asset: str, key: str) -> bool:
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1
-    ).records
-    return bool(records)
-
-
-def nightly_steps(day: dt.date, settings: Settings, instance: dg.DagsterInstance | None):
-    """The runs that take session ``day`` from the vendor's file to the published signal:
-
-    1. ``data_job`` on the day's partition: ingest, PIT prices, universe, features (labels of
-       ``day`` do not exist yet);
-    2. ``folds_job``: the folds, a new one when ``day`` opens a month;
-    3. ``models_job`` on the day's fold, only for the models that fold lacks (a new month;
-       with ``instance`` None, every model: the chain's order);
-    4. ``scoring_job`` on the day's partition: every model's scores, the Kronos forecasts,
-       and the signal (``signals`` table and ``data/signals/<day>.parquet``);
-    5. ``labels_job`` on the days from ``max(horizons)`` sessions back: the labels that
-       matured on ``day``;
-    6. ``evaluation_job``: the metric rollups and the report.
-    """
-    key, calendar = day_key(day), settings.data.calendar
-    tags = {NIGHTLY_TAG: str(day)}
-    back = trading_days(day - dt.timedelta(days=3 * max(settings.labels.horizons) + 30), day,
-                        calendar)[-(max(settings.labels.horizons) + 1)].date()  # fmt: skip
-    steps = [NightlyStep("data_job", key, tags=tags), NightlyStep("folds_job", tags=tags)]
-    fold = month_key(day)
-    if fold >= settings.folds.first_test_month:
-        kronos = settings.kronos.enabled
-        models = [a for a in MODEL_ASSETS if kronos or a not in KRONOS_ASSETS]
-        if instance is not None:  # fit only what this fold lacks (a new month)
-            models = [a for a in models if not _materialized(instance, a, fold)]
-        if models:
-            steps.append(NightlyStep("models_job", fold, tags=tags, assets=tuple(models)))
-        scores = [a for a in SCORE_ASSETS if kronos or a not in KRONOS_ASSETS]
-        steps.append(NightlyStep("scoring_job", key, tags=tags, assets=tuple(scores)))
-    steps.append(NightlyStep("labels_job", key_range=(day_key(back), key), tags=tags))
-    steps.append(NightlyStep("evaluation_job", tags=tags))
-    return steps
 
 
 def post_alert(url: str, payload: dict, timeout_s: float = 10.0) -> int:

@@ -39,10 +39,10 @@ import dagster as dg
 import pandas as pd
 
 from kronos_pipeline.data.calendar import trading_days
+from kronos_pipeline.runs import DAY_FMT  # the weekday keys
+from kronos_pipeline.runs import MONTH_FMT as PARTITION_FMT  # folds and refit periods
 from kronos_pipeline.settings import get_settings
 
-DAY_FMT = "%Y-%m-%d"
-PARTITION_FMT = "%Y-%m"  # folds and refit periods
 NEW_YORK_TZ = "America/New_York"
 NEW_YORK = ZoneInfo(NEW_YORK_TZ)
 SESSION_DUE = dt.time(22, 30)  # a session's vendor file is due at 22:30 New York

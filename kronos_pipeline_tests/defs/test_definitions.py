@@ -321,7 +321,9 @@ def test_every_asset_runs_by_itself_under_its_condition():
                                              "gate_verdicts", "evaluation_report")},
     }  # fmt: skip
     graph = defs.resolve_asset_graph()
-    actual = {k.to_user_string(): graph.get(k).automation_condition for k in graph.get_all_asset_keys()}
+    actual = {
+        k.to_user_string(): graph.get(k).automation_condition for k in graph.get_all_asset_keys()
+    }
     labels = actual.pop("labels_forward")
     assert actual == expected
     assert labels.get_label().startswith("labels that can still mature")
@@ -447,11 +449,13 @@ def test_day_partitions_are_weekdays_with_no_holiday_list():
 
 
 def test_nightly_chain_fits_models_only_for_a_fold_that_has_none():
-    from kronos_pipeline.defs.automation import nightly_steps
+    from kronos_pipeline.cli import _materialized
+    from kronos_pipeline.runs import nightly_steps
     from kronos_pipeline.settings import get_settings
 
     with dg.instance_for_test() as instance:
-        steps = nightly_steps(dt.date(2019, 11, 1), get_settings(), instance)
+        fitted = lambda asset, key: _materialized(instance, asset, key)  # noqa: E731
+        steps = nightly_steps(dt.date(2019, 11, 1), get_settings(), fitted)
         assert [s.job for s in steps] == [
             "data_job", "folds_job", "models_job", "scoring_job", "labels_job", "evaluation_job"
         ]  # fmt: skip
@@ -463,7 +467,7 @@ def test_nightly_chain_fits_models_only_for_a_fold_that_has_none():
         assert steps[4].key_range == ("2019-06-26", "2019-11-01")
         for asset in ("lightgbm_models", "kronos_checkpoint", "kronos_heads"):
             instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition="2019-11"))
-        again = nightly_steps(dt.date(2019, 11, 1), get_settings(), instance)
+        again = nightly_steps(dt.date(2019, 11, 1), get_settings(), fitted)
         assert [s.job for s in again] == [
             "data_job", "folds_job", "scoring_job", "labels_job", "evaluation_job"
         ]  # fmt: skip
@@ -474,7 +478,9 @@ def test_the_clis_own_deployment_loads_without_the_automation_sensor():
     (``deployment.AUTOMATION_ENV=off``); any other load has the automation sensor."""
     from kronos_pipeline.deployment import AUTOMATION_ENV
 
-    code = "from kronos_pipeline.definitions import defs; print(sorted(s.name for s in defs.sensors))"
+    code = (
+        "from kronos_pipeline.definitions import defs; print(sorted(s.name for s in defs.sensors))"
+    )
     env = {k: v for k, v in os.environ.items() if k != AUTOMATION_ENV}
     names = {}
     for value in ("off", None):
