@@ -634,9 +634,15 @@ def _record_report_path(updated: bool = True) -> None:
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
     """smoke / full: every month of the source in one data run, then the selected folds, all
-    recorded in $DAGSTER_HOME (the UI shows every partition's true status)."""
+    recorded in $DAGSTER_HOME (the UI shows every partition's true status). ``full`` goes as
+    backfills that resume where a killed or failed ``full`` stopped (:mod:`kronos_pipeline.full`)."""
     _configure_env(args, args.command)
     instance = _instance()
+    if args.command == "full":
+        from kronos_pipeline.full import run_full
+
+        run_full(instance)
+        return
     _run_days(instance, *_source_range())
     _evaluate(instance, None)
 
@@ -837,4 +843,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m kronos_pipeline.cli` runs this file as `__main__`, a second copy of the module:
+    # run the package module's main, so that kronos_pipeline.full shares its session.
+    from kronos_pipeline import cli as _cli
+
+    _cli.main()

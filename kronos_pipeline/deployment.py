@@ -50,6 +50,17 @@ _WORKSPACE_QUERY = """
     ... on PythonError { message } } }
 """
 TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
+#: The UI's "launch backfill" and "cancel backfill" (Overview -> Backfills shows both).
+_LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+    __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }
+"""
+_CANCEL_BACKFILL = """
+mutation($id: String!) { cancelPartitionBackfill(backfillId: $id) {
+    __typename ... on CancelBackfillSuccess { backfillId } ... on Error { message } } }
+"""
+#: The daemon that submits a backfill's runs (its type in the instance's heartbeats).
+BACKFILL_DAEMON = "BACKFILL"
 
 
 class DeploymentError(Exception):
@@ -61,9 +72,12 @@ class DeploymentError(Exception):
 AUTOMATION_ENV = "PIPELINE_AUTOMATION"
 
 
-def daemon_alive(instance: dg.DagsterInstance, fresh_s: float = HEARTBEAT_FRESH_S) -> bool:
-    """Whether the instance's run queue has a daemon: its heartbeat is newer than ``fresh_s``."""
-    beat = instance.get_daemon_heartbeats().get(QUEUE_DAEMON)
+def daemon_alive(
+    instance: dg.DagsterInstance, fresh_s: float = HEARTBEAT_FRESH_S, daemon: str = QUEUE_DAEMON
+) -> bool:
+    """Whether the instance's run queue (or another ``daemon`` type, e.g.
+    :data:`BACKFILL_DAEMON`) has a daemon: its heartbeat is newer than ``fresh_s``."""
+    beat = instance.get_daemon_heartbeats().get(daemon)
     return beat is not None and time.time() - beat.timestamp < fresh_s
 
 
@@ -73,9 +87,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _graphql(url: str, query: str, timeout_s: float = 10.0) -> Mapping:
+def _graphql(
+    url: str, query: str, timeout_s: float = 10.0, variables: Mapping | None = None
+) -> Mapping:
     request = urllib.request.Request(
-        url, data=json.dumps({"query": query}).encode(),
+        url, data=json.dumps({"query": query, "variables": dict(variables or {})}).encode(),
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
     with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - loopback
@@ -212,6 +228,51 @@ class Deployment:
             raise DeploymentError(f"{job}: the run was refused: {exc}") from None
         self.active.add(run_id)
         return run_id
+
+    def launch_backfill(
+        self,
+        partitions_by_assets: Mapping[str, Sequence[tuple[str, str]]],
+        run_config: Mapping,
+        tags: Mapping[str, str],
+        title: str,
+    ) -> str:
+        """Submit an asset backfill of each asset's partition ranges (first and last key,
+        inclusive) to the instance, as the UI's "Materialize selected" dialog does; the
+        daemon's backfill loop launches its runs (each with ``run_config`` and ``tags``) in
+        the assets' dependency order. Returns the backfill's id."""
+        if not self.loaded:
+            self.wait_until_loaded()
+        self.raise_if_dead()
+        params = {
+            "partitionsByAssets": [
+                {"assetKey": {"path": [asset]},
+                 "partitions": {"ranges": [{"start": a, "end": b} for a, b in ranges]}}
+                for asset, ranges in partitions_by_assets.items()
+            ],
+            "tags": [{"key": k, "value": v} for k, v in tags.items()],
+            "title": title,
+            "runConfigData": dict(run_config),
+        }  # fmt: skip
+        answer = self._mutate(_LAUNCH_BACKFILL, {"params": params}, "launchPartitionBackfill")
+        return answer["backfillId"]
+
+    def cancel_backfill(self, backfill_id: str) -> None:
+        """Cancel a backfill: it requests no more runs and the daemon cancels those in flight."""
+        self._mutate(_CANCEL_BACKFILL, {"id": backfill_id}, "cancelPartitionBackfill")
+
+    def _mutate(self, query: str, variables: Mapping, field_name: str) -> Mapping:
+        try:
+            answer = _graphql(f"{self.url}/graphql", query, 120.0, variables)
+        except (OSError, ValueError) as exc:
+            raise DeploymentError(
+                f"{self.name}: {field_name}: {exc} (log: {self.log_path})"
+            ) from None
+        if answer.get("errors"):
+            raise DeploymentError(f"{field_name}: {answer['errors'][0].get('message')}")
+        result = answer["data"][field_name]
+        if "message" in result:
+            raise DeploymentError(f"{field_name}: {result['__typename']}: {result['message']}")
+        return result
 
     def terminate(self, run_id: str) -> None:
         """Cancel a run: a queued one leaves the queue, a started one's worker is stopped. A

@@ -1,0 +1,194 @@
+"""``kronos-pipeline full`` as backfills that resume (:mod:`kronos_pipeline.full`).
+
+Fast tests drive one stage against a temporary instance, with a stand-in deployment whose
+"backfill" materializes the partitions it was asked for at once, as the daemon's runs would:
+what a resumed stage asks for, that a stage in flight is followed rather than asked again,
+that a finished stage is skipped. The end-to-end test runs the real command on a tiny
+synthetic market, kills it during its first backfill, starts it again, and counts every
+partition's materializations in the instance.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import dagster as dg
+import pytest
+from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+from dagster._core.storage.tags import BACKFILL_ID_TAG
+
+from kronos_pipeline import cli, full
+
+FINGERPRINT = "0123456789abcdef"
+DAYS = dg.DailyPartitionsDefinition(start_date="2019-01-01", end_date="2019-01-11")  # 10 days
+
+
+@dg.asset(partitions_def=DAYS)
+def daily() -> None:
+    return None
+
+
+@dg.asset(partitions_def=DAYS, deps=[daily])
+def daily_child() -> None:
+    return None
+
+
+ASSETS = {"daily": daily, "daily_child": daily_child}
+GRAPH = dg.Definitions(assets=[daily, daily_child]).resolve_asset_graph()
+STAGE = full.Stage("data", DAYS, {a: DAYS.get_partition_keys() for a in ASSETS})
+
+
+def _materialize(instance, asset: str, key: str, tags: dict[str, str]) -> None:
+    result = dg.materialize([ASSETS[asset]], partition_key=key, instance=instance, tags=tags)
+    assert result.success
+
+
+def _add_backfill(instance, status: BulkActionStatus, ranges: dict) -> PartitionBackfill:
+    """A backfill of the stage's assets in the instance, as the webserver stores one."""
+    from dagster._core.definitions.selector import (
+        PartitionRangeSelector,
+        PartitionsByAssetSelector,
+        PartitionsSelector,
+    )
+
+    backfill = PartitionBackfill.from_partitions_by_assets(
+        backfill_id=f"b{len(instance.get_backfills())}",
+        asset_graph=GRAPH,
+        backfill_timestamp=time.time(),
+        tags={full.FULL_TAG: FINGERPRINT, full.STAGE_TAG: "data"},
+        dynamic_partitions_store=instance,
+        partitions_by_assets=[
+            PartitionsByAssetSelector(
+                asset_key=dg.AssetKey(asset),
+                partitions=PartitionsSelector(
+                    ranges=[PartitionRangeSelector(start=a, end=b) for a, b in pieces]
+                ),
+            )
+            for asset, pieces in ranges.items()
+        ],
+        title="kronos-pipeline full data",
+        description=None,
+        run_config=None,
+    ).with_status(status)
+    instance.add_backfill(backfill)
+    return backfill
+
+
+def _run_backfill(instance, backfill_id: str, ranges: dict) -> None:
+    """What the daemon does with a backfill: a run per partition, then the backfill ends."""
+    for asset, pieces in ranges.items():
+        keys = DAYS.get_partition_keys()
+        for first, last in pieces:
+            for key in keys[keys.index(first) : keys.index(last) + 1]:
+                _materialize(instance, asset, key, {full.FULL_TAG: FINGERPRINT,
+                                                    BACKFILL_ID_TAG: backfill_id})  # fmt: skip
+    backfill = instance.get_backfill(backfill_id)
+    instance.update_backfill(backfill.with_status(BulkActionStatus.COMPLETED_SUCCESS))
+
+
+class StandInDeployment:
+    """Takes a backfill as the webserver does and runs it at once, as the daemon would."""
+
+    owns_daemon = True
+    url = "http://127.0.0.1:0"
+
+    def __init__(self, instance):
+        self.instance = instance
+        self.launched: list[dict] = []
+
+    def launch_backfill(self, ranges, run_config, tags, title) -> str:
+        self.launched.append(ranges)
+        backfill = _add_backfill(self.instance, BulkActionStatus.REQUESTED, ranges)
+        _run_backfill(self.instance, backfill.backfill_id, ranges)
+        return backfill.backfill_id
+
+    def raise_if_dead(self) -> None:
+        pass
+
+
+@pytest.fixture
+def instance(tmp_path, monkeypatch):
+    monkeypatch.setenv("KRONOS_WAREHOUSE__DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(full, "POLL_S", 0.1)
+    monkeypatch.setattr(cli, "_session", cli.Session())
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        yield instance
+
+
+def _materializations(instance, asset: str) -> Counter:
+    records = instance.fetch_materializations(dg.AssetKey(asset), limit=1000).records
+    return Counter(r.partition_key for r in records if r.run_id in _fingerprint_runs(instance))
+
+
+def _fingerprint_runs(instance) -> set[str]:
+    return set(instance.get_run_ids(dg.RunsFilter(tags={full.FULL_TAG: FINGERPRINT})))
+
+
+def test_key_ranges_are_the_fewest_contiguous_runs_of_the_definitions_keys():
+    keys = DAYS.get_partition_keys()
+    picked = [keys[i] for i in (0, 1, 2, 5, 7, 8, 9)]
+    assert full.key_ranges(list(reversed(picked)), keys) == [
+        ("2019-01-01", "2019-01-03"), ("2019-01-06", "2019-01-06"), ("2019-01-08", "2019-01-10")
+    ]  # fmt: skip
+    assert full.key_ranges([], keys) == []
+
+
+def test_a_canceled_backfill_is_resumed_with_exactly_the_partitions_not_done(instance, capsys):
+    keys = DAYS.get_partition_keys()
+    done = {full.FULL_TAG: FINGERPRINT}
+    for key in keys[:4]:  # what the canceled backfill's runs finished
+        _materialize(instance, "daily", key, done)
+        _materialize(instance, "daily_child", key, done)
+    _materialize(instance, "daily", keys[4], done)  # its child was canceled
+    # Other settings, and no settings at all, do not count as done.
+    _materialize(instance, "daily", keys[5], {full.FULL_TAG: "other-settings"})
+    _materialize(instance, "daily_child", keys[6], {})
+    _add_backfill(instance, BulkActionStatus.CANCELED, {a: [(keys[0], keys[-1])] for a in ASSETS})
+
+    deployment = StandInDeployment(instance)
+    assert full.run_stage(deployment, STAGE, FINGERPRINT, {}, {}) is True
+    assert deployment.launched == [{
+        "daily": [("2019-01-06", "2019-01-10")],
+        "daily_child": [("2019-01-05", "2019-01-10")],
+    }]  # fmt: skip
+    # Every partition materialized once with these settings: nothing done was recomputed.
+    for asset in ASSETS:
+        assert _materializations(instance, asset) == Counter(keys)
+    out = capsys.readouterr().out
+    assert "-> data: backfill b1 of 6 of 10 partitions (2 assets" in out
+    assert "data: 10/10 partitions" in out
+    assert "data: backfill b1 COMPLETED_SUCCESS" in out
+    assert [r.success for r in cli._session.runs] == [True] * 11  # one line per finished run
+
+    # Started again: the stage is done, so it is skipped and nothing is asked for.
+    assert full.run_stage(deployment, STAGE, FINGERPRINT, {}, {}) is False
+    assert len(deployment.launched) == 1
+    assert "data: all 10 partitions already materialized with these settings" in (
+        capsys.readouterr().out
+    )
+
+
+def test_a_backfill_still_in_flight_is_followed_not_asked_for_again(instance, capsys):
+    keys = DAYS.get_partition_keys()
+    everything = {a: [(keys[0], keys[-1])] for a in ASSETS}
+    # A killed command left its backfill requested; the next daemon carries it on.
+    in_flight = _add_backfill(instance, BulkActionStatus.REQUESTED, everything)
+    assert full.unfinished_backfill(instance, FINGERPRINT, "data").backfill_id == "b0"
+    assert full.unfinished_backfill(instance, "other-settings", "data") is None
+    assert full.unfinished_backfill(instance, FINGERPRINT, "scores") is None
+    daemon = threading.Thread(
+        target=_run_backfill, args=(instance, in_flight.backfill_id, everything)
+    )
+    deployment = StandInDeployment(instance)
+    daemon.start()
+    try:
+        assert full.run_stage(deployment, STAGE, FINGERPRINT, {}, {}) is True
+    finally:
+        daemon.join()
+    assert deployment.launched == []
+    assert "-> data: continuing backfill b0 (REQUESTED" in capsys.readouterr().out
+    for asset in ASSETS:
+        assert _materializations(instance, asset) == Counter(keys)
+    assert full.unfinished_backfill(instance, FINGERPRINT, "data") is None
