@@ -10,9 +10,14 @@ partition's materializations in the instance.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -20,6 +25,7 @@ from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 from dagster._core.storage.tags import BACKFILL_ID_TAG
 
 from kronos_pipeline import cli, full
+from kronos_pipeline.settings import REPO_ROOT
 
 FINGERPRINT = "0123456789abcdef"
 DAYS = dg.DailyPartitionsDefinition(start_date="2019-01-01", end_date="2019-01-11")  # 10 days
@@ -192,3 +198,112 @@ def test_a_backfill_still_in_flight_is_followed_not_asked_for_again(instance, ca
     for asset in ASSETS:
         assert _materializations(instance, asset) == Counter(keys)
     assert full.unfinished_backfill(instance, FINGERPRINT, "data") is None
+
+
+# A tiny synthetic market: 40 names from 2016, three folds (2019-03..2019-05), no Kronos.
+TINY_FULL = {
+    "KRONOS_DATA__SYNTHETIC_TICKERS": "40",
+    "KRONOS_DATA__SYNTHETIC_START": "2016-01-04",
+    "KRONOS_DATA__PARTITIONS_START": "2016-01-01",
+    "KRONOS_FOLDS__FIRST_TEST_MONTH": "2019-03",
+    "KRONOS_FOLDS__LAST_TEST_MONTH": "2019-05",
+}
+
+
+def _dagster_processes(home: Path) -> list[int]:
+    """Pids of this user's ``dagster dev`` processes of the instance at ``home``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"dev" in cmdline and f"DAGSTER_HOME={home}".encode() in environ:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _stop(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGINT)  # dagster dev stops its webserver, daemon and code server
+        for _ in range(600):
+            if not Path(f"/proc/{pid}").exists():
+                return
+            time.sleep(0.1)
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the left dagster dev in /proc")
+def test_full_killed_during_its_first_backfill_goes_on_where_it_stopped(tmp_path, monkeypatch):
+    from kronos_pipeline.instance import instance_at
+
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text((REPO_ROOT / "dagster_home" / "dagster.yaml").read_text())
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("KRONOS_")},
+        **TINY_FULL,
+        "DAGSTER_HOME": str(home),
+        "KRONOS_WAREHOUSE__DATA_DIR": str(tmp_path / "data"),
+        "KRONOS_REPORT__OUTPUT_ROOT": str(tmp_path / "runs"),
+        # The deployment's processes import this checkout's package, whatever is installed.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    command = [sys.executable, "-m", "kronos_pipeline.cli", "full", "--without-kronos"]
+    instance = instance_at(home)
+    first_out = tmp_path / "first.log"
+    try:
+        with first_out.open("w") as out:
+            first = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=out,
+                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 600
+        while not any(  # the data backfill's run is under way
+            r.status == dg.DagsterRunStatus.STARTED
+            for r in instance.get_runs(dg.RunsFilter(tags={full.STAGE_TAG: "data"}))
+        ):
+            assert first.poll() is None, first_out.read_text()
+            assert time.monotonic() < deadline, first_out.read_text()
+            time.sleep(0.5)
+        time.sleep(3)
+        os.killpg(first.pid, signal.SIGKILL)  # the CLI's process group: no cleanup at all
+        first.wait()
+        killed = [b for b in instance.get_backfills() if b.tags.get(full.STAGE_TAG) == "data"]
+        assert [b.status.value for b in killed] == ["REQUESTED"]
+
+        second = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True,
+                                text=True, timeout=1200)  # fmt: skip
+        out = second.stdout + second.stderr
+        assert second.returncode == 0, out
+    finally:
+        for pid in _dagster_processes(home):  # the killed command's dagster dev
+            _stop(pid)
+    # The killed command's backfill went on, and nothing was asked for twice.
+    assert f"-> data: continuing backfill {killed[0].backfill_id} (REQUESTED" in out
+    assert "-> data: backfill" not in out
+    backfills = {b.tags[full.STAGE_TAG]: b for b in instance.get_backfills()}
+    assert sorted(backfills) == ["data", "models", "scores"]  # one backfill per stage
+    assert {b.status.value for b in backfills.values()} == {"COMPLETED_SUCCESS"}
+    fingerprint = backfills["data"].tags[full.FULL_TAG]
+    # Every partition materialized exactly once, by a run that received the settings.
+    sizes = {"data": 0, "models": 0, "scores": 0}
+    for run in instance.get_runs(dg.RunsFilter(tags={full.FULL_TAG: fingerprint})):
+        assert run.tags["kronos/settings_fingerprint"] == fingerprint, run.run_id
+    for asset, stage in (("raw_bars", "data"), ("features", "data"), ("labels_forward", "data"),
+                         ("lightgbm_models", "models"), ("baseline_scores", "scores")):  # fmt: skip
+        records = instance.fetch_materializations(dg.AssetKey(asset), limit=10_000).records
+        counts = Counter(r.partition_key for r in records)
+        assert set(counts.values()) == {1}, (asset, counts.most_common(3))
+        sizes[stage] = len(counts)
+    assert sizes["models"] == 3 and sizes["scores"] == 66  # 2019-03..2019-05's weekdays
+    assert f"data: {sizes['data']}/{sizes['data']} partitions" in out
+    assert "scores: 66/66 partitions" in out
+    # ... and the evaluation ran once everything was scored.
+    [evaluation] = instance.get_runs(dg.RunsFilter(job_name="evaluation_job"))
+    assert evaluation.status == dg.DagsterRunStatus.SUCCESS
+    assert (tmp_path / "runs" / "latest" / "REPORT_SUMMARY.md").exists()
+    instance.dispose()
