@@ -7,7 +7,8 @@ queue, pools and run monitoring apply, and a run worker executes it
 command starts and stops). The runs, checks and metadata show up in the UI. The terminal shows
 one line per step and a summary, read from each run's event log in the instance; the full
 event log goes to ``<warehouse.data_dir>/logs/<job>-<run_id>.log`` (``--verbose`` streams it
-to the terminal as well).
+to the terminal as well). ``full`` submits its partitioned work as backfills instead, which
+resume where a killed or failed ``full`` stopped (:mod:`kronos_pipeline.full`).
 """
 
 from __future__ import annotations

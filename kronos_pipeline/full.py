@@ -36,8 +36,11 @@ from kronos_pipeline.settings import get_settings, settings_fingerprint
 FULL_TAG = "kronos/full"
 #: Tag of a stage's backfill (and its runs): data, models or scores.
 STAGE_TAG = "kronos/full_stage"
-#: Seconds between two looks at a backfill's progress.
+#: Seconds between two looks at a backfill's runs.
 POLL_S = 2.0
+#: Seconds between two counts of the stage's done partitions while no run ends (a count
+#: reads every materialization of the stage's assets since the first run of these settings).
+COUNT_S = 20.0
 #: Backfill statuses of one still in flight (a daemon carries it on).
 IN_FLIGHT = ("REQUESTED", "CANCELING", "FAILING")
 #: The CLI job each stage stands for, for repair commands (``cli.repair_command``).
@@ -197,22 +200,26 @@ def follow_backfill(deployment, backfill_id: str, stage: Stage, fingerprint: str
     instance = deployment.instance
     reported: set[str] = set()
     shown = None
-    since = time.monotonic()
+    since = counted = time.monotonic()
     while True:
         backfill = instance.get_backfill(backfill_id)
         records = instance.get_run_records(dg.RunsFilter(tags={BACKFILL_ID_TAG: backfill_id}))
-        in_flight = False
+        in_flight = ended = False
         for record in sorted(records, key=lambda r: r.create_timestamp):
             if record.dagster_run.status.value not in ("SUCCESS", "FAILURE", "CANCELED"):
                 in_flight = True
             elif record.dagster_run.run_id not in reported:
                 reported.add(record.dagster_run.run_id)
                 cli._session.runs.append(_finished_run(instance, stage, record))
-        line = _progress(stage, remaining(instance, fingerprint, stage))
-        if line != shown:
-            _say(line)
-            shown = line
-        if backfill.status.value not in IN_FLIGHT and not in_flight:
+                ended = True
+        over = backfill.status.value not in IN_FLIGHT and not in_flight
+        if shown is None or ended or over or time.monotonic() - counted > COUNT_S:
+            counted = time.monotonic()
+            line = _progress(stage, remaining(instance, fingerprint, stage))
+            if line != shown:
+                _say(line)
+                shown = line
+        if over:
             return backfill
         deployment.raise_if_dead()
         stale = time.monotonic() - since > 90 and not daemon_alive(instance, daemon=BACKFILL_DAEMON)

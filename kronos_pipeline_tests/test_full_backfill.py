@@ -307,3 +307,27 @@ def test_full_killed_during_its_first_backfill_goes_on_where_it_stopped(tmp_path
     assert evaluation.status == dg.DagsterRunStatus.SUCCESS
     assert (tmp_path / "runs" / "latest" / "REPORT_SUMMARY.md").exists()
     instance.dispose()
+
+
+def test_ctrl_c_cancels_the_backfill_and_exits_130(instance, capsys):
+    import _thread
+
+    keys = DAYS.get_partition_keys()
+    _add_backfill(instance, BulkActionStatus.REQUESTED, {a: [(keys[0], keys[-1])] for a in ASSETS})
+    canceled = []
+
+    class Canceling(StandInDeployment):
+        def cancel_backfill(self, backfill_id: str) -> None:  # as the daemon ends it
+            canceled.append(backfill_id)
+            backfill = self.instance.get_backfill(backfill_id)
+            self.instance.update_backfill(backfill.with_status(BulkActionStatus.CANCELED))
+
+    threading.Timer(1.0, _thread.interrupt_main).start()  # Ctrl-C while it follows b0
+    with pytest.raises(SystemExit) as stopped:
+        full.run_stage(Canceling(instance), STAGE, FINGERPRINT, {}, {})
+    assert stopped.value.code == 130
+    assert canceled == ["b0"]
+    assert instance.get_backfill("b0").status == BulkActionStatus.CANCELED
+    out, err = capsys.readouterr()
+    assert "interrupted: canceling backfill b0" in out
+    assert "data: backfill b0 canceled; `kronos-pipeline full` again goes on" in err
