@@ -160,17 +160,23 @@ class Session:
     skipped: list[str] = field(default_factory=list)  # steps not run, with why
     workspace: Path = WORKSPACE
     _deployment: Deployment | None = None
+    _left_dev: int | None = None  # pid of a `dagster dev` a killed command left, to stop
 
     def deployment(self, instance) -> Deployment:
         """The deployment this command's runs go through, started on the first call (the
         command's start, see :func:`_instance`)."""
         if self._deployment is None:
-            from kronos_pipeline.deployment import Deployment, daemon_alive
+            from kronos_pipeline.deployment import Deployment, daemon_alive, left_dagster_dev
 
             stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             log_path = log_dir() / f"deployment-{stamp}-{os.getpid()}.log"
             with_daemon = not daemon_alive(instance)
-            if with_daemon:
+            self._left_dev = None if with_daemon else left_dagster_dev(instance)
+            if self._left_dev is not None:
+                print(f"the `dagster dev` a killed kronos-pipeline command left (pid "
+                      f"{self._left_dev}) is running: runs go to its daemon, and it stops when "
+                      "this command ends (starting dagster-webserver)", flush=True)  # fmt: skip
+            elif with_daemon:
                 print("no dagster-daemon is running for this instance: starting `dagster dev` "
                       f"until this command ends (its log: {log_path})", flush=True)  # fmt: skip
             else:
@@ -188,6 +194,12 @@ class Session:
             deployment, self._deployment = self._deployment, None
             deployment.stop()
             print(f"stopped {deployment.name}", flush=True)
+            if self._left_dev is not None:
+                from kronos_pipeline.deployment import stop_left_dagster_dev
+
+                stop_left_dagster_dev(deployment.instance, self._left_dev)
+                print(f"stopped the dagster dev a killed command left (pid {self._left_dev})",
+                      flush=True)  # fmt: skip
 
     def summary(self) -> str:
         if not self.runs and self.report_path is None and not self.skipped:

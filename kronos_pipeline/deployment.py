@@ -61,6 +61,11 @@ mutation($id: String!) { cancelPartitionBackfill(backfillId: $id) {
 """
 #: The daemon that submits a backfill's runs (its type in the instance's heartbeats).
 BACKFILL_DAEMON = "BACKFILL"
+#: In the instance's home: the pids of the ``dagster dev`` a CLI command started and of that
+#: command, until it stops the former. A killed command leaves its ``dagster dev`` running (its
+#: own session), and the file says which process the next command may stop
+#: (:func:`left_dagster_dev`).
+DEV_PID_FILE = "kronos-cli-dagster-dev.pid"
 
 
 class DeploymentError(Exception):
@@ -79,6 +84,41 @@ def daemon_alive(
     :data:`BACKFILL_DAEMON`) has a daemon: its heartbeat is newer than ``fresh_s``."""
     beat = instance.get_daemon_heartbeats().get(daemon)
     return beat is not None and time.time() - beat.timestamp < fresh_s
+
+
+def left_dagster_dev(instance: dg.DagsterInstance) -> int | None:
+    """The pid of a ``dagster dev`` that an earlier CLI command started for this instance and
+    did not stop (it was killed), while it still runs; else None (also while the command that
+    started it still runs)."""
+    path = Path(instance.root_directory) / DEV_PID_FILE
+    try:
+        pid, command = (int(p) for p in path.read_text().split())
+        if Path(f"/proc/{command}").exists():
+            return None  # its command is alive and stops it itself
+        running = b"dagster" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):  # no file, no such process (or no /proc: not Linux)
+        running = False
+    if not running:
+        path.unlink(missing_ok=True)
+        return None
+    return pid
+
+
+def stop_left_dagster_dev(instance: dg.DagsterInstance, pid: int) -> None:
+    """Stop the ``dagster dev`` of :func:`left_dagster_dev` as the command that started it
+    would have: SIGINT (it stops its webserver, daemon and code server), SIGKILL to its
+    process group after :data:`STOP_TIMEOUT_S`; then wipe its daemon's heartbeats."""
+    try:
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if Path(f"/proc/{pid}").exists():
+            os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    (Path(instance.root_directory) / DEV_PID_FILE).unlink(missing_ok=True)
+    instance.wipe_daemon_heartbeats()
 
 
 def _free_port() -> int:
@@ -141,6 +181,10 @@ class Deployment:
             env={**os.environ, "DAGSTER_HOME": instance.root_directory,
                  **({AUTOMATION_ENV: "off"} if with_daemon else {})},
         )  # fmt: skip
+        if with_daemon:
+            (Path(instance.root_directory) / DEV_PID_FILE).write_text(
+                f"{process.pid} {os.getpid()}"
+            )
         deployment = cls(instance, workspace, process, port, with_daemon, log_path, log)
         if wait:
             deployment.wait_until_loaded()
@@ -318,6 +362,7 @@ class Deployment:
                 self.process.wait()
         self._log.close()
         if self.owns_daemon:
+            (Path(self.instance.root_directory) / DEV_PID_FILE).unlink(missing_ok=True)
             self.instance.wipe_daemon_heartbeats()
 
 

@@ -275,12 +275,19 @@ def test_full_killed_during_its_first_backfill_goes_on_where_it_stopped(tmp_path
         killed = [b for b in instance.get_backfills() if b.tags.get(full.STAGE_TAG) == "data"]
         assert [b.status.value for b in killed] == ["REQUESTED"]
 
+        left = _dagster_processes(home)
+        assert len(left) == 1  # the killed command's dagster dev goes on with the backfill
+
         second = subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True,
                                 text=True, timeout=1200)  # fmt: skip
         out = second.stdout + second.stderr
         assert second.returncode == 0, out
+        # ... which the second command used and stopped at its end.
+        assert f"the `dagster dev` a killed kronos-pipeline command left (pid {left[0]})" in out
+        assert f"stopped the dagster dev a killed command left (pid {left[0]})" in out
+        assert _dagster_processes(home) == []
     finally:
-        for pid in _dagster_processes(home):  # the killed command's dagster dev
+        for pid in _dagster_processes(home):
             _stop(pid)
     # The killed command's backfill went on, and nothing was asked for twice.
     assert f"-> data: continuing backfill {killed[0].backfill_id} (REQUESTED" in out
