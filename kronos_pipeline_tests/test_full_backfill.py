@@ -338,3 +338,30 @@ def test_ctrl_c_cancels_the_backfill_and_exits_130(instance, capsys):
     out, err = capsys.readouterr()
     assert "interrupted: canceling backfill b0" in out
     assert "data: backfill b0 canceled; `kronos-pipeline full` again goes on" in err
+
+
+def test_a_failed_backfill_exits_non_zero_and_the_next_full_asks_for_the_rest(instance, capsys):
+    keys = DAYS.get_partition_keys()
+
+    class Failing(StandInDeployment):
+        """The daemon's runs: the first six days' succeed, the rest fail."""
+
+        def launch_backfill(self, ranges, run_config, tags, title) -> str:
+            self.launched.append(ranges)
+            backfill = _add_backfill(self.instance, BulkActionStatus.REQUESTED, ranges)
+            _run_backfill(self.instance, backfill.backfill_id,
+                          {a: [(keys[0], keys[5])] for a in ranges})  # fmt: skip
+            failed = self.instance.get_backfill(backfill.backfill_id)
+            self.instance.update_backfill(failed.with_status(BulkActionStatus.COMPLETED_FAILED))
+            return backfill.backfill_id
+
+    with pytest.raises(SystemExit) as stopped:
+        full.run_stage(Failing(instance), STAGE, FINGERPRINT, {}, {})
+    assert "data: backfill b0 ended COMPLETED_FAILED with 4 partitions not materialized" in str(
+        stopped.value.code
+    )
+    deployment = StandInDeployment(instance)
+    assert full.run_stage(deployment, STAGE, FINGERPRINT, {}, {}) is True
+    assert deployment.launched == [{a: [("2019-01-07", "2019-01-10")] for a in ASSETS}]
+    for asset in ASSETS:
+        assert _materializations(instance, asset) == Counter(keys)
