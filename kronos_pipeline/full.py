@@ -38,9 +38,8 @@ FULL_TAG = "kronos/full"
 STAGE_TAG = "kronos/full_stage"
 #: Seconds between two looks at a backfill's runs.
 POLL_S = 2.0
-#: Seconds between two counts of the stage's done partitions while no run ends (a count
-#: reads every materialization of the stage's assets since the first run of these settings).
-COUNT_S = 20.0
+#: Seconds between two counts of the stage's done partitions while no run ends.
+COUNT_S = 10.0
 #: Backfill statuses of one still in flight (a daemon carries it on).
 IN_FLIGHT = ("REQUESTED", "CANCELING", "FAILING")
 #: The CLI job each stage stands for, for repair commands (``cli.repair_command``).
@@ -76,37 +75,46 @@ def key_ranges(keys: Sequence[str], all_keys: Sequence[str]) -> list[tuple[str, 
     return ranges
 
 
-def done_partitions(instance, fingerprint: str, assets: Sequence[str]) -> dict[str, set[str]]:
-    """Per asset, the partitions a run tagged ``kronos/full=<fingerprint>`` materialized."""
-    import dagster as dg
+class DonePartitions:
+    """Per asset, the partitions a run tagged ``kronos/full=<fingerprint>`` materialized, read
+    from the instance's event log incrementally (each :meth:`update` reads only the
+    materializations stored since the last)."""
 
-    records = instance.get_run_records(dg.RunsFilter(tags={FULL_TAG: fingerprint}))
-    runs = {r.dagster_run.run_id for r in records}
-    done: dict[str, set[str]] = {a: set() for a in assets}
-    if not runs:
-        return done
-    since = min(r.create_timestamp.timestamp() for r in records) - 1
-    for asset in assets:
-        cursor = None
-        while True:
-            page = instance.fetch_materializations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), after_timestamp=since),
-                limit=5000, cursor=cursor, ascending=True,
-            )  # fmt: skip
-            done[asset].update(
-                r.partition_key for r in page.records if r.run_id in runs and r.partition_key
-            )
-            cursor = page.cursor
-            if not page.has_more:
-                break
-    return done
+    def __init__(self, instance, fingerprint: str, assets: Sequence[str]):
+        self.instance = instance
+        self.fingerprint = fingerprint
+        self.done: dict[str, set[str]] = {a: set() for a in assets}
+        self._after: dict[str, int | None] = {a: None for a in assets}  # last storage id read
+
+    def update(self) -> dict[str, set[str]]:
+        import dagster as dg
+
+        tagged = dg.RunsFilter(tags={FULL_TAG: self.fingerprint})
+        runs = set(self.instance.get_run_ids(tagged))  # before the records: a record's run exists
+        if not runs:
+            return self.done
+        for asset, done in self.done.items():
+            while True:
+                page = self.instance.fetch_materializations(
+                    dg.AssetRecordsFilter(
+                        asset_key=dg.AssetKey(asset), after_storage_id=self._after[asset]
+                    ),
+                    limit=5000, ascending=True,
+                )  # fmt: skip
+                for record in page.records:
+                    if record.run_id in runs and record.partition_key:
+                        done.add(record.partition_key)
+                    self._after[asset] = record.storage_id
+                if not page.has_more:
+                    break
+        return self.done
 
 
-def remaining(instance, fingerprint: str, stage: Stage) -> dict[str, list[str]]:
+def remaining(done: DonePartitions, stage: Stage) -> dict[str, list[str]]:
     """Per asset of ``stage``, the wanted partitions not done with these settings (assets
     with none left are left out)."""
-    done = done_partitions(instance, fingerprint, list(stage.wanted))
-    todo = {a: [k for k in keys if k not in done[a]] for a, keys in stage.wanted.items()}
+    now = done.update()
+    todo = {a: [k for k in keys if k not in now[a]] for a, keys in stage.wanted.items()}
     return {a: keys for a, keys in todo.items() if keys}
 
 
@@ -188,7 +196,7 @@ def _finished_run(instance, stage: Stage, record) -> cli.RunOutcome:
     return outcome
 
 
-def follow_backfill(deployment, backfill_id: str, stage: Stage, fingerprint: str):
+def follow_backfill(deployment, backfill_id: str, stage: Stage, done: DonePartitions):
     """Follow a backfill until it has ended and none of its runs is in flight: one line per
     run that ends, one progress line per change in the stage's count of done partitions.
     Returns the ended backfill."""
@@ -215,7 +223,7 @@ def follow_backfill(deployment, backfill_id: str, stage: Stage, fingerprint: str
         over = backfill.status.value not in IN_FLIGHT and not in_flight
         if shown is None or ended or over or time.monotonic() - counted > COUNT_S:
             counted = time.monotonic()
-            line = _progress(stage, remaining(instance, fingerprint, stage))
+            line = _progress(stage, remaining(done, stage))
             if line != shown:
                 _say(line)
                 shown = line
@@ -232,15 +240,15 @@ def follow_backfill(deployment, backfill_id: str, stage: Stage, fingerprint: str
         time.sleep(POLL_S)
 
 
-def _follow_or_cancel(deployment, backfill_id: str, stage: Stage, fingerprint: str):
+def _follow_or_cancel(deployment, backfill_id: str, stage: Stage, done: DonePartitions):
     """:func:`follow_backfill`; Ctrl-C cancels the backfill (its runs in flight too), waits for
     that (a second Ctrl-C stops waiting) and exits 130."""
     try:
-        return follow_backfill(deployment, backfill_id, stage, fingerprint)
+        return follow_backfill(deployment, backfill_id, stage, done)
     except KeyboardInterrupt:
         _say(f"   interrupted: canceling backfill {backfill_id}")
         deployment.cancel_backfill(backfill_id)
-        follow_backfill(deployment, backfill_id, stage, fingerprint)
+        follow_backfill(deployment, backfill_id, stage, done)
         print(f"{stage.name}: backfill {backfill_id} canceled; `kronos-pipeline full` again "
               "goes on from its first partition not done", file=sys.stderr)  # fmt: skip
         raise SystemExit(130) from None
@@ -251,12 +259,13 @@ def run_stage(deployment, stage: Stage, fingerprint: str, run_config: Mapping, t
     backfill of it still in flight, then backfill what is left. Returns False when there was
     nothing to do (skipped), True after a backfill; exits on a backfill that did not finish."""
     instance = deployment.instance
+    done = DonePartitions(instance, fingerprint, list(stage.wanted))
     active = unfinished_backfill(instance, fingerprint, stage.name)
     if active is not None:
         _say(f"-> {stage.name}: continuing backfill {active.backfill_id} "
              f"({active.status.value}, from {_since(active.backfill_timestamp)})")  # fmt: skip
-        _follow_or_cancel(deployment, active.backfill_id, stage, fingerprint)
-    todo = remaining(instance, fingerprint, stage)
+        _follow_or_cancel(deployment, active.backfill_id, stage, done)
+    todo = remaining(done, stage)
     if not todo:
         if active is None:
             _say(f"-> {stage.name}: all {stage.size} partitions already materialized with "
@@ -273,8 +282,8 @@ def run_stage(deployment, stage: Stage, fingerprint: str, run_config: Mapping, t
     )  # fmt: skip
     _say(f"-> {stage.name}: backfill {backfill_id} of {left} of {stage.size} partitions "
          f"({len(todo)} assets; UI: {deployment.url}/runs/b/{backfill_id})")  # fmt: skip
-    backfill = _follow_or_cancel(deployment, backfill_id, stage, fingerprint)
-    todo = remaining(instance, fingerprint, stage)
+    backfill = _follow_or_cancel(deployment, backfill_id, stage, done)
+    todo = remaining(done, stage)
     status = backfill.status.value
     _say(f"   {stage.name}: backfill {backfill_id} {status} in "
          f"{time.perf_counter() - started:.1f}s")  # fmt: skip
