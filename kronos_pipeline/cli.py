@@ -7,7 +7,8 @@ queue, pools and run monitoring apply, and a run worker executes it
 command starts and stops). The runs, checks and metadata show up in the UI. The terminal shows
 one line per step and a summary, read from each run's event log in the instance; the full
 event log goes to ``<warehouse.data_dir>/logs/<job>-<run_id>.log`` (``--verbose`` streams it
-to the terminal as well).
+to the terminal as well). ``full`` submits its partitioned work as backfills instead, which
+resume where a killed or failed ``full`` stopped (:mod:`kronos_pipeline.full`).
 """
 
 from __future__ import annotations
@@ -159,17 +160,23 @@ class Session:
     skipped: list[str] = field(default_factory=list)  # steps not run, with why
     workspace: Path = WORKSPACE
     _deployment: Deployment | None = None
+    _left_dev: int | None = None  # pid of a `dagster dev` a killed command left, to stop
 
     def deployment(self, instance) -> Deployment:
         """The deployment this command's runs go through, started on the first call (the
         command's start, see :func:`_instance`)."""
         if self._deployment is None:
-            from kronos_pipeline.deployment import Deployment, daemon_alive
+            from kronos_pipeline.deployment import Deployment, daemon_alive, left_dagster_dev
 
             stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
             log_path = log_dir() / f"deployment-{stamp}-{os.getpid()}.log"
             with_daemon = not daemon_alive(instance)
-            if with_daemon:
+            self._left_dev = None if with_daemon else left_dagster_dev(instance)
+            if self._left_dev is not None:
+                print(f"the `dagster dev` a killed kronos-pipeline command left (pid "
+                      f"{self._left_dev}) is running: runs go to its daemon, and it stops when "
+                      "this command ends (starting dagster-webserver)", flush=True)  # fmt: skip
+            elif with_daemon:
                 print("no dagster-daemon is running for this instance: starting `dagster dev` "
                       f"until this command ends (its log: {log_path})", flush=True)  # fmt: skip
             else:
@@ -187,6 +194,12 @@ class Session:
             deployment, self._deployment = self._deployment, None
             deployment.stop()
             print(f"stopped {deployment.name}", flush=True)
+            if self._left_dev is not None:
+                from kronos_pipeline.deployment import stop_left_dagster_dev
+
+                stop_left_dagster_dev(deployment.instance, self._left_dev)
+                print(f"stopped the dagster dev a killed command left (pid {self._left_dev})",
+                      flush=True)  # fmt: skip
 
     def summary(self) -> str:
         if not self.runs and self.report_path is None and not self.skipped:
@@ -634,9 +647,15 @@ def _record_report_path(updated: bool = True) -> None:
 
 def cmd_pipeline(args: argparse.Namespace) -> None:
     """smoke / full: every month of the source in one data run, then the selected folds, all
-    recorded in $DAGSTER_HOME (the UI shows every partition's true status)."""
+    recorded in $DAGSTER_HOME (the UI shows every partition's true status). ``full`` goes as
+    backfills that resume where a killed or failed ``full`` stopped (:mod:`kronos_pipeline.full`)."""
     _configure_env(args, args.command)
     instance = _instance()
+    if args.command == "full":
+        from kronos_pipeline.full import run_full
+
+        run_full(instance)
+        return
     _run_days(instance, *_source_range())
     _evaluate(instance, None)
 
@@ -848,4 +867,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m kronos_pipeline.cli` runs this file as `__main__`, a second copy of the module:
+    # run the package module's main, so that kronos_pipeline.full shares its session.
+    from kronos_pipeline import cli as _cli
+
+    _cli.main()

@@ -50,6 +50,22 @@ _WORKSPACE_QUERY = """
     ... on PythonError { message } } }
 """
 TERMINAL = ("SUCCESS", "FAILURE", "CANCELED")
+#: The UI's "launch backfill" and "cancel backfill" (Overview -> Backfills shows both).
+_LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) { launchPartitionBackfill(backfillParams: $params) {
+    __typename ... on LaunchBackfillSuccess { backfillId } ... on Error { message } } }
+"""
+_CANCEL_BACKFILL = """
+mutation($id: String!) { cancelPartitionBackfill(backfillId: $id) {
+    __typename ... on CancelBackfillSuccess { backfillId } ... on Error { message } } }
+"""
+#: The daemon that submits a backfill's runs (its type in the instance's heartbeats).
+BACKFILL_DAEMON = "BACKFILL"
+#: In the instance's home: the pids of the ``dagster dev`` a CLI command started and of that
+#: command, until it stops the former. A killed command leaves its ``dagster dev`` running (its
+#: own session), and the file says which process the next command may stop
+#: (:func:`left_dagster_dev`).
+DEV_PID_FILE = "kronos-cli-dagster-dev.pid"
 
 
 class DeploymentError(Exception):
@@ -61,10 +77,48 @@ class DeploymentError(Exception):
 AUTOMATION_ENV = "PIPELINE_AUTOMATION"
 
 
-def daemon_alive(instance: dg.DagsterInstance, fresh_s: float = HEARTBEAT_FRESH_S) -> bool:
-    """Whether the instance's run queue has a daemon: its heartbeat is newer than ``fresh_s``."""
-    beat = instance.get_daemon_heartbeats().get(QUEUE_DAEMON)
+def daemon_alive(
+    instance: dg.DagsterInstance, fresh_s: float = HEARTBEAT_FRESH_S, daemon: str = QUEUE_DAEMON
+) -> bool:
+    """Whether the instance's run queue (or another ``daemon`` type, e.g.
+    :data:`BACKFILL_DAEMON`) has a daemon: its heartbeat is newer than ``fresh_s``."""
+    beat = instance.get_daemon_heartbeats().get(daemon)
     return beat is not None and time.time() - beat.timestamp < fresh_s
+
+
+def left_dagster_dev(instance: dg.DagsterInstance) -> int | None:
+    """The pid of a ``dagster dev`` that an earlier CLI command started for this instance and
+    did not stop (it was killed), while it still runs; else None (also while the command that
+    started it still runs)."""
+    path = Path(instance.root_directory) / DEV_PID_FILE
+    try:
+        pid, command = (int(p) for p in path.read_text().split())
+        if Path(f"/proc/{command}").exists():
+            return None  # its command is alive and stops it itself
+        running = b"dagster" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):  # no file, no such process (or no /proc: not Linux)
+        running = False
+    if not running:
+        path.unlink(missing_ok=True)
+        return None
+    return pid
+
+
+def stop_left_dagster_dev(instance: dg.DagsterInstance, pid: int) -> None:
+    """Stop the ``dagster dev`` of :func:`left_dagster_dev` as the command that started it
+    would have: SIGINT (it stops its webserver, daemon and code server), SIGKILL to its
+    process group after :data:`STOP_TIMEOUT_S`; then wipe its daemon's heartbeats."""
+    try:
+        os.kill(pid, signal.SIGINT)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if Path(f"/proc/{pid}").exists():
+            os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    (Path(instance.root_directory) / DEV_PID_FILE).unlink(missing_ok=True)
+    instance.wipe_daemon_heartbeats()
 
 
 def _free_port() -> int:
@@ -73,9 +127,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _graphql(url: str, query: str, timeout_s: float = 10.0) -> Mapping:
+def _graphql(
+    url: str, query: str, timeout_s: float = 10.0, variables: Mapping | None = None
+) -> Mapping:
     request = urllib.request.Request(
-        url, data=json.dumps({"query": query}).encode(),
+        url, data=json.dumps({"query": query, "variables": dict(variables or {})}).encode(),
         headers={"Content-Type": "application/json"},
     )  # fmt: skip
     with urllib.request.urlopen(request, timeout=timeout_s) as response:  # noqa: S310 - loopback
@@ -125,6 +181,10 @@ class Deployment:
             env={**os.environ, "DAGSTER_HOME": instance.root_directory,
                  **({AUTOMATION_ENV: "off"} if with_daemon else {})},
         )  # fmt: skip
+        if with_daemon:
+            (Path(instance.root_directory) / DEV_PID_FILE).write_text(
+                f"{process.pid} {os.getpid()}"
+            )
         deployment = cls(instance, workspace, process, port, with_daemon, log_path, log)
         if wait:
             deployment.wait_until_loaded()
@@ -213,6 +273,51 @@ class Deployment:
         self.active.add(run_id)
         return run_id
 
+    def launch_backfill(
+        self,
+        partitions_by_assets: Mapping[str, Sequence[tuple[str, str]]],
+        run_config: Mapping,
+        tags: Mapping[str, str],
+        title: str,
+    ) -> str:
+        """Submit an asset backfill of each asset's partition ranges (first and last key,
+        inclusive) to the instance, as the UI's "Materialize selected" dialog does; the
+        daemon's backfill loop launches its runs (each with ``run_config`` and ``tags``) in
+        the assets' dependency order. Returns the backfill's id."""
+        if not self.loaded:
+            self.wait_until_loaded()
+        self.raise_if_dead()
+        params = {
+            "partitionsByAssets": [
+                {"assetKey": {"path": [asset]},
+                 "partitions": {"ranges": [{"start": a, "end": b} for a, b in ranges]}}
+                for asset, ranges in partitions_by_assets.items()
+            ],
+            "tags": [{"key": k, "value": v} for k, v in tags.items()],
+            "title": title,
+            "runConfigData": dict(run_config),
+        }  # fmt: skip
+        answer = self._mutate(_LAUNCH_BACKFILL, {"params": params}, "launchPartitionBackfill")
+        return answer["backfillId"]
+
+    def cancel_backfill(self, backfill_id: str) -> None:
+        """Cancel a backfill: it requests no more runs and the daemon cancels those in flight."""
+        self._mutate(_CANCEL_BACKFILL, {"id": backfill_id}, "cancelPartitionBackfill")
+
+    def _mutate(self, query: str, variables: Mapping, field_name: str) -> Mapping:
+        try:
+            answer = _graphql(f"{self.url}/graphql", query, 120.0, variables)
+        except (OSError, ValueError) as exc:
+            raise DeploymentError(
+                f"{self.name}: {field_name}: {exc} (log: {self.log_path})"
+            ) from None
+        if answer.get("errors"):
+            raise DeploymentError(f"{field_name}: {answer['errors'][0].get('message')}")
+        result = answer["data"][field_name]
+        if "message" in result:
+            raise DeploymentError(f"{field_name}: {result['__typename']}: {result['message']}")
+        return result
+
     def terminate(self, run_id: str) -> None:
         """Cancel a run: a queued one leaves the queue, a started one's worker is stopped. A
         run that ended meanwhile is left as it ended."""
@@ -257,6 +362,7 @@ class Deployment:
                 self.process.wait()
         self._log.close()
         if self.owns_daemon:
+            (Path(self.instance.root_directory) / DEV_PID_FILE).unlink(missing_ok=True)
             self.instance.wipe_daemon_heartbeats()
 
 
