@@ -77,7 +77,7 @@ def main() -> None:
     compute_s = time.perf_counter() - chain_start
     if not args.no_write:
         with tempfile.TemporaryDirectory() as tmp:
-            db = Warehouse(Path(tmp) / "bench.duckdb")
+            db = Warehouse(Path(tmp) / "bench_lake")
             start, end = ingest.bars["date"].min(), ingest.bars["date"].max()
 
             def write_all() -> pl.DataFrame:

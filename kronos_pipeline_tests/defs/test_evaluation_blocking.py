@@ -81,8 +81,8 @@ def evaluations(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
         mp.setattr(evaluation.report, "write_report", counted)
         try:
-            db_path = folder / "data" / "warehouse.duckdb"
-            resources = warehouse_resources(str(db_path), 60)
+            db_path = folder / "data" / "lake"
+            resources = warehouse_resources(str(db_path))
             instance = dg.DagsterInstance.ephemeral()
             defs = dg.Definitions(assets=DATA_ASSETS, jobs=[data_job], resources=resources)
             assert (
