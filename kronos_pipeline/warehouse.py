@@ -19,7 +19,8 @@ any: an error before the publish leaves every partition as it was. Atomicity is 
 partition: a crash in the middle of the publish (a few renames) can leave some partitions of
 the step new and others old, each of them complete; rerunning the step (the writes are
 idempotent window replacements) repairs it. A killed writer may leave ``*.tmp-*`` files,
-which readers ignore.
+which readers ignore. A day that a rewrite empties (a holiday) has its file deleted: a query
+that listed the file just before may fail to open it, and is simply run again.
 
 DuckDB stays the query engine: :meth:`Warehouse.connect` opens an in-memory DuckDB (through
 ``dagster-duckdb``'s ``DuckDBResource``) with one view per table over its Parquet files, so
@@ -85,13 +86,19 @@ class Warehouse:
         return f"{folder if self.local else self.fs.unstrip_protocol(folder)}/**/*.parquet"
 
     def partitions(self, table: str, column: str) -> dict[str, str]:
-        """Partition key -> file of ``table``'s partitions by ``column`` (``column=<key>``)."""
-        prefix = f"{column}="
+        """Partition key -> file of ``table``'s partitions by ``column`` (``column=<key>``).
+
+        One listing of the table's folder (one request on object storage, not one a day)."""
+        folder, prefix = self.table_dir(table), f"{column}="
+        try:
+            files = self.fs.find(folder)
+        except FileNotFoundError:
+            return {}
         found = {}
-        for entry in self._listing(self.table_dir(table)):
-            name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith(prefix) and self.fs.exists(f"{entry}/{PART}"):
-                found[name[len(prefix) :]] = f"{entry.rstrip('/')}/{PART}"
+        for path in files:
+            parts = path.removeprefix(folder).strip("/").split("/")
+            if len(parts) == 2 and parts[1] == PART and parts[0].startswith(prefix):
+                found[parts[0][len(prefix) :]] = path
         return found
 
     def _listing(self, folder: str) -> list[str]:
