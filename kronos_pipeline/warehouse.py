@@ -376,13 +376,17 @@ class WarehouseTransaction:
     def replace_table(self, table: str, frame: pl.DataFrame) -> int:
         """Replace the whole table with ``frame``, stored as one file (any partitions of an
         earlier layout are removed in the same publish)."""
+        self.drop_table(table)
+        self._stage(f"{self.lake.table_dir(table)}/{PART}", frame.to_arrow())
+        return frame.height
+
+    def drop_table(self, table: str) -> None:
+        """Remove every file of ``table`` at the publish (nothing when it does not exist)."""
         layout = self.lake.table_dir(table)
         for path in self.fs.find(layout) if self.fs.exists(layout) else []:
-            if path.endswith(".parquet") and path.rstrip("/") != f"{layout}/{PART}":
+            if path.endswith(".parquet"):
                 self._remove(path)
-        self._stage(f"{layout}/{PART}", frame.to_arrow())
         self.schemas.pop(table, None)
-        return frame.height
 
 
 def legacy_tables(path: Path) -> list[str]:

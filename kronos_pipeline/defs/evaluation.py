@@ -597,7 +597,7 @@ def evaluation_tables(context: dg.AssetExecutionContext, warehouse: WarehouseRes
         tx.replace_table("model_versus_lightgbm", _pl(result.versus_lightgbm))
         for name, frame in zip(("forecast_metrics", "forecast_calibration"), accuracy, strict=True):
             if frame.empty:  # no Kronos forecasts in these folds: no stale figures either
-                tx.con.execute(f"drop table if exists {name}")
+                tx.drop_table(name)
             else:
                 tx.replace_table(name, pl.from_pandas(frame))
     for name, frame in zip(TABLES, frames, strict=True):

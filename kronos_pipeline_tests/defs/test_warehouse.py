@@ -178,6 +178,16 @@ def test_replace_table_stores_one_file_and_replaces_an_earlier_partitioned_layou
         db.replace_window("t", frame_of(DAY0, 1), DAY0, DAY0)
 
 
+def test_drop_table_removes_every_file_of_the_table_at_the_publish(db):
+    db.replace_window("t", frame_of(DAY0, 2), DAY0, _day(1))
+    db.replace_table("side", pl.DataFrame({"k": [1]}))
+    with db.transaction() as tx:
+        tx.drop_table("t")
+        tx.drop_table("never_written")
+        assert db.tables() == ["side", "t"]
+    assert db.tables() == ["side"]
+
+
 def test_replace_where_replaces_the_partitions_of_its_values(db):
     frame = pl.DataFrame({"fold": [1, 1, 2], "value": [1.0, 2.0, 3.0]})
     db.replace_where("by_fold", frame, "fold", [1, 2])
