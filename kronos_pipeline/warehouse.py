@@ -70,7 +70,10 @@ class Warehouse:
         self.fs, self.base = fsspec.core.url_to_fs(self.path)
         self.base = self.base.rstrip("/")
         self.local = isinstance(self.fs, LocalFileSystem)
-        self.duckdb = DuckDBResource(database=":memory:")
+        # One thread: a query's row order (joins, window functions over many files) is then
+        # the same on every run, as it was over the single DuckDB file, so floating-point sums
+        # and model fits downstream reproduce bit for bit.
+        self.duckdb = DuckDBResource(database=":memory:", connection_config={"threads": 1})
         if legacy_duckdb is not None:
             refuse_unmigrated(self, Path(legacy_duckdb))
 
