@@ -155,7 +155,10 @@ class Warehouse:
         date_column: str = "date",
         columns: str = "*",
     ) -> pl.DataFrame:
-        """Rows of ``table`` with ``date_column`` in [start, end] (either bound optional)."""
+        """Rows of ``table`` with ``date_column`` in [start, end] (either bound optional).
+
+        A table partitioned by ``date_column`` is read from the files of the window's days
+        only, not through its view over every day."""
         where, params = [], []
         if start is not None:
             where.append(f"{date_column} >= ?")
@@ -164,7 +167,24 @@ class Warehouse:
             where.append(f"{date_column} <= ?")
             params.append(end)
         clause = f" where {' and '.join(where)}" if where else ""
-        return self.read(f"select {columns} from {table}{clause}", params)
+        source = self._window_source(table, date_column, start, end) or table
+        return self.read(f"select {columns} from {source}{clause}", params)
+
+    def _window_source(
+        self, table: str, column: str, start: dt.date | None, end: dt.date | None
+    ) -> str | None:
+        """``read_parquet`` of the schema file and the day files of [start, end] of a table
+        partitioned by ``column``; None when it is not (or no bound is given)."""
+        schema = f"{self.table_dir(table)}/{SCHEMA}"
+        if (start is None and end is None) or not self.fs.exists(schema):
+            return None
+        lo, hi = _day_key(start or dt.date.min), _day_key(end or dt.date.max)
+        days = self.partitions(table, column)
+        if not days:  # partitioned by another column: the view
+            return None
+        files = [schema] + [f for k, f in days.items() if k != NULL_KEY and lo <= k <= hi]
+        urls = ", ".join(f"'{f if self.local else self.fs.unstrip_protocol(f)}'" for f in files)
+        return f"read_parquet([{urls}], union_by_name = true, hive_partitioning = false)"
 
     def table_schema(self, table: str) -> dict[str, str] | None:
         """Column name -> DuckDB type of ``table`` in order, or None when it does not exist."""

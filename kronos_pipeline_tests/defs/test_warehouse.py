@@ -209,3 +209,15 @@ def test_a_query_joins_tables_of_the_lake_through_duckdb_views(db):
     with db.connect() as con:
         views = con.execute("select table_name, table_type from information_schema.tables")
         assert sorted(views.fetchall()) == [("names", "VIEW"), ("t", "VIEW")]
+
+
+def test_read_table_of_a_window_reads_the_days_of_the_window(db):
+    db.replace_window("t", frame_of(DAY0, 10), DAY0, _day(9))
+    full = _content(db)
+    for start, end in ((_day(3), _day(5)), (_day(8), None), (None, _day(1)), (_day(20), _day(30))):
+        expected = full.filter(
+            (pl.col("date") >= (start or DAY0)) & (pl.col("date") <= (end or _day(9)))
+        )
+        got = db.read_table("t", start, end).sort("date", "ticker")
+        assert_frame_equal(got, expected, check_exact=True)
+    assert db.read_table("t", _day(20), _day(30), columns="ticker").columns == ["ticker"]
