@@ -141,7 +141,7 @@ def test_materialize_a_partition_from_the_asset_page(dagster_ui, page) -> None:
     # newest due session is among the 90 days the dialog offers (7,000 weekday partitions).
     short_id = launch_partition_run(page, dagster_ui, "raw_bars", day, confirm=True)
 
-    # The instance runs it (queued run coordinator, daemon, warehouse pool) to the end...
+    # The instance runs it (queued run coordinator, daemon) to the end...
     deadline = time.monotonic() + 300
     while True:
         # Only the run launched here (the automation adds runs of its own, tagged with the
