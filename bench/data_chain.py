@@ -1,7 +1,7 @@
 """Benchmark: the whole data chain on a vendor directory (default: ../shared/data/sp500_daily).
 
 Stages: ingest (read + validate + quarantine) -> prices_pit -> universe -> features -> labels,
-then the same tables written to a fresh DuckDB warehouse. Prints one table: wall seconds per
+then the same tables written to a fresh warehouse lake (one Parquet file per table and day). Prints one table: wall seconds per
 stage, rows out, and the process's peak RSS after each stage (ru_maxrss, so it only grows).
 
     .venv/bin/python bench/data_chain.py [--vendor-dir DIR] [--top-n N] [--no-write]
@@ -77,7 +77,7 @@ def main() -> None:
     compute_s = time.perf_counter() - chain_start
     if not args.no_write:
         with tempfile.TemporaryDirectory() as tmp:
-            db = Warehouse(Path(tmp) / "bench.duckdb")
+            db = Warehouse(Path(tmp) / "bench_lake")
             start, end = ingest.bars["date"].min(), ingest.bars["date"].max()
 
             def write_all() -> pl.DataFrame:
@@ -91,7 +91,7 @@ def main() -> None:
                 db.replace_window("labels_forward", labels, start, end)
                 return labels
 
-            stage("DuckDB writes (6 tables)", write_all)
+            stage("lake writes (6 tables)", write_all)
     total_s = time.perf_counter() - chain_start
 
     print(

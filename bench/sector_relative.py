@@ -5,7 +5,7 @@ Reads folds, features, universe and labels from the warehouse (run `kronos-pipel
 trains LightGBM per fold and horizon twice, identical but for the ``sector_rel_*`` inputs, scores
 the fold's scoring dates and prints the median RankIC over all scored dates of each variant.
 
-    .venv/bin/python bench/sector_relative.py --warehouse data/warehouse.duckdb [--folds 12] [--threads 1]
+    .venv/bin/python bench/sector_relative.py --warehouse data/lake [--folds 12] [--threads 1]
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     s = load_settings(environ={}, mode="full")
     threads = args.threads or s.lightgbm.num_threads
-    db = Warehouse(args.warehouse, 600.0)
+    db = Warehouse(args.warehouse)
     all_folds = folds.folds_from_frame(db.read("select * from folds").to_pandas())
     ids = tripwires.control_fold_ids([f.fold_id for f in all_folds], args.folds)
     chosen = [f for f in all_folds if f.fold_id in ids]

@@ -93,6 +93,7 @@ def _configure_env(args: argparse.Namespace, mode: str | None) -> None:
     # Validate now, before any instance or job: a bad setting stops here with its name.
     get_settings.cache_clear()
     get_settings()
+    _warehouse()  # an unmigrated DuckDB warehouse stops here, naming migrate-warehouse
 
 
 def _instance(runs: bool = True):
@@ -572,7 +573,7 @@ def _warehouse():
     from kronos_pipeline.warehouse import Warehouse
 
     w = get_settings().warehouse
-    return Warehouse(w.duckdb_path, w.lock_timeout_s)
+    return Warehouse(w.lake_root, w.duckdb_path)
 
 
 def _fold_keys(spec: str | None) -> list[str]:
@@ -718,10 +719,10 @@ def cmd_freeze(args: argparse.Namespace) -> None:
     from kronos_pipeline.warehouse import Warehouse
 
     s = get_settings()
-    db = Warehouse(s.warehouse.duckdb_path, s.warehouse.lock_timeout_s)
+    db = Warehouse(s.warehouse.lake_root, s.warehouse.duckdb_path)
     if "model_comparison" not in db.tables():
         raise SystemExit(
-            f"freeze: {s.warehouse.duckdb_path} holds no evaluation; run `kronos-pipeline smoke`, "
+            f"freeze: {s.warehouse.lake_root} holds no evaluation; run `kronos-pipeline smoke`, "
             "`full` or `report` first"
         )
     comparison = db.read("select * from model_comparison").to_pandas()
@@ -735,10 +736,27 @@ def cmd_freeze(args: argparse.Namespace) -> None:
         print(f"frozen: {path}")
 
 
+def cmd_migrate_warehouse(args: argparse.Namespace) -> None:
+    """Copy the DuckDB warehouse file of the earlier layout (``warehouse.duckdb_path``, or
+    ``--duckdb``) into the lake (``warehouse.lake_root``, or ``--lake``)."""
+    from kronos_pipeline.warehouse import Warehouse
+    from kronos_pipeline.warehouse_migration import migrate
+
+    w = get_settings().warehouse
+    legacy, root = Path(args.duckdb or w.duckdb_path), args.lake or w.lake_root
+    try:
+        copied = migrate(legacy, Warehouse(root))
+    except FileNotFoundError as exc:
+        raise SystemExit(f"migrate-warehouse: {exc}") from None
+    for table, rows in copied.items():
+        print(f"{table}: {rows} rows")
+    print(f"migrated {len(copied)} tables from {legacy} into {root}")
+
+
 def cmd_instance_setup(args: argparse.Namespace) -> None:
     """Size the pools of the instance in $DAGSTER_HOME to this machine: ``model_fitting`` one
     slot per CUDA device, else usable CPUs // ``lightgbm.threads_per_fit`` (``--model-fitting``
-    overrides); ``duckdb_warehouse`` 1. Rerunning it sets the same limits again."""
+    overrides). Rerunning it sets the same limits again."""
     _configure_env(args, None)
     from kronos_pipeline.concurrency import cuda_devices, model_fitting_slots, usable_cpus
     from kronos_pipeline.instance import set_pool_limits
@@ -832,17 +850,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "instance-setup",
         help="size the Dagster pools to this machine: model_fitting one slot per CUDA device, "
-        "else usable CPUs // lightgbm.threads_per_fit; duckdb_warehouse 1",
+        "else usable CPUs // lightgbm.threads_per_fit",
     )
     p.add_argument(
         "--model-fitting", type=int, help="model_fitting slots instead of the machine's count"
     )
     p.set_defaults(func=cmd_instance_setup, verbose=False)
+    p = sub.add_parser(
+        "migrate-warehouse",
+        help="copy the DuckDB warehouse file of the earlier layout into the lake of Parquet "
+        "partitions (once, after upgrading)",
+    )
+    p.add_argument("--duckdb", help="the DuckDB file (default: warehouse.duckdb_path)")
+    p.add_argument("--lake", help="the lake's folder or URL (default: warehouse.lake_root)")
+    p.set_defaults(func=cmd_migrate_warehouse, verbose=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     from kronos_pipeline.deployment import DeploymentError
+    from kronos_pipeline.warehouse import UnmigratedWarehouse
 
     global _session
     args = build_parser().parse_args(argv)
@@ -852,7 +879,7 @@ def main(argv: list[str] | None = None) -> None:
     except SettingsError as exc:
         print(f"kronos-pipeline: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except DeploymentError as exc:
+    except (DeploymentError, UnmigratedWarehouse) as exc:
         print(f"kronos-pipeline: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:

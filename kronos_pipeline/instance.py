@@ -220,15 +220,12 @@ def pool_limit(instance: dg.DagsterInstance, pool: str) -> int:
 
 def set_pool_limits(instance: dg.DagsterInstance, model_fitting: int) -> dict[str, int]:
     """Set the limits of the pools on ``instance``: ``model_fitting`` slots for model fitting
-    and inference, 1 for the warehouse (one DuckDB file takes one writer at a time: it stays 1
-    while the warehouse is a single file). Idempotent: setting the same limits again changes
-    nothing. Returns pool -> limit as stored."""
+    and inference (the warehouse's writers need no pool: see ``warehouse``). Idempotent:
+    setting the same limits again changes nothing. Returns pool -> limit as stored."""
     from kronos_pipeline.defs.walkforward import MODEL_POOL
-    from kronos_pipeline.warehouse import WAREHOUSE_POOL
 
     if model_fitting < 1:
         raise ValueError(f"model_fitting pool limit must be >= 1, got {model_fitting}")
     storage = instance.event_log_storage
-    for pool, limit in ((MODEL_POOL, model_fitting), (WAREHOUSE_POOL, 1)):
-        storage.set_concurrency_slots(pool, limit)
-    return {pool: pool_limit(instance, pool) for pool in (MODEL_POOL, WAREHOUSE_POOL)}
+    storage.set_concurrency_slots(MODEL_POOL, model_fitting)
+    return {MODEL_POOL: pool_limit(instance, MODEL_POOL)}

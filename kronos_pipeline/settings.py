@@ -112,10 +112,15 @@ class DataSettings(StrictModel):
 
 class WarehouseSettings(StrictModel):
     data_dir: Path = REPO_ROOT / "data"
+    # The lake of Parquet partitions: a path or fsspec URL (s3://bucket/lake, gs://...);
+    # empty: the folder ``lake`` of data_dir.
+    lake_url: str = ""
+    # The single DuckDB file of the earlier layout, read only by `migrate-warehouse`.
     duckdb_file: str = "warehouse.duckdb"
-    lock_timeout_s: float = 600.0  # how long a writer waits for the single-writer lock
 
-    _positive_values = field_validator("lock_timeout_s")(_positive)
+    @property
+    def lake_root(self) -> str:
+        return self.lake_url or str(self.data_dir / "lake")
 
     @property
     def duckdb_path(self) -> Path:

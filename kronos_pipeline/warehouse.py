@@ -1,94 +1,151 @@
-"""The DuckDB warehouse: one file, one writer at a time, idempotent window writes.
+"""The warehouse: a lake of Parquet partitions that many writers share, queried through DuckDB.
 
-DuckDB lets one process open a database file for writing, and no other process may open it
-at all meanwhile. Parallel Dagster steps or overlapping backfill runs would then fail with
-"Could not set lock on file". Every connection here first takes an inter-process lock on a
-sidecar file (``<db>.lock``; exclusive for writers, shared for readers) and waits for it, so
-writers queue instead of failing. The Dagster assets that write also share the concurrency
-pool ``duckdb_warehouse`` (limit 1), which keeps runs from even starting their steps together.
+Layout under the root (a local folder or any fsspec URL, e.g. ``s3://bucket/lake``)::
 
-Writes are delete-then-insert of a date window, so rewriting a partition leaves identical
-content and never duplicates. :meth:`Warehouse.transaction` groups every write of one step
-(all the tables it owns) into one DuckDB transaction: a crash or an error before the commit
-leaves the warehouse exactly as it was (DuckDB's write-ahead log replays only committed
-transactions), so a half-written step is never visible.
+    <table>/date=YYYY-MM-DD/part.parquet   one file per day of a date-partitioned table
+    <table>/date=__null__/part.parquet     its undated rows (quarantine), when it has some
+    <table>/_schema.parquet                no rows: the table's columns, present once written
+    <table>/part.parquet                   a table stored whole (side and evaluation tables)
+
+A file is published by writing it under a temporary name that no reader matches
+(``part.parquet.tmp-<uuid>``) and renaming it over the final name (``os.replace`` on a local
+folder, fsspec ``mv`` elsewhere; an object store's put is itself atomic). A reader therefore
+sees a partition's old file or its new one, never a torn one; two writers of the same
+partition end with one complete file (the last rename wins); writers of different partitions
+never touch the same file, so they run in parallel with no lock and no Dagster pool.
+
+:meth:`Warehouse.transaction` validates and stages every write of a step before it publishes
+any: an error before the publish leaves every partition as it was. Atomicity is per
+partition: a crash in the middle of the publish (a few renames) can leave some partitions of
+the step new and others old, each of them complete; rerunning the step (the writes are
+idempotent window replacements) repairs it. A killed writer may leave ``*.tmp-*`` files,
+which readers ignore. A day that a rewrite empties (a holiday) has its file deleted: a query
+that listed the file just before may fail to open it, and is simply run again.
+
+DuckDB stays the query engine: :meth:`Warehouse.connect` opens an in-memory DuckDB (through
+``dagster-duckdb``'s ``DuckDBResource``) with one view per table over its Parquet files, so
+the SQL of callers names tables as before.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import os
-import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import fsspec
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+from dagster_duckdb import DuckDBResource
+from fsspec.implementations.local import LocalFileSystem
 
-WAREHOUSE_POOL = "duckdb_warehouse"
+PART = "part.parquet"
+SCHEMA = "_schema.parquet"
+NULL_KEY = "__null__"
+MIGRATE_COMMAND = "kronos-pipeline migrate-warehouse"
 
 
-class WarehouseLockTimeout(TimeoutError):
-    """The single-writer lock was not obtained in time."""
+class SchemaMismatch(ValueError):
+    """A frame does not fit the columns of the warehouse table it would replace rows of."""
+
+
+class UnmigratedWarehouse(RuntimeError):
+    """A DuckDB warehouse file of the earlier layout holds tables the lake does not."""
 
 
 class Warehouse:
-    """A DuckDB file plus its inter-process lock."""
+    """The lake at ``root`` (a path or fsspec URL) and the DuckDB views that read it.
 
-    def __init__(self, path: Path | str, lock_timeout_s: float = 600.0) -> None:
-        self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self.lock_timeout_s = lock_timeout_s
+    ``legacy_duckdb``: the single DuckDB file of the earlier layout; when it holds tables and
+    the lake holds none, opening refuses with :class:`UnmigratedWarehouse`.
+    """
 
-    @contextmanager
-    def _locked(self, exclusive: bool) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        deadline = time.monotonic() + self.lock_timeout_s
+    def __init__(self, root: Path | str, legacy_duckdb: Path | str | None = None) -> None:
+        self.path = str(root)
+        self.fs, self.base = fsspec.core.url_to_fs(self.path)
+        self.base = self.base.rstrip("/")
+        self.local = isinstance(self.fs, LocalFileSystem)
+        # One thread: a query's row order (joins, window functions over many files) is then
+        # the same on every run, as it was over the single DuckDB file, so floating-point sums
+        # and model fits downstream reproduce bit for bit.
+        self.duckdb = DuckDBResource(database=":memory:", connection_config={"threads": 1})
+        if legacy_duckdb is not None:
+            refuse_unmigrated(self, Path(legacy_duckdb))
+
+    # --- layout -------------------------------------------------------------------------
+
+    def table_dir(self, table: str) -> str:
+        """The folder (fsspec path, no protocol) of ``table``."""
+        return f"{self.base}/{table}"
+
+    def scan_url(self, table: str) -> str:
+        """The glob DuckDB reads ``table`` from (with the protocol outside a local folder)."""
+        folder = self.table_dir(table)
+        return f"{folder if self.local else self.fs.unstrip_protocol(folder)}/**/*.parquet"
+
+    def partitions(self, table: str, column: str) -> dict[str, str]:
+        """Partition key -> file of ``table``'s partitions by ``column`` (``column=<key>``).
+
+        One listing of the table's folder (one request on object storage, not one a day)."""
+        folder, prefix = self.table_dir(table), f"{column}="
         try:
-            while True:
-                try:
-                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise WarehouseLockTimeout(
-                            f"waited {self.lock_timeout_s:.0f}s for the lock on {self.path}; "
-                            "another writer holds it (see KRONOS_WAREHOUSE__LOCK_TIMEOUT_S)"
-                        ) from None
-                    time.sleep(0.05)
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
+            files = self.fs.find(folder)
+        except FileNotFoundError:
+            return {}
+        found = {}
+        for path in files:
+            parts = path.removeprefix(folder).strip("/").split("/")
+            if len(parts) == 2 and parts[1] == PART and parts[0].startswith(prefix):
+                found[parts[0][len(prefix) :]] = path
+        return found
 
-    @contextmanager
-    def connect(self, write: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection held under the lock; writers exclusive, readers shared."""
-        with self._locked(exclusive=write or not self.path.exists()):
-            con = duckdb.connect(str(self.path), read_only=not write and self.path.exists())
-            try:
-                yield con
-            finally:
-                con.close()
+    def _listing(self, folder: str) -> list[str]:
+        try:
+            return self.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return []
+
+    def stored_schema(self, table: str) -> pa.Schema | None:
+        """The Arrow schema ``table`` was written with, or None when it does not exist."""
+        for name in (SCHEMA, PART):
+            path = f"{self.table_dir(table)}/{name}"
+            if self.fs.exists(path):
+                with self.fs.open(path, "rb") as handle:
+                    return pq.read_schema(handle)
+        return None
 
     def tables(self) -> list[str]:
         """Names of the tables in the warehouse."""
-        if not self.path.exists():
-            return []
-        with self.connect() as con:
-            return [
-                r[0]
-                for r in con.execute("select table_name from information_schema.tables").fetchall()
-            ]
+        return sorted(
+            entry.rstrip("/").rsplit("/", 1)[-1]
+            for entry in self._listing(self.base)
+            if any(self.fs.exists(f"{entry.rstrip('/')}/{n}") for n in (SCHEMA, PART))
+        )
+
+    # --- reads --------------------------------------------------------------------------
+
+    @contextmanager
+    def connect(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An in-memory DuckDB connection with one view per table of the lake."""
+        with self.duckdb.get_connection() as con:
+            if not self.local:
+                con.register_filesystem(self.fs)
+            for table in self.tables():
+                con.execute(
+                    f"create view {table} as select * from read_parquet('{self.scan_url(table)}', "
+                    "union_by_name = true, hive_partitioning = false)"
+                )
+            yield con
 
     def read(self, sql: str, params: list | None = None) -> pl.DataFrame:
-        """Run a query and return a polars frame."""
+        """Run a query over the tables' views and return a polars frame."""
         with self.connect() as con:
-            return pl.from_arrow(con.execute(sql, params or []).to_arrow_table())
+            return pl.from_arrow(con.sql(sql, params=params or []).to_arrow_table())
 
     def read_table(
         self,
@@ -98,7 +155,10 @@ class Warehouse:
         date_column: str = "date",
         columns: str = "*",
     ) -> pl.DataFrame:
-        """Rows of ``table`` with ``date_column`` in [start, end] (either bound optional)."""
+        """Rows of ``table`` with ``date_column`` in [start, end] (either bound optional).
+
+        A table partitioned by ``date_column`` is read from the files of the window's days
+        only, not through its view over every day."""
         where, params = [], []
         if start is not None:
             where.append(f"{date_column} >= ?")
@@ -107,35 +167,48 @@ class Warehouse:
             where.append(f"{date_column} <= ?")
             params.append(end)
         clause = f" where {' and '.join(where)}" if where else ""
-        return self.read(f"select {columns} from {table}{clause}", params)
+        source = self._window_source(table, date_column, start, end) or table
+        return self.read(f"select {columns} from {source}{clause}", params)
+
+    def _window_source(
+        self, table: str, column: str, start: dt.date | None, end: dt.date | None
+    ) -> str | None:
+        """``read_parquet`` of the schema file and the day files of [start, end] of a table
+        partitioned by ``column``; None when it is not (or no bound is given)."""
+        schema = f"{self.table_dir(table)}/{SCHEMA}"
+        if (start is None and end is None) or not self.fs.exists(schema):
+            return None
+        lo, hi = _day_key(start or dt.date.min), _day_key(end or dt.date.max)
+        days = self.partitions(table, column)
+        if not days:  # partitioned by another column: the view
+            return None
+        files = [schema] + [f for k, f in days.items() if k != NULL_KEY and lo <= k <= hi]
+        urls = ", ".join(f"'{f if self.local else self.fs.unstrip_protocol(f)}'" for f in files)
+        return f"read_parquet([{urls}], union_by_name = true, hive_partitioning = false)"
 
     def table_schema(self, table: str) -> dict[str, str] | None:
         """Column name -> DuckDB type of ``table`` in order, or None when it does not exist."""
         if table not in self.tables():
             return None
         with self.connect() as con:
-            rows = con.execute(
-                "select column_name, data_type from information_schema.columns "
-                "where table_name = ? order by ordinal_position",
-                [table],
-            ).fetchall()
-        return dict(rows)
+            return {row[0]: row[1] for row in con.execute(f"describe {table}").fetchall()}
+
+    # --- writes -------------------------------------------------------------------------
 
     @contextmanager
     def transaction(self) -> Iterator[WarehouseTransaction]:
-        """Several writes in one transaction under the writer lock: all land, or none.
+        """Several writes staged, then published together when the block ends without error.
 
-        Readers (other processes wait on the lock; DuckDB readers see the last commit) never
-        see a state between two of the writes.
+        An error inside the block publishes nothing. Each partition is replaced atomically;
+        the set of them is not (see the module docstring).
         """
-        with self.connect(write=True) as con:
-            con.execute("begin transaction")
-            try:
-                yield WarehouseTransaction(con)
-                con.execute("commit")
-            except BaseException:
-                con.execute("rollback")
-                raise
+        tx = WarehouseTransaction(self)
+        try:
+            yield tx
+        except BaseException:
+            tx.discard()
+            raise
+        tx.publish()
 
     def replace_window(
         self,
@@ -147,61 +220,145 @@ class Warehouse:
         include_null_dates: bool = False,
         order_by: tuple[str, ...] = (),
     ) -> int:
-        """Delete ``table`` rows dated in [start, end] (and undated ones if asked), insert ``frame``.
-
-        One transaction: a failure leaves the table as it was. Returns the rows inserted.
-        """
+        """Replace the days [start, end] of ``table`` with ``frame`` (see the transaction's)."""
         with self.transaction() as tx:
             return tx.replace_window(
                 table, frame, start, end, date_column, include_null_dates, order_by
             )
 
     def replace_table(self, table: str, frame: pl.DataFrame) -> int:
-        """Replace the whole table with ``frame`` (one transaction)."""
+        """Replace the whole table with ``frame`` (one file)."""
         with self.transaction() as tx:
             return tx.replace_table(table, frame)
 
     def replace_where(self, table: str, frame: pl.DataFrame, column: str, values: list) -> int:
-        """Delete rows whose ``column`` is in ``values`` and insert ``frame`` (one transaction)."""
+        """Replace the partitions of ``table`` by ``column`` named in ``values`` with ``frame``."""
         with self.transaction() as tx:
             return tx.replace_where(table, frame, column, values)
 
-    def replace_rows(self, table: str, frame: pl.DataFrame, where: str, params: list) -> int:
-        """Delete the rows matching ``where`` (SQL with ``?`` placeholders, written by the
-        caller, never by a user) and insert ``frame`` (one transaction)."""
-        with self.transaction() as tx:
-            return tx.replace_rows(table, frame, where, params)
 
-
-class SchemaMismatch(ValueError):
-    """A frame does not fit the columns of the warehouse table it would replace rows of."""
+def _day_key(value: object) -> str:
+    """The partition key of a date or timestamp value: its day, ISO (``NULL_KEY`` for None)."""
+    if value is None:
+        return NULL_KEY
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    return value.isoformat() if isinstance(value, dt.date) else str(value)
 
 
 class WarehouseTransaction:
-    """The writes of one :meth:`Warehouse.transaction`; nothing is visible before its commit."""
+    """The staged writes of one :meth:`Warehouse.transaction`; nothing is visible before
+    :meth:`publish`."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        self.con = con
+    def __init__(self, lake: Warehouse) -> None:
+        self.lake = lake
+        self.fs = lake.fs
+        self.staged: dict[str, str] = {}  # final file -> its temporary file
+        self.removed: set[str] = set()
+        self.schemas: dict[str, pa.Schema] = {}
 
-    def _register(self, table: str, frame: pl.DataFrame) -> None:
-        self.con.register("incoming", frame.to_arrow())
-        self.con.execute(f"create table if not exists {table} as select * from incoming limit 0")
-        existing = [
-            r[0]
-            for r in self.con.execute(
-                "select column_name from information_schema.columns where table_name = ? "
-                "order by ordinal_position",
-                [table],
-            ).fetchall()
-        ]
-        # ``insert by name`` would fill a column the frame lacks with nulls: refuse instead.
-        if sorted(existing) != sorted(frame.columns):
-            self.con.unregister("incoming")
+    # --- staging --------------------------------------------------------------------------
+
+    def _stage(self, final: str, table: pa.Table) -> None:
+        tmp = f"{final}.tmp-{uuid.uuid4().hex}"
+        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        with self.fs.open(tmp, "wb") as handle:
+            pq.write_table(table, handle)
+        self._unstage(final)
+        self.staged[final] = tmp
+
+    def _unstage(self, final: str) -> None:
+        previous = self.staged.pop(final, None)
+        if previous is not None:
+            self.fs.rm(previous)
+        self.removed.discard(final)
+
+    def _remove(self, final: str) -> None:
+        self._unstage(final)
+        self.removed.add(final)
+
+    def publish(self) -> None:
+        """Rename every staged file over its final name, then delete the removed ones."""
+        for final, tmp in self.staged.items():
+            if self.lake.local:
+                os.replace(tmp, final)
+            else:
+                self.fs.mv(tmp, final)
+        for final in self.removed:
+            try:
+                self.fs.rm(final)
+            except FileNotFoundError:
+                pass  # another writer removed it first
+        self.staged, self.removed = {}, set()
+
+    def discard(self) -> None:
+        """Delete the staged files: the lake stays as it was."""
+        for tmp in self.staged.values():
+            try:
+                self.fs.rm(tmp)
+            except FileNotFoundError:
+                pass
+        self.staged, self.removed = {}, set()
+
+    # --- schema ---------------------------------------------------------------------------
+
+    def _conform(self, table: str, frame: pl.DataFrame) -> pa.Table:
+        """``frame`` as Arrow in the table's column order and types; the first write of a
+        table stages its ``_schema.parquet``. Raises :class:`SchemaMismatch` on other columns
+        or on a value the table's type cannot hold."""
+        existing = self.schemas.get(table) or self.lake.stored_schema(table)
+        incoming = frame.to_arrow()
+        if existing is None:
+            self.schemas[table] = incoming.schema
+            self._stage(f"{self.lake.table_dir(table)}/{SCHEMA}", incoming.schema.empty_table())
+            return incoming
+        self.schemas[table] = existing
+        # DuckDB's ``insert by name`` used to null-fill a missing column: refuse instead.
+        if sorted(existing.names) != sorted(frame.columns):
             raise SchemaMismatch(
-                f"warehouse table {table} has columns {existing}, the rows to write have "
+                f"warehouse table {table} has columns {existing.names}, the rows to write have "
                 f"{frame.columns}; the table's schema changed: migrate the table, or start a new "
                 "warehouse (KRONOS_WAREHOUSE__DATA_DIR=<empty folder>)"
             )
+        incoming = incoming.select(existing.names)
+        target = pa.schema(
+            [f if f.type != pa.null() else incoming.schema.field(f.name) for f in existing]
+        )
+        try:
+            return incoming.cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise SchemaMismatch(
+                f"warehouse table {table}: the rows to write do not fit its column types ({exc})"
+            ) from exc
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def _replace_partitions(
+        self, table: str, frame: pl.DataFrame, column: str, keys: set[str], order_by=()
+    ) -> int:
+        """Write one file per partition key of ``frame``'s ``column`` and remove the
+        partitions in ``keys`` that ``frame`` has no rows of."""
+        layout = self.lake.table_dir(table)
+        if self.lake.fs.exists(f"{layout}/{PART}"):
+            raise ValueError(
+                f"warehouse table {table} is stored whole ({layout}/{PART}); a partition write "
+                "needs it partitioned: rewrite it with replace_table, or remove it"
+            )
+        ordered = frame.sort(list(order_by)) if order_by else frame
+        data = self._conform(table, ordered)
+        key = pl.col(column)
+        if ordered.schema[column] in (pl.Date, pl.Datetime):
+            key = key.cast(pl.Date).dt.to_string("%Y-%m-%d")
+        rows = ordered.select(key.cast(pl.String).fill_null(NULL_KEY).alias("key"))
+        written = set()
+        for (name,), part in (
+            rows.with_row_index("row").partition_by("key", as_dict=True, maintain_order=True)
+        ).items():
+            self._stage(f"{layout}/{column}={name}/{PART}", data.take(part["row"].to_arrow()))
+            written.add(name)
+        for key in keys - written:
+            self._remove(f"{layout}/{column}={key}/{PART}")
+        return ordered.height
 
     def replace_window(
         self,
@@ -213,7 +370,9 @@ class WarehouseTransaction:
         include_null_dates: bool = False,
         order_by: tuple[str, ...] = (),
     ) -> int:
-        """Delete ``table`` rows dated in [start, end] (and undated ones if asked), insert ``frame``."""
+        """Replace the days [start, end] of ``table`` (and its undated rows if asked) with
+        ``frame``: one file per day with rows; the days of the window without rows (a
+        holiday) lose theirs. Returns the rows written."""
         outside = frame.filter(
             ~pl.col(date_column).is_between(start, end) & pl.col(date_column).is_not_null()
         )
@@ -223,36 +382,59 @@ class WarehouseTransaction:
             raise ValueError(
                 f"{table}: {outside.height} rows fall outside the window {start}..{end}"
             )
-        ordered = frame.sort(list(order_by)) if order_by else frame
-        self._register(table, ordered)
-        null_clause = f" or {date_column} is null" if include_null_dates else ""
-        self.con.execute(
-            f"delete from {table} where ({date_column} between ? and ?){null_clause}",
-            [start, end],
-        )
-        self.con.execute(f"insert into {table} by name select * from incoming")
-        self.con.unregister("incoming")
-        return ordered.height
-
-    def replace_table(self, table: str, frame: pl.DataFrame) -> int:
-        """Replace the whole table with ``frame``."""
-        self.con.register("incoming", frame.to_arrow())
-        self.con.execute(f"create or replace table {table} as select * from incoming")
-        self.con.unregister("incoming")
-        return frame.height
+        lo, hi = _day_key(start), _day_key(end)
+        stored = self.lake.partitions(table, date_column)
+        keys = {k for k in stored if lo <= k <= hi or (include_null_dates and k == NULL_KEY)}
+        return self._replace_partitions(table, frame, date_column, keys, order_by)
 
     def replace_where(self, table: str, frame: pl.DataFrame, column: str, values: list) -> int:
-        """Delete rows whose ``column`` is in ``values`` and insert ``frame``."""
-        self._register(table, frame)
-        self.con.execute(f"delete from {table} where {column} in (select unnest(?))", [values])
-        self.con.execute(f"insert into {table} by name select * from incoming")
-        self.con.unregister("incoming")
+        """Replace the partitions of ``table`` by ``column`` named in ``values`` with
+        ``frame`` (whose rows must all fall in them)."""
+        keys = {_day_key(v) for v in values}
+        stray = frame.filter(~pl.col(column).is_in(values))
+        if stray.height:
+            raise ValueError(f"{table}: {stray.height} rows have a {column} not in {values}")
+        return self._replace_partitions(table, frame, column, keys)
+
+    def replace_table(self, table: str, frame: pl.DataFrame) -> int:
+        """Replace the whole table with ``frame``, stored as one file (any partitions of an
+        earlier layout are removed in the same publish)."""
+        self.drop_table(table)
+        self._stage(f"{self.lake.table_dir(table)}/{PART}", frame.to_arrow())
         return frame.height
 
-    def replace_rows(self, table: str, frame: pl.DataFrame, where: str, params: list) -> int:
-        """Delete the rows matching ``where`` and insert ``frame``."""
-        self._register(table, frame)
-        self.con.execute(f"delete from {table} where {where}", params)
-        self.con.execute(f"insert into {table} by name select * from incoming")
-        self.con.unregister("incoming")
-        return frame.height
+    def drop_table(self, table: str) -> None:
+        """Remove every file of ``table`` at the publish (nothing when it does not exist)."""
+        layout = self.lake.table_dir(table)
+        for path in self.fs.find(layout) if self.fs.exists(layout) else []:
+            if path.endswith(".parquet"):
+                self._remove(path)
+        self.schemas.pop(table, None)
+
+
+def legacy_tables(path: Path) -> list[str]:
+    """Base tables of a DuckDB warehouse file of the earlier layout ([] when there is none)."""
+    if not path.is_file():
+        return []
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        rows = con.execute(
+            "select table_name from information_schema.tables where table_type = 'BASE TABLE' "
+            "order by table_name"
+        ).fetchall()
+    finally:
+        con.close()
+    return [r[0] for r in rows]
+
+
+def refuse_unmigrated(lake: Warehouse, legacy: Path) -> None:
+    """Raise :class:`UnmigratedWarehouse` when ``legacy`` holds tables and the lake none."""
+    if lake.tables():
+        return
+    tables = legacy_tables(legacy)
+    if tables:
+        raise UnmigratedWarehouse(
+            f"{legacy} is a warehouse of the earlier single-file layout ({len(tables)} tables) "
+            f"and the lake at {lake.path} is empty: run `{MIGRATE_COMMAND}` once to copy it "
+            "into the lake (the DuckDB file is left untouched)"
+        )

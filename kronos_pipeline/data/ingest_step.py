@@ -287,8 +287,8 @@ def refuse_other_source(db: Warehouse, identity: str, prior_identity: str | None
     raise SourceMismatch(
         f"the warehouse {db.path} was built from the {prior_identity}; this run reads the "
         f"{identity}. Nothing was written. To load this source, start a new warehouse: set "
-        "KRONOS_WAREHOUSE__DATA_DIR to an empty folder (or KRONOS_WAREHOUSE__DUCKDB_FILE to a "
-        f"new file name), or delete {db.path} to rebuild it from this source."
+        "KRONOS_WAREHOUSE__DATA_DIR to an empty folder (or KRONOS_WAREHOUSE__LAKE_URL to a new "
+        f"location), or delete the lake {db.path} to rebuild it from this source."
     )
 
 

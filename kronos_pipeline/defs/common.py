@@ -10,14 +10,12 @@ import polars as pl
 from kronos_pipeline.defs.conditions import DAILY
 from kronos_pipeline.defs.partitions import day_partitions
 from kronos_pipeline.quality import QualityReport, TableSchema
-from kronos_pipeline.warehouse import WAREHOUSE_POOL
 
-# Every DuckDB writer shares one pool (limit 1 in dagster_home/dagster.yaml) and a backfill
-# of any range of weekdays is one run, so twenty years load in one run.
+# Writers of the lake need no pool (each day is its own partition file) and a backfill of any
+# range of weekdays is one run, so twenty years load in one run.
 DAILY_ASSET_OPTIONS: dict = {
     "partitions_def": day_partitions,
     "backfill_policy": dg.BackfillPolicy.single_run(),
-    "pool": WAREHOUSE_POOL,
     "kinds": {"duckdb", "polars"},
     "automation_condition": DAILY,
 }

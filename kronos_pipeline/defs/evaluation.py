@@ -46,7 +46,6 @@ from kronos_pipeline.evaluation import (
 from kronos_pipeline.evaluation.metrics import decile_returns
 from kronos_pipeline.evaluation.pipeline import evaluate_scores
 from kronos_pipeline.settings import get_settings
-from kronos_pipeline.warehouse import WAREHOUSE_POOL
 
 GROUP = "evaluation"
 TABLES = ("eval_rows", "per_date_metrics", "fold_summaries", "model_comparison")
@@ -74,7 +73,6 @@ def _pl(frame: pd.DataFrame) -> pl.DataFrame:
     name="folds",
     deps=["features", "labels_forward"],
     group_name=GROUP,
-    pool=WAREHOUSE_POOL,
     kinds={"duckdb", "pandas"},
     description="Monthly walk-forward test folds with per-horizon purged training ends.",
     automation_condition=ON_UPDATE,
@@ -238,7 +236,6 @@ def lightgbm_models_asset(context: dg.AssetExecutionContext, warehouse: Warehous
     ],
     **SCORE_ASSET_OPTIONS,
     group_name=GROUP,
-    pool=WAREHOUSE_POOL,
     kinds={"duckdb", "lightgbm"},
     description="Factor floor, LightGBM (its fold's stored models) and random scores of the "
     "day's universe (on the scoring cadence; a one-day run scores its day whatever the cadence).",
@@ -527,7 +524,6 @@ def _check_result(asset: str, name: str, result: dict) -> dg.AssetCheckResult:
             description="A row, with a median RankIC, per model and horizon",
         ),
     ],  # fmt: skip
-    pool=WAREHOUSE_POOL,
 )
 def evaluation_tables(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     """Eval rows, per-date metrics, fold summaries, comparison, tripwires and gates of every model
@@ -601,7 +597,7 @@ def evaluation_tables(context: dg.AssetExecutionContext, warehouse: WarehouseRes
         tx.replace_table("model_versus_lightgbm", _pl(result.versus_lightgbm))
         for name, frame in zip(("forecast_metrics", "forecast_calibration"), accuracy, strict=True):
             if frame.empty:  # no Kronos forecasts in these folds: no stale figures either
-                tx.con.execute(f"drop table if exists {name}")
+                tx.drop_table(name)
             else:
                 tx.replace_table(name, pl.from_pandas(frame))
     for name, frame in zip(TABLES, frames, strict=True):

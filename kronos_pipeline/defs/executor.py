@@ -11,7 +11,7 @@ one per run and nothing else changes.
   whichever worker takes it, on any host that has the code location installed and reaches the
   broker, the Dagster instance and the warehouse (README, Deployment). The run worker still
   orchestrates: it submits a step when its inputs are done and it holds a slot of its pool
-  (``duckdb_warehouse``, ``model_fitting``), so the pools hold across every worker.
+  (``model_fitting``), so the pool holds across every worker.
 
 Example run config (values from the run's environment, resolved at launch)::
 

@@ -53,7 +53,7 @@ from kronos_pipeline.evaluation.heads import HEADS_DATE_STRIDE, training_dates
 from kronos_pipeline.files import atomic_write_bytes, file_sha256
 from kronos_pipeline.kronos import scoring
 from kronos_pipeline.settings import KronosSettings, Settings, get_settings
-from kronos_pipeline.warehouse import WAREHOUSE_POOL, Warehouse
+from kronos_pipeline.warehouse import Warehouse
 
 HEADS_FILE = "heads.pkl"
 MANIFEST = "manifest.json"
@@ -299,7 +299,6 @@ def validate_head_scores(
     ],
     **SCORE_ASSET_OPTIONS,
     group_name=GROUP,
-    pool=WAREHOUSE_POOL,
     kinds={"duckdb", "lightgbm"},
     description="Scores of the date's fold's Kronos heads (kronos_head, kronos_head_fused) "
     "per horizon, for every series kronos_forecasts holds on the date.",

@@ -26,7 +26,7 @@ from kronos_pipeline.defs.walkforward import MODEL_POOL, SCORE_ASSET_OPTIONS, ge
 from kronos_pipeline.kronos import scoring
 from kronos_pipeline.kronos.forecast_checks import forecast_problems, score_problems
 from kronos_pipeline.settings import KronosSettings, Settings, get_settings
-from kronos_pipeline.warehouse import WAREHOUSE_POOL, Warehouse
+from kronos_pipeline.warehouse import Warehouse
 
 GROUP = "kronos"
 PRICE_COLUMNS = "ticker, date, adj_open, adj_high, adj_low, adj_close, adj_volume, split_factor"
@@ -204,8 +204,7 @@ def kronos_checkpoint_asset(context: dg.AssetExecutionContext, warehouse: Wareho
     ],  # fmt: skip
     **SCORE_ASSET_OPTIONS,
     group_name=GROUP,
-    # Inference is the long part: it holds the compute pool, not the warehouse pool, which
-    # would block the nightly data job; its short write takes the warehouse's writer lock.
+    # Inference is the long part: it holds the compute pool; its short write needs no pool.
     pool=MODEL_POOL,
     kinds={"duckdb", "pytorch"},
     description="Per scoring date, universe member and horizon: the sampled h-day returns of "
@@ -317,7 +316,6 @@ def _forecast_fold(db: Warehouse, s: Settings, fold_id: str, days: pd.DatetimeIn
     deps=[dg.AssetDep("kronos_forecasts", partition_mapping=dg.TimeWindowPartitionMapping())],
     **SCORE_ASSET_OPTIONS,
     group_name=GROUP,
-    pool=WAREHOUSE_POOL,
     kinds={"duckdb"},
     description="Kronos scores per horizon (mean predicted return) and the volatility-"
     "normalised variant, derived from kronos_forecasts.",

@@ -1,4 +1,4 @@
-"""Resources: the run's configuration and the DuckDB warehouse.
+"""Resources: the run's configuration and the warehouse lake.
 
 ``settings`` (:class:`SettingsResource`) is the run's configuration in Dagster: the per-run
 choices (SMOKE or production, the Kronos device, dtype, batch size and sampling, the
@@ -135,29 +135,28 @@ class SettingsResource(dg.ConfigurableResource):
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse file; every connection goes through its single-writer lock. It
-    depends on the run's ``settings``, so that every asset step (each takes the warehouse)
-    runs with the run's configuration applied."""
+    """The warehouse lake at ``path`` (a folder or fsspec URL); no lock, writers of different
+    partitions run in parallel. It depends on the run's ``settings``, so that every asset step
+    (each takes the warehouse) runs with the run's configuration applied. ``legacy_duckdb``:
+    a DuckDB file of the earlier layout, refused while it is not migrated."""
 
     path: str
-    lock_timeout_s: float
+    legacy_duckdb: str | None = None
     settings: dg.ResourceDependency[SettingsResource]
 
     def get(self) -> Warehouse:
-        return Warehouse(self.path, self.lock_timeout_s)
+        return Warehouse(self.path, self.legacy_duckdb)
 
 
-def warehouse_resources(path: str, lock_timeout_s: float) -> dict[str, object]:
+def warehouse_resources(path: str, legacy_duckdb: str | None = None) -> dict[str, object]:
     """``warehouse`` at ``path`` and the ``settings`` it depends on, configured at launch."""
     settings = SettingsResource.configure_at_launch()
     return {
         "settings": settings,
-        "warehouse": WarehouseResource(path=path, lock_timeout_s=lock_timeout_s, settings=settings),
+        "warehouse": WarehouseResource(path=path, legacy_duckdb=legacy_duckdb, settings=settings),
     }
 
 
 def default_resources() -> dict[str, object]:
-    settings = get_settings()
-    return warehouse_resources(
-        str(settings.warehouse.duckdb_path), settings.warehouse.lock_timeout_s
-    )
+    warehouse = get_settings().warehouse
+    return warehouse_resources(warehouse.lake_root, str(warehouse.duckdb_path))

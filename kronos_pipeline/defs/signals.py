@@ -24,7 +24,6 @@ from kronos_pipeline.evaluation.signal import (  # noqa: F401 - this stage's pub
 )
 from kronos_pipeline.files import atomic_write_bytes
 from kronos_pipeline.settings import get_settings
-from kronos_pipeline.warehouse import WAREHOUSE_POOL
 
 
 @dg.asset(
@@ -35,7 +34,6 @@ from kronos_pipeline.warehouse import WAREHOUSE_POOL
     ],
     **SCORE_ASSET_OPTIONS,
     group_name="signals",
-    pool=WAREHOUSE_POOL,
     kinds={"duckdb", "parquet"},
     description="Per scored date: every candidate and baseline model's ranked universe per "
     "horizon (Kronos, its volnorm variant and both heads included), with the forecast "
@@ -77,7 +75,7 @@ def signals_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
     if problems:  # validate, then publish
         yield check
         raise blocking_failure([("signal_complete", check.description)], "signals")
-    db.replace_rows("signals", signal, "date between ? and ?", [start, end])
+    db.replace_window("signals", signal, start, end)
     folder = s.warehouse.data_dir / "signals"
     folder.mkdir(parents=True, exist_ok=True)
     for day in days:

@@ -68,7 +68,7 @@ def _build_data(data_dir: Path) -> None:
     from kronos_pipeline.defs.evaluation import folds_asset
     from kronos_pipeline.defs.resources import warehouse_resources
 
-    resources = warehouse_resources(str(data_dir / "warehouse.duckdb"), 60)
+    resources = warehouse_resources(str(data_dir / "lake"))
     instance = dg.DagsterInstance.ephemeral()
     defs = dg.Definitions(assets=DATA_ASSETS, jobs=[data_job], resources=resources)
     data = defs.resolve_job_def("data_job").execute_in_process(
@@ -84,7 +84,7 @@ def _run_in_process(data_dir: Path) -> None:
     from kronos_pipeline.defs.resources import warehouse_resources
     from kronos_pipeline_tests.fold_runs import materialize_fold
 
-    resources = warehouse_resources(str(data_dir / "warehouse.duckdb"), 60)
+    resources = warehouse_resources(str(data_dir / "lake"))
     run = materialize_fold(
         [lightgbm_models_asset, baseline_scores_asset], FOLD, resources=resources,
         instance=dg.DagsterInstance.ephemeral(),
@@ -123,7 +123,7 @@ def _dagster_execute(job: str, tags: dict, env: dict, log: Path, *selection: str
 def _tables(data_dir: Path) -> dict:
     from kronos_pipeline.warehouse import Warehouse
 
-    db = Warehouse(data_dir / "warehouse.duckdb")
+    db = Warehouse(data_dir / "lake")
     frames = {name: db.read(f"select * from {name}") for name in db.tables()}
     return {name: f.sort(f.columns, nulls_last=True) for name, f in frames.items()}
 

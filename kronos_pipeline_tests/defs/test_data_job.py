@@ -88,13 +88,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             mp.setenv(key, value)
         get_settings.cache_clear()
         try:
-            db_path = folder / "warehouse.duckdb"
+            db_path = folder / "lake"
             # Resources built here: defs.resources read settings once, at import.
             defs = dg.Definitions(
                 assets=SOURCE_ASSETS + DATA_ASSETS,
                 asset_checks=DATA_CHECKS,
                 jobs=[data_job],
-                resources=warehouse_resources(str(db_path), 60),
+                resources=warehouse_resources(str(db_path)),
             )
             job = defs.resolve_job_def("data_job")
             db = Warehouse(db_path)

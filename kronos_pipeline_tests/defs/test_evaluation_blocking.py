@@ -13,6 +13,7 @@ import hashlib
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import pytest
 
 FULL_RANGE = ("2017-03-01", "2018-06-29")
@@ -81,8 +82,8 @@ def evaluations(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
         mp.setattr(evaluation.report, "write_report", counted)
         try:
-            db_path = folder / "data" / "warehouse.duckdb"
-            resources = warehouse_resources(str(db_path), 60)
+            db_path = folder / "data" / "lake"
+            resources = warehouse_resources(str(db_path))
             instance = dg.DagsterInstance.ephemeral()
             defs = dg.Definitions(assets=DATA_ASSETS, jobs=[data_job], resources=resources)
             assert (
@@ -113,15 +114,21 @@ def evaluations(tmp_path_factory: pytest.TempPathFactory) -> dict:
             db = Warehouse(db_path)
             clean_scores = db.read("select * from baseline_scores")
 
+            def rewrite_scores(frame: pl.DataFrame) -> None:
+                """Replace every day of baseline_scores with ``frame``'s rows."""
+                start, end = frame["date"].min(), frame["date"].max()
+                db.replace_window("baseline_scores", frame, start, end)
+
             def plant_leak() -> None:
                 """LightGBM's scores become the very labels it is evaluated against."""
-                with db.transaction() as tx:
-                    tx.con.execute(
-                        "update baseline_scores b set score = l.excess_return "
-                        "from labels_forward l where b.model = 'lightgbm' and l.date = b.date "
-                        "and l.ticker = b.ticker and l.horizon = b.horizon "
-                        "and l.excess_return is not null"
+                rewrite_scores(
+                    db.read(
+                        "select b.* replace (case when b.model = 'lightgbm' and "
+                        "l.excess_return is not null then l.excess_return else b.score end "
+                        "as score) from baseline_scores b left join labels_forward l "
+                        "on l.date = b.date and l.ticker = b.ticker and l.horizon = b.horizon"
                     )
+                )
 
             def evaluate(name: str) -> None:
                 renders.clear()
@@ -149,8 +156,7 @@ def evaluations(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
             plant_leak()
             evaluate("planted_first")
-            with db.transaction() as tx:
-                tx.replace_table("baseline_scores", clean_scores)
+            rewrite_scores(clean_scores)
             evaluate("clean")
             plant_leak()
             evaluate("planted_after")

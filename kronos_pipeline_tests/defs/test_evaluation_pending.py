@@ -32,7 +32,7 @@ def warehouse(tmp_path, monkeypatch):
     get_settings.cache_clear()
 
     def build(last: dt.date) -> Warehouse:
-        db = Warehouse(tmp_path / "data" / "warehouse.duckdb")
+        db = Warehouse(tmp_path / "data" / "lake")
         sessions = trading_days("2018-01-02", last)
         table = folds.folds_to_frame(folds.make_folds(sessions, MONTH, None, HORIZONS))
         scored = [d for d in sessions if d >= pd.Timestamp(f"{MONTH}-01")]
@@ -77,7 +77,7 @@ def test_an_evaluation_with_nothing_matured_fails_with_its_reason(warehouse):
         db = warehouse(day)
         explicit = dg.materialize(
             [evaluation_tables], instance=instance, raise_on_error=False,
-            resources=warehouse_resources(str(db.path), 10),
+            resources=warehouse_resources(str(db.path)),
         )  # fmt: skip
         assert not explicit.success
         failure = next(e for e in explicit.all_events if e.event_type_value == "STEP_FAILURE")

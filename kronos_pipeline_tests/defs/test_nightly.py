@@ -78,7 +78,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict:
                     "--vendor-dir", str(feed.target_dir))  # fmt: skip
     days = feed.sessions_after(END, 3)  # 10-30, 10-31 (split + listing), 11-01 (new month)
     feed.list_new_ticker(NEW, days[1], from_source_ticker="AMZN")
-    db = Warehouse(root / "data" / "warehouse.duckdb")
+    db = Warehouse(root / "data" / "lake")
     out: dict = {"days": days, "db": db, "root": root, "first": first, "labels": {},
                  "stdouts": [backfill.stdout]}  # fmt: skip
     for i, day in enumerate(days):

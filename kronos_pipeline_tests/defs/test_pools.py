@@ -1,15 +1,15 @@
 """Pools that fit the work, and a killed writer that blocks nothing.
 
 - Model fitting has its own pool (``model_fitting``), so a fold backfill trains one model
-  at a time; every DuckDB writer stays in ``duckdb_warehouse``.
+  at a time; the warehouse's writers are in no pool (each day is its own lake partition).
 - Concurrency is configuration: the yaml queues runs (``max_concurrent_runs``);
   ``kronos-pipeline instance-setup`` sizes ``model_fitting`` to the machine's devices or CPUs
-  (rerunning it changes nothing) and keeps the warehouse pool at 1; ``lightgbm_models`` fits
+  (rerunning it changes nothing); ``lightgbm_models`` fits
   with the CPUs of one slot of that pool, not all of the machine's.
 - ``dagster_home/dagster.yaml`` turns run monitoring on: a run whose worker was killed with
-  SIGKILL is marked failed and its pool slot is freed. The test kills a warehouse writer run
-  in the middle of a write transaction, runs the daemon's own monitoring iterations on the
-  instance, and reruns: the rerun gets the slot and the file lock at once and leaves every
+  SIGKILL is marked failed and its pool slot is freed. The test kills a pooled warehouse
+  writer run in the middle of a write transaction, runs the daemon's own monitoring
+  iterations on the instance, and reruns: the rerun gets the slot at once and leaves every
   row exactly once.
 """
 
@@ -43,22 +43,22 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTANCE_YAML = REPO_ROOT / "dagster_home" / "dagster.yaml"
 
 
-def test_model_fitting_has_its_own_pool_and_every_writer_shares_the_warehouse_pool():
+def test_model_fitting_has_its_own_pool_and_the_warehouse_writers_are_in_none():
     graph = defs.resolve_asset_graph()
     pools = {
         k.to_user_string(): set(graph.get(k).pools or ())
         for k in graph.get_all_asset_keys()
         if graph.get(k).is_materializable
     }
-    # Fitting and Kronos inference hold the compute pool (not the warehouse pool, which
-    # would block the nightly data job for as long as a model trains or forecasts).
+    # Fitting and Kronos inference hold the compute pool; the lake's writers need none, so
+    # the nightly data job never waits for a training, a forecast or another writer.
     compute = {"kronos_checkpoint", "lightgbm_models", "kronos_forecasts", "kronos_heads"}
     assert {name for name, p in pools.items() if "model_fitting" in p} == compute
     assert all(pools[name] == {"model_fitting"} for name in compute)
     writers = ["raw_bars", "prices_pit", "universe", "features", "labels_forward", "folds"]
     writers += ["baseline_scores", "kronos_scores", "signals", "eval_rows", "gate_verdicts"]
-    assert all(pools[name] == {"duckdb_warehouse"} for name in writers)
-    assert all(p <= {"duckdb_warehouse"} for name, p in pools.items() if name not in compute)
+    assert all(pools[name] == set() for name in writers)
+    assert all(p == set() for name, p in pools.items() if name not in compute)
 
 
 @pytest.fixture
@@ -76,9 +76,8 @@ def test_the_instance_has_run_monitoring_and_one_slot_per_pool(instance_home):
         settings = instance.run_monitoring_settings
         assert settings["free_slots_after_run_end_seconds"] > 0
         assert settings["max_resume_run_attempts"] == 0  # the default launcher cannot resume
-        for pool in ("model_fitting", "duckdb_warehouse"):
-            instance.event_log_storage.initialize_concurrency_limit_to_default(pool)
-            assert instance.event_log_storage.get_concurrency_info(pool).slot_count == 1
+        instance.event_log_storage.initialize_concurrency_limit_to_default("model_fitting")
+        assert instance.event_log_storage.get_concurrency_info("model_fitting").slot_count == 1
     finally:
         instance.dispose()
 
@@ -99,9 +98,8 @@ def _limits(home: Path) -> dict[str, tuple[int, int]]:
     """pool -> (limit, slot rows) as a fresh instance reads them."""
     instance = instance_at(home)
     try:
-        infos = {p: instance.event_log_storage.get_concurrency_info(p)
-                 for p in ("model_fitting", "duckdb_warehouse")}  # fmt: skip
-        return {p: (info.limit, info.slot_count) for p, info in infos.items()}
+        info = instance.event_log_storage.get_concurrency_info("model_fitting")
+        return {"model_fitting": (info.limit, info.slot_count)}
     finally:
         instance.dispose()
 
@@ -120,26 +118,22 @@ def test_instance_setup_sizes_model_fitting_to_the_machine_and_a_rerun_changes_n
     monkeypatch.setattr(concurrency, "cuda_devices", lambda: devices)
     for _ in range(2):
         cli.main(["instance-setup"])
-        assert _limits(instance_home) == {"model_fitting": (slots, slots),
-                                          "duckdb_warehouse": (1, 1)}  # fmt: skip
-    assert capsys.readouterr().out.splitlines()[-2:] == [
-        f"pool model_fitting: {slots} slot(s)",
-        "pool duckdb_warehouse: 1 slot(s)",
-    ]
+        assert _limits(instance_home) == {"model_fitting": (slots, slots)}
+    assert capsys.readouterr().out.splitlines()[-1:] == [f"pool model_fitting: {slots} slot(s)"]
 
 
 def test_set_pool_limits_replaces_a_limit_and_setting_it_again_is_idempotent(instance_home):
     instance = instance_at(instance_home)
     try:
         assert pool_limit(instance, "model_fitting") == 1  # the yaml's default_limit
-        assert set_pool_limits(instance, 3) == {"model_fitting": 3, "duckdb_warehouse": 1}
-        assert set_pool_limits(instance, 3) == {"model_fitting": 3, "duckdb_warehouse": 1}
-        assert set_pool_limits(instance, 2) == {"model_fitting": 2, "duckdb_warehouse": 1}
+        assert set_pool_limits(instance, 3) == {"model_fitting": 3}
+        assert set_pool_limits(instance, 3) == {"model_fitting": 3}
+        assert set_pool_limits(instance, 2) == {"model_fitting": 2}
         with pytest.raises(ValueError, match="must be >= 1, got 0"):
             set_pool_limits(instance, 0)
     finally:
         instance.dispose()
-    assert _limits(instance_home) == {"model_fitting": (2, 2), "duckdb_warehouse": (1, 1)}
+    assert _limits(instance_home) == {"model_fitting": (2, 2)}
 
 
 @pytest.mark.parametrize(
@@ -186,7 +180,7 @@ def test_lightgbm_models_fits_with_the_cpus_of_one_model_fitting_slot(
         set_pool_limits(instance, pool_slots)
         context = dg.build_asset_context(partition_key=month, instance=instance)
         warehouse = WarehouseResource(
-            path=str(instance_home / "unused.duckdb"), lock_timeout_s=1, settings=SettingsResource()
+            path=str(instance_home / "unused_lake"), settings=SettingsResource()
         )
         results = list(evaluation.lightgbm_models_asset(context, warehouse=warehouse))
     finally:
@@ -197,9 +191,9 @@ def test_lightgbm_models_fits_with_the_cpus_of_one_model_fitting_slot(
     assert materialization.metadata["lightgbm_threads"] == threads
 
 
-# A warehouse writer as a Dagster asset in the warehouse pool: it rewrites WINDOWS windows of
-# five days. With HANG set it stops in the middle of the last window's transaction (rows
-# deleted, half inserted, not committed, lock held) and waits to be killed.
+# A warehouse writer as a Dagster asset in a pool: it rewrites WINDOWS windows of five days.
+# With HANG set it stops in the middle of the last window's transaction (half of the window
+# staged, nothing published, the pool slot held) and waits to be killed.
 WRITER_JOB = textwrap.dedent(
     """
     import datetime as dt, os, sys, time
@@ -218,17 +212,14 @@ WRITER_JOB = textwrap.dedent(
         })
         return frame, start, start + dt.timedelta(days=4)
 
-    @dg.asset(pool="duckdb_warehouse")
+    @dg.asset(pool="model_fitting")
     def writer() -> None:
-        db = Warehouse(DB, lock_timeout_s=10)
+        db = Warehouse(DB)
         for w in range(WINDOWS):
             frame, start, end = window(w)
             if HANG and w == WINDOWS - 1:
-                with db.connect(write=True) as con:
-                    con.execute("begin transaction")
-                    con.execute("delete from t where date between ? and ?", [start, end])
-                    con.register("half", frame.head(7).to_arrow())
-                    con.execute("insert into t by name select * from half")
+                with db.transaction() as tx:
+                    tx.replace_window("t", frame.head(7), start, end)
                     open(HANG, "w").write(str(os.getpid()))
                     time.sleep(300)  # killed here
             db.replace_window("t", frame, start, end)
@@ -280,10 +271,10 @@ def _daemon_monitoring_pass(instance: dg.DagsterInstance, monkeypatch) -> None:
     list(concurrency.execute_concurrency_slots_iteration(context, logger))
 
 
-def test_a_sigkilled_writer_run_frees_slot_and_lock_and_the_rerun_writes_every_row_once(
+def test_a_sigkilled_writer_run_frees_its_slot_and_the_rerun_writes_every_row_once(
     instance_home, tmp_path, monkeypatch
 ):
-    db_path, marker = tmp_path / "w.duckdb", tmp_path / "hanging"
+    db_path, marker = tmp_path / "lake", tmp_path / "hanging"
     killed = _writer(instance_home, db_path, marker)
     deadline = time.monotonic() + 120
     while not marker.exists():
@@ -298,17 +289,17 @@ def test_a_sigkilled_writer_run_frees_slot_and_lock_and_the_rerun_writes_every_r
         (record,) = instance.get_run_records()
         run_id = record.dagster_run.run_id
         assert record.dagster_run.status == dg.DagsterRunStatus.STARTED  # nobody reported
-        claimed = instance.event_log_storage.get_concurrency_info("duckdb_warehouse")
+        claimed = instance.event_log_storage.get_concurrency_info("model_fitting")
         assert [c.run_id for c in claimed.claimed_slots] == [run_id]
 
         _daemon_monitoring_pass(instance, monkeypatch)
         assert instance.get_run_by_id(run_id).status == dg.DagsterRunStatus.FAILURE
-        freed = instance.event_log_storage.get_concurrency_info("duckdb_warehouse")
+        freed = instance.event_log_storage.get_concurrency_info("model_fitting")
         assert freed.claimed_slots == [] and freed.pending_steps == []
     finally:
         instance.dispose()
 
-    # The half-written window was never committed: the file holds the first windows only.
+    # The half-written window was never published: the lake holds the first windows only.
     assert Warehouse(db_path).read_table("t").height == (WINDOWS - 1) * 15
 
     rerun = _writer(instance_home, db_path, None)
@@ -317,9 +308,8 @@ def test_a_sigkilled_writer_run_frees_slot_and_lock_and_the_rerun_writes_every_r
     rerun_id, success, seconds = out.split()[-3:]
     assert success == "True", err[-3000:]
     assert rerun_id != run_id
-    # Neither the slot nor the lock held it: a held lock fails the writer after its 10 s lock
-    # timeout (success would be False) and a held slot blocks the run past communicate's
-    # timeout. (No wall-clock bound here: on a loaded machine the run itself can take longer.)
+    # The slot did not hold it: a held slot blocks the run past communicate's timeout.
+    # (No wall-clock bound here: on a loaded machine the run itself can take longer.)
     assert float(seconds) < 120
 
     table = Warehouse(db_path).read_table("t")

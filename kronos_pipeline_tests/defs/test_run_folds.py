@@ -14,7 +14,7 @@ from kronos_pipeline.warehouse import Warehouse
 
 def test_a_day_after_the_folds_were_built_is_scored_in_its_fold(tmp_path):
     sessions = pd.bdate_range("2019-06-03", "2019-12-04")
-    db = Warehouse(tmp_path / "w.duckdb")
+    db = Warehouse(tmp_path / "lake")
     built = folds.make_folds(sessions[:-1], "2019-11", None, [5])  # the night before: to 12-03
     db.replace_table("folds", pl.from_pandas(folds.folds_to_frame(built)))
     db.replace_table("universe", pl.DataFrame({"date": list(sessions.date), "ticker": "AAA"}))

@@ -243,7 +243,7 @@ def test_a_run_tagged_with_the_smoke_preset_runs_it_and_the_next_run_is_producti
             (s.mode, s.kronos_sampling["sample_count"], s.kronos_training.train_max_minutes)
         )
 
-    resources = warehouse_resources(str(tmp_path / "w.duckdb"), 5)
+    resources = warehouse_resources(str(tmp_path / "lake"))
     instance = dg.DagsterInstance.ephemeral()
     smoke = dg.materialize(
         [reads_settings], resources=resources, instance=instance, tags={PRESET_TAG: "smoke"}
@@ -275,7 +275,7 @@ def _launchpad_run(tmp_path, config: dict | None, seen: list, **kwargs):
         seen.append((s.mode, s.kronos_sampling["sample_count"], s.lightgbm.num_boost_round))
 
     defs = dg.Definitions(
-        assets=[reads_settings], resources=warehouse_resources(str(tmp_path / "w.duckdb"), 5)
+        assets=[reads_settings], resources=warehouse_resources(str(tmp_path / "lake"))
     )
     job = defs.get_implicit_global_asset_job_def()
     run_config = {"resources": {"settings": {"config": config}}} if config is not None else None

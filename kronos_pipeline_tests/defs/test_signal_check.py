@@ -54,7 +54,7 @@ def test_a_session_with_members_and_no_score_has_a_reason_a_holiday_has_none(tmp
     from kronos_pipeline.evaluation.signal import no_signal_reason
     from kronos_pipeline.warehouse import Warehouse
 
-    db = Warehouse(tmp_path / "w.duckdb")
+    db = Warehouse(tmp_path / "lake")
     db.replace_table("universe", MEMBERS.with_columns(in_universe=pl.lit(True)))
     reason = no_signal_reason(db, DAY, DAY)
     assert reason is not None and "3 universe rows" in reason and str(DAY) in reason

@@ -1,27 +1,24 @@
-"""The DuckDB warehouse: idempotent window writes, atomic failures, and writers from separate
-processes that queue on the lock instead of failing."""
+"""The warehouse lake in one process: idempotent window writes, one file per day, holidays
+that remove a day, refused schemas, all-or-nothing transactions, and the same code on an
+fsspec ``memory://`` root."""
 
 from __future__ import annotations
 
 import datetime as dt
-import subprocess
-import sys
-import textwrap
-import time
-from pathlib import Path
+import uuid
 
-import duckdb
+import fsspec
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
 from kronos_pipeline.warehouse import SchemaMismatch, Warehouse
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 DAY0 = dt.date(2020, 1, 1)
 
 
-def _frame(start: dt.date, days: int, tickers: tuple[str, ...] = ("A", "B", "C"), scale=1.0):
+def frame_of(start: dt.date, days: int, tickers=("A", "B", "C"), scale=1.0) -> pl.DataFrame:
+    """``days`` consecutive days from ``start``, one row per ticker, value = scale*(d+1)*(i+1)."""
     rows = [
         (start + dt.timedelta(days=d), t, scale * (d + 1) * (i + 1))
         for d in range(days)
@@ -30,200 +27,197 @@ def _frame(start: dt.date, days: int, tickers: tuple[str, ...] = ("A", "B", "C")
     return pl.DataFrame(rows, schema=["date", "ticker", "value"], orient="row")
 
 
+def _day(n: int) -> dt.date:
+    return DAY0 + dt.timedelta(days=n)
+
+
 def _content(db: Warehouse, table: str = "t") -> pl.DataFrame:
     return db.read_table(table).sort("date", "ticker")
 
 
-def test_replace_window_twice_with_the_same_frame_leaves_identical_content(tmp_path):
-    db = Warehouse(tmp_path / "w.duckdb", lock_timeout_s=10)
-    frame = _frame(DAY0, 10)
-    end = DAY0 + dt.timedelta(days=9)
-    assert db.replace_window("t", frame, DAY0, end) == 30
+@pytest.fixture(params=["local", "memory"])
+def db(request, tmp_path) -> Warehouse:
+    """A lake in a local folder, and one on fsspec's in-memory filesystem (object storage's
+    stand-in: another protocol, the same code)."""
+    if request.param == "local":
+        yield Warehouse(tmp_path / "lake")
+        return
+    root = f"memory://lake-{uuid.uuid4().hex}"
+    yield Warehouse(root)
+    fsspec.filesystem("memory").rm(root.removeprefix("memory://"), recursive=True)
+
+
+def test_replace_window_twice_with_the_same_frame_leaves_identical_content(db):
+    frame = frame_of(DAY0, 10)
+    assert db.replace_window("t", frame, DAY0, _day(9)) == 30
     first = _content(db)
-    assert db.replace_window("t", frame, DAY0, end) == 30
+    assert db.replace_window("t", frame, DAY0, _day(9)) == 30
     second = _content(db)
     assert_frame_equal(second, first, check_exact=True)
     assert_frame_equal(second, frame.sort("date", "ticker"), check_exact=True)
     assert second.select("date", "ticker").is_duplicated().sum() == 0
 
 
-def test_replace_window_touches_only_its_window(tmp_path):
-    db = Warehouse(tmp_path / "w.duckdb", lock_timeout_s=10)
-    db.replace_window("t", _frame(DAY0, 10), DAY0, DAY0 + dt.timedelta(days=9))
-    mid_start, mid_end = DAY0 + dt.timedelta(days=3), DAY0 + dt.timedelta(days=5)
+def test_each_day_is_one_file_of_its_partition(db):
+    db.replace_window("t", frame_of(DAY0, 3), DAY0, _day(2))
+    files = sorted(p.removeprefix(db.base) for p in db.fs.find(db.table_dir("t")))
+    assert files == [
+        "/t/_schema.parquet",
+        "/t/date=2020-01-01/part.parquet",
+        "/t/date=2020-01-02/part.parquet",
+        "/t/date=2020-01-03/part.parquet",
+    ]
+    assert db.tables() == ["t"]
+    assert db.table_schema("t") == {"date": "DATE", "ticker": "VARCHAR", "value": "DOUBLE"}
+
+
+def test_replace_window_touches_only_its_window(db):
+    db.replace_window("t", frame_of(DAY0, 10), DAY0, _day(9))
     # The rewrite of days 3..5 has only one ticker: the others' rows in the window go away.
-    db.replace_window("t", _frame(mid_start, 3, ("A",), scale=-1.0), mid_start, mid_end)
+    db.replace_window("t", frame_of(_day(3), 3, ("A",), scale=-1.0), _day(3), _day(5))
     out = _content(db)
     assert out.height == 30 - 9 + 3
-    inside = out.filter(pl.col("date").is_between(mid_start, mid_end))
+    inside = out.filter(pl.col("date").is_between(_day(3), _day(5)))
     assert inside["ticker"].to_list() == ["A"] * 3
     assert inside["value"].to_list() == [-1.0, -2.0, -3.0]
-    outside = out.filter(~pl.col("date").is_between(mid_start, mid_end))
-    expected = _frame(DAY0, 10).filter(~pl.col("date").is_between(mid_start, mid_end))
+    outside = out.filter(~pl.col("date").is_between(_day(3), _day(5)))
+    expected = frame_of(DAY0, 10).filter(~pl.col("date").is_between(_day(3), _day(5)))
     assert_frame_equal(outside, expected.sort("date", "ticker"), check_exact=True)
 
 
-def test_replace_window_refuses_rows_outside_the_window_and_leaves_table_unchanged(tmp_path):
-    db = Warehouse(tmp_path / "w.duckdb", lock_timeout_s=10)
-    db.replace_window("t", _frame(DAY0, 5), DAY0, DAY0 + dt.timedelta(days=4))
+def test_a_holiday_in_the_window_removes_that_days_rows(db):
+    db.replace_window("t", frame_of(DAY0, 5), DAY0, _day(4))
+    holiday = _day(2)
+    db.replace_window("t", frame_of(DAY0, 5).filter(pl.col("date") != holiday), DAY0, _day(4))
+    assert holiday not in _content(db)["date"].to_list()
+    assert _content(db).height == 12
+    assert not db.fs.exists(f"{db.table_dir('t')}/date={holiday}/part.parquet")
+    # A window with no rows at all empties its days; the table and its columns remain.
+    db.replace_window("t", frame_of(DAY0, 0), DAY0, _day(4))
+    assert _content(db).height == 0
+    assert db.table_schema("t") == {"date": "DATE", "ticker": "VARCHAR", "value": "DOUBLE"}
+
+
+def test_undated_rows_have_their_own_partition_rewritten_with_the_window(db):
+    dated = frame_of(DAY0, 2)
+    undated = pl.DataFrame({"date": [None], "ticker": ["Z"], "value": [9.0]}).cast(dated.schema)
+    db.replace_window("q", pl.concat([dated, undated]), DAY0, _day(1), include_null_dates=True)
+    assert db.read("select count(*) from q where date is null").item() == 1
+    db.replace_window("q", dated, DAY0, _day(1), include_null_dates=True)
+    assert db.read("select count(*) from q where date is null").item() == 0
+    with pytest.raises(ValueError, match="rows without a date"):
+        db.replace_window("q", pl.concat([dated, undated]), DAY0, _day(1))
+
+
+def test_replace_window_refuses_rows_outside_the_window_and_leaves_table_unchanged(db):
+    db.replace_window("t", frame_of(DAY0, 5), DAY0, _day(4))
     before = _content(db)
     with pytest.raises(ValueError, match="1 rows fall outside the window"):
-        db.replace_window(
-            "t", _frame(DAY0 + dt.timedelta(days=4), 2, ("A",)), DAY0, DAY0 + dt.timedelta(days=4)
-        )
+        db.replace_window("t", frame_of(_day(4), 2, ("A",)), DAY0, _day(4))
     assert_frame_equal(_content(db), before, check_exact=True)
 
 
-def test_failed_insert_rolls_back_the_delete(tmp_path):
-    db = Warehouse(tmp_path / "w.duckdb", lock_timeout_s=10)
-    db.replace_window("t", _frame(DAY0, 5), DAY0, DAY0 + dt.timedelta(days=4))
+def test_a_value_the_column_type_cannot_hold_is_refused_and_nothing_changes(db):
+    db.replace_window("t", frame_of(DAY0, 5), DAY0, _day(4))
     before = _content(db)
-    # A value the column's type cannot hold: the insert fails after the delete ran.
-    bad = _frame(DAY0, 5).with_columns(value=pl.lit("not a number"))
-    with pytest.raises(duckdb.Error):
-        db.replace_window("t", bad, DAY0, DAY0 + dt.timedelta(days=4))
+    bad = frame_of(DAY0, 5).with_columns(value=pl.lit("not a number"))
+    with pytest.raises(SchemaMismatch, match="do not fit its column types"):
+        db.replace_window("t", bad, DAY0, _day(4))
     assert_frame_equal(_content(db), before, check_exact=True)
+    assert not [p for p in db.fs.find(db.table_dir("t")) if ".tmp-" in p]
 
 
-def test_a_frame_with_other_columns_than_the_table_is_refused_by_name(tmp_path):
-    db = Warehouse(tmp_path / "w.duckdb", lock_timeout_s=10)
-    db.replace_window("t", _frame(DAY0, 5), DAY0, DAY0 + dt.timedelta(days=4))
+def test_a_frame_with_other_columns_than_the_table_is_refused_by_name(db):
+    db.replace_window("t", frame_of(DAY0, 5), DAY0, _day(4))
     before = _content(db)
-    # ``insert by name`` would null-fill a missing column and fail late on an extra one.
-    for bad in (
-        _frame(DAY0, 5).with_columns(extra=pl.lit(1)),
-        _frame(DAY0, 5).drop("value"),
-    ):
+    for bad in (frame_of(DAY0, 5).with_columns(extra=pl.lit(1)), frame_of(DAY0, 5).drop("value")):
         with pytest.raises(SchemaMismatch, match="warehouse table t has columns"):
-            db.replace_window("t", bad, DAY0, DAY0 + dt.timedelta(days=4))
+            db.replace_window("t", bad, DAY0, _day(4))
     assert_frame_equal(_content(db), before, check_exact=True)
 
 
-def test_a_transaction_publishes_all_its_tables_or_none(tmp_path):
-    db = Warehouse(tmp_path / "w.duckdb", lock_timeout_s=10)
-    end = DAY0 + dt.timedelta(days=4)
+def test_columns_in_another_order_land_in_the_tables_order(db):
+    db.replace_window("t", frame_of(DAY0, 2), DAY0, _day(1))
+    db.replace_window("t", frame_of(_day(2), 1).select("value", "date", "ticker"), _day(2), _day(2))
+    assert db.read_table("t").columns == ["date", "ticker", "value"]
+    assert _content(db).height == 9
+
+
+def test_a_transaction_publishes_all_its_tables_or_none(db):
     with db.transaction() as tx:
-        tx.replace_window("t", _frame(DAY0, 5), DAY0, end)
+        tx.replace_window("t", frame_of(DAY0, 5), DAY0, _day(4))
         tx.replace_table("side", pl.DataFrame({"k": [1]}))
     before = (_content(db), db.read_table("side"))
     with pytest.raises(RuntimeError, match="crash between writes"):
         with db.transaction() as tx:
-            tx.replace_window("t", _frame(DAY0, 5, scale=-1.0), DAY0, end)
+            tx.replace_window("t", frame_of(DAY0, 5, scale=-1.0), DAY0, _day(4))
             tx.replace_table("side", pl.DataFrame({"k": [2]}))
+            tx.replace_window("new_table", frame_of(DAY0, 1), DAY0, DAY0)
             raise RuntimeError("crash between writes")
     assert_frame_equal(_content(db), before[0], check_exact=True)
     assert_frame_equal(db.read_table("side"), before[1], check_exact=True)
+    assert db.tables() == ["side", "t"]
+    assert not [p for p in db.fs.find(db.base) if ".tmp-" in p]
 
 
-# --- writers in separate processes -----------------------------------------------------------
-
-WRITER = textwrap.dedent(
-    """
-    import datetime as dt, sys, time
-    import polars as pl
-    from kronos_pipeline.warehouse import SchemaMismatch, Warehouse
-
-    path, writer, windows, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-    db = Warehouse(path, lock_timeout_s=120)
-    time.sleep(max(0.0, go - time.time()))  # both writers start together, imports done
-    first = time.time()
-    day0 = dt.date(2020, 1, 1) + dt.timedelta(days=1000 * writer)
-    for w in range(windows):
-        start = day0 + dt.timedelta(days=5 * w)
-        frame = pl.DataFrame({
-            "date": [start + dt.timedelta(days=d) for d in range(5) for _ in range(4)],
-            "ticker": [f"T{i}" for _ in range(5) for i in range(4)],
-            "writer": [writer] * 20,
-        })
-        # Every window is written twice: the rerun must not duplicate rows.
-        for _ in range(2):
-            db.replace_window("t", frame, start, start + dt.timedelta(days=4))
-    print("done", writer, first, time.time())
-    """
-)
+def test_staged_files_are_invisible_to_readers_until_the_publish(db):
+    db.replace_window("t", frame_of(DAY0, 1), DAY0, DAY0)
+    with db.transaction() as tx:
+        tx.replace_window("t", frame_of(DAY0, 1, scale=5.0), DAY0, DAY0)
+        assert [p for p in db.fs.find(db.table_dir("t")) if ".tmp-" in p]
+        assert _content(db)["value"].to_list() == [1.0, 2.0, 3.0]
+    assert _content(db)["value"].to_list() == [5.0, 10.0, 15.0]
 
 
-def _spawn(code: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", code, *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+def test_replace_table_stores_one_file_and_replaces_an_earlier_partitioned_layout(db):
+    db.replace_window("t", frame_of(DAY0, 3), DAY0, _day(2))
+    db.replace_table("t", pl.DataFrame({"other": [1, 2]}))
+    assert [p.removeprefix(db.base) for p in db.fs.find(db.table_dir("t"))] == ["/t/part.parquet"]
+    assert db.read_table("t", columns="other")["other"].to_list() == [1, 2]
+    with pytest.raises(ValueError, match="stored whole"):
+        db.replace_window("t", frame_of(DAY0, 1), DAY0, DAY0)
+
+
+def test_drop_table_removes_every_file_of_the_table_at_the_publish(db):
+    db.replace_window("t", frame_of(DAY0, 2), DAY0, _day(1))
+    db.replace_table("side", pl.DataFrame({"k": [1]}))
+    with db.transaction() as tx:
+        tx.drop_table("t")
+        tx.drop_table("never_written")
+        assert db.tables() == ["side", "t"]
+    assert db.tables() == ["side"]
+
+
+def test_replace_where_replaces_the_partitions_of_its_values(db):
+    frame = pl.DataFrame({"fold": [1, 1, 2], "value": [1.0, 2.0, 3.0]})
+    db.replace_where("by_fold", frame, "fold", [1, 2])
+    db.replace_where("by_fold", pl.DataFrame({"fold": [2], "value": [9.0]}), "fold", [2, 3])
+    assert db.read("select * from by_fold order by value").rows() == [(1, 1.0), (1, 2.0), (2, 9.0)]
+    with pytest.raises(ValueError, match="have a fold not in"):
+        db.replace_where("by_fold", frame, "fold", [1])
+
+
+def test_a_query_joins_tables_of_the_lake_through_duckdb_views(db):
+    db.replace_window("t", frame_of(DAY0, 2), DAY0, _day(1))
+    db.replace_table("names", pl.DataFrame({"ticker": ["A", "B"], "name": ["Alpha", "Beta"]}))
+    out = db.read(
+        "select n.name, sum(t.value) as total from t join names n using (ticker) "
+        "where t.date >= ? group by n.name order by n.name",
+        [DAY0],
     )
+    assert out.rows() == [("Alpha", 3.0), ("Beta", 6.0)]
+    with db.connect() as con:
+        views = con.execute("select table_name, table_type from information_schema.tables")
+        assert sorted(views.fetchall()) == [("names", "VIEW"), ("t", "VIEW")]
 
 
-def test_two_writer_processes_at_once_both_finish_and_every_row_lands_once(tmp_path):
-    path = tmp_path / "w.duckdb"
-    windows = 25
-    go = time.time() + 4.0
-    procs = [_spawn(WRITER, str(path), str(w), str(windows), str(go)) for w in (0, 1)]
-    outputs = [p.communicate(timeout=180) for p in procs]
-    for proc, (out, err) in zip(procs, outputs, strict=True):
-        assert "Could not set lock" not in err
-        assert proc.returncode == 0, err
-        assert out.startswith("done")
-    # The two writers' busy spans overlap: they really wrote at the same time.
-    spans = [tuple(float(x) for x in out.split()[2:4]) for out, _ in outputs]
-    assert max(s[0] for s in spans) < min(s[1] for s in spans)
-    table = Warehouse(path).read_table("t")
-    assert table.height == 2 * windows * 5 * 4
-    assert table.select("date", "ticker").is_duplicated().sum() == 0
-    assert table.group_by("writer").len().sort("writer").rows() == [(0, 500), (1, 500)]
-
-
-ONE_WRITE = textwrap.dedent(
-    """
-    import datetime as dt, sys, time
-    import polars as pl
-    from kronos_pipeline.warehouse import SchemaMismatch, Warehouse
-
-    day = dt.date(2021, 1, 4)
-    frame = pl.DataFrame({"date": [day], "ticker": ["Z"], "value": [1.0]})
-    Warehouse(sys.argv[1], lock_timeout_s=60).replace_window("t", frame, day, day)
-    print(time.time())
-    """
-)
-
-
-def test_writer_waits_for_the_lock_held_by_another_process(tmp_path):
-    path = tmp_path / "w.duckdb"
-    db = Warehouse(path, lock_timeout_s=10)
-    db.replace_window("t", _frame(DAY0, 1), DAY0, DAY0)
-    hold_s = 3.0
-    with db.connect(write=True) as con:
-        proc = _spawn(ONE_WRITE, str(path))
-        time.sleep(hold_s)  # the other process queues on the lock meanwhile
-        assert proc.poll() is None
-        con.execute("select 1")
-        released = time.time()
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
-    assert "Could not set lock" not in err
-    assert float(out) >= released  # its write finished only after the lock was given back
-    assert db.read_table("t").filter(pl.col("ticker") == "Z").height == 1
-
-
-RAW_CONNECT = textwrap.dedent(
-    """
-    import sys, duckdb
-    try:
-        duckdb.connect(sys.argv[1]).close()
-    except duckdb.IOException as exc:
-        print(exc)
-        sys.exit(3)
-    """
-)
-
-
-def test_without_the_lock_a_second_process_cannot_open_the_file(tmp_path):
-    path = tmp_path / "raw.duckdb"
-    con = duckdb.connect(str(path))
-    try:
-        con.execute("create table t as select 1 as x")
-        proc = _spawn(RAW_CONNECT, str(path))
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        con.close()
-    assert proc.returncode == 3
-    assert "Could not set lock on file" in out
+def test_read_table_of_a_window_reads_the_days_of_the_window(db):
+    db.replace_window("t", frame_of(DAY0, 10), DAY0, _day(9))
+    full = _content(db)
+    for start, end in ((_day(3), _day(5)), (_day(8), None), (None, _day(1)), (_day(20), _day(30))):
+        expected = full.filter(
+            (pl.col("date") >= (start or DAY0)) & (pl.col("date") <= (end or _day(9)))
+        )
+        got = db.read_table("t", start, end).sort("date", "ticker")
+        assert_frame_equal(got, expected, check_exact=True)
+    assert db.read_table("t", _day(20), _day(30), columns="ticker").columns == ["ticker"]

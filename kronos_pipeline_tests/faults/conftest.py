@@ -73,14 +73,14 @@ def digest(db: Warehouse) -> dict[str, str]:
 @pytest.fixture
 def clean(vendor: Path, tmp_path: Path) -> tuple[Warehouse, dict[str, str]]:
     """A warehouse after a clean ingest of the folder, and its digest."""
-    db = Warehouse(tmp_path / "w.duckdb", lock_timeout_s=60)
+    db = Warehouse(tmp_path / "lake")
     ingest(vendor, db)
     return db, digest(db)
 
 
 def clean_digest(vendor: Path, tmp_path: Path) -> dict[str, str]:
     """The digest of a clean run into a brand-new warehouse."""
-    db = Warehouse(tmp_path / "reference.duckdb", lock_timeout_s=60)
+    db = Warehouse(tmp_path / "reference_lake")
     ingest(vendor, db)
     return digest(db)
 

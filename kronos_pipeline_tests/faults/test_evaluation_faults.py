@@ -98,7 +98,7 @@ def test_sigkill_during_a_report_write_leaves_the_previous_report_whole(tmp_path
 
 
 def test_an_evaluation_with_no_scores_says_what_to_materialize(tmp_path):
-    db = Warehouse(tmp_path / "warehouse.duckdb")
+    db = Warehouse(tmp_path / "lake")
     with pytest.raises(dg.Failure, match="no scores to evaluate") as err:
         _read_scores(db, ["2019-10", "2019-12"])
     message = str(err.value.description)

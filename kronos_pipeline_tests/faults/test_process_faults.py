@@ -37,7 +37,7 @@ KILLED_INGEST = textwrap.dedent(
             time.sleep(60)
         return n
     warehouse.WarehouseTransaction.replace_table = slow
-    ingest(Path(sys.argv[1]), warehouse.Warehouse(sys.argv[2], lock_timeout_s=60))
+    ingest(Path(sys.argv[1]), warehouse.Warehouse(sys.argv[2]))
     """
 )
 INGEST = textwrap.dedent(
@@ -47,7 +47,7 @@ INGEST = textwrap.dedent(
     from kronos_pipeline.warehouse import Warehouse
     from kronos_pipeline_tests.faults.conftest import ingest
     for _ in range(3):
-        ingest(Path(sys.argv[1]), Warehouse(sys.argv[2], lock_timeout_s=120))
+        ingest(Path(sys.argv[1]), Warehouse(sys.argv[2]))
     print("done", flush=True)
     """
 )
@@ -96,9 +96,9 @@ def test_sigkill_inside_the_warehouse_transaction_leaves_nothing_and_the_rerun_i
     from kronos_pipeline.warehouse import Warehouse
     from kronos_pipeline_tests.faults.conftest import ingest
 
-    path = tmp_path / "w.duckdb"
+    path = tmp_path / "lake"
     _kill_when_inside(_spawn(KILLED_INGEST, str(vendor), str(path)))
-    db = Warehouse(path, lock_timeout_s=10)  # the lock died with the process
+    db = Warehouse(path)  # its staged files are ignored by readers
     assert not {"raw_bars", "ticker_history"} & set(db.tables())  # nothing was committed
     ingest(vendor, db)
     assert digest(db) == clean_digest(vendor, tmp_path)
@@ -111,7 +111,7 @@ def test_sigkill_inside_the_warehouse_transaction_leaves_nothing_and_the_rerun_i
 def test_two_writers_at_once_both_finish_and_leave_a_clean_warehouse(vendor, tmp_path):
     from kronos_pipeline.warehouse import Warehouse
 
-    path = tmp_path / "w.duckdb"
+    path = tmp_path / "lake"
     procs = [_spawn(INGEST, str(vendor), str(path)) for _ in range(2)]
     for proc in procs:
         out, err = proc.communicate(timeout=300)

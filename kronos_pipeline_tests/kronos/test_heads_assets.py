@@ -68,8 +68,8 @@ def heads_run(tmp_path_factory: pytest.TempPathFactory):
             mp.setenv(key, value)
         get_settings.cache_clear()
         try:
-            db_path = folder / "warehouse.duckdb"
-            resources = warehouse_resources(str(db_path), 60)
+            db_path = folder / "lake"
+            resources = warehouse_resources(str(db_path))
             instance = dg.DagsterInstance.ephemeral()
             defs = dg.Definitions(assets=DATA_ASSETS, jobs=[data_job], resources=resources)
             data = defs.resolve_job_def("data_job").execute_in_process(

@@ -207,8 +207,8 @@ def kronos_run(tmp_path_factory: pytest.TempPathFactory):
             mp.setenv(key, value)
         get_settings.cache_clear()
         try:
-            db_path = folder / "warehouse.duckdb"
-            resources = warehouse_resources(str(db_path), 60)
+            db_path = folder / "lake"
+            resources = warehouse_resources(str(db_path))
             instance = dg.DagsterInstance.ephemeral()
             defs = dg.Definitions(assets=DATA_ASSETS, jobs=[data_job], resources=resources)
             data = defs.resolve_job_def("data_job").execute_in_process(
@@ -284,7 +284,7 @@ def _strategies(trained: Path, folder: Path, resources, instance, mp) -> dict:
             "results": results,
             "manifests": [scoring.read_manifest(checkpoint_dir(get_settings(), f))
                           for f in (FOLD, LATER_FOLD)],
-            "models": set(Warehouse(folder / "warehouse.duckdb").read(
+            "models": set(Warehouse(folder / "lake").read(
                 "select distinct model from kronos_scores")["model"]),
         }  # fmt: skip
     return out

@@ -5,8 +5,8 @@
 use the UI for: the catalog lists every asset of the code location, an asset's checks are
 shown, every sensor (the alerts and the ``kronos_automation`` sensor) is listed,
 the jobs page lists every job, and a partition of ``raw_bars`` materialized from the asset
-page's dialog runs to success (through the queued run coordinator and the
-``duckdb_warehouse`` pool of ``dagster_home/dagster.yaml``).
+page's dialog runs to success (through the queued run coordinator of
+``dagster_home/dagster.yaml``) and writes its day to the warehouse lake.
 
 The partition materialized is the newest session that is due (``YYYY-MM-DD``: its vendor
 file is due at 22:30 New York, the hour its weekday partition opens), typed into the dialog's
@@ -141,7 +141,7 @@ def test_materialize_a_partition_from_the_asset_page(dagster_ui, page) -> None:
     # newest due session is among the 90 days the dialog offers (7,000 weekday partitions).
     short_id = launch_partition_run(page, dagster_ui, "raw_bars", day, confirm=True)
 
-    # The instance runs it (queued run coordinator, daemon, warehouse pool) to the end...
+    # The instance runs it (queued run coordinator, daemon) to the end...
     deadline = time.monotonic() + 300
     while True:
         # Only the run launched here (the automation adds runs of its own, tagged with the
