@@ -142,7 +142,7 @@ def _progress(stage: Stage, todo: Mapping[str, Sequence[str]]) -> str:
 
 
 def _run_label(run) -> str:
-    from kronos_pipeline.defs.automation import RANGE_END, RANGE_START
+    from kronos_pipeline.runs import RANGE_END, RANGE_START
 
     tags = run.tags
     if RANGE_START in tags:
@@ -339,7 +339,6 @@ def _plain_run_done(instance, job: str, fingerprint: str) -> bool:
 
 def run_full(instance) -> None:
     """The stages of the module's docstring, each resumed where it stopped."""
-    from kronos_pipeline.defs.automation import CLI_TAG, KRONOS_ASSETS, MODEL_ASSETS, SCORE_ASSETS
     from kronos_pipeline.defs.partitions import (
         day_partitions,
         fold_partitions,
@@ -347,6 +346,7 @@ def run_full(instance) -> None:
         score_day_partitions,
     )
     from kronos_pipeline.defs.resources import PRESET_TAG
+    from kronos_pipeline.runs import CLI_TAG, KRONOS_ASSETS, MODEL_ASSETS, SCORE_ASSETS
 
     fingerprint = settings_fingerprint(get_settings())
     tags = {FULL_TAG: fingerprint, CLI_TAG: "true"}
