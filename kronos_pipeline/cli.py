@@ -528,12 +528,18 @@ def _run(
               file=sys.stderr)  # fmt: skip
         raise SystemExit(130)
     if not outcome.success:
-        for message in outcome.step_errors:
-            print(message, file=sys.stderr)
-        for check in outcome.checks:
-            if check.blocking:
-                print(check.line(), file=sys.stderr)
+        print_failure(outcome)
         raise SystemExit(f"{job_name} failed (run {outcome.run_id}); log: {outcome.log_path}")
+
+
+def print_failure(outcome: RunOutcome) -> None:
+    """A failed run's step errors and the blocking checks that failed, with their repair
+    commands, on stderr."""
+    for message in outcome.step_errors:
+        print(message, file=sys.stderr)
+    for check in outcome.checks:
+        if check.blocking:
+            print(check.line(), file=sys.stderr)
 
 
 def _source_range() -> tuple[str, str]:

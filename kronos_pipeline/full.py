@@ -293,11 +293,7 @@ def run_stage(deployment, stage: Stage, fingerprint: str, run_config: Mapping, t
     if todo:
         for outcome in cli._session.runs:
             if not outcome.success:
-                for message in outcome.step_errors:
-                    print(message, file=sys.stderr)
-                for check in outcome.checks:
-                    if check.blocking:
-                        print(check.line(), file=sys.stderr)
+                cli.print_failure(outcome)
         missing = len({k for keys in todo.values() for k in keys})
         raise SystemExit(
             f"{stage.name}: backfill {backfill_id} ended {status} with {missing} partitions "
