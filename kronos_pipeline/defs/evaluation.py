@@ -88,7 +88,7 @@ def _pl(frame: pd.DataFrame) -> pl.DataFrame:
 def folds_asset(warehouse: WarehouseResource):
     s = get_settings()
     db = warehouse.get()
-    dates = _pd(db.read("select distinct date from features order by date"))["date"]
+    dates = _pd(db.distinct_dates("features"))["date"]
     if dates.empty:
         raise dg.Failure("features is empty: materialize the data assets first (data_job)")
     all_folds = folds.make_folds(
@@ -380,7 +380,7 @@ def _matured_pairs(db, fold_ids: list[str]) -> int:
 
 def _pit_tripwire(db, scores: pd.DataFrame, s) -> dict:
     """The PIT recomputation of the whole chain from raw bars, on dates spread over the range."""
-    feature_dates = _pd(db.read("select distinct date from features order by date"))["date"]
+    feature_dates = _pd(db.distinct_dates("features"))["date"]
     dates = data_tripwires.sample_dates(
         feature_dates, scores["date"].unique(), s.tripwires.pit_dates
     )

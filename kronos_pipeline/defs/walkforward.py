@@ -58,7 +58,7 @@ def selected_fold_ids(db) -> list[str]:
     """The folds the current mode evaluates: FULL every fold; SMOKE the last
     ``folds.smoke_folds`` whose labels have matured at every horizon (the longest included)."""
     s = get_settings()
-    dates = db.read("select distinct date from features order by date").to_pandas()["date"]
+    dates = db.distinct_dates("features").to_pandas()["date"]
     chosen = folds.select_folds(
         fold_table(db), s.mode, s.folds.smoke_folds, dates, max(s.labels.horizons)
     )
@@ -120,9 +120,7 @@ def cadence_dates(db, fold_ids: list[str], table: str) -> list[dt.date]:
     s = get_settings()
     cadence = s.kronos.scoring_cadence if table in KRONOS_SCORE_TABLES else s.folds.scoring_cadence
     by_id = {f.fold_id: f for f in fold_table(db)}
-    sessions = pd.DatetimeIndex(
-        db.read("select distinct date from features order by date")["date"].to_list()
-    )
+    sessions = pd.DatetimeIndex(db.distinct_dates("features")["date"].to_list())
     return [
         d.date()
         for fold_id in fold_ids

@@ -71,6 +71,32 @@ def test_each_day_is_one_file_of_its_partition(db):
     assert db.table_schema("t") == {"date": "DATE", "ticker": "VARCHAR", "value": "DOUBLE"}
 
 
+def test_distinct_dates_come_from_the_day_files_and_equal_the_query(db):
+    db.replace_window("t", frame_of(DAY0, 10), DAY0, _day(9))
+    db.replace_window("t", frame_of(_day(4), 0), _day(4), _day(4))  # a holiday: no file
+    query = db.read("select distinct date from t order by date")
+    assert db.distinct_dates("t").equals(query)
+    assert query["date"].to_list() == [_day(n) for n in range(10) if n != 4]
+    db.replace_table("whole", frame_of(DAY0, 2))  # stored whole: by the query
+    assert db.distinct_dates("whole")["date"].to_list() == [DAY0, _day(1)]
+
+
+def test_a_query_creates_the_views_of_the_tables_it_names_only(db):
+    db.replace_window("t", frame_of(DAY0, 3), DAY0, _day(2))
+    db.replace_window("u", frame_of(DAY0, 3), DAY0, _day(2))
+    with db.connect("select * from t") as con:
+        assert {
+            r[0]
+            for r in con.sql("select view_name from duckdb_views() where not internal").fetchall()
+        } == {"t"}
+    with db.connect() as con:  # a connection for any query: every view
+        assert {
+            r[0]
+            for r in con.sql("select view_name from duckdb_views() where not internal").fetchall()
+        } == {"t", "u"}
+    assert db.read("select count(*) as n from t join u using (date, ticker)")["n"].item() == 9
+
+
 def test_replace_window_touches_only_its_window(db):
     db.replace_window("t", frame_of(DAY0, 10), DAY0, _day(9))
     # The rewrite of days 3..5 has only one ticker: the others' rows in the window go away.
