@@ -274,7 +274,9 @@ def test_the_cumulative_plot_has_a_row_per_cadence_and_one_for_the_controls(mixe
     assert "kronos_small" in labels[1]
     assert labels[2] >= {"lightgbm_planted_leak", "lightgbm_shuffled_labels"}
     assert "lightgbm_planted_leak" not in labels[0] | labels[1]
-    report.plt.close(fig)
+    import matplotlib.pyplot as plt  # loaded on the Agg backend by the report's first figure
+
+    plt.close(fig)
 
 
 def test_twelve_models_get_twelve_distinguishable_styles():
