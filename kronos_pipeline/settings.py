@@ -427,9 +427,7 @@ class AlertSettings(StrictModel):
     check_sensor_interval_s: int = 30  # how often failed check evaluations are looked for
     freshness_interval_s: int = 60  # how often freshness failures are looked for
 
-    _positive_values = field_validator("check_sensor_interval_s", "freshness_interval_s")(
-        _positive
-    )
+    _positive_values = field_validator("check_sensor_interval_s", "freshness_interval_s")(_positive)
 
     @field_validator("webhook_url")
     @classmethod
