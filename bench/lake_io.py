@@ -2,7 +2,8 @@
 
 A table of ``--days`` weekdays x ``--tickers`` names x ``--columns`` float columns, written as
 one window (one file per day), rewritten one day at a time (the nightly's write), then read:
-one month through ``read_table``, and a full-table aggregate through a DuckDB view.
+one month through ``read_table``, one day and one month through the table's DuckDB view (a
+``where`` on the date, as the pipeline's SQL reads), and a full-table aggregate through it.
 
     .venv/bin/python bench/lake_io.py [--days 2520] [--tickers 500] [--columns 30] [--root DIR]
 """
@@ -58,6 +59,16 @@ def main() -> None:
         last = frame.filter(pl.col("date") == days[-1])
         timed("rewrite one day", lambda: db.replace_window("t", last, days[-1], days[-1]))
         month = timed("read_table one month", lambda: db.read_table("t", days[-21], days[-1]))
+        assert month.height == 21 * args.tickers
+        day = timed(
+            "one day through the view",
+            lambda: db.read("select count(*), avg(f0) from t where date = ?", [days[-1]]),
+        )
+        assert day.item(0, 0) == args.tickers
+        month = timed(
+            "one month through the view",
+            lambda: db.read("select * from t where date between ? and ?", [days[-21], days[-1]]),
+        )
         assert month.height == 21 * args.tickers
         total = timed(
             "aggregate the whole table", lambda: db.read("select count(*), avg(f0) from t")

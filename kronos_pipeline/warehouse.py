@@ -3,9 +3,13 @@
 Layout under the root (a local folder or any fsspec URL, e.g. ``s3://bucket/lake``)::
 
     <table>/date=YYYY-MM-DD/part.parquet   one file per day of a date-partitioned table
-    <table>/date=__null__/part.parquet     its undated rows (quarantine), when it has some
+    <table>/date=NULL/part.parquet         its undated rows (quarantine), when it has some
     <table>/_schema.parquet                no rows: the table's columns, present once written
     <table>/part.parquet                   a table stored whole (side and evaluation tables)
+
+Every file of a partitioned table has exactly the columns and types of its ``_schema.parquet``
+(a column first written all-null gets its type from the first write that has values, and the
+files written before are rewritten with it, once), so DuckDB binds a table from any one file.
 
 A file is published by writing it under a temporary name that no reader matches
 (``part.parquet.tmp-<uuid>``) and renaming it over the final name (``os.replace`` on a local
@@ -24,7 +28,9 @@ that listed the file just before may fail to open it, and is simply run again.
 
 DuckDB stays the query engine: :meth:`Warehouse.connect` opens an in-memory DuckDB (through
 ``dagster-duckdb``'s ``DuckDBResource``) with one view per table over its Parquet files, so
-the SQL of callers names tables as before.
+the SQL of callers names tables as before. The view of a table partitioned by a date column
+reads it as Hive partitions: a query's filter on that column skips the other days' files
+without opening them.
 """
 
 from __future__ import annotations
@@ -47,7 +53,11 @@ from fsspec.implementations.local import LocalFileSystem
 
 PART = "part.parquet"
 SCHEMA = "_schema.parquet"
-NULL_KEY = "__null__"
+#: The partition of undated rows: DuckDB reads a Hive partition value ``NULL`` as a null date.
+NULL_KEY = "NULL"
+#: The same partition's name in lakes written before 2026-12-05 (still read and replaced).
+LEGACY_NULL_KEY = "__null__"
+NULL_KEYS = (NULL_KEY, LEGACY_NULL_KEY)
 MIGRATE_COMMAND = "kronos-pipeline migrate-warehouse"
 
 
@@ -145,11 +155,55 @@ class Warehouse:
             if not self.local:
                 con.register_filesystem(self.fs)
             for table in tables:
-                con.execute(
-                    f"create view {table} as select * from read_parquet('{self.scan_url(table)}', "
-                    "union_by_name = true, hive_partitioning = false)"
-                )
+                con.execute(f"create view {table} as select * from {self._scan(table)}")
             yield con
+
+    def _url(self, path: str) -> str:
+        return path if self.local else self.fs.unstrip_protocol(path)
+
+    def _scan(self, table: str) -> str:
+        """The ``read_parquet`` a view of ``table`` selects from.
+
+        - stored whole: its one file;
+        - partitioned by a date column: every partition's file as Hive partitions typed DATE
+          (a filter on the column skips the other days' files unopened; ``NULL`` is null);
+        - partitioned by another column: the schema file first (DuckDB binds the columns from
+          it), then the partitions' files;
+        - anything else (a crash between the renames of a layout change, a lake written
+          before 2026-12-05 with its ``__null__`` partition): every Parquet file, by name."""
+        folder = self.table_dir(table)
+        try:
+            files = [f.removeprefix(folder).strip("/").split("/") for f in self.fs.find(folder)]
+        except FileNotFoundError:
+            files = []
+        entries = {f[0] for f in files if len(f) == 1}
+        parts = [f[0] for f in files if len(f) == 2 and f[1] == PART and "=" in f[0]]
+        columns = {e.split("=", 1)[0] for e in parts}
+        legacy = any(e.split("=", 1)[1] == LEGACY_NULL_KEY for e in parts)
+        if PART in entries and not parts:
+            return f"read_parquet('{self._url(f'{folder}/{PART}')}')"
+        schema = self.stored_schema(table) if SCHEMA in entries else None
+        if schema is not None and PART not in entries and len(columns) <= 1 and not legacy:
+            schema_url = self._url(f"{folder}/{SCHEMA}")
+            if not parts:
+                return f"read_parquet('{schema_url}')"
+            if _has_null_columns(schema):  # files of a lake from before 2026-12-05 may differ
+                return (
+                    f"read_parquet('{self._url(f'{folder}/*/{PART}')}', union_by_name = true, "
+                    "hive_partitioning = false)"
+                )
+            (column,) = columns
+            days = self._url(f"{folder}/*/{PART}")
+            if schema.field(column).type == pa.date32():
+                return (
+                    f"read_parquet('{days}', hive_partitioning = true, "
+                    f"hive_types = {{'{column}': DATE}}, hive_types_autocast = false)"
+                )
+            return f"read_parquet(['{schema_url}', '{days}'], hive_partitioning = false)"
+        return (
+            f"read_parquet('{self.scan_url(table)}', union_by_name = true, "
+            "hive_partitioning = false)"
+        )
 
     def read(self, sql: str, params: list | None = None) -> pl.DataFrame:
         """Run a query over the views of the tables it names and return a polars frame."""
@@ -191,15 +245,18 @@ class Warehouse:
         days = self.partitions(table, column)
         if not days:  # partitioned by another column: the view
             return None
-        files = [schema] + [f for k, f in days.items() if k != NULL_KEY and lo <= k <= hi]
-        urls = ", ".join(f"'{f if self.local else self.fs.unstrip_protocol(f)}'" for f in files)
-        return f"read_parquet([{urls}], union_by_name = true, hive_partitioning = false)"
+        files = [schema] + [f for k, f in days.items() if k not in NULL_KEYS and lo <= k <= hi]
+        urls = ", ".join(f"'{self._url(f)}'" for f in files)
+        if _has_null_columns(self.stored_schema(table)):  # see :meth:`_scan`
+            return f"read_parquet([{urls}], union_by_name = true, hive_partitioning = false)"
+        # The schema file first: DuckDB binds the columns from it (every file has them).
+        return f"read_parquet([{urls}], hive_partitioning = false)"
 
     def distinct_dates(self, table: str, column: str = "date") -> pl.DataFrame:
         """``select distinct <column> from <table> order by <column>``, from the names of the
         table's day files when it is partitioned by ``column`` (a day's file exists only while
         the day has rows), without opening any of them; else by the query."""
-        days = sorted(k for k in self.partitions(table, column) if k != NULL_KEY)
+        days = sorted(k for k in self.partitions(table, column) if k not in NULL_KEYS)
         schema = self.stored_schema(table)
         if not days or schema is None or column not in schema.names:
             return self.read(f"select distinct {column} from {table} order by {column}")
@@ -255,6 +312,11 @@ class Warehouse:
         """Replace the partitions of ``table`` by ``column`` named in ``values`` with ``frame``."""
         with self.transaction() as tx:
             return tx.replace_where(table, frame, column, values)
+
+
+def _has_null_columns(schema: pa.Schema) -> bool:
+    """Whether a column of ``schema`` has only ever been written all-null (Arrow's null type)."""
+    return any(field.type == pa.null() for field in schema)
 
 
 def _day_key(value: object) -> str:
@@ -345,11 +407,30 @@ class WarehouseTransaction:
             [f if f.type != pa.null() else incoming.schema.field(f.name) for f in existing]
         )
         try:
-            return incoming.cast(target)
+            conformed = incoming.cast(target)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise SchemaMismatch(
                 f"warehouse table {table}: the rows to write do not fit its column types ({exc})"
             ) from exc
+        if any(f.type == pa.null() and target.field(f.name).type != pa.null() for f in existing):
+            self._retype(table, target)
+        return conformed
+
+    def _retype(self, table: str, schema: pa.Schema) -> None:
+        """Give ``table`` the ``schema`` that resolves its all-null columns: its schema file
+        and every partition file already written (once per column; a null casts to any
+        type), so that all files keep one schema."""
+        self.schemas[table] = schema
+        layout = self.lake.table_dir(table)
+        self._stage(f"{layout}/{SCHEMA}", schema.empty_table())
+        published = self.fs.find(layout) if self.fs.exists(layout) else []
+        staged = [final for final in self.staged if final.startswith(f"{layout}/")]
+        for final in dict.fromkeys([*staged, *published]):
+            if not final.endswith(f"/{PART}") or final in self.removed:
+                continue
+            with self.fs.open(self.staged.get(final, final), "rb") as handle:
+                written = pq.read_table(handle)
+            self._stage(final, written.cast(schema))
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -408,7 +489,7 @@ class WarehouseTransaction:
             )
         lo, hi = _day_key(start), _day_key(end)
         stored = self.lake.partitions(table, date_column)
-        keys = {k for k in stored if lo <= k <= hi or (include_null_dates and k == NULL_KEY)}
+        keys = {k for k in stored if lo <= k <= hi or (include_null_dates and k in NULL_KEYS)}
         return self._replace_partitions(table, frame, date_column, keys, order_by)
 
     def replace_where(self, table: str, frame: pl.DataFrame, column: str, values: list) -> int:

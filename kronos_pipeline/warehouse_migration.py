@@ -1,7 +1,7 @@
 """Copy a DuckDB warehouse file of the earlier single-file layout into the lake.
 
 Every base table of the file becomes a lake table: one with a ``date`` column is partitioned
-by day (its undated rows in the ``__null__`` partition), any other is stored whole. The file
+by day (its undated rows in the ``NULL`` partition), any other is stored whole. The file
 is only read; the lake's tables of the same names are replaced.
 """
 

@@ -247,3 +247,88 @@ def test_read_table_of_a_window_reads_the_days_of_the_window(db):
         got = db.read_table("t", start, end).sort("date", "ticker")
         assert_frame_equal(got, expected, check_exact=True)
     assert db.read_table("t", _day(20), _day(30), columns="ticker").columns == ["ticker"]
+
+
+def _file_schemas(db: Warehouse, table: str) -> dict[str, object]:
+    import pyarrow.parquet as pq
+
+    out = {}
+    for path in db.fs.find(db.table_dir(table)):
+        with db.fs.open(path, "rb") as handle:
+            out[path.rsplit("/", 2)[-2] + "/" + path.rsplit("/", 1)[-1]] = pq.read_schema(handle)
+    return out
+
+
+@pytest.mark.parametrize("same_transaction", [False, True])
+def test_a_column_first_written_all_null_takes_the_type_of_its_first_values_in_every_file(
+    db, same_transaction
+):
+    import pyarrow as pa
+
+    first = frame_of(DAY0, 2).with_columns(note=pl.lit(None))  # polars Null: Arrow null type
+    later = frame_of(_day(2), 2).with_columns(note=pl.lit("x"))
+    if same_transaction:
+        with db.transaction() as tx:
+            tx.replace_window("t", first, DAY0, _day(1))
+            tx.replace_window("t", later, _day(2), _day(3))
+    else:
+        db.replace_window("t", first, DAY0, _day(1))
+        assert db.stored_schema("t").field("note").type == pa.null()
+        db.replace_window("t", later, _day(2), _day(3))
+    schemas = _file_schemas(db, "t")
+    assert len(schemas) == 5  # the schema file and four days
+    assert all(s.field("note").type == pa.large_string() for s in schemas.values()), schemas
+    # The view binds from any one file: every day reads, the early ones null.
+    got = db.read("select date, note from t order by date, ticker")
+    assert got["note"].to_list() == [None] * 6 + ["x"] * 6
+    # Written all-null again later: cast to the table's type, not a null column again.
+    db.replace_window("t", first, DAY0, _day(1))
+    assert all(s.field("note").type == pa.large_string() for s in _file_schemas(db, "t").values())
+
+
+def test_a_date_filter_on_a_view_never_opens_the_other_days_files(db):
+    db.replace_window("t", frame_of(DAY0, 5), DAY0, _day(4))
+    broken = f"{db.table_dir('t')}/date={_day(1).isoformat()}/part.parquet"
+    with db.fs.open(broken, "wb") as handle:  # not Parquet: reading it fails the query
+        handle.write(b"not a parquet file")
+    assert db.read("select count(*) from t where date = ?", [_day(3)]).item() == 3
+    assert db.read("select count(*) from t where date >= ?", [_day(2)]).item() == 9
+    with pytest.raises(Exception, match="(?i)parquet|magic"):
+        db.read("select count(*) from t")  # a scan that needs that day does open it
+
+
+def test_undated_rows_of_a_lake_written_before_the_null_rename_are_read_then_replaced(db):
+    dated = frame_of(DAY0, 2)
+    undated = pl.DataFrame({"date": [None], "ticker": ["Z"], "value": [9.0]}).cast(dated.schema)
+    db.replace_window("q", pl.concat([dated, undated]), DAY0, _day(1), include_null_dates=True)
+    folder = db.table_dir("q")
+    db.fs.makedirs(f"{folder}/date=__null__", exist_ok=True)
+    db.fs.mv(f"{folder}/date=NULL/part.parquet", f"{folder}/date=__null__/part.parquet")
+    assert db.read("select count(*) from q where date is null").item() == 1
+    assert db.read("select count(*) from q").item() == 7
+    db.replace_window("q", pl.concat([dated, undated]), DAY0, _day(1), include_null_dates=True)
+    files = {p.removeprefix(folder) for p in db.fs.find(folder)}
+    assert "/date=NULL/part.parquet" in files and "/date=__null__/part.parquet" not in files
+    assert db.read("select count(*) from q where date is null").item() == 1
+
+
+def test_a_table_partitioned_by_a_text_column_keeps_its_null_partition_null(db):
+    frame = pl.DataFrame({"fold": ["2020-01", None], "value": [1.0, 2.0]})
+    db.replace_where("f", frame, "fold", ["2020-01", None])
+    got = db.read("select fold, value from f order by value")
+    assert got["fold"].to_list() == ["2020-01", None]
+
+
+def test_a_lake_whose_files_differ_in_a_column_first_written_all_null_still_reads(db):
+    """As the lake of 2026-12-04 wrote them: the schema file and the first days with a null
+    column, a later day with the column typed."""
+    import pyarrow.parquet as pq
+
+    db.replace_window("t", frame_of(DAY0, 3).with_columns(note=pl.lit(None)), DAY0, _day(2))
+    typed = frame_of(_day(2), 1).with_columns(note=pl.lit("x")).to_arrow()
+    with db.fs.open(f"{db.table_dir('t')}/date={_day(2).isoformat()}/part.parquet", "wb") as h:
+        pq.write_table(typed, h)
+    expected = [None] * 6 + ["x"] * 3
+    assert db.read("select note from t order by date, ticker")["note"].to_list() == expected
+    got = db.read_table("t", DAY0, _day(2)).sort("date", "ticker")["note"].to_list()
+    assert got == expected

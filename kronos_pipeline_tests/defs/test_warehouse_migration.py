@@ -84,7 +84,7 @@ def test_migrate_warehouse_copies_every_table_into_day_partitions_or_one_file(da
     assert layout == [
         "bars_quarantine/_schema.parquet",
         "bars_quarantine/date=2020-01-01/part.parquet",
-        "bars_quarantine/date=__null__/part.parquet",
+        "bars_quarantine/date=NULL/part.parquet",
         "ingest_files/part.parquet",
         "kronos_scores/_schema.parquet",
         "raw_bars/_schema.parquet",
