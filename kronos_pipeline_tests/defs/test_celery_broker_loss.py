@@ -1,19 +1,24 @@
-"""The Celery broker dying under a run fails the run with a clear message, within a bound,
-and leaves nothing behind: no hang of the run, none of the workers.
+"""The Celery broker going away under a run fails the run with a clear message, within a
+bound, and leaves nothing behind: no hang of the run, none of the workers.
 
-A Redis broker and one worker run on 127.0.0.1 (``celery_cluster``), on a SQLite instance in a
-temporary DAGSTER_HOME (the shipped ``dagster.yaml``). ``held_step_job`` (one step that writes
-its pid to a marker file, then holds for minutes) is started as an operator starts a run,
+Redis and one worker run on 127.0.0.1 (``celery_cluster``), on a SQLite instance in a temporary
+DAGSTER_HOME (the shipped ``dagster.yaml``). ``held_step_job`` (one step that writes its pid to
+a marker file, then holds far longer than the test) is started as an operator starts a run,
 ``dagster job execute`` with ``deploy/celery_run.yaml``. Once the marker shows the step running
-on the worker, redis-server is SIGKILLed; the run process must exit non-zero within
-``FAIL_WITHIN_S``, and the instance must record the run as FAILURE with ``CeleryBrokerLost``:
-the broker's host:port, what to do, and Redis's own error chained. A second run started while
-the broker is still gone must fail the same way at submission. Then the cluster (the worker
-holding the step) must stop on SIGTERM well before its SIGKILL fallback, and no process of the
-test may be left. A regression to a hang fails the waits' timeouts, not a sleep.
+in the worker's process, the broker goes away:
 
-Runtime: ~40 s of CPU (three imports of the code location: the worker, two run processes);
-about 1 min wall on a shared 2-core machine.
+- frozen (SIGSTOP: a host down or cut off, whose connections hang instead of being refused;
+  Celery's defaults held such a run 2 minutes per read), thawed once the run has ended;
+- killed (SIGKILL), on a second cluster; then a run is started while it is still gone.
+
+Each run process must exit non-zero within ``FAIL_WITHIN_S`` and the instance must record the
+run as FAILURE with ``CeleryBrokerLost``: the broker's host:port, what to do, and Redis's own
+error chained. Each cluster (its worker still holding a step) must stop on SIGTERM before
+``celery_cluster``'s SIGKILL fallback, and no process of the test may be left. A regression to a
+hang fails the waits' timeouts, not a sleep.
+
+Runtime: ~20 s of CPU (five imports of the code location: two workers, three run processes);
+45 s wall on a shared 2-core machine (the frozen run waits out the 10 s read timeout).
 """
 
 from __future__ import annotations
