@@ -1,7 +1,8 @@
 """Write and read times of the warehouse lake on a features-shaped table.
 
 A table of ``--days`` weekdays x ``--tickers`` names x ``--columns`` float columns, written as
-one window (one file per day), rewritten one day at a time (the nightly's write), then read:
+one window (one file per day; once from one contiguous frame, once from a concat of daily
+frames), rewritten one day at a time (the nightly's write), then read:
 one month through ``read_table``, one day and one month through the table's DuckDB view (a
 ``where`` on the date, as the pipeline's SQL reads), and a full-table aggregate through it.
 
@@ -56,6 +57,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Warehouse(args.root or f"{tmp}/lake")
         timed("write the whole window", lambda: db.replace_window("t", frame, days[0], days[-1]))
+        # As the pipeline's frames often are: a concat of daily frames, one Arrow chunk a day.
+        chunked = pl.concat(
+            [frame.slice(i * args.tickers, args.tickers) for i in range(len(days))], rechunk=False
+        )
+        timed(
+            "write it again from one chunk a day",
+            lambda: db.replace_window("t", chunked, days[0], days[-1]),
+        )
         last = frame.filter(pl.col("date") == days[-1])
         timed("rewrite one day", lambda: db.replace_window("t", last, days[-1], days[-1]))
         month = timed("read_table one month", lambda: db.read_table("t", days[-21], days[-1]))
