@@ -675,7 +675,9 @@ def cmd_nightly(args: argparse.Namespace) -> None:
     from kronos_pipeline.runs import nightly_steps
 
     _configure_env(args, None)
-    instance = _instance()
+    instance = _instance(runs=False)
+    _refuse_beside_automation(instance)
+    _session.deployment(instance)
     day = dt.date.fromisoformat(args.date or _source_range()[1])
     steps = nightly_steps(day, get_settings(), fitted=lambda a, k: _materialized(instance, a, k))
     if args.data_only:
@@ -687,6 +689,24 @@ def cmd_nightly(args: argparse.Namespace) -> None:
             continue
         _run(step.job, instance, partition_key=step.partition_key, key_range=step.key_range,
              tags=step.run_tags(), assets=step.assets)  # fmt: skip
+
+
+def _refuse_beside_automation(instance) -> None:
+    """Exit with one message when a daemon of this instance runs the automation: it runs each
+    night by itself once the day's files are in the vendor folder, and a ``nightly`` beside
+    it would run the same night twice."""
+    from kronos_pipeline.deployment import AUTOMATION_SENSOR, automation_ticking
+
+    ago = automation_ticking(instance)
+    if ago is None:
+        return
+    raise SystemExit(
+        f"kronos-pipeline nightly: the instance's dagster-daemon runs the automation (sensor "
+        f"{AUTOMATION_SENSOR}, last tick {ago:.0f} s ago), which runs every night by itself "
+        "once the day's files are in the vendor folder; a nightly beside it would run the "
+        f"night twice. Follow the night in the UI (runs tagged dagster/sensor_name="
+        f"{AUTOMATION_SENSOR}), or stop that sensor (UI: Automation) and run nightly again."
+    )
 
 
 def _materialized(instance, asset: str, key: str) -> bool:

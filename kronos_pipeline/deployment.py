@@ -72,6 +72,13 @@ class DeploymentError(Exception):
     """The deployment could not start, died, or refused a run; the message says where to look."""
 
 
+#: The sensor that evaluates the automation conditions (``defs/conditions.py``), the daemon
+#: that ticks it (its type in the heartbeats), and how recent a tick shows it running (the
+#: sensor ticks every 30 s; a loaded daemon falls behind).
+AUTOMATION_SENSOR = "kronos_automation"
+AUTOMATION_DAEMON = "ASSET"
+AUTOMATION_FRESH_S = 300.0
+
 #: Set to ``off`` in the environment of a code location that must not register the
 #: automation sensor (the CLI's own short-lived deployment); read when the location loads.
 AUTOMATION_ENV = "PIPELINE_AUTOMATION"
@@ -84,6 +91,26 @@ def daemon_alive(
     :data:`BACKFILL_DAEMON`) has a daemon: its heartbeat is newer than ``fresh_s``."""
     beat = instance.get_daemon_heartbeats().get(daemon)
     return beat is not None and time.time() - beat.timestamp < fresh_s
+
+
+def automation_ticking(
+    instance: dg.DagsterInstance, fresh_s: float = AUTOMATION_FRESH_S
+) -> float | None:
+    """Seconds since the automation sensor (:data:`AUTOMATION_SENSOR`) last ticked, when a
+    live daemon of this instance evaluates it: the daemon's heartbeat is fresh, the sensor is
+    not stopped, and its newest tick is under ``fresh_s`` old. None otherwise (no daemon, the
+    sensor stopped in the UI, or a location that does not register it, as the CLI's own
+    ``dagster dev`` does). Such a daemon runs every night by itself."""
+    if not daemon_alive(instance, daemon=AUTOMATION_DAEMON):
+        return None
+    now = time.time()
+    for state in instance.all_instigator_state():
+        if state.name != AUTOMATION_SENSOR or state.status.value == "STOPPED":
+            continue
+        ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+        if ticks and now - ticks[0].timestamp < fresh_s:
+            return now - ticks[0].timestamp
+    return None
 
 
 def left_dagster_dev(instance: dg.DagsterInstance) -> int | None:

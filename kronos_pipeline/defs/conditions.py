@@ -32,6 +32,7 @@ import dagster as dg
 
 from kronos_pipeline.data.sources import source_fingerprint
 from kronos_pipeline.defs.partitions import NEW_YORK_TZ, WEEKDAY_CRON
+from kronos_pipeline.deployment import AUTOMATION_SENSOR
 from kronos_pipeline.settings import get_settings
 
 #: The tag an observation's data version is stored under (Dagster's).
@@ -130,7 +131,7 @@ def observe_vendor_folder(context: dg.SensorEvaluationContext):
 def automation_sensor() -> dg.AutomationConditionSensorDefinition:
     """The sensor that evaluates every condition above, running with the daemon."""
     return dg.AutomationConditionSensorDefinition(
-        "kronos_automation",
+        AUTOMATION_SENSOR,
         target=dg.AssetSelection.all(include_sources=True),
         default_status=dg.DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=30,

@@ -31,6 +31,7 @@ import polars as pl
 
 from kronos_pipeline.defs.partitions import due_session, month_key
 from kronos_pipeline.instance import instance_at
+from kronos_pipeline.runs import CLI_TAG
 from kronos_pipeline_tests.defs.test_alerts import Receiver
 from kronos_pipeline_tests.defs.test_alerts_daemon import _free_port, _wait, stop_group
 from kronos_pipeline_tests.defs.test_nightly import FAST, _cli
@@ -124,6 +125,14 @@ def test_a_dropped_day_becomes_a_signal_with_no_command_given(tmp_path):
         assert len(posts) == 1, posts
         assert posts[0]["asset"] == "universe" and posts[0]["severity"] == "WARN"
         assert "fewer than 20 members" in posts[0]["description"]
+        # `nightly` beside the running automation would run the night twice: it refuses.
+        with instance_at(home) as before:
+            cli_runs_before = [r.run_id for r in before.get_runs() if r.tags.get(CLI_TAG)]
+        cli = Path(sys.executable).parent / "kronos-pipeline"
+        refused = subprocess.run([str(cli), "nightly", "--date", str(day)], cwd=REPO, env=env,
+                                 capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "runs the automation (sensor kronos_automation, last tick" in refused.stderr
     finally:
         stop_group(proc)
         hook.server.shutdown()
@@ -136,6 +145,8 @@ def test_a_dropped_day_becomes_a_signal_with_no_command_given(tmp_path):
         runs = instance.get_runs()
         automated = [r for r in runs if r.tags.get("dagster/sensor_name") == "kronos_automation"]
         assert automated, "no run was started by the automation sensor"
+        cli_runs = [r.run_id for r in runs if r.tags.get(CLI_TAG)]
+        assert cli_runs == cli_runs_before, "the refused nightly submitted runs"
         for asset in ("raw_bars", "features", "signals", "kronos_forecasts"):
             records = instance.fetch_materializations(
                 dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[str(day)]),
