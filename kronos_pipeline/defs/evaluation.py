@@ -259,7 +259,7 @@ def baseline_scores_asset(context: dg.AssetExecutionContext, warehouse: Warehous
         period = refit_period(fold.fold_id, s.folds.first_test_month, s.lightgbm.refit_months)
         feats = _pd(db.read(
             "select f.* from features f join universe u using (date, ticker) where u.in_universe "
-            "and f.date in (select unnest(?::date[]))", [[d.date() for d in days]],
+            "and f.date = any(?::date[])", [[d.date() for d in days]],
         ))  # fmt: skip
         controls = _control_plan(db, fold, s, scoring=True)
         keys = [model_store.model_key(m, h) for m, h in _needed_models(s, controls)]
@@ -342,7 +342,7 @@ def _control_plan(
     )
 
 
-ON_CADENCE = "fold in (select unnest(?)) and date in (select unnest(?::date[]))"
+ON_CADENCE = "fold in (select unnest(?)) and date = any(?::date[])"
 
 
 def _read_scores(db, fold_ids: list[str]) -> pd.DataFrame:
@@ -385,7 +385,7 @@ def _pit_tripwire(db, scores: pd.DataFrame, s) -> dict:
         feature_dates, scores["date"].unique(), s.tripwires.pit_dates
     )
     day_list = [d.date() for d in dates]
-    on_days = "where date in (select unnest(?::date[]))"
+    on_days = "where date = any(?::date[])"
     factor_models = list(data_tripwires.FACTOR_MODELS)
     stored = data_tripwires.StoredAsOf(
         features=_pd(db.read(f"select * from features {on_days}", [day_list])),

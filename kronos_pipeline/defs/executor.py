@@ -33,7 +33,7 @@ waits on Redis (socket and connect timeouts, reconnect retries), and the error t
 run is re-raised as ``CeleryBrokerLost``, naming the broker's host:port and what to do, with
 Celery's or Redis's own error chained to it (README, "Bad input and faults").
 
-``kronos-pipeline`` runs its jobs in-process whatever this says.
+``kronos-pipeline`` submits its runs with ``in_process`` (a run's steps in its run worker).
 """
 
 from collections.abc import Iterator, Mapping, Sequence

@@ -73,7 +73,7 @@ def member_windows(db: Warehouse, days: Sequence[pd.Timestamp], k: KronosSetting
     ``kronos_forecasts`` builds them."""
     day_list = [pd.Timestamp(d).date() for d in days]
     members = db.read(
-        "select date, ticker from universe where in_universe and date in (select unnest(?::date[])) "
+        "select date, ticker from universe where in_universe and date = any(?::date[]) "
         "and liquidity_rank <= ?",
         [day_list, k.top_n if k.top_n is not None else 1_000_000_000],
     )
@@ -140,9 +140,7 @@ def read_heads(directory: Path, fold_id: str) -> tuple[heads.FittedHeads, dict[s
 def _features(db: Warehouse, days: list[dt.date], columns: list[str] | None, s: Settings):
     """PIT features of ``days`` (``date, ticker`` and ``columns``, or every model input
     column of the LightGBM baseline)."""
-    frame = db.read(
-        "select * from features where date in (select unnest(?::date[]))", [days]
-    ).to_pandas()
+    frame = db.read("select * from features where date = any(?::date[])", [days]).to_pandas()
     if columns is None:
         columns = baselines.feature_columns(frame, s.features.use_sector_relative)
     return frame[["date", "ticker", *columns]]
@@ -182,7 +180,7 @@ def fit_period_heads(
     day_list = [d.date() for d in days]
     labels = db.read(
         "select date, ticker, horizon, excess_return, available_at from labels_forward "
-        "where available_at < ? and date in (select unnest(?::date[]))",
+        "where available_at < ? and date = any(?::date[])",
         [at.test_start.date(), day_list],
     ).to_pandas()  # fmt: skip
     feats = _features(db, day_list, None, s)

@@ -291,7 +291,7 @@ def _forecast_fold(db: Warehouse, s: Settings, fold_id: str, days: pd.DatetimeIn
     strategy.verify_pointed_weights(manifest)  # a kept checkpoint points into an older folder
     day_list = [d.date() for d in days]
     members = db.read(
-        "select date, ticker from universe where in_universe and date in (select unnest(?::date[])) "
+        "select date, ticker from universe where in_universe and date = any(?::date[]) "
         "and liquidity_rank <= ?",
         [day_list, k.top_n if k.top_n is not None else 1_000_000_000],
     )

@@ -63,7 +63,7 @@ def signals_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResourc
         return
     days = sorted(signal["date"].unique())
     members = db.read(
-        "select date, ticker from universe where in_universe and date in (select unnest(?::date[]))",
+        "select date, ticker from universe where in_universe and date = any(?::date[])",
         [days],
     ).with_columns(pl.col("date").cast(pl.Date))
     problems = signal_problems(signal, members, kronos_models(db, start, end))
