@@ -7,12 +7,13 @@ session delivered and ``kronos-pipeline nightly --date <session>`` timed: ingest
 folds, every model's scores and the signal, the labels that matured, the rollups. Prints a
 table of wall seconds per command and per nightly step.
 
-    .venv/bin/python bench/nightly.py [--end 2019-10-29] [--top-n 100]
+    .venv/bin/python bench/nightly.py [--end 2019-10-29] [--top-n 100] [--keep DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import platform
@@ -31,13 +32,18 @@ def main() -> None:
         "--end", default="2019-10-29", help="the vendor's last day before the night"
     )
     parser.add_argument("--top-n", type=int, default=100)
+    parser.add_argument(
+        "--keep", type=Path, help="work in this (new) folder and keep it, e.g. to profile a step"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from kronos_pipeline_tests.vendor_feed import SHARED_VENDOR_DIR, VendorFeed
 
     end = dt.date.fromisoformat(args.end)
     cli = str(Path(sys.executable).parent / "kronos-pipeline")
-    with tempfile.TemporaryDirectory() as tmp:
+    if args.keep is not None:
+        args.keep.mkdir(parents=True)
+    with contextlib.nullcontext(args.keep) if args.keep else tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         tickers = sorted(
             p.name.split("-")[1] for p in SHARED_VENDOR_DIR.glob("DA-*-T-*.csv.gz")

@@ -104,16 +104,38 @@ class Warehouse:
 
         One listing of the table's folder (one request on object storage, not one a day)."""
         folder, prefix = self.table_dir(table), f"{column}="
+        _, folders = self._layout(table)
+        return {
+            name[len(prefix) :]: f"{folder}/{name}/{PART}"
+            for name in folders
+            if name.startswith(prefix)
+        }
+
+    def _layout(self, table: str) -> tuple[set[str], list[str]]:
+        """The names of ``table``'s own files (``_schema.parquet``, ``part.parquet``) and of
+        its partition folders that hold a ``part.parquet`` (``date=2020-01-02``), sorted.
+
+        On a local folder one ``scandir`` and a ``stat`` per partition: fsspec's ``find``
+        walks every folder with a listing and an ``info`` per entry, 130 ms for 5,000 days."""
+        folder = self.table_dir(table)
+        if self.local:
+            try:
+                entries = list(os.scandir(folder))
+            except FileNotFoundError:
+                return set(), []
+            files = {e.name for e in entries if e.is_file()}
+            folders = [
+                e.name
+                for e in entries
+                if "=" in e.name and e.is_dir() and os.path.isfile(os.path.join(e.path, PART))
+            ]
+            return files, sorted(folders)
         try:
-            files = self.fs.find(folder)
+            paths = [f.removeprefix(folder).strip("/").split("/") for f in self.fs.find(folder)]
         except FileNotFoundError:
-            return {}
-        found = {}
-        for path in files:
-            parts = path.removeprefix(folder).strip("/").split("/")
-            if len(parts) == 2 and parts[1] == PART and parts[0].startswith(prefix):
-                found[parts[0][len(prefix) :]] = path
-        return found
+            return set(), []
+        files = {p[0] for p in paths if len(p) == 1}
+        return files, sorted(p[0] for p in paths if len(p) == 2 and p[1] == PART and "=" in p[0])
 
     def _listing(self, folder: str) -> list[str]:
         try:
@@ -172,12 +194,7 @@ class Warehouse:
         - anything else (a crash between the renames of a layout change, a lake written
           before 2026-12-05 with its ``__null__`` partition): every Parquet file, by name."""
         folder = self.table_dir(table)
-        try:
-            files = [f.removeprefix(folder).strip("/").split("/") for f in self.fs.find(folder)]
-        except FileNotFoundError:
-            files = []
-        entries = {f[0] for f in files if len(f) == 1}
-        parts = [f[0] for f in files if len(f) == 2 and f[1] == PART and "=" in f[0]]
+        entries, parts = self._layout(table)
         columns = {e.split("=", 1)[0] for e in parts}
         legacy = any(e.split("=", 1)[1] == LEGACY_NULL_KEY for e in parts)
         if PART in entries and not parts:

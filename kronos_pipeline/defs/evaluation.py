@@ -372,10 +372,13 @@ def _matured_pairs(db, fold_ids: list[str]) -> int:
     unions = " union all ".join(
         f"select model, horizon, date, ticker, score from {t} where {ON_CADENCE}" for t in tables
     )
-    sql = (f"select count(*) from ({unions}) s join labels_forward l using (date, ticker, horizon) "
+    # The labels of the scored days only, as a constant filter: their other days stay unopened.
+    sql = (f"select count(*) from ({unions}) s join (select * from labels_forward "
+           "where date = any(?::date[])) l using (date, ticker, horizon) "
            "where isfinite(s.score) and l.fwd_return is not null and l.excess_return is not null")  # fmt: skip
-    params = [p for t in tables for p in (fold_ids, cadence_dates(db, fold_ids, t))]
-    return int(db.read(sql, params).item())
+    days = {t: cadence_dates(db, fold_ids, t) for t in tables}
+    params = [p for t in tables for p in (fold_ids, days[t])]
+    return int(db.read(sql, [*params, sorted(set().union(*days.values()))]).item())
 
 
 def _pit_tripwire(db, scores: pd.DataFrame, s) -> dict:
