@@ -98,6 +98,24 @@ def _until_step_runs(process: subprocess.Popen, log: Path, marker: Path) -> int:
     return int(marker.read_text())
 
 
+def _host_port(cluster) -> str:
+    return cluster.broker.split("//")[1].split("/")[0]
+
+
+def _held_step(cluster, home: Path, env: dict, folder: Path, name: str):
+    """Once the workers are ready: a run of ``held_step_job`` whose step is running in a
+    worker. Returns the run's environment, its process, its log and the step's pid."""
+    cluster.wait_until_ready()
+    run_env = {**os.environ, **env, **cluster.env(), "PYTHONPATH": str(REPO_ROOT)}
+    process, log = _execute(home, run_env, folder, name)
+    try:
+        pid = _until_step_runs(process, log, folder / f"{name}.marker")
+    except BaseException:
+        process.kill()
+        raise
+    return run_env, process, log, pid
+
+
 @pytest.fixture(scope="module")
 def broker_loss(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from kronos_pipeline.instance import instance_at
@@ -115,12 +133,9 @@ def broker_loss(tmp_path_factory: pytest.TempPathFactory) -> dict:
         # 1. Redis frozen (SIGSTOP: its host down or cut off, so no connection refused) while
         #    the step runs; then thawed, and the cluster stopped.
         with celery_cluster(("w1",), env) as cluster:
-            cluster.wait_until_ready()
-            out["frozen_host_port"] = cluster.broker.split("//")[1].split("/")[0]
-            run_env = {**os.environ, **env, **cluster.env(), "PYTHONPATH": str(REPO_ROOT)}
-            process, log = _execute(home, run_env, folder, "frozen")
+            out["frozen_host_port"] = _host_port(cluster)
+            run_env, process, log, pid = _held_step(cluster, home, env, folder, "frozen")
             processes.append(process)
-            pid = _until_step_runs(process, log, folder / "frozen.marker")
             out["step_pids"].append(pid)
             out["frozen_step_on_worker"] = cluster.workers[0].owns(pid)
             os.kill(cluster.redis_server.pid, signal.SIGSTOP)
@@ -133,12 +148,9 @@ def broker_loss(tmp_path_factory: pytest.TempPathFactory) -> dict:
         out["clusters"].append(cluster)
         # 2. Redis SIGKILLed while the step runs; then a run started while it is still gone.
         with celery_cluster(("w1",), env) as cluster:
-            cluster.wait_until_ready()
-            out["host_port"] = cluster.broker.split("//")[1].split("/")[0]
-            run_env = {**os.environ, **env, **cluster.env(), "PYTHONPATH": str(REPO_ROOT)}
-            process, log = _execute(home, run_env, folder, "mid_step")
+            out["host_port"] = _host_port(cluster)
+            run_env, process, log, pid = _held_step(cluster, home, env, folder, "mid_step")
             processes.append(process)
-            pid = _until_step_runs(process, log, folder / "mid_step.marker")
             out["step_pids"].append(pid)
             out["step_on_worker"] = cluster.workers[0].owns(pid)
             cluster.redis_server.kill()
