@@ -622,22 +622,27 @@ def _evaluate(instance, folds: str | None, if_due: bool = False) -> None:
     _run_evaluation(instance)
 
 
-def _run_evaluation(instance, **kwargs) -> None:
-    """``evaluation_job``, then the report's path in the summary (saying so when the
-    evaluation failed and therefore wrote no report)."""
+def _run_evaluation(instance, job: str = "evaluation_job", **kwargs) -> None:
+    """``evaluation_job`` (or another ``job`` that ends with the evaluation), then the report's
+    path in the summary (saying so when the evaluation failed and therefore wrote no report)."""
     try:
-        _run("evaluation_job", instance, **kwargs)
+        _run(job, instance, **kwargs)
     except SystemExit:
         _record_report_path(updated=False)
         raise
     _record_report_path()
 
 
-def _skip_evaluation() -> bool:
-    """Print and return True when the evaluation has nothing to judge yet."""
+def _evaluation_pending() -> str | None:
+    """Why the evaluation has nothing to judge yet, or None (see ``evaluation_pending``)."""
     from kronos_pipeline.defs.evaluation import evaluation_pending
 
-    reason = evaluation_pending(_warehouse())
+    return evaluation_pending(_warehouse())
+
+
+def _skip_evaluation() -> bool:
+    """Print and return True when the evaluation has nothing to judge yet."""
+    reason = _evaluation_pending()
     if reason:
         print(f"-> evaluation_job skipped: {reason}", flush=True)
         _session.skipped.append(f"evaluation_job: {reason}")
@@ -679,13 +684,19 @@ def cmd_nightly(args: argparse.Namespace) -> None:
     _refuse_beside_automation(instance)
     _session.deployment(instance)
     day = dt.date.fromisoformat(args.date or _source_range()[1])
-    steps = nightly_steps(day, get_settings(), fitted=lambda a, k: _materialized(instance, a, k))
+    steps = nightly_steps(
+        day, get_settings(), fitted=lambda a, k: _materialized(instance, a, k),
+        evaluable=_evaluation_pending() is None,
+    )  # fmt: skip
     if args.data_only:
         steps = steps[:1]
     for step in steps:
         if step.job == "evaluation_job":
             if not _skip_evaluation():
                 _run_evaluation(instance, tags=step.run_tags())
+            continue
+        if step.job == "nightly_evaluation_job":
+            _run_evaluation(instance, step.job, key_range=step.key_range, tags=step.run_tags())
             continue
         _run(step.job, instance, partition_key=step.partition_key, key_range=step.key_range,
              tags=step.run_tags(), assets=step.assets)  # fmt: skip

@@ -65,26 +65,34 @@ class NightlyStep:
 
 
 def nightly_steps(
-    day: dt.date, settings: Settings, fitted: Callable[[str, str], bool] | None = None
+    day: dt.date,
+    settings: Settings,
+    fitted: Callable[[str, str], bool] | None = None,
+    evaluable: bool = False,
 ) -> list[NightlyStep]:
     """The runs that take session ``day`` from the vendor's file to the published signal:
 
-    1. ``data_job`` on the day's partition: ingest, PIT prices, universe, features (labels of
-       ``day`` do not exist yet);
-    2. ``folds_job``: the folds, a new one when ``day`` opens a month;
-    3. ``models_job`` on the day's fold, only for the models that fold lacks (a new month):
+    1. ``nightly_data_job`` on the day's partition: ingest, PIT prices, universe, features,
+       then the folds (a new one when ``day`` opens a month);
+    2. ``models_job`` on the day's fold, only for the models that fold lacks (a new month):
        ``fitted(asset, fold)`` says whether one is there; without it, every model;
-    4. ``scoring_job`` on the day's partition: every model's scores, the Kronos forecasts,
+    3. ``scoring_job`` on the day's partition: every model's scores, the Kronos forecasts,
        and the signal (``signals`` table and ``data/signals/<day>.parquet``);
-    5. ``labels_job`` on the days from ``max(horizons)`` sessions back: the labels that
-       matured on ``day``;
-    6. ``evaluation_job``: the metric rollups and the report.
+    4. ``nightly_evaluation_job`` on the days from ``max(horizons)`` sessions back (the labels
+       that can mature on ``day``, ``day``'s own included), then the rollups and the report.
+
+    Each run starts a worker that imports the code location, so the night is as few runs as
+    the partitions allow (three on most nights). ``evaluable``: the warehouse already has a
+    scored pair with a matured label. Until it has, step 4 is ``labels_job`` then a separate
+    ``evaluation_job``, which the caller runs only if the new labels gave it something to judge
+    (``evaluation_job`` fails on nothing to evaluate; the first nights of a deployment have no
+    matured label).
     """
     key, horizon = day.strftime(DAY_FMT), max(settings.labels.horizons)
     tags = {NIGHTLY_TAG: str(day)}
     sessions = trading_days(day - dt.timedelta(days=3 * horizon + 30), day, settings.data.calendar)
     back = sessions[-(horizon + 1)].date()
-    steps = [NightlyStep("data_job", key, tags=tags), NightlyStep("folds_job", tags=tags)]
+    steps = [NightlyStep("nightly_data_job", key, tags=tags)]
     fold = day.strftime(MONTH_FMT)
     if fold >= settings.folds.first_test_month:
         kronos = settings.kronos.enabled
@@ -95,6 +103,10 @@ def nightly_steps(
             steps.append(NightlyStep("models_job", fold, tags=tags, assets=tuple(models)))
         scores = [a for a in SCORE_ASSETS if kronos or a not in KRONOS_ASSETS]
         steps.append(NightlyStep("scoring_job", key, tags=tags, assets=tuple(scores)))
-    steps.append(NightlyStep("labels_job", key_range=(back.strftime(DAY_FMT), key), tags=tags))
-    steps.append(NightlyStep("evaluation_job", tags=tags))
+    labels = (back.strftime(DAY_FMT), key)
+    if evaluable:
+        steps.append(NightlyStep("nightly_evaluation_job", key_range=labels, tags=tags))
+    else:
+        steps.append(NightlyStep("labels_job", key_range=labels, tags=tags))
+        steps.append(NightlyStep("evaluation_job", tags=tags))
     return steps

@@ -95,10 +95,32 @@ evaluation_job = dg.define_asset_job(
     description="Eval rows, metrics, tripwires, gates and the report from the scores present.",
 )
 
+# The night as few runs as Dagster allows (each run starts a worker that imports the code
+# location; a run's assets share one partitions definition, unpartitioned ones aside). The
+# nightly chain's first run: the session's data and the folds; its last: the labels that can
+# mature tonight and the rollups over them.
+nightly_data_job = dg.define_asset_job(
+    "nightly_data_job",
+    selection=(DATA_SELECTION - dg.AssetSelection.assets("labels_forward"))
+    | dg.AssetSelection.assets("folds"),
+    partitions_def=day_partitions,
+    description="The nightly chain's first run, for one weekday: ingest -> PIT prices -> "
+    "universe -> features, then the folds (a new one as a month starts). The day's labels "
+    "come with nightly_evaluation_job.",
+)
+nightly_evaluation_job = dg.define_asset_job(
+    "nightly_evaluation_job",
+    selection=dg.AssetSelection.assets("labels_forward") | evaluation_job.selection,
+    partitions_def=day_partitions,
+    description="The nightly chain's last run, for the days whose labels can have matured "
+    "tonight (a range): their labels, then the metrics, tripwires, gates and report, as "
+    "labels_job and evaluation_job do.",
+)
+
 
 def jobs() -> list:
     return [data_job, labels_job, folds_job, models_job, baseline_scores_job, kronos_job,
-            scoring_job, evaluation_job]  # fmt: skip
+            scoring_job, evaluation_job, nightly_data_job, nightly_evaluation_job]  # fmt: skip
 
 
 def post_alert(url: str, payload: dict, timeout_s: float = 10.0) -> int:

@@ -43,7 +43,7 @@ from kronos_pipeline.evaluation import (
     table_checks,
     tripwires,
 )
-from kronos_pipeline.evaluation.metrics import decile_returns
+from kronos_pipeline.evaluation.metrics import REGIME_VOL_WINDOW_DAYS, decile_returns
 from kronos_pipeline.evaluation.pipeline import evaluate_scores
 from kronos_pipeline.settings import get_settings
 
@@ -51,14 +51,21 @@ GROUP = "evaluation"
 TABLES = ("eval_rows", "per_date_metrics", "fold_summaries", "model_comparison")
 TRIPWIRE_CHECKS = tripwires.BLOCKING_TRIPWIRES
 GATE_CHECKS = ("gate1", "gate2", "gate3")
+# The universe's equal-weight daily return for the volatility regimes, from a day on (a
+# literal date, so that both tables read only the day files from it). Each row's own
+# ``total_return`` (the one-bar ratio of its tri), so a date's value never depends on where
+# the read starts.
 MARKET_SQL = """
-select p.date, avg(p.ret) as mkt_ret
-from (select ticker, date, tri / lag(tri) over (partition by ticker order by date) - 1 as ret
-      from prices_pit) p
-join universe u on u.date = p.date and u.ticker = p.ticker
-where u.in_universe and p.ret is not null
+select p.date, avg(p.total_return) as mkt_ret
+from (select date, ticker, total_return from prices_pit where date >= DATE '{start}') p
+join (select date, ticker from universe where date >= DATE '{start}' and in_universe) u
+  using (date, ticker)
+where p.total_return is not null
 group by p.date order by p.date
 """
+#: Calendar days of market returns read before the first scored date: the regimes' rolling
+#: window (REGIME_VOL_WINDOW_DAYS sessions) with room for holidays.
+MARKET_LEAD_DAYS = 3 * REGIME_VOL_WINDOW_DAYS
 
 
 def _pd(frame: pl.DataFrame) -> pd.DataFrame:
@@ -390,11 +397,18 @@ def _pit_tripwire(db, scores: pd.DataFrame, s) -> dict:
     day_list = [d.date() for d in dates]
     on_days = "where date = any(?::date[])"
     factor_models = list(data_tripwires.FACTOR_MODELS)
+    # The labels each sampled t compares: dated from its label window's start up to t (a
+    # label is available after its date), as a list of days, so only their files are read.
+    label_days = sorted({
+        d.date() for t in dates for d in feature_dates[
+            feature_dates.between(data_tripwires.label_window_start(t, s.labels.horizons), t)]
+    })  # fmt: skip
     stored = data_tripwires.StoredAsOf(
         features=_pd(db.read(f"select * from features {on_days}", [day_list])),
         universe=_pd(db.read(f"select * from universe {on_days}", [day_list])),
-        labels=_pd(db.read("select * from labels_forward where available_at <= ? and date >= ?",
-                           [day_list[-1], data_tripwires.label_window_start(dates[0], s.labels.horizons).date()])),
+        labels=_pd(db.read("select date, ticker, horizon, fwd_return, excess_return, available_at "
+                           f"from labels_forward {on_days} and available_at <= ?",
+                           [label_days, day_list[-1]])),
         scores=_pd(db.read(f"select model, horizon, date, ticker, score from baseline_scores "
                            f"{on_days} and model in (select unnest(?))", [day_list, factor_models])),
     )  # fmt: skip
@@ -538,13 +552,17 @@ def evaluation_tables(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     if pending:
         raise dg.Failure(pending, allow_retries=False)
     scores = _read_scores(db, selected)
-    labels = _pd(db.read("select * from labels_forward where date between ? and ?",
-                         [scores["date"].min(), scores["date"].max()]))  # fmt: skip
-    momentum = _pd(db.read("select date, ticker, mom_12_1 from features where date between ? and ?",
-                           [scores["date"].min(), scores["date"].max()]))  # fmt: skip
-    prices = db.read_table("prices_pit", end=scores["date"].max().date())
+    first, last = scores["date"].min().date(), scores["date"].max().date()
+    labels = _pd(db.read_table("labels_forward", first, last))
+    momentum = _pd(db.read_table("features", first, last, columns="date, ticker, mom_12_1"))
+    # The adjustment tripwire's columns only (every day up to the last scored one).
+    prices = db.read_table(
+        "prices_pit", end=last, columns="corporate_action, total_return, vendor_return"
+    )
+    market_from = first - dt.timedelta(days=MARKET_LEAD_DAYS)
     result = evaluate_scores(
-        scores, labels, s, momentum=momentum, market=_pd(db.read(MARKET_SQL)),
+        scores, labels, s, momentum=momentum,
+        market=_pd(db.read(MARKET_SQL.format(start=market_from.isoformat()))),
         pit=_pit_tripwire(db, scores, s),
         adjustment=data_tripwires.adjustment_tripwire(prices, s.tripwires),
         # Every Kronos model built on pre-trained weights (zero-shot, fine-tuned, and the heads

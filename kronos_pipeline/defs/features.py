@@ -56,9 +56,7 @@ def features_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     history = db.read_table("sector_history") if "sector_history" in db.tables() else None
     table = pl.concat(
         [
-            features(prices.filter(pl.col("date") <= seg_end), sectors).filter(
-                pl.col("date").is_between(seg_start, seg_end)
-            )
+            features(prices.filter(pl.col("date") <= seg_end), sectors, seg_start, seg_end)
             for seg_start, seg_end, sectors in sector_segments(history, start, end)
         ]
     )
@@ -133,7 +131,11 @@ def labels_forward_asset(context: dg.AssetExecutionContext, warehouse: Warehouse
     start, end = partition_window(context)
     horizons = get_settings().labels.horizons
     db = warehouse.get()
-    prices = db.read_table("prices_pit", columns="ticker, date, tri")
+    # A label dated d reads the prices from d on (its own tri, the closes up to d + h), so the
+    # window's labels come out the same from the prices dated ``start`` or later.
+    prices = db.read_table("prices_pit", start=start, columns="ticker, date, tri")
+    if prices.height == 0:  # a day after the data's end: no session to label, as before
+        prices = db.read_table("prices_pit", columns="ticker, date, tri")
     members = db.read_table("universe", start, end, columns="date, ticker, in_universe")
     labels = labels_forward(prices, members, horizons).filter(pl.col("date").is_between(start, end))
     data_end = prices["date"].max()

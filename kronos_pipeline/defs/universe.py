@@ -59,7 +59,9 @@ def universe_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
         cfg.min_median_dollar_volume,
         cfg.liquidity_window_days,
         top_n,
-    ).filter(pl.col("date").is_between(start, end))
+        start,
+        end,
+    )
     per_date = (
         members.group_by("date")
         .agg(

@@ -114,14 +114,16 @@ def pit_chain_tripwire(
         t = pd.Timestamp(t)
         day = t.date()
         prices = prices_pit(raw_bars.filter(pl.col("date") <= day))
+        window_start = label_window_start(t, horizons)
+        # The universe from window_start on (the labels' members) and the features of t: each
+        # computed over every bar up to t, returned for those dates only.
         members = universe(
             prices.select("ticker", "date", "close", "dollar_volume", "bar_index"),
             u.min_history_days, u.min_price, u.min_median_dollar_volume,
-            u.liquidity_window_days, settings.effective_top_n,
+            u.liquidity_window_days, settings.effective_top_n, start=window_start.date(),
         )  # fmt: skip
         sectors = sector_segments(sector_history, day, day)[0][2]
-        feats = features(prices, sectors).filter(pl.col("date") == day).to_pandas()
-        window_start = label_window_start(t, horizons)
+        feats = features(prices, sectors, day, day).to_pandas()
         # A label dated d reads the bars from d to d+h alone (and the universe on d), so the
         # labels from window_start on come out the same from the bars from window_start on.
         since = pl.col("date") >= window_start.date()

@@ -12,6 +12,7 @@ Amihud illiquidity is |return| per USD 1e9 traded; RSI is 0-100.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 import polars as pl
@@ -134,12 +135,22 @@ def _per_ticker_features() -> list[pl.Expr]:
 SECTOR_RELATIVE = ("mom_12_1", "mom_1m", "vol_60d")
 
 
-def features(prices: pl.DataFrame, sectors: pl.DataFrame | None = None) -> pl.DataFrame:
+def features(
+    prices: pl.DataFrame,
+    sectors: pl.DataFrame | None = None,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> pl.DataFrame:
     """PIT feature table: ``date, ticker, sector`` then one column per feature (see module doc).
 
     ``prices`` is the ``prices_pit`` table; ``sectors`` maps ``ticker -> sector`` (names missing
     from it get ``"Unknown"``). Sector-relative features subtract the same-date mean over the
     sector's names.
+
+    ``start``/``end``: return only the rows dated in [start, end] (either bound optional). The
+    rolling windows still run over every row of ``prices`` from each ticker's first bar, so a
+    row's values are the same as in the whole table; only the same-date steps after them (the
+    sector means, the non-finite cleanup, the final sort) skip the other dates.
     """
     market = market_returns(prices)
     frame = prices.join(market.select("date", "mkt_ret", "mkt_tri"), on="date", how="left")
@@ -149,6 +160,10 @@ def features(prices: pl.DataFrame, sectors: pl.DataFrame | None = None) -> pl.Da
         frame = frame.with_columns(sector=pl.lit(None, dtype=pl.String))
     frame = frame.with_columns(pl.col("sector").fill_null(UNKNOWN_SECTOR)).sort("ticker", "date")
     out = frame.select("date", "ticker", "sector", *_per_ticker_features())
+    if start is not None:
+        out = out.filter(pl.col("date") >= start)
+    if end is not None:
+        out = out.filter(pl.col("date") <= end)
     out = out.with_columns(
         [
             (pl.col(name) - pl.col(name).mean().over("date", "sector")).alias(f"sector_rel_{name}")

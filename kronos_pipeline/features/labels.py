@@ -71,12 +71,14 @@ def labels_forward(
             )
         )
     out = pl.concat(parts).join(members, on=["date", "ticker"], how="left")
-    out = out.with_columns(pl.col("in_universe").fill_null(False))
+    # Sorted before the universe mean: its float sum then adds a date's returns in ticker
+    # order, whatever rows ``prices`` held before the date (a window or the whole history).
+    out = out.with_columns(pl.col("in_universe").fill_null(False)).sort("date", "ticker", "horizon")
     universe_mean = (
         pl.col("fwd_return").filter(pl.col("in_universe")).mean().over("date", "horizon")
     )
     out = out.with_columns(excess_return=pl.col("fwd_return") - universe_mean)
-    return out.select(LABEL_COLUMNS).sort("date", "ticker", "horizon")
+    return out.select(LABEL_COLUMNS)
 
 
 def labels_due(keys: pl.DataFrame, data_end: object, calendar: str = "XNYS") -> pl.DataFrame:

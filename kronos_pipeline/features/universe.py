@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import polars as pl
 
 UNIVERSE_COLUMNS = (
@@ -23,6 +25,8 @@ def universe(
     min_median_dollar_volume: float,
     liquidity_window_days: int,
     top_n: int | None = None,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
 ) -> pl.DataFrame:
     """One row per (date, ticker) with a bar on that date.
 
@@ -31,6 +35,10 @@ def universe(
     ``liquidity_window_days`` bars >= ``min_median_dollar_volume`` (USD). ``liquidity_rank`` ranks
     eligible names by that median (1 = most liquid; ties broken by ticker); ``in_universe`` keeps
     the ``top_n`` most liquid (all eligible names when ``top_n`` is None). Uses rows <= date only.
+
+    ``start``/``end``: only the rows dated in [start, end]; the rolling medians still run over
+    every row of ``prices``, and the rest (eligibility, the date's ranking) is per date, so the
+    rows are those of the whole table.
     """
     out = prices.sort("ticker", "date").with_columns(
         history_days=(pl.col("bar_index") + 1).cast(pl.Int64),
@@ -38,6 +46,10 @@ def universe(
         .rolling_median(liquidity_window_days, min_samples=liquidity_window_days)
         .over("ticker"),
     )
+    if start is not None:
+        out = out.filter(pl.col("date") >= start)
+    if end is not None:
+        out = out.filter(pl.col("date") <= end)
     out = out.with_columns(
         eligible=(
             (pl.col("history_days") >= min_history_days)

@@ -211,6 +211,32 @@ EXPECTED_JOBS = {
             "per_date_metrics",
         ],
     ),
+    "nightly_data_job": (
+        "day",
+        [
+            "bars_quarantine",
+            "features",
+            "folds",
+            "prices_pit",
+            "raw_bars",
+            "sector_history",
+            "ticker_history",
+            "universe",
+        ],
+    ),
+    "nightly_evaluation_job": (
+        "day",
+        [
+            "eval_rows",
+            "evaluation_report",
+            "fold_summaries",
+            "gate_verdicts",
+            "labels_forward",
+            "leak_tripwires",
+            "model_comparison",
+            "per_date_metrics",
+        ],
+    ),
 }
 # No schedule: what runs by itself is the assets' automation conditions (kronos_automation).
 EXPECTED_SCHEDULES: dict = {}
@@ -457,20 +483,37 @@ def test_nightly_chain_fits_models_only_for_a_fold_that_has_none():
         fitted = lambda asset, key: _materialized(instance, asset, key)  # noqa: E731
         steps = nightly_steps(dt.date(2019, 11, 1), get_settings(), fitted)
         assert [s.job for s in steps] == [
-            "data_job", "folds_job", "models_job", "scoring_job", "labels_job", "evaluation_job"
+            "nightly_data_job", "models_job", "scoring_job", "labels_job", "evaluation_job"
         ]  # fmt: skip
         assert steps[0].partition_key == "2019-11-01" and "kronos/dates" not in steps[0].tags
-        assert steps[2].partition_key == "2019-11"
-        assert set(steps[2].assets) >= {"lightgbm_models", "kronos_checkpoint"}
-        assert steps[3].partition_key == "2019-11-01" and "signals" in steps[3].assets
+        assert steps[1].partition_key == "2019-11"
+        assert set(steps[1].assets) >= {"lightgbm_models", "kronos_checkpoint"}
+        assert steps[2].partition_key == "2019-11-01" and "signals" in steps[2].assets
         # labels: the days from 90 sessions back, exactly the days that may mature
-        assert steps[4].key_range == ("2019-06-26", "2019-11-01")
+        assert steps[3].key_range == ("2019-06-26", "2019-11-01")
         for asset in ("lightgbm_models", "kronos_checkpoint", "kronos_heads"):
             instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition="2019-11"))
-        again = nightly_steps(dt.date(2019, 11, 1), get_settings(), fitted)
+        again = nightly_steps(dt.date(2019, 11, 1), get_settings(), fitted, evaluable=True)
+        # Once a pair has matured: three runs, the labels and the rollups in the last.
         assert [s.job for s in again] == [
-            "data_job", "folds_job", "scoring_job", "labels_job", "evaluation_job"
+            "nightly_data_job", "scoring_job", "nightly_evaluation_job"
         ]  # fmt: skip
+        assert again[2].key_range == ("2019-06-26", "2019-11-01")
+
+
+def test_the_nightly_jobs_cover_the_night_once():
+    """The nightly chain's own jobs: the data run holds the session's data and the folds but
+    not its labels, which the last run makes with the rollups, after the labels in the run."""
+    from kronos_pipeline.definitions import defs
+
+    data = {k.to_user_string() for k in defs.resolve_job_def("nightly_data_job").asset_layer.executable_asset_keys}
+    assert {"raw_bars", "prices_pit", "universe", "features", "folds"} <= data
+    assert "labels_forward" not in data and "evaluation_tables" not in str(data)
+    last = defs.resolve_job_def("nightly_evaluation_job")
+    keys = {k.to_user_string() for k in last.asset_layer.executable_asset_keys}
+    evaluation = {k.to_user_string() for k in defs.resolve_job_def("evaluation_job").asset_layer.executable_asset_keys}
+    assert keys == evaluation | {"labels_forward"}
+    assert last.partitions_def is not None
 
 
 def test_the_clis_own_deployment_loads_without_the_automation_sensor():

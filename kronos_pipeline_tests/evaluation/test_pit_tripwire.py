@@ -78,11 +78,12 @@ def test_a_sound_chain_passes_on_dates_spread_over_the_range(market):
 def test_a_leaky_feature_trips_it(market, monkeypatch):
     real = build.features
 
-    def with_tomorrow(prices, sectors=None):
+    def with_tomorrow(prices, sectors=None, start=None, end=None):
         out = real(prices, sectors)
-        return out.with_columns(
+        out = out.with_columns(
             peek=(pl.col("mom_1m").shift(-1).over("ticker", order_by="date")).fill_null(0.0)
         )
+        return out.filter(pl.col("date").is_between(start or dt.date.min, end or dt.date.max))
 
     monkeypatch.setattr(data_tripwires, "features", with_tomorrow)
     result = _run(*market)

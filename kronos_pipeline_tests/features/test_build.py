@@ -55,6 +55,20 @@ def hand_made() -> tuple[pl.DataFrame, pl.DataFrame]:
     return prices, features(prices)
 
 
+def test_a_window_of_dates_has_the_whole_tables_values(hand_made):
+    """``features(start=, end=)`` returns the whole table's rows of those dates, bit for bit:
+    the rolling windows still start at each ticker's first bar (a float sum over a shorter
+    history would differ in its last bits)."""
+    prices, table = hand_made
+    days = table["date"].unique().sort()
+    for lo, hi in ((days[0], days[0]), (days[200], days[260]), (days[-1], days[-1])):
+        window = features(prices, None, lo, hi)
+        expected = table.filter(pl.col("date").is_between(lo, hi))
+        assert window.height == expected.height > 0
+        assert window.equals(expected)
+    assert features(prices, None, start=days[-5]).equals(table.filter(pl.col("date") >= days[-5]))
+
+
 def _one(table: pl.DataFrame, ticker: str) -> pl.DataFrame:
     return table.filter(pl.col("ticker") == ticker).sort("date")
 

@@ -139,3 +139,24 @@ def test_synthetic_excess_returns_average_zero_over_members_per_date_and_horizon
     assert (
         gaps.join(tri, left_on=["ticker", "available_at"], right_on=["ticker", "date"]).height == 0
     )
+
+
+def test_labels_from_the_prices_dated_on_or_after_a_day_equal_the_whole_historys(small_market):
+    """The labels step reads only the prices dated from its window's first day on: the labels
+    of those days must come out bit for bit as from the whole history (a label reads the prices
+    from its own date on; the universe mean adds a date's returns in ticker order)."""
+    cfg = UniverseSettings()
+    members = universe(
+        small_market.prices, cfg.min_history_days, cfg.min_price,
+        cfg.min_median_dollar_volume, cfg.liquidity_window_days, None,
+    )  # fmt: skip
+    horizons = LabelSettings().horizons
+    whole = labels_forward(small_market.prices, members, horizons)
+    days = whole["date"].unique().sort()
+    for start in (days[len(days) // 3], days[-max(horizons) - 5]):
+        # Rows shuffled too: the labels may not depend on the order the prices arrive in.
+        window = small_market.prices.filter(pl.col("date") >= start).sample(fraction=1.0, seed=3)
+        got = labels_forward(window, members.filter(pl.col("date") >= start), horizons)
+        expected = whole.filter(pl.col("date") >= start)
+        assert got.height == expected.height > 0
+        assert got.equals(expected)

@@ -103,3 +103,16 @@ def test_price_threshold_uses_the_raw_close_of_the_date():
                    liquidity_window_days=3, top_n=None)  # fmt: skip
     assert out["eligible"].to_list() == [False] * 4 + [True] * 5 + [False] + [True] * 2
     assert out["in_universe"].to_list() == out["eligible"].to_list()
+
+
+def test_a_window_of_dates_has_the_whole_tables_rows(members, small_market):
+    """``universe(start=, end=)``: the whole table's rows of those dates, ranks included (the
+    rolling medians run over every earlier bar; eligibility and ranking are per date)."""
+    days = members["date"].unique().sort()
+    for lo, hi in ((days[300], days[300]), (days[200], days[400]), (days[-3], None)):
+        window = universe(
+            small_market.prices, MIN_HISTORY, MIN_PRICE, MIN_MDV, WINDOW, TOP_N, start=lo, end=hi
+        )
+        expected = members.filter(pl.col("date").is_between(lo, hi or days[-1]))
+        assert window.height == expected.height > 0
+        assert window.equals(expected)
