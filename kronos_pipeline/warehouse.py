@@ -247,27 +247,49 @@ class Warehouse:
             where.append(f"{date_column} <= ?")
             params.append(end)
         clause = f" where {' and '.join(where)}" if where else ""
-        source = self._window_source(table, date_column, start, end) or table
+        window = self._window_files(table, date_column, start, end)
+        if window is None:
+            return self.read(f"select {columns} from {table}{clause}", params)
+        files, schema = window
+        names = [c.strip() for c in columns.split(",")]
+        field = schema.field(date_column) if date_column in schema.names else None
+        if (
+            self.local
+            and not _has_null_columns(schema)
+            and field is not None
+            and field.type == pa.date32()
+            and (columns.strip() == "*" or all(re.fullmatch(r"\w+", c) for c in names))
+        ):
+            # Polars' multi-file reader reads thousands of day files about twice as fast as
+            # DuckDB on one thread, the same rows in the same order (file by file, each in
+            # its stored order). A day's file holds that day's rows of the DATE column only
+            # (the writer partitions by it), so the window's files are exactly its rows.
+            return pl.read_parquet(
+                files, columns=None if columns.strip() == "*" else names,
+                hive_partitioning=False,
+            )  # fmt: skip
+        urls = ", ".join(f"'{self._url(f)}'" for f in files)
+        if _has_null_columns(schema):  # see :meth:`_scan`
+            source = f"read_parquet([{urls}], union_by_name = true, hive_partitioning = false)"
+        else:  # the schema file first: DuckDB binds the columns from it (every file has them)
+            source = f"read_parquet([{urls}], hive_partitioning = false)"
         return self.read(f"select {columns} from {source}{clause}", params)
 
-    def _window_source(
+    def _window_files(
         self, table: str, column: str, start: dt.date | None, end: dt.date | None
-    ) -> str | None:
-        """``read_parquet`` of the schema file and the day files of [start, end] of a table
-        partitioned by ``column``; None when it is not (or no bound is given)."""
-        schema = f"{self.table_dir(table)}/{SCHEMA}"
-        if (start is None and end is None) or not self.fs.exists(schema):
+    ) -> tuple[list[str], pa.Schema] | None:
+        """The schema file and the day files of [start, end] of a table partitioned by
+        ``column``, in day order, and the table's stored schema; None when it is not
+        partitioned by ``column`` (or no bound is given)."""
+        if start is None and end is None:
             return None
+        schema = self.stored_schema(table)
+        days = self.partitions(table, column) if schema is not None else {}
+        if not days or not self.fs.exists(f"{self.table_dir(table)}/{SCHEMA}"):
+            return None  # not partitioned by ``column``: the view
         lo, hi = _day_key(start or dt.date.min), _day_key(end or dt.date.max)
-        days = self.partitions(table, column)
-        if not days:  # partitioned by another column: the view
-            return None
-        files = [schema] + [f for k, f in days.items() if k not in NULL_KEYS and lo <= k <= hi]
-        urls = ", ".join(f"'{self._url(f)}'" for f in files)
-        if _has_null_columns(self.stored_schema(table)):  # see :meth:`_scan`
-            return f"read_parquet([{urls}], union_by_name = true, hive_partitioning = false)"
-        # The schema file first: DuckDB binds the columns from it (every file has them).
-        return f"read_parquet([{urls}], hive_partitioning = false)"
+        day_files = [f for k, f in sorted(days.items()) if k not in NULL_KEYS and lo <= k <= hi]
+        return [f"{self.table_dir(table)}/{SCHEMA}", *day_files], schema
 
     def distinct_dates(self, table: str, column: str = "date") -> pl.DataFrame:
         """``select distinct <column> from <table> order by <column>``, from the names of the

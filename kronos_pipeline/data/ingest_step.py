@@ -94,7 +94,8 @@ def read_prior(db: Warehouse) -> Prior:
     )
     tickers = db.read_table("ticker_history") if "ticker_history" in tables else None
     sectors = db.read_table("sector_history") if "sector_history" in tables else None
-    end = db.read("select max(date) as d from raw_bars")["d"][0] if "raw_bars" in tables else None
+    # The newest day file's name (a day's file exists only while it has rows), none opened.
+    end = db.distinct_dates("raw_bars")["date"].max() if "raw_bars" in tables else None
     return Prior(
         identity,
         TICKER_HISTORY.empty() if tickers is None else tickers,

@@ -249,6 +249,34 @@ def test_read_table_of_a_window_reads_the_days_of_the_window(db):
     assert db.read_table("t", _day(20), _day(30), columns="ticker").columns == ["ticker"]
 
 
+def test_a_windows_read_has_the_querys_rows_types_and_order(db):
+    """``read_table`` of a window (polars' reader on a local lake, DuckDB elsewhere) returns
+    what the SQL query over the table's view returns: every column type, every value, the same
+    row order (day by day, each day in its stored order), and a column subset."""
+    frame = pl.DataFrame({
+        "date": [_day(d) for d in (0, 0, 1, 2, 2, 2)],
+        "ticker": ["B", "A", "C", "C", "A", "B"],  # stored order within a day kept
+        "value": [1.5, None, 3.25, -4.0, 5.0, 6.0],
+        "count": pl.Series([1, 2, None, 4, 5, 6], dtype=pl.Int64),
+        "flag": [True, False, None, True, True, False],
+        "stamp": [dt.datetime(2020, 1, 1, 9, 30), None, dt.datetime(2020, 1, 2, 16), None,
+               dt.datetime(2020, 1, 3, 1, 2, 3), dt.datetime(2020, 1, 3)],
+        "small": pl.Series([1, 2, 3, 4, 5, 6], dtype=pl.Int32),
+    })  # fmt: skip
+    db.replace_window("t", frame, _day(0), _day(2))
+    for start, end in ((_day(0), _day(2)), (_day(1), None), (None, _day(1)), (_day(5), None)):
+        where = " and ".join(
+            [f"date >= DATE '{start}'"] * (start is not None)
+            + [f"date <= DATE '{end}'"] * (end is not None)
+        )
+        expected = db.read(f"select * from t where {where}")  # the view: day files in order
+        got = db.read_table("t", start, end)
+        assert got.schema == expected.schema
+        assert_frame_equal(got, expected, check_exact=True)
+        cols = db.read_table("t", start, end, columns="ticker, stamp")
+        assert_frame_equal(cols, expected.select("ticker", "stamp"), check_exact=True)
+
+
 def _file_schemas(db: Warehouse, table: str) -> dict[str, object]:
     import pyarrow.parquet as pq
 
