@@ -27,6 +27,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from _runs import REPO, timed
@@ -75,10 +76,12 @@ def main() -> None:
                 shutil.copytree(root, args.state, symlinks=True)
         (day,) = feed.sessions_after(end, 1)
         feed.deliver(day)
+        started = time.time()
         wall, out = timed([CLI, "nightly", "--date", str(day)], env)
         steps = steps_of(out)
         signal = root / "data" / "signals" / f"{day}.parquet"
         assert signal.is_file(), out[-2000:]
+        to_signal = signal.stat().st_mtime - started  # published before the labels and rollups
         tickers = feed.tickers
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, "
           f"load average {os.getloadavg()[0]:.1f} at the end; python {platform.python_version()}")  # fmt: skip
@@ -88,6 +91,7 @@ def main() -> None:
     for name, seconds in rows:
         print(f"| {name} | {seconds:.1f} |")
     print(f"| **nightly --date {day}** (one session, every model, signal) | **{wall:.1f}** |")
+    print(f"| - the signal file written, from the command's start | {to_signal:.1f} |")
     for name, seconds in steps:
         print(f"| - {name} | {seconds:.1f} |")
 

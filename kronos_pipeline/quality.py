@@ -357,9 +357,7 @@ def validate(
             df = frame.to_pandas() if is_polars else frame
         else:
             df = frame.select(cols).to_pandas() if is_polars else frame[list(cols)]
-        outcome = _run_suite(
-            df, f"{suite_name}_{n}", [expectations[i] for i in members]
-        )
+        outcome = _run_suite(df, f"{suite_name}_{n}", [expectations[i] for i in members])
         # GX orders results its own way: match them to the suite by type and arguments.
         waiting: dict[str, list[int]] = {}
         for i in members:

@@ -235,15 +235,25 @@ def _vendor_file_lines(path: Path) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
 
 
 def _split_fields(frame: pl.DataFrame) -> pl.DataFrame:
-    """Split ``raw`` on commas into the nine vendor columns and count the fields."""
-    parts = pl.col("raw").str.split(",")
-    return frame.with_columns(
-        n_fields=parts.list.len().cast(pl.Int64),
-        **{
-            c: parts.list.get(i, null_on_oob=True).str.strip_chars()
-            for i, c in enumerate(VENDOR_COLUMNS)
-        },
-    ).select(list(LINES_SCHEMA))
+    """Split ``raw`` on commas into the nine vendor columns and count the fields.
+
+    A line with fewer fields has nulls in the missing columns; one with more keeps its first
+    nine (its field count tells the validation it is malformed). ``split_exact`` builds no
+    list per line: about 2.4x faster than ``split`` and ``list.get`` on 2.2 million lines."""
+    fields = pl.col("raw").str.split_exact(",", len(VENDOR_COLUMNS) - 1)
+    return (
+        frame.with_columns(
+            n_fields=(pl.col("raw").str.count_matches(",", literal=True) + 1).cast(pl.Int64),
+            _fields=fields,
+        )
+        .with_columns(
+            **{
+                c: pl.col("_fields").struct.field(f"field_{i}").str.strip_chars()
+                for i, c in enumerate(VENDOR_COLUMNS)
+            }
+        )
+        .select(list(LINES_SCHEMA))
+    )
 
 
 def read_vendor_dir(
@@ -331,32 +341,34 @@ def validate_lines(
         **{f"{c}_num": e for c, e in num.items()},
     )
     n = {c: pl.col(f"{c}_num") for c in NUMERIC_COLUMNS}
-    # adjusted_close may be empty (tidy sources have none); every other number is required.
-    bad_number = [
-        _reason(
-            (n[c].is_null() | n[c].is_nan() | n[c].is_infinite())
-            & ~((c == "adjusted_close") & (pl.col(c).is_null() | (pl.col(c) == ""))),
-            pl.format("non-numeric {}: '{}'", pl.lit(c), pl.col(c).fill_null("")),
-        )
-        for c in NUMERIC_COLUMNS
-    ]
-    reason = pl.coalesce(
-        _reason(
+    # Each rule: (the line breaks it, the reason). The reasons are formatted only for the lines
+    # that break one: polars evaluates a ``when``'s value on every row, and formatting 15
+    # messages for 2.2 million good lines was most of this function's time.
+    rules = [
+        (
             pl.col("n_fields") != len(VENDOR_COLUMNS),
             pl.format(
                 "expected {} fields, got {}", pl.lit(len(VENDOR_COLUMNS)), pl.col("n_fields")
             ),
         ),
-        _reason(
+        (
             pl.col("date").is_null(),
             pl.format("unparseable timestamp '{}'", pl.col("timestamp").fill_null("")),
         ),
-        *bad_number,
+        # adjusted_close may be empty (tidy sources have none); every other number is required.
         *[
-            _reason(n[c] <= 0, pl.format("non-positive {}: {}", pl.lit(c), n[c]))
+            (
+                (n[c].is_null() | n[c].is_nan() | n[c].is_infinite())
+                & ~((c == "adjusted_close") & (pl.col(c).is_null() | (pl.col(c) == ""))),
+                pl.format("non-numeric {}: '{}'", pl.lit(c), pl.col(c).fill_null("")),
+            )
+            for c in NUMERIC_COLUMNS
+        ],
+        *[
+            (n[c] <= 0, pl.format("non-positive {}: {}", pl.lit(c), n[c]))
             for c in PRICE_COLUMNS
         ],
-        _reason(
+        (
             (n["high"] < pl.max_horizontal(n["open"], n["close"], n["low"]))
             | (n["low"] > pl.min_horizontal(n["open"], n["close"])),
             pl.format(
@@ -367,17 +379,25 @@ def validate_lines(
                 n["close"],
             ),
         ),
-        _reason(n["volume"] < 0, pl.format("negative volume: {}", n["volume"])),
-        _reason(
+        (n["volume"] < 0, pl.format("negative volume: {}", n["volume"])),
+        (
             n["dividend_amount"] < 0,
             pl.format("negative dividend_amount: {}", n["dividend_amount"]),
         ),
-        _reason(
+        (
             n["split_coefficient"] <= 0,
             pl.format("non-positive split_coefficient: {}", n["split_coefficient"]),
         ),
+    ]
+    typed = typed.with_row_index("_row")
+    # (Rechunked: polars 1.x panics formatting strings of a filtered multi-chunk frame.)
+    broken = (
+        typed.filter(pl.any_horizontal([c.fill_null(False) for c, _ in rules]))
+        .rechunk()
+        .select("_row", reason=pl.coalesce(*[_reason(c, m) for c, m in rules]))
     )
-    typed = typed.with_columns(reason=reason)
+    # A left join keeps the lines' order; a line that breaks no rule has no reason (null).
+    typed = typed.join(broken, on="_row", how="left").drop("_row")
     # Duplicates are judged among otherwise valid rows: the first (file, line) of a
     # (ticker, date) wins, file and line taken from the same row, so exactly one copy survives.
     first_seen = (

@@ -266,7 +266,8 @@ def baseline_scores_asset(context: dg.AssetExecutionContext, warehouse: Warehous
         period = refit_period(fold.fold_id, s.folds.first_test_month, s.lightgbm.refit_months)
         feats = _pd(db.read(
             "select f.* from features f join universe u using (date, ticker) where u.in_universe "
-            "and f.date = any(?::date[])", [[d.date() for d in days]],
+            "and f.date = any(?::date[]) and u.date = any(?::date[])",
+            [[d.date() for d in days]] * 2,
         ))  # fmt: skip
         controls = _control_plan(db, fold, s, scoring=True)
         keys = [model_store.model_key(m, h) for m, h in _needed_models(s, controls)]
@@ -417,17 +418,20 @@ def _pit_tripwire(db, scores: pd.DataFrame, s) -> dict:
     return data_tripwires.pit_chain_tripwire(raw, history, stored, dates, s)
 
 
-def evaluation_pending(db, selected: list[str] | None = None) -> str | None:
+def evaluation_pending(
+    db, selected: list[str] | None = None, matured: int | None = None
+) -> str | None:
     """Why the evaluation has nothing to judge yet (no folds, or no scored pair of the
     mode's folds has a matured label), else None. ``evaluation_job`` fails with this
     reason; the nightly chain and ``backfill --folds`` skip the step instead, since a
-    deployment's first sessions legitimately have no matured label."""
+    deployment's first sessions legitimately have no matured label. ``matured``: the
+    :func:`_matured_pairs` count of ``selected`` when the caller has it."""
     if "folds" not in db.tables():
         return "nothing to evaluate yet: no folds (materialize folds first)"
     selected = selected_fold_ids(db) if selected is None else selected
     if not selected:
         return "nothing to evaluate yet: no fold has data"
-    if _matured_pairs(db, selected) == 0:
+    if (_matured_pairs(db, selected) if matured is None else matured) == 0:
         h = min(get_settings().labels.horizons)
         return (
             f"nothing to evaluate yet: no scored (date, ticker) of folds {selected[0]}.."
@@ -548,7 +552,9 @@ def evaluation_tables(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     s = get_settings()
     db = warehouse.get()
     selected = selected_fold_ids(db)
-    pending = evaluation_pending(db, selected)
+    # Counted once: the pending test and the rows_reconcile check read the same tables.
+    matured = _matured_pairs(db, selected) if selected else 0
+    pending = evaluation_pending(db, selected, matured)
     if pending:
         raise dg.Failure(pending, allow_retries=False)
     scores = _read_scores(db, selected)
@@ -573,7 +579,7 @@ def evaluation_tables(context: dg.AssetExecutionContext, warehouse: WarehouseRes
     )  # fmt: skip
     table_outcomes = {
         ("eval_rows", "rows_reconcile"): table_checks.eval_rows_reconcile(
-            result.eval_rows, _matured_pairs(db, selected)
+            result.eval_rows, matured
         ),
         ("per_date_metrics", "one_row_per_date"): table_checks.per_date_complete(
             result.per_date, result.eval_rows

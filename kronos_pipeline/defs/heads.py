@@ -29,9 +29,9 @@ from kronos_pipeline.defs.conditions import MISSING_MODEL
 from kronos_pipeline.defs.kronos import (
     GROUP,
     HISTORY_SLACK,
-    HISTORY_START_SQL,
     PRICE_COLUMNS,
     checkpoint_dir,
+    history_start,
     kronos_engine,
 )
 from kronos_pipeline.defs.partitions import (
@@ -79,7 +79,7 @@ def member_windows(db: Warehouse, days: Sequence[pd.Timestamp], k: KronosSetting
     )
     if not members.height:
         return scoring.build_windows(pl.DataFrame(), members, k.lookback)
-    first = db.read(HISTORY_START_SQL, [min(day_list), HISTORY_SLACK * k.lookback]).item()
+    first = history_start(db, min(day_list), HISTORY_SLACK * k.lookback)
     prices = db.read(
         f"select {PRICE_COLUMNS} from prices_pit where date between ? and ? "
         "and ticker in (select unnest(?))",
@@ -171,8 +171,8 @@ def fit_period_heads(
 ) -> dict[str, Any]:
     """Fit both heads at the cut of fold ``at`` (the first of its refit period) on the
     checkpoint's embeddings of sampled training dates, write them, return the manifest."""
-    sessions = db.read("select distinct date from universe where date < ? order by date",
-                       [at.test_start.date()])["date"].to_list()  # fmt: skip
+    dates = db.distinct_dates("universe")["date"]
+    sessions = dates.filter(dates < at.test_start.date()).to_list()
     days = training_dates(sessions, at, s.labels.horizons, s.kronos.train_history_days)
     inputs = member_windows(db, days, s.kronos)
     context.log.info(f"embedding {len(inputs)} series of {len(days)} dates before {at.cut.date()}")

@@ -5,6 +5,7 @@ the sampled returns, their mean and quantiles, the series' embedding), which rea
 checkpoint through a partition mapping, then ``kronos_scores`` derived from them, which the
 evaluation unions with the baselines. Library work lives in ``kronos_pipeline.kronos``."""
 
+import datetime as dt
 from pathlib import Path
 
 import dagster as dg
@@ -40,11 +41,6 @@ HISTORY_WEEKDAYS = 545
 # Sessions read per window, in lookbacks: a ticker missing some sessions (quarantined bars)
 # still finds its last ``lookback`` bars.
 HISTORY_SLACK = 2
-# The first session of the last ``?`` sessions dated <= ``?``: where a history window starts.
-HISTORY_START_SQL = (
-    "select min(date) from (select distinct date from prices_pit where date <= ? "
-    "order by date desc limit ?)"
-)
 
 
 def zero_shot(s: Settings) -> bool:
@@ -99,8 +95,14 @@ def checkpoint_decisions(s: Settings) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _history_start(db: Warehouse, day, sessions: int):
-    return db.read(HISTORY_START_SQL, [day, sessions]).item()
+def history_start(db: Warehouse, day, sessions: int) -> dt.date | None:
+    """The first of the last ``sessions`` sessions of ``prices_pit`` dated on or before
+    ``day``: where a history window starts (None before the first). From the names of the
+    table's day files (a day's file exists only while it has rows), none of them opened."""
+    day = day.date() if isinstance(day, dt.datetime) else day
+    dates = db.distinct_dates("prices_pit")["date"]
+    before = dates.filter(dates <= day).tail(sessions)
+    return before.min() if before.len() else None
 
 
 @dg.asset(
@@ -154,7 +156,7 @@ def kronos_checkpoint_asset(context: dg.AssetExecutionContext, warehouse: Wareho
             prices = db.read(
                 f"select {PRICE_COLUMNS} from prices_pit where date between ? and ? "
                 "and ticker in (select unnest(?))",
-                [_history_start(db, cut, k.train_history_days), cut, tickers],
+                [history_start(db, cut, k.train_history_days), cut, tickers],
             )
             bars = scoring.pit_bars(prices, cut)
             context.log.info(f"{k.strategy}: {bars.height} bars of {len(tickers)} tickers to {cut}")
@@ -300,7 +302,7 @@ def _forecast_fold(db: Warehouse, s: Settings, fold_id: str, days: pd.DatetimeIn
     prices = db.read(
         f"select {PRICE_COLUMNS} from prices_pit where date between ? and ? "
         "and ticker in (select unnest(?))",
-        [_history_start(db, day_list[0], HISTORY_SLACK * k.lookback), day_list[-1],
+        [history_start(db, day_list[0], HISTORY_SLACK * k.lookback), day_list[-1],
          members["ticker"].unique().to_list()],
     )  # fmt: skip
     inputs = scoring.build_windows(prices, members, k.lookback)

@@ -88,11 +88,10 @@ def run_folds(
     start, end = partition_window(context)
     months = pd.period_range(start, end, freq="M")
     # Sessions of the whole months: a week's first session may lie before the window.
-    sessions = pd.DatetimeIndex(
-        db.read(f"select distinct date from {sessions_table} where date between ? and ? "
-                "order by date", [months[0].start_time.date(), months[-1].end_time.date()])
-        ["date"].to_list()
-    )  # fmt: skip
+    # (From the table's day files' names: a day's file exists only while it has rows.)
+    dates = db.distinct_dates(sessions_table)["date"]
+    lo, hi = months[0].start_time.date(), months[-1].end_time.date()
+    sessions = pd.DatetimeIndex(dates.filter((dates >= lo) & (dates <= hi)).to_list())
     window = (sessions >= pd.Timestamp(start)) & (sessions <= pd.Timestamp(end))
     plan = []
     for month in months:

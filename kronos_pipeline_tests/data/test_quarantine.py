@@ -179,3 +179,31 @@ def test_hand_made_files_reconcile_and_constituents_are_not_read_as_bars(hand_ma
         "DA-GOOD-T-2019-12-31.csv.gz": (1, 1, 0),
         HAND_FILE: (11, 2, 9),
     }
+
+
+def test_fields_split_like_pythons_split_on_commas():
+    """The vendor line splitter (polars ``split_exact``) against ``str.split(",")``: the field
+    count, the first nine fields stripped, nulls where a short line has none."""
+    from kronos_pipeline.data.ingest import LINES_SCHEMA, VENDOR_COLUMNS, _split_fields
+
+    raw = [
+        "2019-10-30,1.0,2.0,0.5,1.5,1.5,100,0.0,1.0",  # a vendor row
+        "",  # an empty line
+        "2019-10-30",  # one field
+        "a,b",
+        " 2019-10-30 , 1 ,\t2\t,3,4,5,6,7,8",  # padded fields
+        "1,2,3,4,5,6,7,8,9,10,11",  # too many
+        ",,,,,,,,",  # nine empty fields
+        ",,,,,,,,,",  # ten
+    ]
+    lines = pl.DataFrame(
+        {"raw": raw, "line": range(2, len(raw) + 2), "source_file": "f.csv", "ticker": "T"}
+    )
+    got = _split_fields(lines)
+    assert got.columns == list(LINES_SCHEMA)
+    for row, text in zip(got.iter_rows(named=True), raw, strict=True):
+        parts = text.split(",")
+        assert row["n_fields"] == len(parts), text
+        expected = [p.strip() for p in parts[: len(VENDOR_COLUMNS)]]
+        expected += [None] * (len(VENDOR_COLUMNS) - len(expected))
+        assert [row[c] for c in VENDOR_COLUMNS] == expected, text

@@ -506,12 +506,18 @@ def test_the_nightly_jobs_cover_the_night_once():
     not its labels, which the last run makes with the rollups, after the labels in the run."""
     from kronos_pipeline.definitions import defs
 
-    data = {k.to_user_string() for k in defs.resolve_job_def("nightly_data_job").asset_layer.executable_asset_keys}
+    data = {
+        k.to_user_string()
+        for k in defs.resolve_job_def("nightly_data_job").asset_layer.executable_asset_keys
+    }
     assert {"raw_bars", "prices_pit", "universe", "features", "folds"} <= data
     assert "labels_forward" not in data and "evaluation_tables" not in str(data)
     last = defs.resolve_job_def("nightly_evaluation_job")
     keys = {k.to_user_string() for k in last.asset_layer.executable_asset_keys}
-    evaluation = {k.to_user_string() for k in defs.resolve_job_def("evaluation_job").asset_layer.executable_asset_keys}
+    evaluation = {
+        k.to_user_string()
+        for k in defs.resolve_job_def("evaluation_job").asset_layer.executable_asset_keys
+    }
     assert keys == evaluation | {"labels_forward"}
     assert last.partitions_def is not None
 
