@@ -364,10 +364,7 @@ def validate_lines(
             )
             for c in NUMERIC_COLUMNS
         ],
-        *[
-            (n[c] <= 0, pl.format("non-positive {}: {}", pl.lit(c), n[c]))
-            for c in PRICE_COLUMNS
-        ],
+        *[(n[c] <= 0, pl.format("non-positive {}: {}", pl.lit(c), n[c])) for c in PRICE_COLUMNS],
         (
             (n["high"] < pl.max_horizontal(n["open"], n["close"], n["low"]))
             | (n["low"] > pl.min_horizontal(n["open"], n["close"])),
