@@ -868,7 +868,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--date", help="trading day to run (YYYY-MM-DD); default: the last day in the data"
     )
-    p.add_argument("--data-only", action="store_true", help="only the data step")
+    p.add_argument(
+        "--data-only", action="store_true", help="only the first run: the day's data and the folds"
+    )
     p.add_argument("--without-kronos", action="store_true", help="baselines only")
     p.set_defaults(func=cmd_nightly)
     p = sub.add_parser("backfill", help="backfill trading days and/or folds")
