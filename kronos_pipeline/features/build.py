@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 
+import numpy as np
 import polars as pl
 
 ANNUALISE = math.sqrt(252.0)
@@ -32,14 +33,33 @@ def _lag(expr: pl.Expr, n: int) -> pl.Expr:
 
 
 def market_returns(prices: pl.DataFrame) -> pl.DataFrame:
-    """Equal-weight daily total return across all names with a return on each date."""
-    return (
+    """Equal-weight daily total return across all names with a return on each date.
+
+    Each date's mean adds its returns in ticker order, in one numpy pass: polars' parallel
+    ``group_by`` mean combined partial sums in an order that changed with the machine's load
+    (5 runs in 300 differed in the last bits under a busy CPU), and the features built on it
+    (betas, correlations) with it. Sorted first, the sum never depends on the rows' order."""
+    rows = (
         prices.filter(pl.col("total_return").is_not_null())
-        .group_by("date")
-        .agg(mkt_ret=pl.col("total_return").mean(), mkt_names=pl.len())
-        .sort("date")
-        .with_columns(mkt_tri=(1.0 + pl.col("mkt_ret")).cum_prod())
+        .select("date", "ticker", "total_return")
+        .sort("date", "ticker")
     )
+    if rows.height == 0:
+        return pl.DataFrame(
+            schema={"date": prices.schema["date"], "mkt_ret": pl.Float64,
+                    "mkt_names": pl.UInt32, "mkt_tri": pl.Float64}
+        )  # fmt: skip
+    days = rows["date"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, days[1:] != days[:-1]])
+    counts = np.diff(np.r_[starts, rows.height])
+    sums = np.add.reduceat(rows["total_return"].to_numpy(), starts)
+    return pl.DataFrame(
+        {
+            "date": rows["date"].gather(starts),
+            "mkt_ret": sums / counts,
+            "mkt_names": pl.Series(counts, dtype=pl.UInt32),
+        }
+    ).with_columns(mkt_tri=(1.0 + pl.col("mkt_ret")).cum_prod())
 
 
 def _per_ticker_features() -> list[pl.Expr]:

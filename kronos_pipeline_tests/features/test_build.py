@@ -167,3 +167,21 @@ def test_the_feature_suite_names_each_broken_rule_in_suite_order(hand_made):
     assert ("expect_table_row_count_to_equal", "table") in failed
     assert len(failed) == 7
     assert quality.validate(table, "features", suite, quality.FEATURES).success
+
+
+def test_the_market_return_does_not_depend_on_the_order_of_the_rows(small_market):
+    """Each date's equal-weight mean adds its returns in ticker order: the same bits from any
+    row order (polars' parallel group_by mean varied in the last bits with the CPU's load)."""
+    from kronos_pipeline.features.build import market_returns
+
+    prices = small_market.prices
+    base = market_returns(prices)
+    for seed in range(5):
+        assert market_returns(prices.sample(fraction=1.0, seed=seed)).equals(base)
+    check = prices.filter(pl.col("total_return").is_not_null()).group_by("date").agg(
+        m=pl.col("total_return").mean(), n=pl.len()
+    )
+    joined = base.join(check, on="date")
+    assert joined.height == base.height == check.height > 0
+    assert (joined["mkt_names"] == joined["n"]).all()
+    np.testing.assert_allclose(joined["mkt_ret"], joined["m"], rtol=0, atol=1e-15)
