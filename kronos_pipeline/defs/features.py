@@ -16,7 +16,7 @@ from kronos_pipeline.defs.common import (
 from kronos_pipeline.defs.conditions import maturing_labels
 from kronos_pipeline.defs.partitions import LABEL_HORIZON, LABEL_LOOKBACK, partition_window
 from kronos_pipeline.defs.resources import WarehouseResource
-from kronos_pipeline.features.build import feature_names, features
+from kronos_pipeline.features.build import feature_names, features, history_start
 from kronos_pipeline.features.labels import labels_due, labels_forward
 from kronos_pipeline.settings import get_settings
 
@@ -50,8 +50,9 @@ FACTOR_INPUTS = ("mom_12_1", "mom_1m", "vol_60d")
 def features_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResource):
     start, end = partition_window(context)
     db = warehouse.get()
-    # Rolling windows start at each ticker's first bar, so a date's values never depend on the run.
-    prices = db.read_table("prices_pit", end=end)
+    # A year's rows are computed from the bars dated history_start(year) on (features.build),
+    # so a date's values never depend on the run's window.
+    prices = db.read_table("prices_pit", history_start(start), end)
     # Sectors as known on each date: the window is cut where a sector changes.
     history = db.read_table("sector_history") if "sector_history" in db.tables() else None
     table = pl.concat(

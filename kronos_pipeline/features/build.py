@@ -6,6 +6,15 @@ sector terms, from other tickers' rows dated t or earlier. Windows count the tic
 Prices come from the forward-adjusted ``adj_*`` columns of ``prices_pit``, so every ratio is
 split-consistent; momentum uses the dividend-inclusive total return index ``tri``.
 
+Each calendar year's rows are computed from the bars dated :data:`WARMUP_DAYS` calendar days
+before its 1 January on (:func:`history_start`), never from earlier ones. A rolling float sum
+depends in its last bits on where the series starts, so this rule is what makes a row's value
+a function of a fixed span of bars: whether the table is built whole, a year at a time, or
+for one night from the prices dated ``history_start(day)`` on, the row comes out bit for bit
+the same. The warm-up (about 310 sessions) covers the longest window, 252 bars plus the lag
+of one, with room for about 55 missing bars; a name with more gaps than that gets null in its
+longest windows early in a year, as a name that lists late does.
+
 Units: returns and momentum are fractions; volatilities are annualised (x sqrt(252)) fractions;
 Amihud illiquidity is |return| per USD 1e9 traded; RSI is 0-100.
 """
@@ -21,6 +30,14 @@ import polars as pl
 ANNUALISE = math.sqrt(252.0)
 MONTH = 21  # trading days in a month
 UNKNOWN_SECTOR = "Unknown"
+#: Calendar days of bars before a year's 1 January that its rows are computed from.
+WARMUP_DAYS = 450
+
+
+def history_start(day: dt.date) -> dt.date:
+    """The first date of the bars that the features of ``day``'s calendar year are computed
+    from: read the prices from here on to build any date of that year (see module doc)."""
+    return dt.date(day.year, 1, 1) - dt.timedelta(days=WARMUP_DAYS)
 
 
 def _roll(expr: pl.Expr, kind: str, window: int) -> pl.Expr:
@@ -167,11 +184,35 @@ def features(
     from it get ``"Unknown"``). Sector-relative features subtract the same-date mean over the
     sector's names.
 
-    ``start``/``end``: return only the rows dated in [start, end] (either bound optional). The
-    rolling windows still run over every row of ``prices`` from each ticker's first bar, so a
-    row's values are the same as in the whole table; only the same-date steps after them (the
-    sector means, the non-finite cleanup, the final sort) skip the other dates.
+    ``start``/``end``: return only the rows dated in [start, end] (either bound optional).
+    Each calendar year's rows are computed from the prices dated ``history_start`` of that year
+    up to its last row wanted, so ``prices`` needs only the rows from ``history_start(start)``
+    on, and gives the same rows bit for bit as the whole table.
     """
+    if prices.height == 0:
+        return _features_of(prices, sectors, start, end)
+    first = start if start is not None else prices["date"].min()
+    last = end if end is not None else prices["date"].max()
+    if first > last:
+        return _features_of(prices.clear(), sectors, start, end)
+    parts = [
+        _features_of(prices.filter(pl.col("date").is_between(history_start(a), b)), sectors, a, b)
+        for a, b in (
+            (max(first, dt.date(year, 1, 1)), min(last, dt.date(year, 12, 31)))
+            for year in range(first.year, last.year + 1)
+        )
+    ]
+    return pl.concat(parts)
+
+
+def _features_of(
+    prices: pl.DataFrame,
+    sectors: pl.DataFrame | None,
+    start: dt.date | None,
+    end: dt.date | None,
+) -> pl.DataFrame:
+    """The features of the rows dated in [start, end], computed over every row of ``prices``
+    (the caller's span: :func:`features`)."""
     market = market_returns(prices)
     frame = prices.join(market.select("date", "mkt_ret", "mkt_tri"), on="date", how="left")
     if sectors is not None and sectors.height:

@@ -18,6 +18,30 @@ UNIVERSE_COLUMNS = (
 )
 
 
+def liquidity_history_start(start: dt.date, liquidity_window_days: int) -> dt.date:
+    """Where to start reading prices for a universe from ``start`` on: twice the liquidity
+    window in calendar days plus a month before it, about 1.4 times the window in sessions.
+    Whether that read holds every bar a median needs is :func:`has_liquidity_history`'s
+    question."""
+    return start - dt.timedelta(days=2 * liquidity_window_days + 30)
+
+
+def has_liquidity_history(prices: pl.DataFrame, start: dt.date, liquidity_window_days: int) -> bool:
+    """Whether ``prices`` (``ticker, date, bar_index``) holds, for every name with a row from
+    ``start`` on, the ``liquidity_window_days - 1`` bars before its first such row, or the
+    name's first bar (``bar_index`` 0). A rolling median is exact, so then the universe from
+    ``start`` on is the same as from the whole history; a name with a long gap before
+    ``start`` needs a longer read."""
+    spans = prices.group_by("ticker").agg(
+        first=pl.col("bar_index").min(),
+        needed=pl.col("bar_index").filter(pl.col("date") >= start).min()
+        - (liquidity_window_days - 1),
+    )
+    short = spans.filter(pl.col("needed").is_not_null() & (pl.col("first") > 0)
+                         & (pl.col("first") > pl.col("needed")))  # fmt: skip
+    return short.height == 0
+
+
 def universe(
     prices: pl.DataFrame,
     min_history_days: int,

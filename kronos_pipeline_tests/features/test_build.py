@@ -57,8 +57,8 @@ def hand_made() -> tuple[pl.DataFrame, pl.DataFrame]:
 
 def test_a_window_of_dates_has_the_whole_tables_values(hand_made):
     """``features(start=, end=)`` returns the whole table's rows of those dates, bit for bit:
-    the rolling windows still start at each ticker's first bar (a float sum over a shorter
-    history would differ in its last bits)."""
+    each year's rows come from the bars dated ``history_start`` of that year on, whatever the
+    window (a float sum over another span would differ in its last bits)."""
     prices, table = hand_made
     days = table["date"].unique().sort()
     for lo, hi in ((days[0], days[0]), (days[200], days[260]), (days[-1], days[-1])):
@@ -178,10 +178,62 @@ def test_the_market_return_does_not_depend_on_the_order_of_the_rows(small_market
     base = market_returns(prices)
     for seed in range(5):
         assert market_returns(prices.sample(fraction=1.0, seed=seed)).equals(base)
-    check = prices.filter(pl.col("total_return").is_not_null()).group_by("date").agg(
-        m=pl.col("total_return").mean(), n=pl.len()
+    check = (
+        prices.filter(pl.col("total_return").is_not_null())
+        .group_by("date")
+        .agg(m=pl.col("total_return").mean(), n=pl.len())
     )
     joined = base.join(check, on="date")
     assert joined.height == base.height == check.height > 0
     assert (joined["mkt_names"] == joined["n"]).all()
     np.testing.assert_allclose(joined["mkt_ret"], joined["m"], rtol=0, atol=1e-15)
+
+
+@pytest.fixture(scope="module")
+def five_years() -> pl.DataFrame:
+    """prices_pit of a seeded synthetic market over five calendar years (names list and delist
+    inside it), long enough for a year's warm-up to cut earlier bars off."""
+    from kronos_pipeline.data.synthetic import synthetic_market
+
+    market = synthetic_market(n_tickers=12, start=dt.date(2010, 1, 4), end=dt.date(2014, 12, 31))
+    return prices_pit(validate_lines(market.lines).bars)
+
+
+def test_a_read_from_history_start_gives_the_whole_tables_rows(five_years):
+    """A night reads the prices from ``history_start(day)`` on: the features of its dates are
+    the whole table's, bit for bit, on the first and last session of a year and mid-year, and
+    for a window that spans a new year."""
+    from kronos_pipeline.features.build import history_start
+
+    table = features(five_years)
+    days = table["date"].unique().sort()
+    firsts = table.group_by(pl.col("date").dt.year().alias("year")).agg(pl.col("date").min())
+    firsts = firsts["date"].sort()
+    picks = [(d, d) for d in (*firsts[2:], days[700], days[-1])] + [(days[740], days[780])]
+    assert any(lo.year != hi.year for lo, hi in picks)
+    for lo, hi in picks:
+        read = five_years.filter(pl.col("date") >= history_start(lo))
+        assert read.height < five_years.height  # the read cuts earlier bars off
+        window = features(read, None, lo, hi)
+        expected = table.filter(pl.col("date").is_between(lo, hi))
+        assert window.height == expected.height > 0
+        assert window.equals(expected), (lo, hi)
+
+
+def test_the_warm_up_covers_the_longest_window(five_years):
+    """With the year's warm-up, every value that the whole history gives exists and agrees to
+    the PIT tolerance (1e-12): no feature turns null on a name with full bars (a warm-up
+    shorter than 253 bars would null the 12-month and 252-day windows early in each year)."""
+    from kronos_pipeline.features.build import _features_of
+
+    by_year = features(five_years)
+    whole = _features_of(five_years, None, None, None)
+    assert by_year.select("date", "ticker").equals(whole.select("date", "ticker"))
+    aged = five_years.filter(pl.col("bar_index") >= 300).select("date", "ticker")
+    long_windows = by_year.join(aged, on=["date", "ticker"]).select("mom_12m", "beta_252d")
+    assert long_windows.height > 0 and long_windows.null_count().sum_horizontal().item() == 0
+    for name in feature_names(whole):
+        a, b = by_year[name], whole[name]
+        assert (a.is_null() == b.is_null()).all(), name
+        both = a.is_not_null()
+        np.testing.assert_allclose(a.filter(both), b.filter(both), rtol=1e-10, atol=1e-12)

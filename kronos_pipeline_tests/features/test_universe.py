@@ -116,3 +116,37 @@ def test_a_window_of_dates_has_the_whole_tables_rows(members, small_market):
         expected = members.filter(pl.col("date").is_between(lo, hi or days[-1]))
         assert window.height == expected.height > 0
         assert window.equals(expected)
+
+
+def test_a_read_of_a_few_months_is_enough_unless_a_gap_needs_more(small_market):
+    """From ``liquidity_history_start`` on, the rows from ``start`` are the whole table's (the
+    medians are exact). A name whose bars stop for months before ``start`` lacks bars in that
+    read: ``has_liquidity_history`` says so (the universe asset then reads the whole history),
+    and the short read would indeed give other medians."""
+    from kronos_pipeline.features.universe import has_liquidity_history, liquidity_history_start
+
+    prices = small_market.prices
+    days = prices["date"].unique().sort()
+    start = days[300]
+    whole = universe(prices, MIN_HISTORY, MIN_PRICE, MIN_MDV, WINDOW, TOP_N, start=start)
+    read = prices.filter(pl.col("date") >= liquidity_history_start(start, WINDOW))
+    assert read.height < prices.height
+    assert has_liquidity_history(read, start, WINDOW)
+    assert universe(read, MIN_HISTORY, MIN_PRICE, MIN_MDV, WINDOW, TOP_N, start=start).equals(whole)
+
+    # One name's bars stop for the 40 sessions before start (its bar_index runs on over the gap).
+    name = prices.filter(pl.col("date") == days[0])["ticker"][0]
+    gapped = (
+        prices.filter(
+            ~((pl.col("ticker") == name) & pl.col("date").is_between(days[260], days[299]))
+        )
+        .sort("ticker", "date")
+        .with_columns(bar_index=pl.int_range(pl.len(), dtype=pl.Int64).over("ticker"))
+    )
+    read = gapped.filter(pl.col("date") >= liquidity_history_start(start, WINDOW))
+    assert not has_liquidity_history(read, start, WINDOW)
+    assert has_liquidity_history(gapped, start, WINDOW)
+    cols = ["date", "ticker", "median_dollar_volume"]
+    short = universe(read, MIN_HISTORY, MIN_PRICE, MIN_MDV, WINDOW, None, start=start)
+    full = universe(gapped, MIN_HISTORY, MIN_PRICE, MIN_MDV, WINDOW, None, start=start)
+    assert not short.select(cols).equals(full.select(cols))
