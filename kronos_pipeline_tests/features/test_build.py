@@ -136,11 +136,16 @@ def test_a_bar_whose_high_equals_its_low_passes_the_declared_feature_schema(hand
     assert report.success, report.failures
 
 
-def test_the_feature_suite_names_each_broken_rule_in_suite_order(hand_made):
-    # quality.validate runs each column expectation on the columns it reads alone: a null key,
-    # a duplicated key, an out-of-range value, a missing column and a wrong row count must each
-    # still fail on their own expectation, counted on the right rows, in the suite's order.
+@pytest.mark.parametrize("path", ["one suite run", "per column group"])
+def test_the_feature_suite_names_each_broken_rule_in_suite_order(hand_made, path, monkeypatch):
+    # quality.validate runs a small frame in one suite run and a large one per group of the
+    # columns an expectation reads: on either path a null key, a duplicated key, an
+    # out-of-range value, a missing column and a wrong row count must each fail on their own
+    # expectation, counted on the right rows, in the suite's order.
     from kronos_pipeline import quality
+
+    if path == "per column group":
+        monkeypatch.setattr(quality, "WHOLE_FRAME_CELLS", 0)
 
     prices, _ = hand_made
     table = features(prices)
@@ -154,7 +159,10 @@ def test_the_feature_suite_names_each_broken_rule_in_suite_order(hand_made):
         .drop("log_price")
     )
     suite = quality.features_suite(n)
+    runs, run_suite = [], quality._run_suite
+    monkeypatch.setattr(quality, "_run_suite", lambda *a: runs.append(a[1]) or run_suite(*a))
     report = quality.validate(broken, "features", suite, quality.FEATURES)
+    assert (len(runs) == 1) == (path == "one suite run")
     assert [r["expectation"] for r in report.results[1:]] == [e.expectation_type for e in suite]
     failed = {(r["expectation"], r["column"]): r["unexpected_count"] for r in report.failures}
     names = ",".join(quality.FEATURES.names)
