@@ -36,19 +36,26 @@ Celery's or Redis's own error chained to it (README, "Bad input and faults").
 ``kronos-pipeline`` submits its runs with ``in_process`` (a run's steps in its run worker).
 """
 
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 from urllib.parse import urlsplit
 
 import dagster as dg
-import redis.exceptions
 from dagster_celery import celery_executor
 from dagster_celery.executor import CeleryExecutor
 from kombu.exceptions import OperationalError
 
-#: What redis-py (the result backend's client) and kombu (the broker's) raise when Redis cannot
-#: be reached or stops answering; Celery may wrap one (its result store's "Retry limit
-#: exceeded" RuntimeError), so an error counts as the broker's when one of these is in its chain.
-BROKER_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError)
+
+@functools.cache
+def broker_errors() -> tuple[type[BaseException], ...]:
+    """What redis-py (the result backend's client) and kombu (the broker's) raise when Redis
+    cannot be reached or stops answering; Celery may wrap one (its result store's "Retry limit
+    exceeded" RuntimeError), so an error counts as the broker's when one of these is in its
+    chain. redis-py is imported here, on first use: it takes about 0.2 s of every process that
+    loads the code location, and only a failed Celery run asks."""
+    import redis.exceptions
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError)
 
 
 class CeleryBrokerLost(dg.DagsterError):
@@ -66,7 +73,7 @@ def _broker_error(error: BaseException) -> BaseException | None:
     """The broker error in ``error``'s chain (itself, its causes and contexts), if any."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, BROKER_ERRORS):
+        if isinstance(error, broker_errors()):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__

@@ -9,14 +9,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import polars as pl
 
 from kronos_pipeline.evaluation.folds import Fold
 from kronos_pipeline.settings import LightGBMSettings
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
 
 SCORE_COLUMNS = ["model", "horizon", "date", "ticker", "score", "fold"]
 
@@ -321,6 +324,8 @@ def train_lightgbm(
         "num_threads": num_threads,
         "verbosity": -1,
     }
+    import lightgbm as lgb  # imported on use: the code location loads faster
+
     fit_set = lgb.Dataset(
         fit[cols].to_numpy(dtype=float), label=_rank_target(fit), feature_name=cols,
         free_raw_data=False,

@@ -25,9 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 
@@ -40,6 +39,9 @@ from kronos_pipeline.evaluation.baselines import (
 from kronos_pipeline.evaluation.folds import Fold
 from kronos_pipeline.evaluation.metrics import rank_ic
 from kronos_pipeline.settings import LightGBMSettings
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
 
 HEAD_MODEL = "kronos_head"
 FUSED_MODEL = "kronos_head_fused"
@@ -256,6 +258,8 @@ def _fit_head(
         "seed": settings.seed, "deterministic": True, "force_col_wise": True,
         "num_threads": num_threads, "verbosity": -1,
     }  # fmt: skip
+    import lightgbm as lgb  # imported on use: the code location loads faster
+
     fit_set = lgb.Dataset(x_fit, label=y_fit, feature_name=columns, free_raw_data=False)
     valid_set = fit_set.create_valid(x_valid, label=_rank_target(valid))
     booster = lgb.train(

@@ -141,7 +141,7 @@ def newey_west_t(values: np.ndarray, lag: int) -> float:
     with the same corrections. NaN ("n/a") when fewer than :func:`min_dates_for_hac` finite
     values remain or the series is constant.
     """
-    import statsmodels.api as sm  # imported on use: the code location loads faster
+    from statsmodels.regression.linear_model import OLS  # imported on use: loads faster
 
     x = np.asarray(values, dtype=float)
     x = x[np.isfinite(x)]
@@ -149,7 +149,7 @@ def newey_west_t(values: np.ndarray, lag: int) -> float:
     lag = max(0, int(lag))
     if n < max(3, min_dates_for_hac(lag)) or np.allclose(x, x[0]):
         return float("nan")
-    ols = sm.OLS(x, np.ones((n, 1)))
+    ols = OLS(x, np.ones((n, 1)))
     var = float("nan")
     for kernel in ("uniform", "bartlett"):
         fit = ols.fit(

@@ -12,13 +12,15 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightgbm as lgb
 import pandas as pd
 
 from kronos_pipeline.evaluation.baselines import LightGBMFit
 from kronos_pipeline.files import atomic_write_bytes, file_sha256
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
 
 MANIFEST = "manifest.json"
 
@@ -72,6 +74,8 @@ def write_models(
 
 def load_models(directory: Path, keys: Iterable[str] | None = None) -> list[StoredModel]:
     """The period's models (all, or ``keys``), each verified against its recorded sha256."""
+    import lightgbm as lgb  # imported on use: the code location loads faster
+
     manifest = read_manifest(directory)
     if manifest is None:
         raise FileNotFoundError(

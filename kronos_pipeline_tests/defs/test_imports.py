@@ -65,7 +65,9 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
 #: Libraries that take seconds to import and that only some steps use: every run worker and
 #: step process loads the code location, so loading it must not import them (the nightly's
 #: runs each paid ~5 s of them before their first step).
-HEAVY_ON_USE = ("torch", "great_expectations", "statsmodels", "matplotlib", "scipy.stats")
+HEAVY_ON_USE = (
+    "torch", "great_expectations", "statsmodels", "matplotlib", "scipy.stats", "lightgbm", "redis",
+)  # fmt: skip
 
 
 def test_loading_the_code_location_imports_no_library_that_only_some_steps_use():
