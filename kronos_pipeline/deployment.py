@@ -398,11 +398,13 @@ def follow(
     run_id: str,
     on_record: Callable[[dg.EventLogRecord], None],
     on_queued: Callable[[dg.DagsterRun], None] | None = None,
-    poll_s: float = 0.5,
+    poll_s: float = 0.2,
 ) -> dg.DagsterRun:
     """Hand every event of run ``run_id`` to ``on_record`` as the instance stores it, until the
     run has ended; returns the ended run. ``on_queued`` is called at each poll while the run
-    waits in the queue."""
+    waits in the queue. A poll reads the run and the events after the cursor (about 4 ms on
+    SQLite), so every ``poll_s`` costs about 2 % of a core, and a chain's next run is submitted
+    ``poll_s / 2`` after the last ended, on average."""
     cursor = None
     while True:
         run = instance.get_run_by_id(run_id)

@@ -17,7 +17,11 @@ from kronos_pipeline.evaluation.baselines import COMPOSITE_MODEL, FACTORS, facto
 from kronos_pipeline.evaluation.tripwires import FAIL, PASS, pit_recomputation_summary, verdict
 from kronos_pipeline.features.build import features
 from kronos_pipeline.features.labels import labels_forward
-from kronos_pipeline.features.universe import universe
+from kronos_pipeline.features.universe import (
+    has_liquidity_history,
+    liquidity_history_start,
+    universe,
+)
 from kronos_pipeline.settings import Settings, TripwireSettings
 
 FACTOR_MODELS = (*FACTORS, COMPOSITE_MODEL)
@@ -115,11 +119,17 @@ def pit_chain_tripwire(
         day = t.date()
         prices = prices_pit(raw_bars.filter(pl.col("date") <= day))
         window_start = label_window_start(t, horizons)
-        # The universe from window_start on (the labels' members) and the features of t: each
-        # computed over every bar up to t, returned for those dates only.
+        # The universe from window_start on (the labels' members), its exact rolling medians
+        # over the bars from a few months before it (all of them when a gap needs more), and
+        # the features of t over its year's span (features.build): as the data steps read.
+        liquidity = prices.select("ticker", "date", "close", "dollar_volume", "bar_index")
+        since_liquidity = liquidity.filter(
+            pl.col("date") >= liquidity_history_start(window_start.date(), u.liquidity_window_days)
+        )
+        if has_liquidity_history(since_liquidity, window_start.date(), u.liquidity_window_days):
+            liquidity = since_liquidity
         members = universe(
-            prices.select("ticker", "date", "close", "dollar_volume", "bar_index"),
-            u.min_history_days, u.min_price, u.min_median_dollar_volume,
+            liquidity, u.min_history_days, u.min_price, u.min_median_dollar_volume,
             u.liquidity_window_days, settings.effective_top_n, start=window_start.date(),
         )  # fmt: skip
         sectors = sector_segments(sector_history, day, day)[0][2]
