@@ -111,12 +111,14 @@ class Warehouse:
             if name.startswith(prefix)
         }
 
-    def _layout(self, table: str) -> tuple[set[str], list[str]]:
+    def _layout(self, table: str, verify: bool = True) -> tuple[set[str], list[str]]:
         """The names of ``table``'s own files (``_schema.parquet``, ``part.parquet``) and of
         its partition folders that hold a ``part.parquet`` (``date=2020-01-02``), sorted.
 
         On a local folder one ``scandir`` and a ``stat`` per partition: fsspec's ``find``
-        walks every folder with a listing and an ``info`` per entry, 130 ms for 5,000 days."""
+        walks every folder with a listing and an ``info`` per entry, 130 ms for 5,000 days.
+        ``verify=False`` (local only): every partition folder, holding a file or not (one
+        written just now, or emptied by a removal), without the ``stat`` per partition."""
         folder = self.table_dir(table)
         if self.local:
             try:
@@ -127,7 +129,9 @@ class Warehouse:
             folders = [
                 e.name
                 for e in entries
-                if "=" in e.name and e.is_dir() and os.path.isfile(os.path.join(e.path, PART))
+                if "=" in e.name
+                and e.is_dir()
+                and (not verify or os.path.isfile(os.path.join(e.path, PART)))
             ]
             return files, sorted(folders)
         try:
@@ -194,7 +198,17 @@ class Warehouse:
         - anything else (a crash between the renames of a layout change, a lake written
           before 2026-12-05 with its ``__null__`` partition): every Parquet file, by name."""
         folder = self.table_dir(table)
-        entries, parts = self._layout(table)
+        entries, parts = self._layout(table, verify=not self.local)
+        if self.local:
+            # What follows asks of the partitions only their columns, the legacy key and
+            # whether any holds a file: a folder without one (a removed day) can change the
+            # answer only when it names another column or the legacy key, so the stat per
+            # partition is paid then only, and otherwise stops at the first file.
+            names = {e.split("=", 1)[0] for e in parts}
+            if len(names) > 1 or any(e.split("=", 1)[1] == LEGACY_NULL_KEY for e in parts):
+                entries, parts = self._layout(table)
+            elif not any(os.path.isfile(os.path.join(folder, e, PART)) for e in parts):
+                parts = []
         columns = {e.split("=", 1)[0] for e in parts}
         legacy = any(e.split("=", 1)[1] == LEGACY_NULL_KEY for e in parts)
         if PART in entries and not parts:
