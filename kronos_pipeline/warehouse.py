@@ -99,12 +99,14 @@ class Warehouse:
         folder = self.table_dir(table)
         return f"{folder if self.local else self.fs.unstrip_protocol(folder)}/**/*.parquet"
 
-    def partitions(self, table: str, column: str) -> dict[str, str]:
+    def partitions(self, table: str, column: str, verify: bool = True) -> dict[str, str]:
         """Partition key -> file of ``table``'s partitions by ``column`` (``column=<key>``).
 
-        One listing of the table's folder (one request on object storage, not one a day)."""
+        One listing of the table's folder (one request on object storage, not one a day).
+        ``verify=False``: on a local folder, also the partitions whose file is missing
+        (:meth:`_layout`); the caller checks the files it uses."""
         folder, prefix = self.table_dir(table), f"{column}="
-        _, folders = self._layout(table)
+        _, folders = self._layout(table, verify)
         return {
             name[len(prefix) :]: f"{folder}/{name}/{PART}"
             for name in folders
@@ -298,11 +300,14 @@ class Warehouse:
         if start is None and end is None:
             return None
         schema = self.stored_schema(table)
-        days = self.partitions(table, column) if schema is not None else {}
+        # Locally, only the window's files are checked (a stat each), not every day's.
+        days = self.partitions(table, column, verify=not self.local) if schema is not None else {}
         if not days or not self.fs.exists(f"{self.table_dir(table)}/{SCHEMA}"):
             return None  # not partitioned by ``column``: the view
         lo, hi = _day_key(start or dt.date.min), _day_key(end or dt.date.max)
         day_files = [f for k, f in sorted(days.items()) if k not in NULL_KEYS and lo <= k <= hi]
+        if self.local:
+            day_files = [f for f in day_files if os.path.isfile(f)]
         return [f"{self.table_dir(table)}/{SCHEMA}", *day_files], schema
 
     def distinct_dates(self, table: str, column: str = "date") -> pl.DataFrame:

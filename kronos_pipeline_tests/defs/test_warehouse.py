@@ -121,6 +121,10 @@ def test_a_holiday_in_the_window_removes_that_days_rows(db):
     # The view skips a day's folder left without its file, the first one's too.
     db.replace_window("t", frame_of(_day(1), 4).filter(pl.col("date") != holiday), DAY0, _day(4))
     assert db.read("select count(*) as n, min(date) as first from t").row(0) == (9, _day(1))
+    assert db.read_table("t", DAY0, _day(3)).select(pl.len(), pl.col("date").min()).row(0) == (
+        6,
+        _day(1),
+    )
     # A window with no rows at all empties its days; the table and its columns remain.
     db.replace_window("t", frame_of(DAY0, 0), DAY0, _day(4))
     assert _content(db).height == 0
