@@ -14,11 +14,7 @@ from kronos_pipeline.defs.common import (
 )
 from kronos_pipeline.defs.partitions import partition_window
 from kronos_pipeline.defs.resources import WarehouseResource
-from kronos_pipeline.features.universe import (
-    has_liquidity_history,
-    liquidity_history_start,
-    universe,
-)
+from kronos_pipeline.features.universe import universe, universe_prices
 from kronos_pipeline.settings import get_settings
 
 # A date with fewer members than this gives noisy cross-sectional metrics: the check warns.
@@ -53,17 +49,15 @@ def universe_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     settings = get_settings()
     cfg, top_n = settings.universe, settings.effective_top_n
     db = warehouse.get()
-    # The medians are exact, so the window's rows need only the bars their medians read: a
-    # read from a few months before ``start``, the whole history when a name's gap needs more.
-    columns = "ticker, date, close, dollar_volume, bar_index"
-    prices = db.read_table(
-        "prices_pit",
-        liquidity_history_start(start, cfg.liquidity_window_days),
-        end,
-        columns=columns,
+    # The medians are exact: the bars from a few months before ``start`` (the whole history
+    # when a name's gap needs more) give the whole table's rows.
+    prices = universe_prices(
+        lambda since: db.read_table(
+            "prices_pit", since, end, columns="ticker, date, close, dollar_volume, bar_index"
+        ),
+        start,
+        cfg.liquidity_window_days,
     )
-    if not has_liquidity_history(prices, start, cfg.liquidity_window_days):
-        prices = db.read_table("prices_pit", end=end, columns=columns)
     members = universe(
         prices,
         cfg.min_history_days,

@@ -17,11 +17,7 @@ from kronos_pipeline.evaluation.baselines import COMPOSITE_MODEL, FACTORS, facto
 from kronos_pipeline.evaluation.tripwires import FAIL, PASS, pit_recomputation_summary, verdict
 from kronos_pipeline.features.build import features
 from kronos_pipeline.features.labels import labels_forward
-from kronos_pipeline.features.universe import (
-    has_liquidity_history,
-    liquidity_history_start,
-    universe,
-)
+from kronos_pipeline.features.universe import universe, universe_prices
 from kronos_pipeline.settings import Settings, TripwireSettings
 
 FACTOR_MODELS = (*FACTORS, COMPOSITE_MODEL)
@@ -122,12 +118,11 @@ def pit_chain_tripwire(
         # The universe from window_start on (the labels' members), its exact rolling medians
         # over the bars from a few months before it (all of them when a gap needs more), and
         # the features of t over its year's span (features.build): as the data steps read.
-        liquidity = prices.select("ticker", "date", "close", "dollar_volume", "bar_index")
-        since_liquidity = liquidity.filter(
-            pl.col("date") >= liquidity_history_start(window_start.date(), u.liquidity_window_days)
-        )
-        if has_liquidity_history(since_liquidity, window_start.date(), u.liquidity_window_days):
-            liquidity = since_liquidity
+        bars = prices.select("ticker", "date", "close", "dollar_volume", "bar_index")
+        liquidity = universe_prices(
+            lambda since, bars=bars: bars if since is None else bars.filter(pl.col("date") >= since),
+            window_start.date(), u.liquidity_window_days,
+        )  # fmt: skip
         members = universe(
             liquidity, u.min_history_days, u.min_price, u.min_median_dollar_volume,
             u.liquidity_window_days, settings.effective_top_n, start=window_start.date(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import polars as pl
 
@@ -20,9 +21,9 @@ UNIVERSE_COLUMNS = (
 
 def liquidity_history_start(start: dt.date, liquidity_window_days: int) -> dt.date:
     """Where to start reading prices for a universe from ``start`` on: twice the liquidity
-    window in calendar days plus a month before it, about 1.4 times the window in sessions.
-    Whether that read holds every bar a median needs is :func:`has_liquidity_history`'s
-    question."""
+    window in calendar days plus a month before it (150 days, about 100 sessions, for the
+    default 60-bar window). Whether that read holds every bar a median needs is
+    :func:`has_liquidity_history`'s question."""
     return start - dt.timedelta(days=2 * liquidity_window_days + 30)
 
 
@@ -37,9 +38,24 @@ def has_liquidity_history(prices: pl.DataFrame, start: dt.date, liquidity_window
         needed=pl.col("bar_index").filter(pl.col("date") >= start).min()
         - (liquidity_window_days - 1),
     )
-    short = spans.filter(pl.col("needed").is_not_null() & (pl.col("first") > 0)
-                         & (pl.col("first") > pl.col("needed")))  # fmt: skip
+    # Short: the read starts after the bar the first median needs (or, for a name with fewer
+    # bars than the window by then, after its first bar). Names without a row from start on
+    # have no median to compute (null ``needed``).
+    short = spans.filter(pl.col("first") > pl.col("needed").clip(lower_bound=0))
     return short.height == 0
+
+
+def universe_prices(
+    read: Callable[[dt.date | None], pl.DataFrame], start: dt.date, liquidity_window_days: int
+) -> pl.DataFrame:
+    """The prices a universe from ``start`` on needs: ``read(since)`` of the prices dated from
+    :func:`liquidity_history_start` on, or ``read(None)``, the whole history, when that read
+    leaves a median short of bars (:func:`has_liquidity_history`). The medians are exact, so
+    either gives the whole table's rows from ``start`` on."""
+    prices = read(liquidity_history_start(start, liquidity_window_days))
+    if has_liquidity_history(prices, start, liquidity_window_days):
+        return prices
+    return read(None)
 
 
 def universe(

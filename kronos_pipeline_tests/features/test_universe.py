@@ -123,7 +123,14 @@ def test_a_read_of_a_few_months_is_enough_unless_a_gap_needs_more(small_market):
     medians are exact). A name whose bars stop for months before ``start`` lacks bars in that
     read: ``has_liquidity_history`` says so (the universe asset then reads the whole history),
     and the short read would indeed give other medians."""
-    from kronos_pipeline.features.universe import has_liquidity_history, liquidity_history_start
+    from kronos_pipeline.features.universe import (
+        has_liquidity_history,
+        liquidity_history_start,
+        universe_prices,
+    )
+
+    def reader(table):  # read(since): the rows from since on, the whole table for None
+        return lambda since: table if since is None else table.filter(pl.col("date") >= since)
 
     prices = small_market.prices
     days = prices["date"].unique().sort()
@@ -133,6 +140,7 @@ def test_a_read_of_a_few_months_is_enough_unless_a_gap_needs_more(small_market):
     assert read.height < prices.height
     assert has_liquidity_history(read, start, WINDOW)
     assert universe(read, MIN_HISTORY, MIN_PRICE, MIN_MDV, WINDOW, TOP_N, start=start).equals(whole)
+    assert universe_prices(reader(prices), start, WINDOW).equals(read)
 
     # One name's bars stop for the 40 sessions before start (its bar_index runs on over the gap).
     name = prices.filter(pl.col("date") == days[0])["ticker"][0]
@@ -146,6 +154,7 @@ def test_a_read_of_a_few_months_is_enough_unless_a_gap_needs_more(small_market):
     read = gapped.filter(pl.col("date") >= liquidity_history_start(start, WINDOW))
     assert not has_liquidity_history(read, start, WINDOW)
     assert has_liquidity_history(gapped, start, WINDOW)
+    assert universe_prices(reader(gapped), start, WINDOW).equals(gapped)  # the whole history
     cols = ["date", "ticker", "median_dollar_volume"]
     short = universe(read, MIN_HISTORY, MIN_PRICE, MIN_MDV, WINDOW, None, start=start)
     full = universe(gapped, MIN_HISTORY, MIN_PRICE, MIN_MDV, WINDOW, None, start=start)
