@@ -53,7 +53,7 @@ def prices_pit(bars: pl.DataFrame) -> pl.DataFrame:
     ``total_return`` is null on each ticker's first bar; ``tri`` (total return index) starts at 1.
     ``bar_index`` counts the ticker's bars from 0, so ``bar_index + 1`` is its history length.
     """
-    ordered = bars.sort("ticker", "date")
+    ordered = bars if ordered_by_ticker_and_date(bars) else bars.sort("ticker", "date")
     split_factor = pl.col("split").cum_prod().over("ticker")
     out = ordered.with_columns(split_factor=split_factor).with_columns(
         adj_open=pl.col("open") * pl.col("split_factor"),
@@ -76,6 +76,19 @@ def prices_pit(bars: pl.DataFrame) -> pl.DataFrame:
         tri=(1.0 + pl.col("total_return").fill_null(0.0)).cum_prod().over("ticker")
     )
     return out.select(PRICES_PIT_COLUMNS)
+
+
+def ordered_by_ticker_and_date(bars: pl.DataFrame) -> bool:
+    """Whether ``bars`` is sorted by ticker, then date, with no (ticker, date) twice: then
+    :func:`prices_pit` skips its sort (about 0.3 s on the 2.2 million real bars; this test
+    costs a tenth of that, and far less when the tickers are out of order)."""
+    if bars.height < 2:
+        return True
+    if not bars["ticker"].is_sorted():
+        return False
+    ticker, date = pl.col("ticker"), pl.col("date")
+    later = (ticker > ticker.shift(1)) | ((ticker == ticker.shift(1)) & (date > date.shift(1)))
+    return bool(bars.select(later.slice(1).all()).item())
 
 
 def as_of_adjusted(prices: pl.DataFrame, as_of: object) -> pl.DataFrame:

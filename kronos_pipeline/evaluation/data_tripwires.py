@@ -110,6 +110,8 @@ def pit_chain_tripwire(
     u = settings.universe
     horizons = tuple(settings.labels.horizons)
     checks: list[dict[str, Any]] = []
+    # Sorted once: each date's cut keeps the order, so prices_pit need not sort it again.
+    raw_bars = raw_bars.sort("ticker", "date")
     for t in dates:
         t = pd.Timestamp(t)
         day = t.date()

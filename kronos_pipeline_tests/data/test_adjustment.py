@@ -7,9 +7,15 @@ import datetime as dt
 
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from kronos_pipeline.data.ingest import tidy_to_lines, validate_lines
-from kronos_pipeline.data.pit import adjustment_agreement, as_of_adjusted, prices_pit
+from kronos_pipeline.data.pit import (
+    adjustment_agreement,
+    as_of_adjusted,
+    ordered_by_ticker_and_date,
+    prices_pit,
+)
 
 # Six NYSE sessions; a 2-for-1 split effective on day 3 and a 0.50 dividend ex on day 5.
 DAYS = [dt.date(2019, 3, d) for d in (4, 5, 6, 7, 8, 11)]
@@ -97,3 +103,31 @@ def test_real_returns_agree_with_vendor_adjusted_close_on_ordinary_days(full_ven
     assert agreement["checked"] == 2_211_184
     assert agreement["agree"] == 2_211_181
     assert agreement["share"] >= 0.999
+
+
+def test_prices_pit_gives_the_same_frame_for_bars_in_any_order():
+    """prices_pit skips its sort when the bars already come by ticker and date; any other
+    order (tickers out of order, a date out of order, a (ticker, date) twice) is sorted."""
+    days = [dt.date(2019, 3, d) for d in (4, 5, 6, 7, 8)]
+    bars = pl.DataFrame(
+        {
+            "ticker": ["B"] * 5 + ["A"] * 5,
+            "date": days * 2,
+            **{c: [10.0 + i for i in range(10)] for c in ("open", "high", "low", "close")},
+            "adjusted_close": [10.0 + i for i in range(10)],
+            "volume": [1000.0] * 10,
+            "dividend": [0.0, 0.0, 0.3, 0.0, 0.0] * 2,
+            "split": [1.0, 2.0, 1.0, 1.0, 1.0] * 2,
+        }
+    )
+    ordered = bars.sort("ticker", "date")
+    assert ordered_by_ticker_and_date(ordered)
+    assert not ordered_by_ticker_and_date(bars)  # tickers out of order
+    swapped = pl.concat([ordered[:1], ordered[2:3], ordered[1:2], ordered[3:]])
+    assert not ordered_by_ticker_and_date(swapped)  # a date out of order within A
+    assert not ordered_by_ticker_and_date(pl.concat([ordered[:1], ordered]))  # a day twice
+    expected = prices_pit(ordered)
+    assert expected["date"].to_list()[:5] == days and expected["ticker"][0] == "A"
+    assert expected["split_factor"].to_list()[:5] == [1.0, 2.0, 2.0, 2.0, 2.0]
+    for shuffled in (bars, swapped, bars.sample(fraction=1.0, shuffle=True, seed=7)):
+        assert_frame_equal(prices_pit(shuffled), expected)

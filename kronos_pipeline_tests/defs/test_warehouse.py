@@ -367,3 +367,22 @@ def test_a_lake_whose_files_differ_in_a_column_first_written_all_null_still_read
     assert db.read("select note from t order by date, ticker")["note"].to_list() == expected
     got = db.read_table("t", DAY0, _day(2)).sort("date", "ticker")["note"].to_list()
     assert got == expected
+
+
+def test_queries_see_each_others_writes_but_never_each_others_views(db):
+    """Every query of a process opens a cursor of one in-memory database: its views are its
+    own (temporary), gone when it ends, and bound at its start, so a write between two
+    queries is seen by the second."""
+    db.replace_window("t", frame_of(DAY0, 3), DAY0, _day(2))
+    db.replace_window("u", frame_of(DAY0, 2), DAY0, _day(1))
+    views = "select view_name from duckdb_views() where not internal"
+    with db.connect("select * from t") as outer:
+        with db.connect("select * from u") as inner:
+            assert {r[0] for r in inner.sql(views).fetchall()} == {"u"}
+            assert inner.sql("select count(*) from u").fetchall()[0][0] == 6
+        assert {r[0] for r in outer.sql(views).fetchall()} == {"t"}
+        assert outer.sql("select count(*) from t").fetchall()[0][0] == 9
+    db.replace_window("t", frame_of(DAY0, 5), DAY0, _day(4))
+    assert db.read("select count(*) as n from t")["n"].item() == 15
+    with db.connect("select 1") as con:
+        assert con.sql(views).fetchall() == []
