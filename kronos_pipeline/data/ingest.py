@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import re
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,8 @@ PRICE_COLUMNS = ("open", "high", "low", "close")
 TIDY_REQUIRED = ("ticker", "date", "open", "high", "low", "close", "volume")
 TIDY_OPTIONAL = {"dividend": "dividend_amount", "split": "split_coefficient"}
 
+#: Threads that read and unzip the vendor files.
+READ_THREADS = 2
 _VENDOR_NAME = re.compile(r"^DA-(?P<ticker>.+)-T-\d{4}-\d{2}-\d{2}$")
 
 LINES_SCHEMA = {
@@ -261,8 +264,11 @@ def read_vendor_dir(
 ) -> IngestResult:
     """Read every vendor file in ``vendor_dir`` into validated bars plus a quarantine."""
     line_frames, file_quarantines, statuses = [], [], []
-    for path in list_vendor_files(vendor_dir, exclude):
-        lines, quarantine, status = _vendor_file_lines(path)
+    # Two threads: gzip and polars release the GIL (1.2 -> 0.95 s for the 501 real files on
+    # 2 cores); the files keep their sorted order.
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        read = list(pool.map(_vendor_file_lines, list_vendor_files(vendor_dir, exclude)))
+    for lines, quarantine, status in read:
         line_frames.append(lines)
         file_quarantines.append(quarantine)
         statuses.append(status)
@@ -397,28 +403,32 @@ def validate_lines(
     typed = typed.join(broken, on="_row", how="left").drop("_row")
     # Duplicates are judged among otherwise valid rows: the first (file, line) of a
     # (ticker, date) wins, file and line taken from the same row, so exactly one copy survives.
+    # Only the keys that occur twice are sorted and joined back (a hash pass finds them): a
+    # key seen once gets no first (file, line), hence no reason, as it would as its own first.
+    valid = typed.filter(pl.col("reason").is_null())
     first_seen = (
-        typed.filter(pl.col("reason").is_null())
+        valid.filter(pl.struct("ticker", "date").is_duplicated())
         .sort("source_file", "line")
         .group_by("ticker", "date", maintain_order=True)
         .agg(first_file=pl.col("source_file").first(), first_line=pl.col("line").first())
     )
-    typed = typed.join(first_seen, on=["ticker", "date"], how="left").with_columns(
-        reason=pl.coalesce(
-            pl.col("reason"),
-            _reason(
-                (pl.col("line") != pl.col("first_line"))
-                | (pl.col("source_file") != pl.col("first_file")),
-                pl.format(
-                    "duplicate date {} for {} (first at {} line {})",
-                    pl.col("date"),
-                    pl.col("ticker"),
-                    pl.col("first_file"),
-                    pl.col("first_line"),
+    if first_seen.height:
+        typed = typed.join(first_seen, on=["ticker", "date"], how="left").with_columns(
+            reason=pl.coalesce(
+                pl.col("reason"),
+                _reason(
+                    (pl.col("line") != pl.col("first_line"))
+                    | (pl.col("source_file") != pl.col("first_file")),
+                    pl.format(
+                        "duplicate date {} for {} (first at {} line {})",
+                        pl.col("date"),
+                        pl.col("ticker"),
+                        pl.col("first_file"),
+                        pl.col("first_line"),
+                    ),
                 ),
-            ),
+            )
         )
-    )
     bars = (
         typed.filter(pl.col("reason").is_null())
         .select(
