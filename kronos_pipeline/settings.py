@@ -229,7 +229,8 @@ class KronosSettings(StrictModel):
     top_k: int = 0
     top_p: float = 0.9
     # Rows (series x sample paths) per micro-batch: every micro-batch runs at exactly this many
-    # rows (batch invariance). None: 64 on CPU, from free device memory on cuda/mps.
+    # rows (batch invariance). None: on CPU 50 series x their sample paths (400 rows at 8
+    # paths), on cuda/mps from free device memory.
     batch_size: int | None = None
     # Capture the decode steps in CUDA graphs: None = on CUDA only (measured on an H200: a
     # scoring date 1.7-3x faster, BENCHMARKS.md); True elsewhere warns and runs eagerly.

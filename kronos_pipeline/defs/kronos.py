@@ -253,7 +253,9 @@ def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: Warehou
         metadata={"rows": table.height, "scoring_dates": dates,
                   "series": table.height // max(1, len(s.labels.horizons)),
                   "skipped": len(skipped), "model": ", ".join(sorted(models)),
-                  "sample_count": s.kronos_sampling["sample_count"]}
+                  "sample_count": s.kronos_sampling["sample_count"],
+                  "micro_batch_rows": engine_batch_size(s.kronos, s.kronos_sampling["sample_count"])
+                  or "from free device memory"}
     )  # fmt: skip
     yield valid
     served = table.height // max(1, len(s.labels.horizons))
@@ -270,16 +272,39 @@ def kronos_forecasts_asset(context: dg.AssetExecutionContext, warehouse: Warehou
     )
 
 
-def kronos_engine(manifest: dict, k: KronosSettings):
-    """The engine of a checkpoint manifest, with the engine settings of ``kronos_forecasts``."""
+#: Series per CPU micro-batch when ``kronos.batch_size`` is not set, times each series' rows
+#: (its sample paths): 400 rows at the production 8 paths, so a night's top 100 is two
+#: micro-batches. On 2 cores a decode step of 400 rows costs about 40 % less per row than one
+#: of 64 (the engine's own CPU default), which leaves one of the two threads idle in most of
+#: its ~400 small operator calls a step (BENCHMARKS, "The nightly run under 60 s").
+CPU_SERIES_PER_BATCH = 50
+
+
+def engine_batch_size(k: KronosSettings, rows_per_series: int) -> int | None:
+    """Rows per micro-batch of the engine: ``kronos.batch_size`` when set; else on CPU
+    :data:`CPU_SERIES_PER_BATCH` series of ``rows_per_series`` rows, and elsewhere ``None``
+    (the engine sizes it from the free device memory). Fixed by the settings alone, so a
+    series' forecast does not depend on how many others its date has."""
+    from kronos_pipeline.kronos.hub import resolve_device
+
+    if k.batch_size is not None:
+        return k.batch_size
+    if resolve_device(k.device).type != "cpu":
+        return None
+    return CPU_SERIES_PER_BATCH * max(1, rows_per_series)
+
+
+def kronos_engine(manifest: dict, k: KronosSettings, rows_per_series: int = 1):
+    """The engine of a checkpoint manifest, with the engine settings of ``kronos_forecasts``
+    (``rows_per_series``: the sample paths each series decodes, see :func:`engine_batch_size`)."""
     from kronos_pipeline.kronos import load_predictor, load_tokenizer
     from kronos_pipeline.kronos.engine import KronosEngine
 
     return KronosEngine(
         load_tokenizer(manifest["tokenizer"], revision=manifest.get("tokenizer_revision")),
         load_predictor(manifest["predictor"], revision=manifest.get("predictor_revision")),
-        device=k.device, dtype=k.dtype, batch_size=k.batch_size, max_context=k.max_context,
-        cuda_graphs=k.cuda_graphs,
+        device=k.device, dtype=k.dtype, batch_size=engine_batch_size(k, rows_per_series),
+        max_context=k.max_context, cuda_graphs=k.cuda_graphs,
     )  # fmt: skip
 
 
@@ -307,7 +332,8 @@ def _forecast_fold(db: Warehouse, s: Settings, fold_id: str, days: pd.DatetimeIn
     )  # fmt: skip
     inputs = scoring.build_windows(prices, members, k.lookback)
     table = scoring.forecast_windows(
-        kronos_engine(manifest, k), inputs, s.labels.horizons, manifest["model"], fold_id,
+        kronos_engine(manifest, k, s.kronos_sampling["sample_count"]), inputs,
+        s.labels.horizons, manifest["model"], fold_id,
         calendar=s.data.calendar, seed=k.seed, **s.kronos_sampling,
     )  # fmt: skip
     return table, members.height, inputs.skipped, manifest["model"]

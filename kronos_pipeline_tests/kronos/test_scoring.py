@@ -164,6 +164,23 @@ def test_score_table_has_the_dtypes_of_baseline_scores():
     assert ours.schema == baseline.schema
 
 
+def test_cpu_micro_batches_hold_fifty_series_of_their_paths_unless_set(monkeypatch):
+    """Unset, a CPU micro-batch is 50 series times their sample paths (400 rows at 8 paths,
+    the night's top 100 in two); an explicit batch_size wins; on an accelerator the engine
+    sizes it from free memory. The size depends on the settings only, never on the date."""
+    from kronos_pipeline.defs.kronos import CPU_SERIES_PER_BATCH, engine_batch_size
+    from kronos_pipeline.kronos import hub
+    from kronos_pipeline.settings import KronosSettings
+
+    cpu = KronosSettings(device="cpu")
+    assert CPU_SERIES_PER_BATCH == 50
+    assert engine_batch_size(cpu, 8) == 400 and engine_batch_size(cpu, 1) == 50
+    assert engine_batch_size(cpu.model_copy(update={"batch_size": 64}), 8) == 64
+    monkeypatch.setattr(hub, "resolve_device", lambda device: torch.device("cuda"))
+    assert engine_batch_size(KronosSettings(device="auto"), 8) is None
+    assert engine_batch_size(KronosSettings(device="auto", batch_size=1024), 8) == 1024
+
+
 # --------------------------------------------------------------------------------------
 # Dagster end to end
 # --------------------------------------------------------------------------------------
