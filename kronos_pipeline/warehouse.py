@@ -154,12 +154,17 @@ class Warehouse:
 
     def stored_schema(self, table: str) -> pa.Schema | None:
         """The Arrow schema ``table`` was written with, or None when it does not exist."""
+        return self._schema_file(table)[1]
+
+    def _schema_file(self, table: str) -> tuple[str | None, pa.Schema | None]:
+        """Which file holds ``table``'s schema (its partitions' schema file, else the file of a
+        table stored whole) and that schema; ``(None, None)`` when it does not exist."""
         for name in (SCHEMA, PART):
             path = f"{self.table_dir(table)}/{name}"
             if self.fs.exists(path):
                 with self.fs.open(path, "rb") as handle:
-                    return pq.read_schema(handle)
-        return None
+                    return name, pq.read_schema(handle)
+        return None, None
 
     def tables(self) -> list[str]:
         """Names of the tables in the warehouse."""
@@ -317,10 +322,12 @@ class Warehouse:
         partitioned by ``column`` (or no bound is given)."""
         if start is None and end is None:
             return None
-        schema = self.stored_schema(table)
+        found, schema = self._schema_file(table)
+        if found != SCHEMA:
+            return None  # missing, or stored whole: the view
         # Locally, only the window's files are checked (a stat each), not every day's.
-        days = self.partitions(table, column, verify=not self.local) if schema is not None else {}
-        if not days or not self.fs.exists(f"{self.table_dir(table)}/{SCHEMA}"):
+        days = self.partitions(table, column, verify=not self.local)
+        if not days:
             return None  # not partitioned by ``column``: the view
         lo, hi = _day_key(start or dt.date.min), _day_key(end or dt.date.max)
         day_files = [f for k, f in sorted(days.items()) if k not in NULL_KEYS and lo <= k <= hi]

@@ -414,7 +414,10 @@ def _pit_tripwire(db, scores: pd.DataFrame, s) -> dict:
                            f"{on_days} and model in (select unnest(?))", [day_list, factor_models])),
     )  # fmt: skip
     history = db.read_table("sector_history") if "sector_history" in db.tables() else None
-    raw = db.read_table("raw_bars", end=day_list[-1])
+    raw = db.read_table(  # what prices_pit reads: not the source file and line
+        "raw_bars", end=day_list[-1],
+        columns="ticker, date, open, high, low, close, adjusted_close, volume, dividend, split",
+    )  # fmt: skip
     return data_tripwires.pit_chain_tripwire(raw, history, stored, dates, s)
 
 

@@ -1,5 +1,7 @@
 """universe: which names are tradable on each date."""
 
+import datetime as dt
+
 import dagster as dg
 import polars as pl
 
@@ -51,13 +53,15 @@ def universe_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
     db = warehouse.get()
     # The medians are exact: the bars from a few months before ``start`` (the whole history
     # when a name's gap needs more) give the whole table's rows.
-    prices = universe_prices(
-        lambda since: db.read_table(
+    reads: list[dt.date | None] = []
+
+    def read(since: dt.date | None) -> pl.DataFrame:
+        reads.append(since)
+        return db.read_table(
             "prices_pit", since, end, columns="ticker, date, close, dollar_volume, bar_index"
-        ),
-        start,
-        cfg.liquidity_window_days,
-    )
+        )
+
+    prices = universe_prices(read, start, cfg.liquidity_window_days)
     members = universe(
         prices,
         cfg.min_history_days,
@@ -118,6 +122,9 @@ def universe_asset(context: dg.AssetExecutionContext, warehouse: WarehouseResour
             "member_rows": int(members["in_universe"].sum()),
             "top_n": top_n or "all",
             "median_members": float(per_date["n"].median() or 0),
+            # Which prices the medians read: a few months, or (a gap left a median short of
+            # bars in them) the whole history.
+            "prices_read_from": str(reads[-1]) if reads[-1] else "the first bar (whole history)",
         },
     )
     yield from results

@@ -4,6 +4,7 @@ source cannot fill, or a run from another source, fails and writes nothing."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -226,3 +227,25 @@ def test_an_exchange_holiday_materializes_as_no_session_and_its_checks_pass(runs
     assert bars.metadata["dagster/row_count"].value == 0
     for table, frame in runs["after_holiday"].items():
         assert_frame_equal(frame, runs["after_rerun_2"][table], check_row_order=False)
+
+
+def test_the_universe_says_which_prices_its_medians_read(runs):
+    """A sub-range reads the prices from a few months before its start (the medians are
+    exact); the metadata names that day, so the UI shows when a gap made it read all."""
+    from kronos_pipeline.features.universe import liquidity_history_start
+
+    def read_from(result):  # one materialization per weekday of the run, the same value
+        (value,) = {
+            e.step_materialization_data.materialization.metadata["prices_read_from"].value
+            for e in result.get_asset_materialization_events()
+            if e.asset_key.to_user_string() == "universe"
+        }
+        return value
+
+    window = get_settings().universe.liquidity_window_days
+    start = dt.date.fromisoformat(RERUN_RANGE[0])
+    assert read_from(runs["rerun_1"]) == str(liquidity_history_start(start, window))
+    assert read_from(runs["full"]) in (
+        str(liquidity_history_start(dt.date.fromisoformat(FULL_RANGE[0]), window)),
+        "the first bar (whole history)",
+    )
