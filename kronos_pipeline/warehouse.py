@@ -70,6 +70,10 @@ class UnmigratedWarehouse(RuntimeError):
     """A DuckDB warehouse file of the earlier layout holds tables the lake does not."""
 
 
+#: Guards the opening of a warehouse's database (threads of one process share it).
+_DATABASE_LOCK = threading.Lock()
+
+
 class Warehouse:
     """The lake at ``root`` (a path or fsspec URL) and the DuckDB views that read it.
 
@@ -87,9 +91,12 @@ class Warehouse:
         # and model fits downstream reproduce bit for bit.
         self.duckdb = DuckDBResource(database=":memory:", connection_config={"threads": 1})
         self._database: tuple[int, ExitStack, duckdb.DuckDBPyConnection] | None = None
-        self._database_lock = threading.Lock()
         if legacy_duckdb is not None:
             refuse_unmigrated(self, Path(legacy_duckdb))
+
+    def __getstate__(self) -> dict:
+        # Pickled (e.g. into another process) without its database: the copy opens its own.
+        return {**self.__dict__, "_database": None}
 
     # --- layout -------------------------------------------------------------------------
 
@@ -200,7 +207,7 @@ class Warehouse:
         warehouse, which is opened on first use: opening a database costs about 15 ms, a
         cursor microseconds, and a step makes dozens of queries. Each cursor sees only its
         own temporary views. A forked child opens its own database."""
-        with self._database_lock:
+        with _DATABASE_LOCK:
             if self._database is None or self._database[0] != os.getpid():
                 stack = ExitStack()
                 con = stack.enter_context(self.duckdb.get_connection())

@@ -5,6 +5,7 @@ fsspec ``memory://`` root."""
 from __future__ import annotations
 
 import datetime as dt
+import pickle
 import uuid
 
 import fsspec
@@ -386,3 +387,6 @@ def test_queries_see_each_others_writes_but_never_each_others_views(db):
     assert db.read("select count(*) as n from t")["n"].item() == 15
     with db.connect("select 1") as con:
         assert con.sql(views).fetchall() == []
+    # Its open database stays behind when it is pickled (into another process).
+    assert db._database is not None and db.__getstate__()["_database"] is None
+    assert pickle.dumps(db)
