@@ -28,9 +28,9 @@ that listed the file just before may fail to open it, and is simply run again.
 
 DuckDB stays the query engine: :meth:`Warehouse.connect` gives a cursor of an in-memory DuckDB
 (opened once per process through ``dagster-duckdb``'s ``DuckDBResource``) with one temporary
-view per table over its Parquet files, so the SQL of callers names tables as before. The view of a table partitioned by a date column
-reads it as Hive partitions: a query's filter on that column skips the other days' files
-without opening them.
+view per table over its Parquet files, so the SQL of callers names tables as before. The view
+of a table partitioned by a date column reads it as Hive partitions: a query's filter on that
+column skips the other days' files without opening them.
 """
 
 from __future__ import annotations

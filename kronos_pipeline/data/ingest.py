@@ -430,7 +430,7 @@ def validate_lines(
             )
         )
     bars = (
-        typed.filter(pl.col("reason").is_null())
+        (typed.filter(pl.col("reason").is_null()) if first_seen.height else valid)
         .select(
             "ticker",
             "date",

@@ -21,6 +21,13 @@ from __future__ import annotations
 
 import polars as pl
 
+#: The raw bars' columns :func:`prices_pit` reads (not their source file and line), as the
+#: steps that call it select them from ``raw_bars``.
+RAW_PRICE_COLUMNS = (
+    "ticker", "date", "open", "high", "low", "close", "adjusted_close", "volume", "dividend",
+    "split",
+)  # fmt: skip
+
 PRICES_PIT_COLUMNS = (
     "ticker",
     "date",

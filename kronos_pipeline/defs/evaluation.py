@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
+from kronos_pipeline.data.pit import RAW_PRICE_COLUMNS
 from kronos_pipeline.defs.common import add_counts, blocking_failure, failed_blocking
 from kronos_pipeline.defs.conditions import MISSING_MODEL, NIGHTLY_EVALUATION, ON_UPDATE
 from kronos_pipeline.defs.kronos import checkpoint_decisions
@@ -414,10 +415,7 @@ def _pit_tripwire(db, scores: pd.DataFrame, s) -> dict:
                            f"{on_days} and model in (select unnest(?))", [day_list, factor_models])),
     )  # fmt: skip
     history = db.read_table("sector_history") if "sector_history" in db.tables() else None
-    raw = db.read_table(  # what prices_pit reads: not the source file and line
-        "raw_bars", end=day_list[-1],
-        columns="ticker, date, open, high, low, close, adjusted_close, volume, dividend, split",
-    )  # fmt: skip
+    raw = db.read_table("raw_bars", end=day_list[-1], columns=", ".join(RAW_PRICE_COLUMNS))
     return data_tripwires.pit_chain_tripwire(raw, history, stored, dates, s)
 
 

@@ -4,7 +4,12 @@ import dagster as dg
 import polars as pl
 
 from kronos_pipeline import quality
-from kronos_pipeline.data.pit import adjustment_agreement, missing_history, prices_pit
+from kronos_pipeline.data.pit import (
+    RAW_PRICE_COLUMNS,
+    adjustment_agreement,
+    missing_history,
+    prices_pit,
+)
 from kronos_pipeline.defs.common import (
     DAILY_ASSET_OPTIONS,
     blocking_failure,
@@ -49,7 +54,7 @@ def prices_pit_asset(context: dg.AssetExecutionContext, warehouse: WarehouseReso
     start, end = partition_window(context)
     db = warehouse.get()
     # The adjustment is anchored at each ticker's first bar: compute on all history <= end.
-    bars = db.read_table("raw_bars", end=end)
+    bars = db.read_table("raw_bars", end=end, columns=", ".join(RAW_PRICE_COLUMNS))
     prices = prices_pit(bars).filter(pl.col("date").is_between(start, end))
     # Split factors and history counts start at each ticker's first bar: if earlier raw_bars
     # partitions were never loaded, values here would silently differ from a full load.
